@@ -1,0 +1,144 @@
+"""The ``baim`` command line. Each sub-command is a thin shell over a Python function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _cmd_layout(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .data.layout import class_histogram, make_layout
+    from .presets import get_preset
+
+    ds = load_dataset(args.dataset, args.data_dir)
+    preset = get_preset(args.preset).with_overrides(num_edges=args.edges, alpha=args.alpha)
+    layout = make_layout(ds, preset, seed=args.seed, data_dir=args.data_dir)
+    path = layout.save(Path(args.out) / "layout.json")
+    table = Table(title=f"{ds.name} layout, preset {preset.name}, seed {args.seed}, α = {preset.alpha}")
+    for col in ("edge", "task", "tier", "size", "class histogram"):
+        table.add_column(col)
+    for e in layout.edges:
+        hist = class_histogram(ds, e.indices)
+        table.add_row(str(e.edge), layout.task_names[e.task], e.tier, str(len(e.indices)),
+                      "  ".join(f"{ds.class_names[c]}:{n}" for c, n in hist.items()))
+    table.add_row("cloud", "all", "-", str(len(layout.cloud)), "stratified over all tasks")
+    console.print(table)
+    console.print(f"test images per task: " + ", ".join(f"{k} {len(v)}" for k, v in layout.test.items()))
+    console.print(f"wrote {path}")
+
+
+def _cmd_edge_train(args: argparse.Namespace) -> None:
+    from .edge import train_edge_cli
+
+    result = train_edge_cli(args.layout, args.edge, args.out, epochs=args.epochs, seed=args.seed)
+    console.print_json(json.dumps(result))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .edge import evaluate_edge_model
+
+    result = evaluate_edge_model(args.model, args.layout, args.task, fid_extractor=args.fid_extractor,
+                                 fid_samples=args.fid_samples, seed=args.seed)
+    console.print_json(json.dumps(result))
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from .run import run
+
+    summary = run(args.out, preset=args.preset, seed=args.seed, data_dir=args.data_dir,
+                  dataset=args.dataset, fid_extractor=args.fid_extractor)
+    console.print(f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}")
+
+
+def _cmd_domain_train(args: argparse.Namespace) -> None:
+    from .data import load_dataset
+    from .metrics.domain import train_domain_classifier, weights_dir
+
+    ds = load_dataset("fashion-mnist", args.data_dir)
+    tr, te = ds.train, ds.test
+    card = train_domain_classifier(tr.load(range(len(tr))), tr.labels, te.load(range(len(te))), te.labels,
+                                   epochs=args.epochs, seed=args.seed,
+                                   out_dir=Path(args.out) if args.out else weights_dir())
+    console.print_json(json.dumps(card))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="baim", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "celeba", "image-folder"])
+        sp.add_argument("--data-dir", default=None, help="folder with the data set's files "
+                        "(default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
+
+    sp = sub.add_parser("layout", help="create a federation layout (edges, cloud, test) as JSON indices")
+    data_args(sp)
+    sp.add_argument("--preset", default="quick")
+    sp.add_argument("--edges", type=int, default=None, help="override the preset's number of edges")
+    sp.add_argument("--alpha", type=float, default=None, help="override the Dirichlet concentration")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=_cmd_layout)
+
+    sp = sub.add_parser("edge", help="edge-side commands")
+    esub = sp.add_subparsers(dest="edge_command", required=True)
+    tp = esub.add_parser("train", help="train one edge's learner on its local slice")
+    tp.add_argument("--layout", required=True)
+    tp.add_argument("--edge", type=int, required=True)
+    tp.add_argument("--out", required=True, help="folder for spec.json + weights.safetensors + metrics.json")
+    tp.add_argument("--epochs", type=int, default=None, help="default: the layout's preset")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.set_defaults(func=_cmd_edge_train)
+
+    sp = sub.add_parser("evaluate", help="test loss, MSE/PSNR and FID of a saved learner on a task")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--layout", required=True)
+    sp.add_argument("--task", required=True, help="task name or index")
+    sp.add_argument("--fid-extractor", default="domain")
+    sp.add_argument("--fid-samples", type=int, default=500)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=_cmd_evaluate)
+
+    sp = sub.add_parser("run", help="the workflow end to end into a run directory (resumable)")
+    data_args(sp)
+    sp.add_argument("--preset", default="quick")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--fid-extractor", default="domain")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=_cmd_run)
+
+    sp = sub.add_parser("domain", help="the domain FID feature network")
+    dsub = sp.add_subparsers(dest="domain_command", required=True)
+    tp = dsub.add_parser("train", help="train the Fashion-MNIST classifier and write its weights + card")
+    tp.add_argument("--data-dir", default=None)
+    tp.add_argument("--epochs", type=int, default=4)
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--out", default=None, help="default: the package's weights folder")
+    tp.set_defaults(func=_cmd_domain_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DataError
+    from .learners import LearnerFileError, SpecError
+    from .metrics import ExtractorUnavailable
+
+    try:
+        args.func(args)
+    except (DataError, SpecError, LearnerFileError, ExtractorUnavailable, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

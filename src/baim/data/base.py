@@ -1,0 +1,78 @@
+"""What a data set is to baim: labelled uint8 images split into train/test, grouped into tasks.
+
+A *task* is a set of class labels (Fashion-MNIST: "footwear" = sandal, sneaker, ankle boot).
+Every loader returns a :class:`DataSet`; the federation layout only ever stores indices into
+it, so a layout can be repeated exactly from the same files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+
+class DataError(RuntimeError):
+    """A data set is missing or malformed; the message says what to provide."""
+
+
+class ImageSource(Protocol):
+    """Indexable labelled images. ``load`` returns uint8 arrays shaped N×C×H×W."""
+
+    labels: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def load(self, indices: Sequence[int] | np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ArraySource:
+    """Images held in memory (small data sets such as Fashion-MNIST)."""
+
+    images: np.ndarray  # uint8, N×C×H×W
+    labels: np.ndarray  # int64, N
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DataError(f"images must be uint8 N×C×H×W, got {self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.images[np.asarray(indices, dtype=np.int64)]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    classes: tuple[int, ...]
+
+
+@dataclass
+class DataSet:
+    name: str
+    train: ImageSource
+    test: ImageSource
+    class_names: list[str]
+    tasks: list[Task]
+    channels: int
+    image_size: int
+
+    def task_of_class(self) -> dict[int, int]:
+        return {c: t for t, task in enumerate(self.tasks) for c in task.classes}
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 N×C×H×W → float32 tensor in [0, 1], the range the learners model."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float tensor in [0, 1] → uint8 numpy array (what is stored and what FID sees)."""
+    return images.detach().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()

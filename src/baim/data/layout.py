@@ -1,0 +1,170 @@
+"""The federation layout: which training images each edge holds, which form the cloud's
+common data, and which test images evaluate each task.
+
+Edges are assigned to tasks in proportion to the tasks' sizes (so that equal-sized slices
+fit, as the paper's "11 equal parts" needs) and to capability tiers so that every task sees
+several tiers. Each edge's slice has a fixed size and a non-IID class mix drawn from
+Dirichlet(α) over its task's classes; slices, the cloud's stratified common slice and the
+test sets are pairwise disjoint. The layout is saved as indices (JSON), so a run is
+repeatable from the same files and seed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import write_json
+from ..presets import Preset
+from .base import DataError, DataSet
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class EdgeSlice:
+    edge: int
+    task: int
+    tier: str
+    indices: list[int]
+
+
+@dataclass
+class Layout:
+    dataset: str
+    data_dir: str | None
+    seed: int
+    preset: str
+    alpha: float
+    tasks: list[dict]  # {"name": str, "classes": [int]}
+    edges: list[EdgeSlice]
+    cloud: list[int]
+    test: dict[str, list[int]]  # task name -> indices into the test split
+    format: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t["name"] for t in self.tasks]
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Layout":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"layout {path} not found; create one with `baim layout --out DIR`")
+        raw = json.loads(path.read_text())
+        if raw.get("format") != FORMAT_VERSION:
+            raise DataError(f"{path}: layout format {raw.get('format')!r}, this baim reads {FORMAT_VERSION}")
+        raw["edges"] = [EdgeSlice(**e) for e in raw["edges"]]
+        layout = cls(**raw)
+        layout.check_disjoint()
+        return layout
+
+    def check_disjoint(self) -> None:
+        seen: set[int] = set()
+        for name, idx in [("cloud", self.cloud)] + [(f"edge {e.edge}", e.indices) for e in self.edges]:
+            s = set(idx)
+            if len(s) != len(idx) or s & seen:
+                raise DataError(f"layout: {name} overlaps another slice or repeats indices")
+            seen |= s
+        test_seen: set[int] = set()
+        for name, idx in self.test.items():
+            s = set(idx)
+            if len(s) != len(idx) or s & test_seen:
+                raise DataError(f"layout: test set of {name} overlaps another task's")
+            test_seen |= s
+
+
+def assign_tasks(num_edges: int, task_sizes: list[int]) -> list[int]:
+    """Task of each edge: quotas proportional to task size (largest remainder, ≥ 1 each),
+    interleaved so that consecutive edges serve different tasks."""
+    if num_edges < len(task_sizes):
+        raise DataError(f"{num_edges} edges cannot cover {len(task_sizes)} tasks; use at least one per task")
+    total = sum(task_sizes)
+    exact = [num_edges * s / total for s in task_sizes]
+    quota = [max(1, int(q)) for q in exact]
+    for t in sorted(range(len(exact)), key=lambda t: quota[t] - exact[t]):
+        if sum(quota) >= num_edges:
+            break
+        quota[t] += 1
+    while sum(quota) > num_edges:
+        quota[max((t for t in range(len(quota)) if quota[t] > 1), key=lambda t: quota[t] - exact[t])] -= 1
+    order, used = [], [0] * len(quota)
+    while len(order) < num_edges:
+        for t in range(len(quota)):
+            if used[t] < quota[t]:
+                order.append(t)
+                used[t] += 1
+    return order
+
+
+def assign_tier(index_in_task: int, task: int, tiers: tuple[str, ...]) -> str:
+    """Cycle the tiers within each task, starting at a task-dependent offset, so that every
+    task with two or more edges mixes tiers and every tier appears."""
+    return tiers[(index_in_task + task) % len(tiers)]
+
+
+def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None = None) -> Layout:
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(ds.train.labels)
+    task_classes = [c for t in ds.tasks for c in t.classes]
+    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in task_classes}
+    total = sum(len(p) for p in pools.values())
+    per_edge = preset.samples_per_edge or total // (preset.num_edges + 1)
+    cloud_n = preset.cloud_samples or per_edge
+    if cloud_n + per_edge * preset.num_edges > total:
+        raise DataError(f"preset {preset.name!r} needs {cloud_n + per_edge * preset.num_edges} "
+                        f"training images, the data set has {total}")
+
+    # Cloud common data: stratified over every class of every task.
+    cloud: list[int] = []
+    for c in task_classes:
+        take = int(round(cloud_n * len(pools[c]) / total))
+        cloud += [int(i) for i in pools[c][:take]]
+        pools[c] = pools[c][take:]
+
+    edges = []
+    edge_tasks = assign_tasks(preset.num_edges, [sum(len(pools[c]) for c in t.classes) for t in ds.tasks])
+    for e, t in enumerate(edge_tasks):
+        classes = ds.tasks[t].classes
+        mix = rng.dirichlet(np.full(len(classes), preset.alpha))
+        want = rng.multinomial(per_edge, mix)
+        got = [min(w, len(pools[c])) for w, c in zip(want, classes)]
+        short = per_edge - sum(got)
+        # A class ran dry: fill from the task's other classes, the fullest first.
+        for k in sorted(range(len(classes)), key=lambda k: -(len(pools[classes[k]]) - got[k])):
+            extra = min(short, len(pools[classes[k]]) - got[k])
+            got[k] += extra
+            short -= extra
+        if short:
+            raise DataError(f"task {ds.tasks[t].name!r} has too few images for {per_edge} per edge")
+        idx: list[int] = []
+        for k, c in enumerate(classes):
+            idx += [int(i) for i in pools[c][: got[k]]]
+            pools[c] = pools[c][got[k]:]
+        edges.append(EdgeSlice(e, t, assign_tier(edge_tasks[:e].count(t), t, preset.tiers), sorted(idx)))
+
+    test_labels = np.asarray(ds.test.labels)
+    test = {}
+    for task in ds.tasks:
+        idx = rng.permutation(np.flatnonzero(np.isin(test_labels, task.classes)))
+        if preset.test_per_task:
+            idx = idx[: preset.test_per_task]
+        test[task.name] = sorted(int(i) for i in idx)
+
+    layout = Layout(ds.name, data_dir, seed, preset.name, preset.alpha,
+                    [{"name": t.name, "classes": list(t.classes)} for t in ds.tasks],
+                    edges, sorted(cloud), test)
+    layout.check_disjoint()
+    return layout
+
+
+def class_histogram(ds: DataSet, indices: list[int]) -> dict[int, int]:
+    vals, counts = np.unique(np.asarray(ds.train.labels)[indices], return_counts=True)
+    return {int(v): int(c) for v, c in zip(vals, counts)}

@@ -1,0 +1,75 @@
+"""The command line and the resumable run directory on a tiny preset."""
+
+import json
+
+import pytest
+
+from baim import presets
+from baim.cli import main
+from baim.rundir import RunConfigMismatch, RunDir
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    tiny = presets.Preset("tiny", num_edges=3, samples_per_edge=128, cloud_samples=256,
+                          test_per_task=64, alpha=0.5, tiers=("small",), edge_epochs=1,
+                          fid_samples=16, cloud_epochs=1, prune_interval=1, prune_ratio=0.5)
+    monkeypatch.setitem(presets.PRESETS, "tiny", tiny)
+    return tiny
+
+
+def test_layout_command_prints_table(tmp_path, capsys):
+    assert main(["layout", "--preset", "quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "edge" in out and "tops" in out and "Sneaker" in out or "Sandal" in out
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    assert len(layout["edges"]) == presets.get_preset("quick").num_edges
+
+
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["layout", "--out", str(tmp_path), "--data-dir", str(tmp_path / "nope")]) == 2
+    assert "dataset-fashion-mnist" in capsys.readouterr().out
+
+
+def test_edge_train_and_evaluate_commands(tmp_path, tiny_preset, capsys):
+    assert main(["layout", "--preset", "tiny", "--out", str(tmp_path)]) == 0
+    assert main(["edge", "train", "--layout", str(tmp_path / "layout.json"), "--edge", "0",
+                 "--out", str(tmp_path / "e0")]) == 0
+    assert (tmp_path / "e0" / "spec.json").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tmp_path / "e0"), "--layout", str(tmp_path / "layout.json"),
+                 "--task", "0", "--fid-samples", "16"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["fid_count"] == 16 and res["fid_extractor"] == "domain" and res["test_loss"] > 0
+
+
+def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
+    from baim import run as run_mod
+
+    calls = {"n": 0}
+    real_train = run_mod.train_edge
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed while training the second edge
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(run_mod, "train_edge", counting)
+    with pytest.raises(KeyboardInterrupt):
+        run_mod.run(tmp_path, preset="tiny")
+    assert (tmp_path / "edges" / "edge-0" / "spec.json").is_file()
+    assert not (tmp_path / "state" / "local_training.json").exists()
+    calls["n"] = 10  # no more interruptions
+    summary = run_mod.run(tmp_path, preset="tiny")
+    assert calls["n"] == 12  # edges 1 and 2 only; edge 0 was kept
+    assert len(summary["edges"]) == 3 and (tmp_path / "figures" / "samples_edge_initial.png").is_file()
+    calls["n"] = 100
+    run_mod.run(tmp_path, preset="tiny")
+    assert calls["n"] == 100  # everything finished: nothing is redone
+
+
+def test_run_dir_refuses_other_config(tmp_path):
+    RunDir(tmp_path, {"preset": "quick"})
+    with pytest.raises(RunConfigMismatch, match="preset"):
+        RunDir(tmp_path, {"preset": "paper"})

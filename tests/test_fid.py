@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import sqrtm
+
+from baim.metrics import fid, frechet_distance, get_extractor
+
+
+def closed_form(mu1, s1, mu2, s2):
+    covmean = sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
+
+
+def test_frechet_matches_closed_form_on_known_gaussians():
+    rng = np.random.default_rng(0)
+    d, n = 8, 200_000
+    a1, a2 = rng.normal(size=(d, d)) * 0.5, rng.normal(size=(d, d)) * 0.3
+    s1, s2 = a1 @ a1.T + np.eye(d), a2 @ a2.T + 0.5 * np.eye(d)
+    mu1, mu2 = np.zeros(d), np.linspace(-1, 1, d)
+    x = rng.multivariate_normal(mu1, s1, size=n)
+    y = rng.multivariate_normal(mu2, s2, size=n)
+    expected = closed_form(mu1, s1, mu2, s2)
+    got = frechet_distance(torch.from_numpy(x), torch.from_numpy(y))
+    assert got == pytest.approx(expected, rel=0.02)
+    # and the distance of a distribution to itself is (near) zero
+    assert frechet_distance(torch.from_numpy(x), torch.from_numpy(x)) == pytest.approx(0, abs=1e-6)
+
+
+def test_diagonal_case_exact_formula():
+    rng = np.random.default_rng(1)
+    n = 400_000
+    x = rng.normal(0, 1, size=(n, 2))
+    y = rng.normal(3, 2, size=(n, 2))
+    # ||Δμ||² + Σ (σ1 − σ2)² = 2·9 + 2·1 = 20
+    assert frechet_distance(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(20, rel=0.02)
+
+
+def test_domain_extractor_card_meets_target():
+    from baim.metrics.domain import domain_card
+    card = domain_card()
+    assert card["test_accuracy"] >= 0.90 and card["test_images"] == 10000
+
+
+def test_fid_orders_real_noise_and_reports_everything(fmnist):
+    real = fmnist.test.load(np.arange(0, 400))
+    other = fmnist.test.load(np.arange(400, 800))
+    noise = np.random.default_rng(0).integers(0, 256, size=real.shape, dtype=np.uint8)
+    r = fid(real, noise, other, "domain")
+    assert r.samples == 400 and r.extractor == "domain"
+    assert r.real_vs_real < r.fid / 10
+    with pytest.raises(ValueError, match="equal sample counts"):
+        fid(real, noise[:10], other, "domain")
+
+
+def test_domain_extractor_accepts_rgb_and_other_sizes():
+    net = get_extractor("domain")
+    imgs = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    assert net(imgs).shape == (3, 128)
+
+
+def test_inception_without_weights_says_how():
+    from baim.metrics import ExtractorUnavailable
+    with pytest.raises(ExtractorUnavailable, match="BAIM_INCEPTION_WEIGHTS|torch-fidelity"):
+        get_extractor("inception")
