@@ -62,3 +62,13 @@ def test_inception_without_weights_says_how():
     from baim.metrics import ExtractorUnavailable
     with pytest.raises(ExtractorUnavailable, match="BAIM_INCEPTION_WEIGHTS|torch-fidelity"):
         get_extractor("inception")
+
+
+@pytest.mark.integration
+def test_lite0_extractor_separates_real_from_noise(fmnist):
+    """The optional ImageNet extractor (installed by the setup script) works end to end."""
+    real = fmnist.test.load(np.arange(0, 48))
+    other = fmnist.test.load(np.arange(48, 96))
+    noise = np.random.default_rng(0).integers(0, 256, size=real.shape, dtype=np.uint8)
+    r = fid(real, noise, other, "lite0")
+    assert r.extractor == "lite0" and r.real_vs_real < r.fid / 2
