@@ -1,0 +1,85 @@
+"""The hierarchical gate: TSGate picks the task (squad), a per-task LSGate picks top-K learners.
+
+The LSGate sees the shared latent z, not the image: at generation time there is no image,
+and the same gate must serve reconstruction (z from the posterior) and generation (z from
+the latent prior).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class Routing:
+    """Top-K choice for a batch routed to one squad."""
+
+    indices: torch.Tensor  # (n, k) positions within the squad
+    weights: torch.Tensor  # (n, k) softmax over the kept logits
+    logits: torch.Tensor  # (n, squad) clean logits, for the auxiliary losses
+
+
+class LSGate(nn.Module):
+    """Shazeer-style noisy top-K gate over a squad, from z."""
+
+    def __init__(self, latent_dim: int, num_learners: int, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_learners))
+        self.noise = nn.Linear(latent_dim, num_learners)
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+        nn.init.zeros_(self.noise.weight)
+        nn.init.zeros_(self.noise.bias)
+        # Learners dropped by learner-level pruning are masked out of selection.
+        self.register_buffer("active", torch.ones(num_learners, dtype=torch.bool))
+
+    @property
+    def num_learners(self) -> int:
+        return int(self.active.numel())
+
+    def forward(self, z: torch.Tensor, k: int, noisy: bool) -> Routing:
+        logits = self.net(z)
+        scores = logits
+        if noisy:
+            scores = logits + torch.randn_like(logits) * F.softplus(self.noise(z))
+        scores = scores.masked_fill(~self.active, float("-inf"))
+        k = min(k, int(self.active.sum()))
+        top, idx = scores.topk(k, dim=1)
+        if noisy:
+            # the weights use the clean logits of the chosen learners, so gradients reach
+            # the gate even though the choice itself is not differentiable
+            top = logits.gather(1, idx)
+        return Routing(idx, torch.softmax(top, dim=1), logits.masked_fill(~self.active, float("-inf")))
+
+
+def load_balance_loss(routing: Routing) -> torch.Tensor:
+    """Switch-style f·P: fraction of assignments × mean router probability, per learner."""
+    n = routing.logits.shape[1]
+    probs = torch.softmax(routing.logits, dim=1)
+    counts = torch.zeros(n, device=probs.device).index_add_(
+        0, routing.indices.flatten(), torch.ones(routing.indices.numel(), device=probs.device))
+    f = counts / routing.indices.numel()
+    return n * (f * probs.mean(0)).sum()
+
+
+def router_z_loss(routing: Routing) -> torch.Tensor:
+    finite = routing.logits.masked_fill(torch.isinf(routing.logits), -1e4)
+    return torch.logsumexp(finite, dim=1).pow(2).mean()
+
+
+class TaskClassifier(nn.Module):
+    """TSGate's classifier for bare images (requests that name no task)."""
+
+    def __init__(self, channels: int, image_size: int, num_tasks: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, num_tasks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

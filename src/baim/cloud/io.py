@@ -1,0 +1,84 @@
+"""BAIM checkpoints: ``baim.json`` (structure) + ``weights.safetensors``. No pickle.
+
+The JSON holds everything needed to rebuild the module before loading the weights: the
+learners' specs and tasks, surviving connections, gate settings, frozen and trimmed
+learners. Loading checks tensor names, shapes and finiteness before use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_write, write_text
+from ..learners import LearnerFileError, LearnerSpec, SpecError, StagedVAE
+from ..learners.io import check_state
+from .connections import Connection
+from .model import BAIM
+
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "baim.json", "weights.safetensors"
+
+
+def baim_config(model: BAIM) -> dict:
+    return {
+        "format": FORMAT_VERSION,
+        "task_names": model.task_names,
+        "learner_tasks": model.learner_tasks,
+        "learner_specs": [l.spec.to_dict() for l in model.learners],
+        "connections": [c.to_dict() for c in model.conn_keys.values()],
+        "top_k": model.top_k,
+        "height": model.height,
+        "gate_hidden": model.gate_hidden,
+        "latent_dim": model.latent_dim,
+        "frozen": sorted(model.frozen_learners),
+        "trimmed": {str(k): v for k, v in sorted(model.trimmed.items())},
+    }
+
+
+def build_from_config(cfg: dict) -> BAIM:
+    if cfg.get("format") != FORMAT_VERSION:
+        raise LearnerFileError(f"BAIM format {cfg.get('format')!r}; this baim reads {FORMAT_VERSION}")
+    try:
+        specs = [LearnerSpec.from_dict(s) for s in cfg["learner_specs"]]
+        model = BAIM([StagedVAE(s) for s in specs], cfg["learner_tasks"], cfg["task_names"],
+                     [Connection(**c) for c in cfg["connections"]], top_k=cfg["top_k"],
+                     height=cfg["height"], gate_hidden=cfg["gate_hidden"])
+    except (KeyError, TypeError, IndexError, SpecError) as exc:
+        raise LearnerFileError(f"BAIM config is malformed: {exc}") from exc
+    if model.latent_dim != cfg["latent_dim"]:
+        raise LearnerFileError(f"BAIM config says latent dim {cfg['latent_dim']}, learners give {model.latent_dim}")
+    for l, keep in cfg.get("trimmed", {}).items():
+        model.trim_decoder(int(l), keep)
+    from .fusion import freeze_learners
+    freeze_learners(model, cfg.get("frozen", []))
+    return model
+
+
+def save_baim(model: BAIM, folder: str | Path, extra: dict[str, str] | None = None) -> Path:
+    folder = Path(folder)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    for name, text in (extra or {}).items():
+        write_text(folder / name, text)
+    write_text(folder / CONFIG_FILE, json.dumps(baim_config(model), indent=2) + "\n")
+    return folder
+
+
+def load_baim(folder: str | Path) -> BAIM:
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise LearnerFileError(f"{folder}: a saved BAIM needs {CONFIG_FILE} and {WEIGHTS_FILE}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        state = load_file(str(w_path))
+    except (json.JSONDecodeError, SafetensorError, OSError) as exc:
+        raise LearnerFileError(f"{folder}: unreadable BAIM checkpoint: {exc}") from exc
+    model = build_from_config(cfg)
+    check_state(model, state, str(w_path))
+    model.load_state_dict(state)
+    return model.eval()

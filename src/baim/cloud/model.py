@@ -1,0 +1,288 @@
+"""The bottom-up big AI model (BAIM): uploaded learners fused into a multi-task MoE.
+
+Read top to bottom:
+
+1. **Squads.** Learners are grouped by task; TSGate sends a sample to its task's squad (by
+   task id, or by a small task classifier for bare images).
+2. **Encoder side.** Every encoder of the squad runs on the squad's samples (plus the
+   encoder stages of any learner that feeds them through a surviving connection). Their
+   posteriors are multiplied (product of Gaussian experts) coordinate by coordinate in one
+   shared latent of size D = max latent dim; learner ℓ speaks for the first d_ℓ
+   coordinates; a coordinate nobody speaks for is N(0, 1).
+3. **Decoder side.** The task's LSGate reads z and picks the top-K decoders; each decodes
+   ``A_ℓ z`` (a learned adapter R^D → R^{d_ℓ}, initialised as truncation). The output is the
+   gate-weighted sum. Only the chosen decoders run, plus the decoder stages their surviving
+   connections read from (transitively, and only as deep as needed), dispatched by sample
+   index sets, so decoder cost grows with K and the connections in use, not with N.
+
+With α = 0 (fresh connections), K = 1 and a one-learner squad, the BAIM reproduces that
+learner exactly.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..learners import StagedVAE
+from .connections import Connection, Projection
+from .gates import LSGate, Routing, TaskClassifier
+from .prior import LatentPrior
+
+
+@dataclass
+class BAIMOutput:
+    x_hat: torch.Tensor
+    mu: torch.Tensor  # (n, D) product-of-experts posterior mean
+    logvar: torch.Tensor  # (n, D)
+    spoken: torch.Tensor  # (n, D) bool: coordinate has at least one expert
+    z: torch.Tensor
+    routings: dict[int, tuple[torch.Tensor, Routing]] = field(default_factory=dict)  # task -> (rows, routing)
+
+    def kl(self) -> torch.Tensor:
+        """Per-sample KL(q(z|x) ‖ N(0, I)) over the coordinates some expert speaks for."""
+        term = -0.5 * (1 + self.logvar - self.mu.pow(2) - self.logvar.exp())
+        return (term * self.spoken).sum(dim=1)
+
+
+class BAIM(nn.Module):
+    def __init__(self, learners: list[StagedVAE], learner_tasks: list[int | None], task_names: list[str],
+                 connections: list[Connection], top_k: int = 2, height: int = 3, gate_hidden: int = 64):
+        super().__init__()
+        if len(learners) != len(learner_tasks):
+            raise ValueError("one task (or None for a feeder) per learner")
+        first = learners[0].spec
+        for s in (l.spec for l in learners):
+            if (s.image_size, s.channels) != (first.image_size, first.channels):
+                raise ValueError("all learners of a BAIM must share image size and channels")
+        self.task_names = list(task_names)
+        self.learner_tasks = list(learner_tasks)
+        self.top_k, self.height, self.gate_hidden = top_k, height, gate_hidden
+        self.image_size, self.channels = first.image_size, first.channels
+        self.latent_dim = max(l.spec.latent_dim for l in learners)
+        self.learners = nn.ModuleList(learners)
+        self.adapters = nn.ModuleList(self._truncation(l.spec.latent_dim) for l in learners)
+        self.lsgates = nn.ModuleList(LSGate(self.latent_dim, len(self.squad(t)), gate_hidden)
+                                     for t in range(len(task_names)))
+        self.tsgate = TaskClassifier(self.channels, self.image_size, len(task_names))
+        self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in task_names)
+        self.connections = nn.ModuleDict()
+        self.conn_keys: dict[str, Connection] = {}
+        for c in connections:
+            self.add_connection(c)
+        self.frozen_learners: set[int] = set()
+        self.trimmed: dict[int, int] = {}  # learner -> decoder stages kept after learner pruning
+        self.stage_calls: Counter = Counter()  # (side, learner, stage) -> samples processed
+
+    # -- structure ------------------------------------------------------------------------
+    def _truncation(self, d: int) -> nn.Linear:
+        lin = nn.Linear(self.latent_dim, d)
+        with torch.no_grad():
+            lin.weight.zero_()
+            lin.weight[:, :d] = torch.eye(d)
+            lin.bias.zero_()
+        return lin
+
+    def squad(self, task: int) -> list[int]:
+        return [l for l, t in enumerate(self.learner_tasks) if t == task]
+
+    def stage_modules(self, side: str, learner: int) -> nn.ModuleList:
+        lrn = self.learners[learner]
+        return lrn.encoder_stages if side == "enc" else lrn.decoder_stages
+
+    def stage_shape(self, side: str, learner: int, stage: int) -> tuple[int, int]:
+        lrn = self.learners[learner]
+        return (lrn.encoder_shapes() if side == "enc" else lrn.decoder_shapes())[stage]
+
+    def add_connection(self, c: Connection) -> None:
+        cin, sin = self.stage_shape(c.side, c.src, c.src_stage)
+        cout, sout = self.stage_shape(c.side, c.dst, c.dst_stage)
+        self.connections[c.name] = Projection(cin, sin, cout, sout)
+        self.conn_keys[c.name] = c
+
+    def remove_connection(self, name: str) -> None:
+        del self.connections[name]
+        del self.conn_keys[name]
+
+    def trim_decoder(self, learner: int, keep: int) -> None:
+        """Drop decoder stages ≥ ``keep`` and the image head of a deselected learner (and its
+        latent-in map and adapter when no stage is left)."""
+        lrn = self.learners[learner]
+        lrn.decoder_stages = nn.ModuleList(list(lrn.decoder_stages)[:keep])
+        lrn.image_head = None
+        if keep == 0:
+            lrn.latent_in = None
+            self.adapters[learner] = nn.Identity()
+        self.trimmed[learner] = keep
+
+    def train(self, mode: bool = True) -> "BAIM":
+        super().train(mode)
+        for l in self.frozen_learners:  # frozen learners keep their normalisation statistics
+            self.learners[l].eval()
+        return self
+
+    # -- sparse execution ---------------------------------------------------------------
+    def _execute(self, side: str, targets: dict[int, torch.Tensor], n: int,
+                 make_input: Callable[[int, torch.Tensor], torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Run one side of the learners on sample index sets.
+
+        ``targets`` maps a learner to a bool mask (n,) of the samples whose final stage
+        output it must produce. Stages of other learners run only on the samples where a
+        surviving connection reads them. Returns the mixed final output of each target, on
+        its own rows (in increasing sample order).
+        """
+        conns = [(name, c) for name, c in self.conn_keys.items() if c.side == side]
+        into: dict[tuple[int, int], list[tuple[str, Connection]]] = {}
+        for name, c in conns:
+            into.setdefault((c.dst, c.dst_stage), []).append((name, c))
+        depth = {l: len(self.stage_modules(side, l)) for l in range(len(self.learners))}
+        max_depth = max(depth.values())
+        empty = torch.zeros(n, dtype=torch.bool)
+        run: dict[tuple[int, int], torch.Tensor] = {}  # samples on which stage s of l runs
+        used: dict[tuple[int, int], torch.Tensor] = {}  # samples on which g(l, s) is consumed
+        for s in range(max_depth - 1, -1, -1):
+            for l in range(len(self.learners)):
+                if s >= depth[l]:
+                    continue
+                m = run.get((l, s + 1), empty)
+                if s == depth[l] - 1 and l in targets:
+                    m = m | targets[l]
+                used[(l, s)] = m
+            readers: dict[tuple[int, int], torch.Tensor] = {}
+            for (b, j), lst in into.items():
+                if j < s or (b, j) not in used:
+                    continue
+                for _, c in lst:
+                    if c.src_stage == s:
+                        readers[(c.src, s)] = readers.get((c.src, s), empty) | used[(b, j)]
+            for l in range(len(self.learners)):
+                if s < depth[l]:
+                    run[(l, s)] = used[(l, s)] | readers.get((l, s), empty)
+
+        raw: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (mask, f rows)
+        mixed: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def rows_of(store: dict, key: tuple[int, int], mask: torch.Tensor) -> torch.Tensor:
+            have, feats = store[key]
+            if torch.equal(have, mask):
+                return feats
+            return feats[mask[have].nonzero().squeeze(1)]
+
+        for s in range(max_depth):
+            for l in range(len(self.learners)):
+                if s >= depth[l] or not run[(l, s)].any():
+                    continue
+                mask = run[(l, s)]
+                h = make_input(l, mask.nonzero().squeeze(1)) if s == 0 else rows_of(mixed, (l, s - 1), mask)
+                raw[(l, s)] = (mask, self.stage_modules(side, l)[s](h))
+                self.stage_calls[(side, l, s)] += int(mask.sum())
+            for l in range(len(self.learners)):
+                if s >= depth[l] or not used[(l, s)].any():
+                    continue
+                mask = used[(l, s)]
+                g = rows_of(raw, (l, s), mask)
+                for name, c in into.get((l, s), []):
+                    g = g + self.connections[name](rows_of(raw, (c.src, c.src_stage), mask))
+                mixed[(l, s)] = (mask, g)
+        return {l: mixed[(l, depth[l] - 1)][1] for l in targets if targets[l].any()}
+
+    # -- encoder side: product of experts ---------------------------------------------------
+    def posterior(self, x: torch.Tensor, tasks: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, D = len(x), self.latent_dim
+        targets: dict[int, torch.Tensor] = {}
+        for t in tasks.unique().tolist():
+            for l in self.squad(t):
+                targets[l] = tasks == t
+        feats = self._execute("enc", targets, n, lambda l, rows: x[rows])
+        prec = x.new_zeros(n, D)
+        num = x.new_zeros(n, D)
+        mu_sum = x.new_zeros(n, D)
+        lv_sum = x.new_zeros(n, D)
+        count = x.new_zeros(n, D)
+        for l, h in feats.items():
+            rows = targets[l].nonzero().squeeze(1)
+            mu, logvar = self.learners[l].posterior(h)
+            d = mu.shape[1]
+            p = torch.exp(-logvar)
+            pad = lambda v: torch.nn.functional.pad(v, (0, D - d))  # noqa: E731
+            prec = prec.index_add(0, rows, pad(p))
+            num = num.index_add(0, rows, pad(mu * p))
+            mu_sum = mu_sum.index_add(0, rows, pad(mu))
+            lv_sum = lv_sum.index_add(0, rows, pad(logvar))
+            count = count.index_add(0, rows, pad(torch.ones_like(mu)))
+        spoken = count > 0
+        safe_prec = torch.where(spoken, prec, torch.ones_like(prec))
+        # one expert: pass it through untouched (exact); several: the product of Gaussians
+        mu = torch.where(count == 1, mu_sum, num / safe_prec)
+        logvar = torch.where(count == 1, lv_sum, -torch.log(safe_prec))
+        return mu * spoken, logvar * spoken, spoken
+
+    # -- decoder side: gated top-K decoders -------------------------------------------------
+    def decode(self, z: torch.Tensor, tasks: torch.Tensor, noisy_gate: bool = False
+               ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, Routing]]]:
+        n = len(z)
+        routings: dict[int, tuple[torch.Tensor, Routing]] = {}
+        targets: dict[int, torch.Tensor] = {}
+        picks: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (learner, rows, weights)
+        for t in tasks.unique().tolist():
+            rows = (tasks == t).nonzero().squeeze(1)
+            squad = self.squad(t)
+            r = self.lsgates[t](z[rows], self.top_k, noisy_gate)
+            routings[t] = (rows, r)
+            for pos, l in enumerate(squad):
+                sel = r.indices == pos  # (m, k)
+                hit = sel.any(dim=1)
+                if not hit.any():
+                    continue
+                mask = torch.zeros(n, dtype=torch.bool)
+                mask[rows[hit]] = True
+                targets[l] = targets.get(l, torch.zeros(n, dtype=torch.bool)) | mask
+                w = (r.weights * sel).sum(dim=1)
+                picks.append((l, rows[hit], w[hit]))
+        feats = self._execute("dec", targets, n,
+                              lambda l, rows: self.learners[l].latent_to_map(self.adapters[l](z[rows])))
+        out = z.new_zeros(n, self.channels, self.image_size, self.image_size)
+        for l, rows, w in picks:
+            img = self.learners[l].to_image(feats[l])  # on targets[l] rows, in sample order
+            all_rows = targets[l].nonzero().squeeze(1)
+            pos = torch.searchsorted(all_rows, rows)
+            out = out.index_add(0, rows, img[pos] * w.view(-1, 1, 1, 1))
+        return out, routings
+
+    # -- whole model ------------------------------------------------------------------------
+    def route(self, x: torch.Tensor, tasks: torch.Tensor | None) -> torch.Tensor:
+        """TSGate: the named task, or the task classifier's choice for bare images."""
+        if tasks is not None:
+            return tasks
+        with torch.no_grad():
+            return self.tsgate(x).argmax(dim=1)
+
+    def forward(self, x: torch.Tensor, tasks: torch.Tensor | None = None,
+                noise: torch.Tensor | None = None, sample: bool = True) -> BAIMOutput:
+        tasks = self.route(x, tasks)
+        mu, logvar, spoken = self.posterior(x, tasks)
+        if sample:
+            eps = torch.randn_like(mu) if noise is None else noise
+            z = mu + eps * torch.exp(0.5 * logvar)
+        else:
+            z = mu
+        x_hat, routings = self.decode(z, tasks, noisy_gate=self.training)
+        return BAIMOutput(x_hat, mu, logvar, spoken, z, routings)
+
+    @torch.no_grad()
+    def generate(self, task: int, n: int, generator: torch.Generator | None = None,
+                 standard_prior: bool = False) -> torch.Tensor:
+        z = self.priors[task].sample(n, generator, standard=standard_prior)
+        return self.decode(z, torch.full((n,), task, dtype=torch.long))[0]
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def learner_parameter_names(self) -> set[str]:
+        return {f"learners.{name}" for name, _ in self.learners.named_parameters()}
