@@ -267,7 +267,7 @@ def test_prune_learners_deselects_and_trims():
     assert dropped == [2]
     assert model.lsgates[0].active.tolist() == [True, True, False]
     # learner 2's decoder stage 1 is still read by learner 0: stages 0-1 stay, the rest goes
-    assert len(model.learners[2].decoder_stages) == 2 and model.learners[2].image_head is None
+    assert len(model.learners[2].decoder_stages) == 2 and model.learners[2].image_head is None and model.trimmed == {2: {"dec": 2}}
     assert model.num_parameters() < p0
     _fixed_gate(model, 0, [2, 0, 1])  # even a gate that prefers it cannot pick it
     with torch.no_grad():

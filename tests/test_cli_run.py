@@ -11,9 +11,10 @@ from baim.rundir import RunConfigMismatch, RunDir
 
 @pytest.fixture
 def tiny_preset(monkeypatch):
-    tiny = presets.Preset("tiny", num_edges=3, samples_per_edge=128, cloud_samples=256,
-                          test_per_task=64, alpha=0.5, tiers=("small",), edge_epochs=1,
-                          fid_samples=16, cloud_epochs=1, prune_interval=1, prune_ratio=0.5)
+    tiny = presets.Preset("tiny", num_edges=3, samples_per_edge=256, cloud_samples=192,
+                          test_per_task=64, alpha=0.5, tiers=("small",), edge_epochs=6,
+                          fid_samples=16, height=0, cloud_epochs=1, prune_interval=1, prune_ratio=0.5,
+                          curve_test_per_task=16, personalize_epochs=1)
     monkeypatch.setitem(presets.PRESETS, "tiny", tiny)
     return tiny
 
@@ -45,9 +46,10 @@ def test_edge_train_and_evaluate_commands(tmp_path, tiny_preset, capsys):
 
 def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
     from baim import run as run_mod
+    from baim.edge import service
 
     calls = {"n": 0}
-    real_train = run_mod.train_edge
+    real_train = service.train_edge
 
     def counting(*a, **k):
         calls["n"] += 1
@@ -55,17 +57,18 @@ def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
             raise KeyboardInterrupt  # killed while training the second edge
         return real_train(*a, **k)
 
-    monkeypatch.setattr(run_mod, "train_edge", counting)
+    monkeypatch.setattr(service, "train_edge", counting)
     with pytest.raises(KeyboardInterrupt):
-        run_mod.run(tmp_path, preset="tiny")
-    assert (tmp_path / "edges" / "edge-0" / "spec.json").is_file()
-    assert not (tmp_path / "state" / "local_training.json").exists()
+        run_mod.run(tmp_path, preset="tiny", strategies=("finetune",))
+    assert (tmp_path / "edges" / "edge-0" / "initial" / "spec.json").is_file()
+    assert not (tmp_path / "state" / "upload.json").exists()
     calls["n"] = 10  # no more interruptions
-    summary = run_mod.run(tmp_path, preset="tiny")
+    summary = run_mod.run(tmp_path, preset="tiny", strategies=("finetune",))
     assert calls["n"] == 12  # edges 1 and 2 only; edge 0 was kept
-    assert len(summary["edges"]) == 3 and (tmp_path / "figures" / "samples_edge_initial.png").is_file()
+    assert len(summary["edges"]) == 3 and (tmp_path / "figures" / "samples_initial.png").is_file()
+    assert summary["bytes"]["upload"] > 0 and "finetune" in summary["strategies"]
     calls["n"] = 100
-    run_mod.run(tmp_path, preset="tiny")
+    run_mod.run(tmp_path, preset="tiny", strategies=("finetune",))
     assert calls["n"] == 100  # everything finished: nothing is redone
 
 

@@ -50,6 +50,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     console.print_json(json.dumps(result))
 
 
+def _cmd_cloud_train(args: argparse.Namespace) -> None:
+    from .cloud.pipeline import common_data, train_strategy
+    from .cloud.screening import screen_uploads
+    from .atomic import write_json
+    from .data import load_dataset
+    from .data.layout import Layout
+    from .presets import get_preset
+    from .transport.uploads import read_uploads
+
+    layout = Layout.load(args.layout)
+    ds = load_dataset(layout.dataset, layout.data_dir)
+    preset = get_preset(layout.preset).with_overrides(top_k=args.top_k, height=args.height,
+                                                       prune_interval=args.prune_interval,
+                                                       prune_ratio=args.prune_ratio)
+    images, tasks = common_data(layout, ds)
+    common = {t: images[tasks == t] for t in range(len(layout.tasks))}
+    screened = screen_uploads(read_uploads(args.uploads), layout.task_names, common, ds.image_size, ds.channels)
+    write_json(Path(args.out) / "screening.json", screened.report())
+    for r in screened.rejected + screened.quarantined:
+        console.print(f"[yellow]upload {r['edge']} not fused:[/yellow] {r['reason']}")
+    edges = sorted(screened.accepted)
+    learners = [screened.accepted[e][0] for e in edges]
+    ltasks = [layout.task_names.index(screened.accepted[e][1]["task"]) for e in edges]
+    _, result = train_strategy(learners, ltasks, layout, ds, preset, args.strategy, args.out,
+                               seed=args.seed, fid_extractor=args.fid_extractor, epochs=args.epochs)
+    result.pop("_samples")
+    console.print_json(json.dumps({k: result[k] for k in ("strategy", "final_test_loss", "fid", "connections",
+                                                            "candidates", "parameters", "tsgate_accuracy")}))
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from .run import run
 
@@ -107,6 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=_cmd_evaluate)
 
+    sp = sub.add_parser("cloud", help="cloud-side commands")
+    csub = sp.add_subparsers(dest="cloud_command", required=True)
+    tp = csub.add_parser("train", help="screen uploads, fuse them into a BAIM and train it on common data")
+    tp.add_argument("--layout", required=True)
+    tp.add_argument("--uploads", required=True,
+                    help="folder of upload messages (*.msg) or of saved edge models (spec.json + weights)")
+    tp.add_argument("--strategy", default="finetune", choices=["finetune", "freeze", "scratch"])
+    tp.add_argument("--out", required=True)
+    tp.add_argument("--epochs", type=int, default=None)
+    tp.add_argument("--top-k", type=int, default=None)
+    tp.add_argument("--height", type=int, default=None)
+    tp.add_argument("--prune-interval", type=int, default=None)
+    tp.add_argument("--prune-ratio", type=float, default=None)
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--fid-extractor", default="domain")
+    tp.set_defaults(func=_cmd_cloud_train)
+
     sp = sub.add_parser("run", help="the workflow end to end into a run directory (resumable)")
     data_args(sp)
     sp.add_argument("--preset", default="quick")
@@ -131,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .learners import LearnerFileError, SpecError
     from .metrics import ExtractorUnavailable
+    from .run import WorkflowError
 
     try:
         args.func(args)
-    except (DataError, SpecError, LearnerFileError, ExtractorUnavailable, ValueError) as exc:
+    except (DataError, SpecError, LearnerFileError, ExtractorUnavailable, WorkflowError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     return 0

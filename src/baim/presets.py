@@ -30,8 +30,14 @@ class Preset:
     top_k: int = 2
     height: int = 3
     cloud_epochs: int = 3
+    cloud_batch_size: int = 64
     prune_interval: int = 10
     prune_ratio: float = 0.1
+    curve_test_per_task: int | None = None  # test images per task for per-epoch curves (None: all)
+    # deployment (DESIGN.md §1, phase 7)
+    personalize_epochs: int = 2
+    # network: seconds an edge may take to answer one request before it is excluded
+    timeout_s: float = 3600.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,10 +47,11 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "quick": Preset("quick", num_edges=6, samples_per_edge=1200, cloud_samples=2400,
+    # h = 0 and aggressive pruning keep the fully connected first epoch affordable on 2 cores
+    "quick": Preset("quick", num_edges=6, samples_per_edge=1200, cloud_samples=1200,
                     test_per_task=1000, alpha=0.5, tiers=("small", "medium", "large"),
-                    edge_epochs=4, fid_samples=500, cloud_epochs=4, prune_interval=2,
-                    prune_ratio=0.2),
+                    edge_epochs=4, fid_samples=500, height=0, cloud_epochs=3, cloud_batch_size=128,
+                    prune_interval=1, prune_ratio=0.5, curve_test_per_task=200, personalize_epochs=2),
     "paper": Preset("paper", num_edges=10, samples_per_edge=None, cloud_samples=None,
                     test_per_task=None, alpha=0.5, tiers=("small", "medium", "large"),
                     edge_epochs=20, fid_samples=1000, cloud_epochs=50),

@@ -52,11 +52,13 @@ def candidate_connections(stage_counts: list[tuple[int, int]], height: int) -> l
 
 
 class Projection(nn.Module):
-    """1×1 convolution between channel counts plus a bilinear resize, scaled by α (init 0).
+    """1×1 convolution between channel counts plus a resize, scaled by α (initialised to 0).
 
-    A 1×1 convolution and a bilinear resize commute (both are linear, and the resize weights
-    sum to one, so the bias passes unchanged); the convolution runs at whichever resolution
-    is smaller.
+    Stage sides are powers of two, so the resize is exact area averaging when shrinking
+    and nearest-neighbour repetition when growing: both linear with weights summing to one,
+    so they commute with the 1×1 convolution (bias included), and the convolution runs at
+    whichever resolution is smaller. α scales the convolution's weight and bias rather than
+    its output, which is the same function at a fraction of the cost.
     """
 
     def __init__(self, c_in: int, side_in: int, c_out: int, side_out: int):
@@ -66,17 +68,18 @@ class Projection(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(()))
 
     def _resize(self, h: torch.Tensor) -> torch.Tensor:
-        if h.shape[-1] == self.side_out:
-            return h
-        return F.interpolate(h, size=(self.side_out, self.side_out), mode="bilinear",
-                             align_corners=False, antialias=self.side_out < h.shape[-1])
+        side = h.shape[-1]
+        if side > self.side_out:
+            return F.avg_pool2d(h, side // self.side_out)
+        if side < self.side_out:
+            return F.interpolate(h, scale_factor=self.side_out // side, mode="nearest")
+        return h
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
+        w, b = self.conv.weight * self.alpha, self.conv.bias * self.alpha
         if self.side_out < self.side_in:
-            h = self.conv(self._resize(f))
-        else:
-            h = self._resize(self.conv(f))
-        return self.alpha * h
+            return F.conv2d(self._resize(f), w, b)
+        return self._resize(F.conv2d(f, w, b))
 
     def score(self) -> float:
         """|α|·‖P‖, the pruning criterion (‖P‖ = Frobenius norm of the 1×1 conv weight)."""

@@ -36,6 +36,7 @@ def baim_config(model: BAIM) -> dict:
         "latent_dim": model.latent_dim,
         "frozen": sorted(model.frozen_learners),
         "trimmed": {str(k): v for k, v in sorted(model.trimmed.items())},
+        "has_tsgate": model.tsgate is not None,
     }
 
 
@@ -46,13 +47,14 @@ def build_from_config(cfg: dict) -> BAIM:
         specs = [LearnerSpec.from_dict(s) for s in cfg["learner_specs"]]
         model = BAIM([StagedVAE(s) for s in specs], cfg["learner_tasks"], cfg["task_names"],
                      [Connection(**c) for c in cfg["connections"]], top_k=cfg["top_k"],
-                     height=cfg["height"], gate_hidden=cfg["gate_hidden"])
-    except (KeyError, TypeError, IndexError, SpecError) as exc:
+                     height=cfg["height"], gate_hidden=cfg["gate_hidden"], latent_dim=cfg["latent_dim"])
+    except (KeyError, TypeError, IndexError, ValueError, SpecError) as exc:
         raise LearnerFileError(f"BAIM config is malformed: {exc}") from exc
-    if model.latent_dim != cfg["latent_dim"]:
-        raise LearnerFileError(f"BAIM config says latent dim {cfg['latent_dim']}, learners give {model.latent_dim}")
-    for l, keep in cfg.get("trimmed", {}).items():
-        model.trim_decoder(int(l), keep)
+    for l, sides in cfg.get("trimmed", {}).items():
+        for side, keep in sides.items():
+            model.trim(int(l), side, keep)
+    if not cfg.get("has_tsgate", True):
+        model.tsgate = None
     from .fusion import freeze_learners
     freeze_learners(model, cfg.get("frozen", []))
     return model

@@ -51,7 +51,8 @@ class BAIMOutput:
 
 class BAIM(nn.Module):
     def __init__(self, learners: list[StagedVAE], learner_tasks: list[int | None], task_names: list[str],
-                 connections: list[Connection], top_k: int = 2, height: int = 3, gate_hidden: int = 64):
+                 connections: list[Connection], top_k: int = 2, height: int = 3, gate_hidden: int = 64,
+                 latent_dim: int | None = None):
         super().__init__()
         if len(learners) != len(learner_tasks):
             raise ValueError("one task (or None for a feeder) per learner")
@@ -64,6 +65,10 @@ class BAIM(nn.Module):
         self.top_k, self.height, self.gate_hidden = top_k, height, gate_hidden
         self.image_size, self.channels = first.image_size, first.channels
         self.latent_dim = max(l.spec.latent_dim for l in learners)
+        if latent_dim is not None:  # a compact model keeps the BAIM's shared latent size
+            if latent_dim < self.latent_dim:
+                raise ValueError(f"shared latent {latent_dim} is smaller than a learner's ({self.latent_dim})")
+            self.latent_dim = latent_dim
         self.learners = nn.ModuleList(learners)
         self.adapters = nn.ModuleList(self._truncation(l.spec.latent_dim) for l in learners)
         self.lsgates = nn.ModuleList(LSGate(self.latent_dim, len(self.squad(t)), gate_hidden)
@@ -75,7 +80,7 @@ class BAIM(nn.Module):
         for c in connections:
             self.add_connection(c)
         self.frozen_learners: set[int] = set()
-        self.trimmed: dict[int, int] = {}  # learner -> decoder stages kept after learner pruning
+        self.trimmed: dict[int, dict[str, int]] = {}  # learner -> {side: stages kept} after trimming
         self.stage_calls: Counter = Counter()  # (side, learner, stage) -> samples processed
 
     # -- structure ------------------------------------------------------------------------
@@ -108,16 +113,22 @@ class BAIM(nn.Module):
         del self.connections[name]
         del self.conn_keys[name]
 
-    def trim_decoder(self, learner: int, keep: int) -> None:
-        """Drop decoder stages ≥ ``keep`` and the image head of a deselected learner (and its
-        latent-in map and adapter when no stage is left)."""
+    def trim(self, learner: int, side: str, keep: int) -> None:
+        """Keep only the first ``keep`` stages of one side of a learner that no longer
+        produces that side's output itself (a deselected learner, or a feeder in a compact
+        model); its head on that side goes too, and with no stage left its latent-in map and
+        adapter (decoder side)."""
         lrn = self.learners[learner]
-        lrn.decoder_stages = nn.ModuleList(list(lrn.decoder_stages)[:keep])
-        lrn.image_head = None
-        if keep == 0:
-            lrn.latent_in = None
-            self.adapters[learner] = nn.Identity()
-        self.trimmed[learner] = keep
+        if side == "enc":
+            lrn.encoder_stages = nn.ModuleList(list(lrn.encoder_stages)[:keep])
+            lrn.posterior_head = None
+        else:
+            lrn.decoder_stages = nn.ModuleList(list(lrn.decoder_stages)[:keep])
+            lrn.image_head = None
+            if keep == 0:
+                lrn.latent_in = None
+                self.adapters[learner] = nn.Identity()
+        self.trimmed.setdefault(learner, {})[side] = keep
 
     def train(self, mode: bool = True) -> "BAIM":
         super().train(mode)
@@ -259,6 +270,8 @@ class BAIM(nn.Module):
         """TSGate: the named task, or the task classifier's choice for bare images."""
         if tasks is not None:
             return tasks
+        if self.tsgate is None:  # a compact model serves exactly one task
+            return torch.zeros(len(x), dtype=torch.long)
         with torch.no_grad():
             return self.tsgate(x).argmax(dim=1)
 

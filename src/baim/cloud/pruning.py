@@ -53,4 +53,4 @@ def _trim_feeder(model: BAIM, learner: int) -> None:
     for name, c in list(model.conn_keys.items()):
         if c.side == "dec" and c.dst == learner and c.dst_stage >= keep:
             model.remove_connection(name)
-    model.trim_decoder(learner, keep)
+    model.trim(learner, "dec", keep)

@@ -83,7 +83,7 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: CloudCon
                 kld = out.kl().mean()
                 balance = sum(load_balance_loss(r) for _, r in out.routings.values())
                 zl = sum(router_z_loss(r) for _, r in out.routings.values())
-                task_ce = F.cross_entropy(model.tsgate(x), t)
+                task_ce = F.cross_entropy(model.tsgate(x), t) if model.tsgate is not None else x.new_zeros(())
                 loss = mse + cfg.kld_weight * kld + cfg.balance_weight * balance + cfg.z_loss_weight * zl
                 total = loss + cfg.task_weight * task_ce
                 progress.advance(bar)

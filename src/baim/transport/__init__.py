@@ -1,0 +1,6 @@
+"""How cloud and edges talk: one codec, a transport interface, an in-process engine."""
+
+from .base import ByteLedger, InProcessTransport, Transport
+from .codec import Message, MessageError, decode, encode
+
+__all__ = ["ByteLedger", "InProcessTransport", "Message", "MessageError", "Transport", "decode", "encode"]
