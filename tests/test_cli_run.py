@@ -76,3 +76,25 @@ def test_run_dir_refuses_other_config(tmp_path):
     RunDir(tmp_path, {"preset": "quick"})
     with pytest.raises(RunConfigMismatch, match="preset"):
         RunDir(tmp_path, {"preset": "paper"})
+
+
+def test_cloud_train_command_from_edge_folders(tmp_path, tiny_preset, capsys):
+    layout = tmp_path / "layout.json"
+    assert main(["layout", "--preset", "tiny", "--out", str(tmp_path)]) == 0
+    for e in range(3):
+        assert main(["edge", "train", "--layout", str(layout), "--edge", str(e),
+                     "--out", str(tmp_path / "uploads" / f"edge-{e}")]) == 0
+    # a broken upload beside them is rejected, not fused
+    (tmp_path / "uploads" / "junk.msg").write_bytes(b"not a message")
+    capsys.readouterr()
+    assert main(["cloud", "train", "--layout", str(layout), "--uploads", str(tmp_path / "uploads"),
+                 "--strategy", "freeze", "--out", str(tmp_path / "baim"), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "not fused" in out and "magic" in out
+    res = json.loads(out[out.index("{"):])
+    assert res["strategy"] == "freeze" and set(res["fid"]) == {"tops", "footwear", "trousers_bags"}
+    from baim.cloud import load_baim
+    model = load_baim(tmp_path / "baim")
+    assert len(model.learners) == 3 and model.frozen_learners == {0, 1, 2}
+    screening = json.loads((tmp_path / "baim" / "screening.json").read_text())
+    assert screening["accepted"] == [1, 2, 3] and screening["rejected"][0]["edge"] == 0

@@ -69,7 +69,7 @@ def test_screening_quarantines_outliers_and_reports(fmnist):
     for seed in range(2):
         torch.manual_seed(seed)
         m = StagedVAE(tier_spec("small"))
-        train_learner(m, imgs[:500], TrainConfig(epochs=2, seed=seed))
+        train_learner(m, imgs[:500], TrainConfig(epochs=5, seed=seed))
         good.append(m)
     poisoned = StagedVAE(tier_spec("small"))
     poisoned.load_state_dict(good[0].state_dict())

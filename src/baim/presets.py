@@ -48,10 +48,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # h = 0 and aggressive pruning keep the fully connected first epoch affordable on 2 cores
-    "quick": Preset("quick", num_edges=6, samples_per_edge=1200, cloud_samples=1200,
+    "quick": Preset("quick", num_edges=6, samples_per_edge=1000, cloud_samples=1000,
                     test_per_task=1000, alpha=0.5, tiers=("small", "medium", "large"),
                     edge_epochs=4, fid_samples=500, height=0, cloud_epochs=3, cloud_batch_size=128,
-                    prune_interval=1, prune_ratio=0.5, curve_test_per_task=200, personalize_epochs=2),
+                    prune_interval=1, prune_ratio=0.5, curve_test_per_task=200, personalize_epochs=1),
     "paper": Preset("paper", num_edges=10, samples_per_edge=None, cloud_samples=None,
                     test_per_task=None, alpha=0.5, tiers=("small", "medium", "large"),
                     edge_epochs=20, fid_samples=1000, cloud_epochs=50),

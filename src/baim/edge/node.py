@@ -83,8 +83,9 @@ def train_edge(layout: Layout, ds: DataSet, edge: int, out_dir: str | Path, epoc
                       lr=preset.lr, lr_decay=preset.lr_decay, kld_weight=preset.kld_weight,
                       seed=seed + 1000 * edge)
     test = ds.test.load(layout.test[layout.task_names[e.task]])
+    curve = test[: preset.curve_test_per_task or None]
     hist = train_learner(model, ds.train.load(e.indices), cfg, label=f"edge {edge} ({e.tier})",
-                         eval_images=test)
+                         eval_images=curve)
     metrics = {"edge": edge, "task": layout.task_names[e.task], "tier": e.tier,
                "samples": len(e.indices), "train": asdict(hist),
                **evaluate_reconstruction(model, test, cfg.kld_weight)}
