@@ -84,7 +84,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from .run import run
 
     summary = run(args.out, preset=args.preset, seed=args.seed, data_dir=args.data_dir,
-                  dataset=args.dataset, fid_extractor=args.fid_extractor)
+                  dataset=args.dataset, fid_extractor=args.fid_extractor, engine=args.engine,
+                  strategies=tuple(args.strategies.split(",")))
     console.print(f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}")
 
 
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", default="quick")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--fid-extractor", default="domain")
+    sp.add_argument("--engine", default="inprocess", choices=["inprocess", "flower-sim"],
+                    help="inprocess (default) or Flower's simulation engine")
+    sp.add_argument("--strategies", default="finetune,freeze,scratch")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_run)
 

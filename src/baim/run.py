@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+import json
+
 from .atomic import atomic_write, write_bytes, write_json
 from .cloud.fusion import STRATEGIES
 from .cloud.io import load_baim
@@ -30,6 +32,9 @@ from .rundir import RunDir
 from .transport import ByteLedger, InProcessTransport, Message, Transport, encode
 
 
+ENGINES = ("inprocess", "flower-sim")
+
+
 class WorkflowError(RuntimeError):
     """The workflow cannot go on (e.g. a task has no usable upload); says what to look at."""
 
@@ -42,13 +47,18 @@ def save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write(path, _w)
 
 
-def run(out: str | Path, preset: str = "quick", seed: int = 0, data_dir: str | None = None,
-        dataset: str = "fashion-mnist", fid_extractor: str = "domain",
-        strategies: tuple[str, ...] = STRATEGIES) -> dict:
-    started = time.perf_counter()
+def prepare(out: str | Path, preset: str = "quick", seed: int = 0, data_dir: str | None = None,
+            dataset: str = "fashion-mnist", fid_extractor: str = "domain", engine: str = "inprocess",
+            strategies: tuple[str, ...] = STRATEGIES) -> tuple[RunDir, Layout, DataSet, Preset]:
+    """Open (or resume) a run directory and make its layout (phase 0, on the cloud)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    unknown = [s for s in strategies if s not in STRATEGIES]
+    if unknown or not strategies:
+        raise ValueError(f"unknown strategies {unknown}; choose from {STRATEGIES}")
     p = get_preset(preset)
     rd = RunDir(out, {"preset": preset, "seed": seed, "dataset": dataset, "data_dir": data_dir,
-                      "fid_extractor": fid_extractor, "engine": "inprocess", "strategies": list(strategies)})
+                      "fid_extractor": fid_extractor, "engine": engine, "strategies": list(strategies)})
     ds = load_dataset(dataset, data_dir)
 
     def do_layout() -> dict:
@@ -57,15 +67,57 @@ def run(out: str | Path, preset: str = "quick", seed: int = 0, data_dir: str | N
         return {"edges": len(layout.edges), "cloud": len(layout.cloud)}
 
     rd.phase("layout", do_layout)
-    layout = Layout.load(rd.path("layout.json"))
-    ledger = ByteLedger()
-    nodes = {e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), seed) for e in layout.edges}
-    transport = InProcessTransport(nodes, ledger)
-    workflow = Workflow(rd, layout, ds, p, transport, ledger, seed, fid_extractor)
-    workflow.run(strategies)
-    summary = rd.phase("summary", lambda: workflow.summary(strategies))
+    return rd, Layout.load(rd.path("layout.json")), ds, p
+
+
+def run(out: str | Path, preset: str = "quick", seed: int = 0, data_dir: str | None = None,
+        dataset: str = "fashion-mnist", fid_extractor: str = "domain", engine: str = "inprocess",
+        strategies: tuple[str, ...] = STRATEGIES) -> dict:
+    """The whole workflow into ``out``; rerun the same call to resume."""
+    started = time.perf_counter()
+    rd, layout, ds, p = prepare(out, preset, seed, data_dir, dataset, fid_extractor, engine, strategies)
+    if engine == "inprocess":
+        ledger = ByteLedger()
+        nodes = {e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), seed)
+                 for e in layout.edges}
+        workflow = Workflow(rd, layout, ds, p, InProcessTransport(nodes, ledger), ledger, seed, fid_extractor,
+                            engine)
+        workflow.run(strategies)
+        summary = rd.phase("summary", lambda: workflow.summary(strategies))
+    else:
+        from .federation.simulation import simulate
+
+        simulate(rd.root, len(layout.edges), data_dir)
+        if not rd.done("summary"):
+            raise WorkflowError(f"the Flower simulation ended before the workflow finished; see {rd.root}/state")
+        summary = json.loads(rd.path("summary.json").read_text())
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def run_workflow_on(grid, run_dir: str | Path, engine: str = "flower", expected_edges: int | None = None,
+                    timeout: float | None = None, strategies: tuple[str, ...] | None = None) -> dict:
+    """The workflow from a Flower ServerApp, over the Grid it was given.
+
+    Uses the run directory's configuration when it exists (``baim run --engine flower-sim``
+    prepares it); a fresh directory is prepared with the quick preset's defaults.
+    """
+    from .federation.transport import FlowerTransport
+
+    cfg_path = Path(run_dir) / "config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {"engine": engine}
+    strategies = tuple(cfg.get("strategies", strategies or STRATEGIES))
+    rd, layout, ds, p = prepare(run_dir, cfg.get("preset", "quick"), cfg.get("seed", 0), cfg.get("data_dir"),
+                                cfg.get("dataset", "fashion-mnist"), cfg.get("fid_extractor", "domain"),
+                                cfg.get("engine", engine), strategies)
+    if timeout:
+        p = p.with_overrides(timeout_s=timeout)
+    ledger = ByteLedger()
+    transport = FlowerTransport(grid, ledger, expected_edges=expected_edges or len(layout.edges))
+    workflow = Workflow(rd, layout, ds, p, transport, ledger, rd.config["seed"], rd.config["fid_extractor"],
+                        rd.config["engine"])
+    workflow.run(strategies)
+    return rd.phase("summary", lambda: workflow.summary(strategies))
 
 
 def source_strategy(strategies: tuple[str, ...]) -> str:
@@ -77,9 +129,10 @@ class Workflow:
     """The phases, written against a transport."""
 
     def __init__(self, rd: RunDir, layout: Layout, ds: DataSet, preset: Preset, transport: Transport,
-                 ledger: ByteLedger, seed: int, fid_extractor: str):
+                 ledger: ByteLedger, seed: int, fid_extractor: str, engine: str = "inprocess"):
         self.rd, self.layout, self.ds, self.p = rd, layout, ds, preset
         self.transport, self.ledger, self.seed, self.extractor = transport, ledger, seed, fid_extractor
+        self.engine = engine
 
     def _bytes_since(self, mark: int) -> dict:
         up = sum(m["bytes"] for m in self.ledger.messages[mark:] if m["direction"] == "up")
@@ -177,7 +230,7 @@ class Workflow:
         for e in self.transport.edges():
             task = self.layout.task_names[self.layout.edges[e].task]
             manifest, weights = manifest_and_weights(load_compact(self.rd.path("cloud", "compact", task)))
-            reply = self.transport.request(e, Message("deploy", manifest, weights), self.p.timeout_s, "deployment")
+            reply = self.transport.request(e, Message("train.deploy", manifest, weights), self.p.timeout_s, "deployment")
             if reply is None or reply.kind != "ack":
                 missing.append({"edge": e, "reason": "no answer" if reply is None else reply.meta.get("error")})
                 continue
@@ -230,8 +283,7 @@ class Workflow:
         edges = []
         for u in up["edges"]:
             e = u["edge"]
-            row = {"edge": e, "task": u["task"], "tier": u["tier"], "samples": u["samples"],
-                   "train_images_per_second": u["metrics"]["train"]["images_per_second"]}
+            row = {"edge": e, "task": u["task"], "tier": u["tier"], "samples": u["samples"]}
             for which, suffix in (("initial", "initial"), ("deployed", "deployed"), ("personalized", "personalized")):
                 m = ev.get((e, which), {})
                 row[f"fid_{suffix}"] = m.get("fid_samples")
@@ -252,7 +304,7 @@ class Workflow:
         for r in evaluation["edges"]:
             rvr.setdefault(r["task"], r["fid_real_vs_real"])
         summary = {
-            "preset": self.p.name, "engine": "inprocess", "dataset": self.ds.name, "seed": self.seed,
+            "preset": self.p.name, "engine": self.engine, "dataset": self.ds.name, "seed": self.seed,
             "wall_seconds": round(sum(seconds.values()), 2), "phase_seconds": seconds,
             "edges": edges, "strategies": strat,
             "partition": {"max_abs_diff": part["max_abs_diff"], "source_strategy": part["source_strategy"],

@@ -5,7 +5,7 @@ Message kinds (cloud → edge, and the reply):
 - ``train.local`` → ``upload``: trains the tier's learner on the local slice (or reuses the
   one already trained: a rerun resumes) and uploads spec + weights + task + sample count +
   local metrics.
-- ``deploy`` → ``ack``: the compact model of the edge's task (manifest + weights), validated
+- ``train.deploy`` → ``ack``: the compact model of the edge's task (manifest + weights), validated
   and stored.
 - ``train.personalize`` → ``metrics``: fine-tunes the deployed model on the local slice.
 - ``evaluate`` → ``metrics``: test loss, reconstruction and FID of one of the edge's models
@@ -59,11 +59,15 @@ class EdgeNode:
         else:
             model, metrics = train_edge(self.layout, self.ds, self.edge, model_dir,
                                         epochs=msg.meta.get("epochs"), seed=self.seed)
+        # wall-clock figures stay on the edge: they say nothing about the model, and they
+        # would make two identical uploads differ in size
+        local = {k: v for k, v in metrics.items() if k != "train"}
+        local["train_epochs"] = metrics["train"]["epochs"]
         return Message("upload", {"edge": self.edge, "task": self.task_name, "samples": len(self.slice.indices),
-                                  "spec": model.spec.to_dict(), "metrics": metrics},
+                                  "spec": model.spec.to_dict(), "metrics": local},
                        {k: v for k, v in model.state_dict().items()})
 
-    def on_deploy(self, msg: Message) -> Message:
+    def on_train_deploy(self, msg: Message) -> Message:
         if msg.meta.get("task") != self.task_name:
             return Message("error", {"error": f"edge {self.edge} serves {self.task_name!r}, "
                                               f"not {msg.meta.get('task')!r}"})
