@@ -32,7 +32,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first, pinned: the CPU build; a bare "torch" would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e ".[test,lite0]"
+  .venv/bin/python -m pip install -q -e ".[test,lite0,flower]"
   echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv)"

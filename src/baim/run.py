@@ -32,7 +32,7 @@ from .rundir import RunDir
 from .transport import ByteLedger, InProcessTransport, Message, Transport, encode
 
 
-ENGINES = ("inprocess", "flower-sim")
+ENGINES = ("inprocess", "flower-sim", "flower")  # "flower": a ServerApp on the deployment engine
 
 
 class WorkflowError(RuntimeError):
@@ -76,6 +76,9 @@ def run(out: str | Path, preset: str = "quick", seed: int = 0, data_dir: str | N
     """The whole workflow into ``out``; rerun the same call to resume."""
     started = time.perf_counter()
     rd, layout, ds, p = prepare(out, preset, seed, data_dir, dataset, fid_extractor, engine, strategies)
+    if engine == "flower":
+        raise ValueError("the deployment engine is started with `flwr run` (see README, 'Deployment'); "
+                         "baim run takes --engine inprocess or flower-sim")
     if engine == "inprocess":
         ledger = ByteLedger()
         nodes = {e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), seed)
