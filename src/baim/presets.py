@@ -51,7 +51,7 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset("quick", num_edges=6, samples_per_edge=1000, cloud_samples=1000,
                     test_per_task=1000, alpha=0.5, tiers=("small", "medium", "large"),
                     edge_epochs=4, fid_samples=500, height=0, cloud_epochs=3, cloud_batch_size=128,
-                    prune_interval=1, prune_ratio=0.5, curve_test_per_task=200, personalize_epochs=1),
+                    prune_interval=1, prune_ratio=0.5, curve_test_per_task=200, personalize_epochs=2),
     # a minute-long check that everything is wired (tests, engines); its numbers mean nothing
     "smoke": Preset("smoke", num_edges=3, samples_per_edge=256, cloud_samples=192, test_per_task=64,
                     alpha=0.5, tiers=("small",), edge_epochs=6, fid_samples=16, height=0, cloud_epochs=1,
