@@ -70,6 +70,20 @@ def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
     calls["n"] = 100
     run_mod.run(tmp_path, preset="tiny", strategies=("finetune",))
     assert calls["n"] == 100  # everything finished: nothing is redone
+    # every image behind every FID is kept, and the number can be recomputed from them
+    import numpy as np
+
+    from baim.metrics import fid
+    img = tmp_path / "images"
+    task = summary["edges"][0]["task"]
+    real, base = np.load(img / "real" / f"{task}.npy"), np.load(img / "real" / f"{task}_baseline.npy")
+    for which in ("initial", "deployed", "personalized"):
+        again = fid(real, np.load(img / "edge-0" / f"{which}.npy"), base).fid
+        assert again == pytest.approx(summary["edges"][0][f"fid_{which}"], rel=1e-6)
+    for extra in ("edge-0/initial_reconstructions.npy", "edge-0/deployed_standard_prior.npy",
+                  f"baim-finetune/{task}.npy", f"baim-finetune/{task}_standard_prior.npy"):
+        assert (img / extra).is_file(), extra
+    assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
 def test_run_dir_refuses_other_config(tmp_path):

@@ -9,7 +9,7 @@ from flwr.app import Context, Message as FlowerMessage, RecordDict
 from baim.federation.client_app import app as client_app
 from baim.federation.transport import FlowerTransport, from_record, to_record
 from baim.run import prepare, run, run_workflow_on
-from baim.transport import Message, decode, encode
+from baim.transport import Message, encode
 
 
 class FakeGrid:

@@ -31,7 +31,7 @@ def _cmd_layout(args: argparse.Namespace) -> None:
                       "  ".join(f"{ds.class_names[c]}:{n}" for c, n in hist.items()))
     table.add_row("cloud", "all", "-", str(len(layout.cloud)), "stratified over all tasks")
     console.print(table)
-    console.print(f"test images per task: " + ", ".join(f"{k} {len(v)}" for k, v in layout.test.items()))
+    console.print("test images per task: " + ", ".join(f"{k} {len(v)}" for k, v in layout.test.items()))
     console.print(f"wrote {path}")
 
 
@@ -75,7 +75,7 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     ltasks = [layout.task_names.index(screened.accepted[e][1]["task"]) for e in edges]
     _, result = train_strategy(learners, ltasks, layout, ds, preset, args.strategy, args.out,
                                seed=args.seed, fid_extractor=args.fid_extractor, epochs=args.epochs)
-    result.pop("_samples")
+    result.pop("_images")
     console.print_json(json.dumps({k: result[k] for k in ("strategy", "final_test_loss", "fid", "connections",
                                                             "candidates", "parameters", "tsgate_accuracy")}))
 

@@ -197,8 +197,10 @@ class Workflow:
                                "quarantined and why.")
         _, result = train_strategy(learners, tasks, self.layout, self.ds, self.p, strategy,
                                    self.rd.path("cloud", f"baim-{strategy}"), self.seed, self.extractor)
-        for task, arr in result.pop("_samples").items():
-            save_npy(self.rd.path("images", f"baim-{strategy}", f"{task}.npy"), arr)
+        for task, images in result.pop("_images").items():
+            for kind, arr in images.items():
+                name = f"{task}.npy" if kind == "samples" else f"{task}_{kind}.npy"
+                save_npy(self.rd.path("images", f"baim-{strategy}", name), arr)
         result["learner_edges"] = edges
         return result
 
@@ -266,12 +268,15 @@ class Workflow:
                 if reply is None or reply.kind != "metrics":
                     missing.append({"edge": e, "model": which})
                     continue
-                save_npy(self.rd.path("images", f"edge-{e}", f"{which}.npy"), reply.tensors["samples"].numpy())
+                for kind, arr in reply.tensors.items():
+                    name = f"{which}.npy" if kind == "samples" else f"{which}_{kind}.npy"
+                    save_npy(self.rd.path("images", f"edge-{e}", name), arr.numpy())
                 rows.append(reply.meta)
         for name in self.layout.task_names:
             path = self.rd.path("images", "real", f"{name}.npy")
-            if not path.is_file():
+            if not path.is_file():  # the real images every FID compared with, and the baseline set
                 n = min(self.p.fid_samples, len(self.layout.test[name]) // 2)
+                save_npy(path.with_name(f"{name}_baseline.npy"), self.ds.test.load(self.layout.test[name][n:2 * n]))
                 save_npy(path, self.ds.test.load(self.layout.test[name][:n]))
         return {"edges": rows, "missing": missing, "bytes": self._bytes_since(mark)}
 

@@ -46,7 +46,8 @@ def baim_fid(model: BAIM, ds: DataSet, layout: Layout, task: int, n: int, extrac
     standard = to_uint8(model.generate(mt, n, torch.Generator().manual_seed(seed), standard_prior=True))
     a, b = fid(real, fitted, baseline, extractor), fid(real, standard, baseline, extractor)
     return {"fid": a.fid, "fid_standard_prior": b.fid, "fid_real_vs_real": a.real_vs_real,
-            "fid_extractor": extractor, "fid_count": n, "_samples": fitted}
+            "fid_extractor": extractor, "fid_count": n,
+            "_images": {"samples": fitted, "standard_prior": standard}}
 
 
 def train_strategy(learners: list[StagedVAE], learner_tasks: list[int], layout: Layout, ds: DataSet,
@@ -69,7 +70,7 @@ def train_strategy(learners: list[StagedVAE], learner_tasks: list[int], layout: 
         test = ds.test.load(layout.test[name])
         ev = evaluate_baim(model, test, t, preset.kld_weight)
         f = baim_fid(model, ds, layout, t, preset.fid_samples, fid_extractor, seed)
-        samples[name] = f.pop("_samples")
+        samples[name] = f.pop("_images")
         per_task[name] = {**ev, **f}
     result = {
         "strategy": strategy, "candidates": n_candidates, "connections": len(model.connections),
@@ -79,7 +80,7 @@ def train_strategy(learners: list[StagedVAE], learner_tasks: list[int], layout: 
         "tsgate_accuracy": task_accuracy(model, *_test_with_tasks(layout, ds)),
     }
     save_baim(model, out_dir, {"log.json": json.dumps(result, indent=2) + "\n"})
-    result["_samples"] = samples
+    result["_images"] = samples
     return model, result
 
 

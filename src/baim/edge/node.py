@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import write_json
 from ..data import DataSet, load_dataset, to_float, to_uint8
 from ..data.layout import Layout
 from ..learners import StagedVAE, load_learner, save_learner, tier_spec
@@ -55,7 +54,8 @@ def fid_of_model(model: StagedVAE, ds: DataSet, layout: Layout, task: int, n: in
     recon = to_uint8(model.decode(model.encode(to_float(baseline))[0]))
     s, r = fid(real, samples, baseline, extractor), fid(real, recon, baseline, extractor)
     return {"fid_samples": s.fid, "fid_reconstructions": r.fid, "fid_real_vs_real": s.real_vs_real,
-            "fid_extractor": extractor, "fid_count": n, "_samples": samples}
+            "fid_extractor": extractor, "fid_count": n,
+            "_images": {"samples": samples, "reconstructions": recon}}
 
 
 def evaluate_edge_model(model_dir: str | Path, layout_path: str | Path, task: str | int,
@@ -67,7 +67,7 @@ def evaluate_edge_model(model_dir: str | Path, layout_path: str | Path, task: st
     test = ds.test.load(layout.test[layout.task_names[t]])
     out = {"task": layout.task_names[t], **evaluate_reconstruction(model, test)}
     f = fid_of_model(model, ds, layout, t, fid_samples, fid_extractor, seed)
-    f.pop("_samples")
+    f.pop("_images")
     return {**out, **f}
 
 

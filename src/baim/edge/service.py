@@ -98,9 +98,8 @@ class EdgeNode:
             rec = evaluate_baim(model, test, 0)
             f = baim_fid(model, self.ds, self.layout, self.slice.task, n, extractor, self.seed, local_task=0)
             f["fid_samples"] = f.pop("fid")
-        samples = torch.from_numpy(f.pop("_samples"))
-        return Message("metrics", {"edge": self.edge, "task": self.task_name, "model": which, **rec, **f},
-                       {"samples": samples})
+        images = {k: torch.from_numpy(v) for k, v in f.pop("_images").items()}
+        return Message("metrics", {"edge": self.edge, "task": self.task_name, "model": which, **rec, **f}, images)
 
     def load_model(self, which: str) -> StagedVAE | BAIM:
         if which == "initial":
