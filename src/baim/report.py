@@ -47,6 +47,7 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
         epochs = [row["epoch"] for row in r["curve"]]
         ax.plot(epochs, [row["test_loss_mean"] for row in r["curve"]], marker="o", label=s)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_ylabel("test loss (mean over tasks)")
     ax.set_title("BAIM convergence per strategy (paper Fig. 5(c))")
     ax.legend()

@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..atomic import atomic_write, write_text
+from ..atomic import write_text
 from ..learners import LearnerFileError, LearnerSpec, SpecError, StagedVAE
-from ..learners.io import check_state
+from ..learners.io import check_state, save_weights
 from .connections import Connection
 from .model import BAIM
 
@@ -62,8 +62,7 @@ def build_from_config(cfg: dict) -> BAIM:
 
 def save_baim(model: BAIM, folder: str | Path, extra: dict[str, str] | None = None) -> Path:
     folder = Path(folder)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    save_weights(model, folder / WEIGHTS_FILE)
     for name, text in (extra or {}).items():
         write_text(folder / name, text)
     write_text(folder / CONFIG_FILE, json.dumps(baim_config(model), indent=2) + "\n")

@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..atomic import atomic_write, write_text
+from ..atomic import write_text
 from ..learners import LearnerFileError
-from ..learners.io import check_state
+from ..learners.io import check_state, plain_state, save_weights
 from .connections import Connection
 from .io import baim_config, build_from_config
 from .model import BAIM
@@ -86,22 +86,19 @@ def partition(model: BAIM, task: int) -> BAIM:
     return compact.eval()
 
 
-def save_compact(model: BAIM, folder: str | Path) -> Path:
-    folder = Path(folder)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
-    digest = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
-    manifest = {"format_version": MANIFEST_VERSION, "kind": "compact", "task": model.task_names[0],
-                "weights_sha256": digest, "baim": baim_config(model)}
-    write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    return folder
-
-
 def manifest_and_weights(model: BAIM) -> tuple[dict, dict]:
     """What a deployment message carries (the same content as the two files)."""
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     return {"format_version": MANIFEST_VERSION, "kind": "compact", "task": model.task_names[0],
-            "baim": baim_config(model)}, state
+            "baim": baim_config(model)}, plain_state(model)
+
+
+def save_compact(model: BAIM, folder: str | Path) -> Path:
+    folder = Path(folder)
+    save_weights(model, folder / WEIGHTS)
+    manifest, _ = manifest_and_weights(model)
+    manifest["weights_sha256"] = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+    write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return folder
 
 
 def load_compact(folder: str | Path) -> BAIM:

@@ -25,10 +25,20 @@ class LearnerFileError(ValueError):
     """A saved learner is incomplete, inconsistent with its spec, or contains bad values."""
 
 
+def plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A state dict safetensors can write: detached, contiguous, on the CPU."""
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+
+
+def save_weights(module: torch.nn.Module, path: str | Path) -> Path:
+    """Write a module's state dict as safetensors, atomically."""
+    state = plain_state(module)
+    return atomic_write(path, lambda tmp: save_file(state, tmp))
+
+
 def save_learner(model: StagedVAE, folder: str | Path, extra_files: dict[str, str] | None = None) -> Path:
     folder = Path(folder)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    save_weights(model, folder / WEIGHTS_FILE)
     for name, text in (extra_files or {}).items():
         write_text(folder / name, text)
     # The spec is written last: its presence marks a complete save.
