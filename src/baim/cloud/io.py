@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from ..atomic import write_text
 from ..learners import LearnerFileError, LearnerSpec, SpecError, StagedVAE
-from ..learners.io import check_state, save_weights
+from ..learners.io import check_state, load_weights, save_weights
 from .connections import Connection
 from .model import BAIM
 
@@ -76,10 +74,15 @@ def load_baim(folder: str | Path) -> BAIM:
         raise LearnerFileError(f"{folder}: a saved BAIM needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
         cfg = json.loads(cfg_path.read_text())
-        state = load_file(str(w_path))
-    except (json.JSONDecodeError, SafetensorError, OSError) as exc:
-        raise LearnerFileError(f"{folder}: unreadable BAIM checkpoint: {exc}") from exc
+    except (json.JSONDecodeError, OSError) as exc:
+        raise LearnerFileError(f"{cfg_path}: unreadable BAIM config: {exc}") from exc
+    return restore(cfg, load_weights(w_path), str(w_path))
+
+
+def restore(cfg: dict, state: dict, source: str) -> BAIM:
+    """Build a BAIM (or compact model) from its config and load weights that were checked
+    against it: names, shapes and finite values."""
     model = build_from_config(cfg)
-    check_state(model, state, str(w_path))
+    check_state(model, state, source)
     model.load_state_dict(state)
     return model.eval()

@@ -18,14 +18,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from ..atomic import write_text
 from ..learners import LearnerFileError
-from ..learners.io import check_state, plain_state, save_weights
+from ..learners.io import load_weights, plain_state, save_weights
 from .connections import Connection
-from .io import baim_config, build_from_config
+from .io import baim_config, restore
 from .model import BAIM
 
 MANIFEST_VERSION = 1
@@ -121,19 +119,9 @@ def load_compact(folder: str | Path) -> BAIM:
     return compact_from(manifest, load_weights(wpath))
 
 
-def load_weights(path: Path) -> dict:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise LearnerFileError(f"{path}: not a readable safetensors file: {exc}") from exc
-
-
 def compact_from(manifest: dict, state: dict) -> BAIM:
     """Rebuild a compact model from its manifest and weights, validating both."""
     cfg = manifest.get("baim")
     if not isinstance(cfg, dict) or len(cfg.get("task_names", [])) != 1:
         raise LearnerFileError("compact manifest must describe exactly one task")
-    model = build_from_config(cfg)
-    check_state(model, state, "compact model weights")
-    model.load_state_dict(state)
-    return model.eval()
+    return restore(cfg, state, "compact model weights")

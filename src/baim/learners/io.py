@@ -61,6 +61,14 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
             raise LearnerFileError(f"{source}: tensor {k} holds NaN or infinite values")
 
 
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file, or raise LearnerFileError naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise LearnerFileError(f"{path}: not a readable safetensors file: {exc}") from exc
+
+
 def load_learner(folder: str | Path) -> StagedVAE:
     folder = Path(folder)
     spec_path, weights_path = folder / SPEC_FILE, folder / WEIGHTS_FILE
@@ -72,10 +80,7 @@ def load_learner(folder: str | Path) -> StagedVAE:
         raise LearnerFileError(f"{spec_path}: not a valid spec: {exc}") from exc
     except SpecError as exc:
         raise LearnerFileError(f"{spec_path}: {exc}") from exc
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
-        raise LearnerFileError(f"{weights_path}: not a readable safetensors file: {exc}") from exc
+    state = load_weights(weights_path)
     model = StagedVAE(spec)
     check_state(model, state, str(weights_path))
     model.load_state_dict(state)
