@@ -25,8 +25,7 @@ import time
 
 import torch
 
-from baim.cloud import Connection, candidate_connections
-from baim.cloud.model import BAIM
+from baim.models import BAIM, Connection, candidate_connections
 from baim.learners import StagedVAE, tier_spec
 
 TIERS = ("small", "medium", "large")
@@ -41,7 +40,7 @@ def build(n: int, mode: str) -> BAIM:
         conns = [Connection("dec", a, i, b, i + 1) for b in (0, 1) for a in (2, 3) for i in (0, 1)]
     else:
         conns = []
-    model = BAIM(learners, [0] * n, ["t"], conns, top_k=2)
+    model = BAIM.from_learners(learners, [0] * n, ["t"], conns, top_k=2)
     with torch.no_grad():
         for p in model.connections.values():
             p.alpha.fill_(0.1)

@@ -17,7 +17,8 @@ os.environ.setdefault("BAIM_QUIET", "1")
 import torch  # noqa: E402
 
 from baim.data import load_fashion_mnist  # noqa: E402
-from baim.edge import TrainConfig, train_learner  # noqa: E402
+from baim.config import Recipe  # noqa: E402
+from baim.edge import train_learner  # noqa: E402
 from baim.learners import TIERS, StagedVAE, tier_spec  # noqa: E402
 
 
@@ -37,9 +38,9 @@ def main() -> None:
     for tier in TIERS:
         torch.manual_seed(0)
         model = StagedVAE(tier_spec(tier))
-        train_learner(model, images[: args.batch * 2], TrainConfig(epochs=1, batch_size=args.batch))
+        train_learner(model, images[: args.batch * 2], Recipe(epochs=1, batch_size=args.batch))
         t0 = time.perf_counter()
-        hist = train_learner(model, images, TrainConfig(epochs=1, batch_size=args.batch))
+        hist = train_learner(model, images, Recipe(epochs=1, batch_size=args.batch))
         dt = time.perf_counter() - t0
         params = sum(p.numel() for p in model.parameters())
         print(f"{tier:8} {params:>10,} {hist.images_per_second:>10.0f} {dt:>8.2f}")

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from baim.cloud import (CloudConfig, Connection, add_learners, candidate_connections, fuse, load_baim,
-                        prune_connections, prune_learners, save_baim, train_baim)
-from baim.cloud.model import BAIM
+from baim.cloud import add_learners, fuse, prune_learners
+from baim.config import Recipe
+from baim.models import BAIM, Connection, candidate_connections, load_model, save_model, train_baim
 from baim.learners import StagedVAE, tier_spec
 
 
@@ -129,7 +129,7 @@ def _fixed_gate(model: BAIM, task: int, prefer: list[int]) -> None:
 def test_sparse_execution_runs_only_selected_decoders_and_their_closure():
     ls = _learners(["small", "medium", "large", "small"])
     # squad 0 = learners 0, 1, 2; learner 3 is task 1's
-    model = BAIM(ls, [0, 0, 0, 1], ["a", "b"], [Connection("dec", 2, 0, 0, 1)], top_k=1).eval()
+    model = BAIM.from_learners(ls, [0, 0, 0, 1], ["a", "b"], [Connection("dec", 2, 0, 0, 1)], top_k=1).eval()
     _fixed_gate(model, 0, [0, 1, 2])
     tasks = torch.tensor([0, 0, 0, 1, 1])
     model.stage_calls.clear()
@@ -168,7 +168,7 @@ def test_pruning_removes_lowest_scores_and_parameters():
     scores = {n: p.score() for n, p in model.connections.items()}
     prune_params = {n: list(p.parameters()) for n, p in model.connections.items()}
     before_n, before_p = len(model.connections), model.num_parameters()
-    victims = prune_connections(model, 0.25)
+    victims = model.prune_connections(0.25)
     assert len(victims) == int(0.25 * before_n)
     assert max(scores[v] for v in victims) <= min(scores[n] for n in model.connections)
     assert len(model.connections) == before_n - len(victims)
@@ -183,7 +183,7 @@ def test_freeze_keeps_learners_bit_identical():
     before = {k: v.clone() for k, v in model.learners.state_dict().items()}
     gate_before = model.lsgates[0].net[2].weight.clone()  # squad a has two learners to choose from
     x, t = _data(tasks=2)
-    train_baim(model, x, t, CloudConfig(epochs=1, batch_size=16, prune_ratio=0))
+    train_baim(model, x, t, Recipe(epochs=1, batch_size=16))
     after = model.learners.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # incl. BatchNorm statistics
     assert not torch.equal(gate_before, model.lsgates[0].net[2].weight)
@@ -196,7 +196,7 @@ def test_finetune_changes_learners_and_scratch_starts_fresh():
     w0 = ft.learners[0].image_head.weight.clone()
     assert torch.equal(w0, ls[0].image_head.weight)
     x, t = _data()
-    train_baim(ft, x, t, CloudConfig(epochs=1, batch_size=16, prune_ratio=0))
+    train_baim(ft, x, t, Recipe(epochs=1, batch_size=16))
     assert not torch.equal(w0, ft.learners[0].image_head.weight)
     sc = fuse(ls, [0, 1, 2], ["a", "b", "c"], strategy="scratch", height=0)
     assert [l.spec for l in sc.learners] == [l.spec for l in ls]
@@ -208,7 +208,7 @@ def test_training_prunes_on_schedule():
     model = fuse(_learners(["small", "medium", "large"]), [0, 1, 2], ["a", "b", "c"], height=1)
     n0 = len(model.connections)
     x, t = _data()
-    log = train_baim(model, x, t, CloudConfig(epochs=2, batch_size=16, prune_interval=1, prune_ratio=0.5),
+    log = train_baim(model, x, t, Recipe(epochs=2, batch_size=16), prune_interval=1, prune_ratio=0.5,
                      test_sets={0: x[:8]})
     assert [r["connections"] for r in log] == [n0 - n0 // 2, n0 - n0 // 2 - (n0 - n0 // 2) // 2]
     assert log[1]["parameters"] < log[0]["parameters"]
@@ -220,9 +220,9 @@ def test_save_load_same_outputs(tmp_path):
     with torch.no_grad():
         for p in model.connections.values():
             p.alpha.fill_(0.05)
-    prune_connections(model, 0.3)
-    save_baim(model, tmp_path / "b")
-    loaded = load_baim(tmp_path / "b")
+    model.prune_connections(0.3)
+    save_model(model, tmp_path / "b")
+    loaded = load_model(tmp_path / "b")
     x, t, noise = torch.rand(6, 1, 32, 32), torch.tensor([0, 1, 0, 1, 0, 1]), torch.randn(6, model.latent_dim)
     model.eval()
     with torch.no_grad():
@@ -255,13 +255,13 @@ def test_add_learners_keeps_old_outputs_and_trains_only_new_parts():
     assert model.lsgates[0].num_learners == 2
     xs, ts = _data(n=24)
     frozen_before = model.learners[0].image_head.weight.clone()
-    train_baim(model, xs, ts, CloudConfig(epochs=1, batch_size=8, prune_ratio=0), trainable=trainable)
+    train_baim(model, xs, ts, Recipe(epochs=1, batch_size=8), trainable=trainable)
     assert torch.equal(frozen_before, model.learners[0].image_head.weight)
 
 
 def test_prune_learners_deselects_and_trims():
     ls = _learners(["small", "medium", "large"])
-    model = BAIM(ls, [0, 0, 0], ["a"], [Connection("dec", 2, 1, 0, 2)], top_k=1).eval()
+    model = BAIM.from_learners(ls, [0, 0, 0], ["a"], [Connection("dec", 2, 1, 0, 2)], top_k=1).eval()
     p0 = model.num_parameters()
     dropped = prune_learners(model, {0: torch.tensor([90.0, 10.0, 0.0])}, threshold=0.05)
     assert dropped == [2]

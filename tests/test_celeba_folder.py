@@ -7,7 +7,7 @@ from PIL import Image
 from baim.data import DataError, load_dataset
 from baim.data.celeba import CLASS_ATTRIBUTES
 from baim.data.layout import make_layout
-from baim.presets import Preset
+from baim.config import Recipe, get_preset
 
 
 def _write_celeba(root, n=24, seed=0):
@@ -46,8 +46,8 @@ def test_celeba_fixture_loads_crops_and_labels(tmp_path):
 def test_celeba_layout(tmp_path):
     _write_celeba(tmp_path, n=60)
     ds = load_dataset("celeba", str(tmp_path))
-    p = Preset("t", num_edges=2, samples_per_edge=8, cloud_samples=8, test_per_task=None,
-               alpha=0.5, tiers=("small",), edge_epochs=1)
+    p = get_preset("smoke").with_overrides(num_edges=2, samples_per_edge=8, cloud_samples=8, test_per_task=0,
+                                           edge=Recipe(1))
     layout = make_layout(ds, p, seed=0)
     assert sum(len(v) for v in layout.test.values()) == len(ds.test)
 

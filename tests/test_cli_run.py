@@ -4,27 +4,38 @@ import json
 
 import pytest
 
-from baim import presets
+from dataclasses import replace
+
+from baim import config
 from baim.cli import main
-from baim.rundir import RunConfigMismatch, RunDir
+from baim.config import RunConfig
+from baim.errors import RunConfigMismatch
+from baim.rundir import RunDir
 
 
 @pytest.fixture
 def tiny_preset(monkeypatch):
-    tiny = presets.Preset("tiny", num_edges=3, samples_per_edge=256, cloud_samples=192,
-                          test_per_task=64, alpha=0.5, tiers=("small",), edge_epochs=6,
-                          fid_samples=16, height=0, cloud_epochs=1, prune_interval=1, prune_ratio=0.5,
-                          curve_test_per_task=16, personalize_epochs=1)
-    monkeypatch.setitem(presets.PRESETS, "tiny", tiny)
+    tiny = replace(config.get_preset("smoke"), name="tiny")
+    monkeypatch.setitem(config.PRESETS, "tiny", tiny)
     return tiny
 
 
 def test_layout_command_prints_table(tmp_path, capsys):
     assert main(["layout", "--preset", "quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "edge" in out and "tops" in out and "Sneaker" in out or "Sandal" in out
+    assert "edge" in out and "tops" in out and ("Sneaker" in out or "Sandal" in out)
     layout = json.loads((tmp_path / "layout.json").read_text())
-    assert len(layout["edges"]) == presets.get_preset("quick").num_edges
+    assert len(layout["edges"]) == config.get_preset("quick").num_edges
+    assert layout["preset"]["edge"]["lr"] == 0.005  # the whole preset travels with the layout
+
+
+def test_cli_version_and_bad_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and "baim 0." in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--preset", "nope", "--out", "x"])
+    assert exit_.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 def test_missing_data_is_a_clear_error(tmp_path, capsys):
@@ -36,20 +47,21 @@ def test_edge_train_and_evaluate_commands(tmp_path, tiny_preset, capsys):
     assert main(["layout", "--preset", "tiny", "--out", str(tmp_path)]) == 0
     assert main(["edge", "train", "--layout", str(tmp_path / "layout.json"), "--edge", "0",
                  "--out", str(tmp_path / "e0")]) == 0
-    assert (tmp_path / "e0" / "spec.json").is_file()
+    assert (tmp_path / "e0" / "manifest.json").is_file()
     capsys.readouterr()
     assert main(["evaluate", "--model", str(tmp_path / "e0"), "--layout", str(tmp_path / "layout.json"),
-                 "--task", "0", "--fid-samples", "16"]) == 0
+                 "--task", "0", "--fid-count", "16"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["fid_count"] == 16 and res["fid_extractor"] == "domain" and res["test_loss"] > 0
+    assert res["fid_standard"] > 0 and res["kid_reconstruction"] == res["kid_reconstruction"]
 
 
 def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
-    from baim import run as run_mod
-    from baim.edge import service
+    from baim import engines
+    from baim.edge import node
 
     calls = {"n": 0}
-    real_train = service.train_edge
+    real_train = node.train_edge
 
     def counting(*a, **k):
         calls["n"] += 1
@@ -57,18 +69,19 @@ def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
             raise KeyboardInterrupt  # killed while training the second edge
         return real_train(*a, **k)
 
-    monkeypatch.setattr(service, "train_edge", counting)
+    monkeypatch.setattr(node, "train_edge", counting)
+    cfg = RunConfig(preset="tiny", strategies=("finetune",))
     with pytest.raises(KeyboardInterrupt):
-        run_mod.run(tmp_path, preset="tiny", strategies=("finetune",))
-    assert (tmp_path / "edges" / "edge-0" / "initial" / "spec.json").is_file()
+        engines.run(tmp_path, cfg)
+    assert (tmp_path / "edges" / "edge-0" / "initial" / "manifest.json").is_file()
     assert not (tmp_path / "state" / "upload.json").exists()
     calls["n"] = 10  # no more interruptions
-    summary = run_mod.run(tmp_path, preset="tiny", strategies=("finetune",))
+    summary = engines.run(tmp_path, cfg)
     assert calls["n"] == 12  # edges 1 and 2 only; edge 0 was kept
     assert len(summary["edges"]) == 3 and (tmp_path / "figures" / "samples_initial.png").is_file()
     assert summary["bytes"]["upload"] > 0 and "finetune" in summary["strategies"]
     calls["n"] = 100
-    run_mod.run(tmp_path, preset="tiny", strategies=("finetune",))
+    engines.run(tmp_path, cfg)
     assert calls["n"] == 100  # everything finished: nothing is redone
     # every image behind every FID is kept, and the number can be recomputed from them
     import numpy as np
@@ -77,12 +90,16 @@ def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
     img = tmp_path / "images"
     task = summary["edges"][0]["task"]
     real, base = np.load(img / "real" / f"{task}.npy"), np.load(img / "real" / f"{task}_baseline.npy")
+    models = summary["edges"][0]["models"]
     for which in ("initial", "deployed", "personalized"):
-        again = fid(real, np.load(img / "edge-0" / f"{which}.npy"), base).fid
-        assert again == pytest.approx(summary["edges"][0][f"fid_{which}"], rel=1e-6)
-    for extra in ("edge-0/initial_reconstructions.npy", "edge-0/deployed_standard_prior.npy",
-                  f"baim-finetune/{task}.npy", f"baim-finetune/{task}_standard_prior.npy"):
-        assert (img / extra).is_file(), extra
+        for procedure in ("fitted", "standard", "reconstruction"):
+            again = fid(real, np.load(img / "edge-0" / f"{which}_{procedure}.npy"), base)
+            assert again.fid == pytest.approx(models[which][f"fid_{procedure}"], rel=1e-6)
+            assert again.kid == pytest.approx(models[which][f"kid_{procedure}"], rel=1e-6, abs=1e-9)
+    per_task = summary["strategies"]["finetune"]["per_task"][task]
+    for procedure in ("fitted", "standard", "reconstruction"):
+        again = fid(real, np.load(img / "baim-finetune" / f"{task}_{procedure}.npy"), base).fid
+        assert again == pytest.approx(per_task[f"fid_{procedure}"], rel=1e-6)
     assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
@@ -106,9 +123,9 @@ def test_cloud_train_command_from_edge_folders(tmp_path, tiny_preset, capsys):
     out = capsys.readouterr().out
     assert "not fused" in out and "magic" in out
     res = json.loads(out[out.index("{"):])
-    assert res["strategy"] == "freeze" and set(res["fid"]) == {"tops", "footwear", "trousers_bags"}
-    from baim.cloud import load_baim
-    model = load_baim(tmp_path / "baim")
+    assert res["strategy"] == "freeze" and set(res["fid_fitted"]) == {"tops", "footwear", "trousers_bags"}
+    from baim.models import load_model
+    model = load_model(tmp_path / "baim", "baim")
     assert len(model.learners) == 3 and model.frozen_learners == {0, 1, 2}
     screening = json.loads((tmp_path / "baim" / "screening.json").read_text())
     assert screening["accepted"] == [1, 2, 3] and screening["rejected"][0]["edge"] == 0

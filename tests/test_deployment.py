@@ -15,6 +15,7 @@ import pytest
 
 from baim.federation.deploy import (APP_DIR, make_credentials, superlink_command, supernode_command,
                                     write_flower_config)
+from baim.config import RunConfig
 from baim.run import prepare
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
     env, start, logs = federation
     deadline = time.monotonic() + 420  # the whole test is bounded
     run_dir = tmp_path / "run"
-    prepare(run_dir, preset="smoke", strategies=("freeze",), engine="flower")
+    prepare(run_dir, RunConfig(preset="smoke", strategies=("freeze",), engine="flower"))
     creds = tmp_path / "creds"
     make_credentials(creds, nodes=4)  # node-3 is never registered
     port, *node_ports = _free_ports(5)
@@ -105,7 +106,8 @@ def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
     assert summary["engine"] == "flower"
     assert [u["edge"] for u in json.loads((run_dir / "state" / "upload.json").read_text())["result"]["edges"]] == [0, 1, 2]
     assert [m["edge"] for m in summary["missing"]["deployment"]] == [1]
-    assert summary["edges"][0]["fid_personalized"] > 0 and summary["edges"][1]["fid_personalized"] is None
+    assert summary["edges"][0]["models"]["personalized"]["fid_fitted"] > 0
+    assert "personalized" not in summary["edges"][1]["models"]
     # the unregistered SuperNode was refused: it never became an edge of the run and gave up
     assert intruder.wait(timeout=max(1, deadline - time.monotonic())) != 0
     assert "Failed to activate SuperNode" in (logs / "node-3.log").read_text()

@@ -8,7 +8,10 @@ from flwr.app import Context, Message as FlowerMessage, RecordDict
 
 from baim.federation.client_app import app as client_app
 from baim.federation.transport import FlowerTransport, from_record, to_record
-from baim.run import prepare, run, run_workflow_on
+from baim.config import RunConfig
+from baim.engines import run
+from baim.federation.server_app import run_workflow_on
+from baim.run import prepare
 from baim.transport import Message, encode
 
 
@@ -53,7 +56,7 @@ def test_record_round_trip():
 
 
 def test_transport_discovers_edges_and_reports_silent_ones(tmp_path):
-    prepare(tmp_path, preset="smoke")
+    prepare(tmp_path, RunConfig(preset="smoke"))
     grid = FakeGrid(tmp_path, 3)
     grid.dead.add(1002)
     t = FlowerTransport(grid, expected_edges=3, discovery_timeout=5)
@@ -62,12 +65,12 @@ def test_transport_discovers_edges_and_reports_silent_ones(tmp_path):
     assert reply.meta["edge"] == 1 and reply.meta["task"] == "footwear"
     assert all(x is not None for x in grid.timeouts)  # every exchange had a timeout
     grid.dead.add(1001)
-    assert t.request(1, Message("query.info"), timeout=1, phase="test") is None
-    assert t.unanswered == [1]
+    reply = t.request(1, Message("query.info"), timeout=1, phase="test")
+    assert reply.kind == "error" and "did not answer within 1 s" in reply.meta["error"]
 
 
 def test_client_app_rejects_unknown_action(tmp_path):
-    prepare(tmp_path, preset="smoke")
+    prepare(tmp_path, RunConfig(preset="smoke"))
     grid = FakeGrid(tmp_path, 1)
     msg = FlowerMessage(to_record(encode(Message("train.local"))), dst_node_id=1000, message_type="query.nope")
     with pytest.raises(ValueError, match="nope"):
@@ -76,24 +79,27 @@ def test_client_app_rejects_unknown_action(tmp_path):
 
 @pytest.mark.integration
 def test_server_app_workflow_over_grid_survives_a_dead_node(tmp_path):
-    prepare(tmp_path, preset="smoke", strategies=("freeze",), engine="flower")
+    cfg = RunConfig(preset="smoke", strategies=("freeze",), engine="flower")
+    prepare(tmp_path, cfg)
     grid = FakeGrid(tmp_path, 3)
     grid.kill_after = ("train.personalize", 1002)  # edge 2 dies while personalising
-    summary = run_workflow_on(grid, tmp_path, engine="flower")
+    summary = run_workflow_on(grid, tmp_path, cfg)
     assert summary["engine"] == "flower"
-    assert summary["missing"]["personalization"] == [2]
+    assert [m["edge"] for m in summary["missing"]["personalization"]] == [2]
     # a dead edge is not asked to evaluate what it never made; the rest are reported missing
-    assert summary["missing"]["evaluation"] == [{"edge": 2, "model": "initial"}, {"edge": 2, "model": "deployed"}]
+    assert [(m["edge"], m["model"]) for m in summary["missing"]["evaluation"]] == [(2, "initial"), (2, "deployed")]
+    assert all(set(m) >= {"edge", "reason"} for ms in summary["missing"].values() for m in ms)
     assert {e["edge"] for e in summary["edges"]} == {0, 1, 2}
-    assert summary["edges"][2]["fid_personalized"] is None and summary["edges"][0]["fid_personalized"] > 0
+    assert "personalized" not in summary["edges"][2]["models"]
+    assert summary["edges"][0]["models"]["personalized"]["fid_fitted"] > 0
     assert (tmp_path / "report.html").is_file()
 
 
 @pytest.mark.integration
 def test_simulation_engine_matches_in_process_bytes(tmp_path):
-    sim = run(tmp_path / "sim", preset="smoke", engine="flower-sim", strategies=("finetune",))
-    ref = run(tmp_path / "ref", preset="smoke", engine="inprocess", strategies=("finetune",))
+    sim = run(tmp_path / "sim", RunConfig(preset="smoke", engine="flower-sim", strategies=("finetune",)))
+    ref = run(tmp_path / "ref", RunConfig(preset="smoke", engine="inprocess", strategies=("finetune",)))
     assert sim["engine"] == "flower-sim" and ref["engine"] == "inprocess"
     assert sim["bytes"] == ref["bytes"]  # same messages, same sizes, phase by phase
-    assert [e["fid_personalized"] for e in sim["edges"]] == [e["fid_personalized"] for e in ref["edges"]]
+    assert [e["models"] for e in sim["edges"]] == [e["models"] for e in ref["edges"]]
     assert json.loads((tmp_path / "sim" / "summary.json").read_text())["partition"]["max_abs_diff"] <= 1e-6

@@ -35,10 +35,24 @@ def test_diagonal_case_exact_formula():
     assert frechet_distance(torch.from_numpy(x), torch.from_numpy(y)) == pytest.approx(20, rel=0.02)
 
 
-def test_domain_extractor_card_meets_target():
-    from baim.metrics.domain import domain_card
-    card = domain_card()
-    assert card["test_accuracy"] >= 0.90 and card["test_images"] == 10000
+def test_domain_extractor_accuracy_on_real_test_images(fmnist):
+    """The committed classifier, measured here on the official test split (not read from its card)."""
+    from baim.metrics.domain import classifier_accuracy, domain_card, load_domain_features
+
+    net = load_domain_features().classifier
+    acc = classifier_accuracy(net, fmnist.test.load(range(len(fmnist.test))), np.asarray(fmnist.test.labels))
+    assert acc >= 0.90
+    assert acc == pytest.approx(domain_card()["test_accuracy"], abs=0.005)  # the card tells the truth
+
+
+def test_kid_is_near_zero_for_one_distribution_and_large_for_another():
+    from baim.metrics import kernel_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 16, generator=g), torch.randn(300, 16, generator=g)
+    same, other = kernel_distance(a, b), kernel_distance(a, b + 1.0)
+    assert abs(same) < 0.05 < other
+    assert kernel_distance(a, b) == same  # repeatable
 
 
 def test_fid_orders_real_noise_and_reports_everything(fmnist):
@@ -59,7 +73,7 @@ def test_domain_extractor_accepts_rgb_and_other_sizes():
 
 
 def test_inception_without_weights_says_how():
-    from baim.metrics import ExtractorUnavailable
+    from baim.errors import ExtractorUnavailable
     with pytest.raises(ExtractorUnavailable, match="BAIM_INCEPTION_WEIGHTS|torch-fidelity"):
         get_extractor("inception")
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from baim.data.layout import Layout, assign_tasks, class_histogram, make_layout
-from baim.presets import get_preset
+from baim.config import get_preset
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from baim.learners import (TIERS, LearnerFileError, LearnerSpec, SpecError, StagedVAE,
-                           load_learner, save_learner, tier_spec)
+from baim.errors import ModelFileError, SpecError
+from baim.learners import TIERS, LearnerSpec, StagedVAE, tier_spec
+from baim.models import load_model, save_model
 
 
 def test_tiers_really_differ():
@@ -64,8 +65,8 @@ def test_save_load_round_trip_exact(tmp_path):
     m.train()
     m(torch.rand(8, 1, 32, 32))  # move BatchNorm running statistics off their defaults
     m.eval()
-    save_learner(m, tmp_path / "l")
-    m2 = load_learner(tmp_path / "l")
+    save_model(m, tmp_path / "l")
+    m2 = load_model(tmp_path / "l")
     assert m2.spec == m.spec
     for (k, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(a, b), k
@@ -76,23 +77,31 @@ def test_save_load_round_trip_exact(tmp_path):
 
 def test_load_rejects_bad_files(tmp_path):
     m = StagedVAE(tier_spec("small"))
-    save_learner(m, tmp_path / "l")
-    spec_path = tmp_path / "l" / "spec.json"
+    save_model(m, tmp_path / "l")
+    manifest_path = tmp_path / "l" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
     # spec that no longer matches the weights
-    spec_path.write_text(json.dumps(tier_spec("medium").to_dict()))
-    with pytest.raises(LearnerFileError, match="shape"):
-        load_learner(tmp_path / "l")
+    manifest_path.write_text(json.dumps(manifest | {"config": tier_spec("medium").to_dict()}))
+    with pytest.raises(ModelFileError, match="shape"):
+        load_model(tmp_path / "l")
+    # a manifest of another kind, or none at all (an interrupted save)
+    manifest_path.write_text(json.dumps(manifest | {"kind": "compact"}))
+    with pytest.raises(ModelFileError, match="expected a learner"):
+        load_model(tmp_path / "l", "learner")
+    manifest_path.unlink()
+    with pytest.raises(ModelFileError, match="incomplete"):
+        load_model(tmp_path / "l")
     # garbage weights
-    spec_path.write_text(tier_spec("small").to_json())
+    manifest_path.write_text(json.dumps(manifest))
     (tmp_path / "l" / "weights.safetensors").write_bytes(b"\x00" * 20)
-    with pytest.raises(LearnerFileError, match="safetensors"):
-        load_learner(tmp_path / "l")
+    with pytest.raises(ModelFileError, match="safetensors"):
+        load_model(tmp_path / "l")
 
 
 def test_load_rejects_non_finite(tmp_path):
     m = StagedVAE(tier_spec("small"))
     with torch.no_grad():
         m.image_head.weight[0, 0, 0, 0] = float("nan")
-    save_learner(m, tmp_path / "l")
-    with pytest.raises(LearnerFileError, match="NaN"):
-        load_learner(tmp_path / "l")
+    save_model(m, tmp_path / "l")
+    with pytest.raises(ModelFileError, match="NaN"):
+        load_model(tmp_path / "l")

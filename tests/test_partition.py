@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 
-from baim.cloud import fuse, prune_connections
-from baim.cloud.connections import Connection
-from baim.cloud.model import BAIM
-from baim.cloud.partition import closure, load_compact, partition, save_compact
-from baim.learners import LearnerFileError, StagedVAE, tier_spec
+from baim.cloud import closure, fuse, partition
+from baim.errors import ModelFileError
+from baim.learners import StagedVAE, tier_spec
+from baim.models import BAIM, Connection, load_model, model_from, save_model, to_parts
 
 
 def _trained_like_baim(height=2, seed=0):
@@ -28,7 +27,7 @@ def _trained_like_baim(height=2, seed=0):
             g.net[2].weight.normal_(0, 0.5)
         for pr in model.priors:
             pr.mean.normal_(0, 0.3)
-    prune_connections(model, 0.8)  # a sparse, pruned BAIM with cross-task connections
+    model.prune_connections(0.8)  # a sparse, pruned BAIM with cross-task connections
     return model.eval()
 
 
@@ -52,7 +51,7 @@ def test_partition_matches_baim_for_every_task():
 
 def test_partition_keeps_feeders_only_as_deep_as_read():
     ls = [StagedVAE(tier_spec(t)).eval() for t in ["small", "large", "medium"]]
-    model = BAIM(ls, [0, 1, 2], ["a", "b", "c"], [Connection("dec", 1, 1, 0, 2), Connection("enc", 2, 0, 1, 0)])
+    model = BAIM.from_learners(ls, [0, 1, 2], ["a", "b", "c"], [Connection("dec", 1, 1, 0, 2), Connection("enc", 2, 0, 1, 0)])
     need, active = closure(model, 0)
     assert need["dec"] == {0: 3, 1: 2} and need["enc"] == {0: 3} and len(active) == 1
     compact = partition(model, 0)
@@ -65,8 +64,8 @@ def test_partition_keeps_feeders_only_as_deep_as_read():
 def test_compact_files_round_trip_and_tampering(tmp_path):
     model = _trained_like_baim()
     compact = partition(model, 1)
-    save_compact(compact, tmp_path / "c")
-    loaded = load_compact(tmp_path / "c")
+    save_model(compact, tmp_path / "c")
+    loaded = load_model(tmp_path / "c")
     x, noise = torch.rand(4, 1, 32, 32), torch.randn(4, model.latent_dim)
     with torch.no_grad():
         assert torch.equal(compact(x, noise=noise).x_hat, loaded(x, noise=noise).x_hat)
@@ -75,16 +74,30 @@ def test_compact_files_round_trip_and_tampering(tmp_path):
     data = bytearray(w.read_bytes())
     data[-5] ^= 0xFF
     w.write_bytes(bytes(data))
-    with pytest.raises(LearnerFileError, match="sha256"):
-        load_compact(tmp_path / "c")
+    with pytest.raises(ModelFileError, match="sha256"):
+        load_model(tmp_path / "c")
     # tampered manifest: a connection added that the weights do not hold
-    save_compact(compact, tmp_path / "d")
+    save_model(compact, tmp_path / "d")
     m = json.loads((tmp_path / "d" / "manifest.json").read_text())
-    m["baim"]["connections"].append({"side": "dec", "src": 0, "src_stage": 0, "dst": 1, "dst_stage": 0})
+    m["config"]["connections"].append({"side": "dec", "src": 0, "src_stage": 0, "dst": 1, "dst_stage": 0})
     (tmp_path / "d" / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(LearnerFileError, match="missing|match"):
-        load_compact(tmp_path / "d")
+    with pytest.raises(ModelFileError, match="missing|match"):
+        load_model(tmp_path / "d")
     m["format_version"] = 99
     (tmp_path / "d" / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(LearnerFileError, match="format"):
-        load_compact(tmp_path / "d")
+    with pytest.raises(ModelFileError, match="format"):
+        load_model(tmp_path / "d")
+
+
+def test_deployment_message_round_trip_is_verified():
+    compact = partition(_trained_like_baim(), 2)
+    manifest, state = to_parts(compact)
+    again = model_from(manifest, state, "message", "compact")
+    assert again.num_parameters() == compact.num_parameters()
+    state = dict(state)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1e-3  # altered in transit
+    with pytest.raises(ModelFileError, match="sha256"):
+        model_from(manifest, state, "message", "compact")
+    with pytest.raises(ModelFileError, match="expected a learner"):
+        model_from(manifest, to_parts(compact)[1], "message", "learner")

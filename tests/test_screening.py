@@ -6,7 +6,8 @@ import torch
 
 from baim.cloud.screening import screen_uploads, validate_upload
 from baim.learners import StagedVAE, tier_spec
-from baim.transport import Message, MessageError, decode, encode
+from baim.errors import MessageError
+from baim.transport import Message, decode, encode
 
 TASKS = ["a", "b"]
 
@@ -62,14 +63,15 @@ def test_nan_weights_rejected():
 
 
 def test_screening_quarantines_outliers_and_reports(fmnist):
-    from baim.edge import TrainConfig, train_learner
+    from baim.config import Recipe
+    from baim.edge import train_learner
 
     imgs = fmnist.train.load(np.flatnonzero(np.isin(fmnist.train.labels, [5, 7, 9]))[:600])
     good = []
     for seed in range(2):
         torch.manual_seed(seed)
         m = StagedVAE(tier_spec("small"))
-        train_learner(m, imgs[:500], TrainConfig(epochs=5, seed=seed))
+        train_learner(m, imgs[:500], Recipe(epochs=5, seed=seed))
         good.append(m)
     poisoned = StagedVAE(tier_spec("small"))
     poisoned.load_state_dict(good[0].state_dict())

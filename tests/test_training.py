@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from baim.config import Recipe, get_preset
 from baim.data.layout import make_layout
-from baim.edge import TrainConfig, build_learner, fid_of_model, train_learner
+from baim.edge import build_learner, train_learner
 from baim.learners import StagedVAE, tier_spec
-from baim.metrics import evaluate_reconstruction, fid
-from baim.presets import get_preset
+from baim.metrics import fid
+from baim.models import evaluate, reconstruction_metrics
 
 
 @pytest.mark.integration
@@ -17,17 +18,19 @@ def test_real_training_loss_falls_and_fid_beats_noise(fmnist):
     e = layout.edges[1]  # a footwear edge
     model = build_learner("small", fmnist, seed=0)
     test = fmnist.test.load(layout.test[layout.task_names[e.task]])
-    before = evaluate_reconstruction(model, test)["test_loss"]
-    hist = train_learner(model, fmnist.train.load(e.indices), TrainConfig(epochs=4), eval_images=test)
+    before = reconstruction_metrics(model, test)["test_loss"]
+    hist = train_learner(model, fmnist.train.load(e.indices), Recipe(epochs=4), eval_images=test)
     losses = [r["test_loss"] for r in hist.epochs]
     assert losses[-1] < before * 0.5, (before, losses)
     assert hist.skipped_steps == 0 and hist.images_per_second > 0
-    f = fid_of_model(model, fmnist, layout, e.task, 300, "domain", seed=0)
-    real = fmnist.test.load(layout.test[layout.task_names[e.task]][:300])
+    real, baseline = layout.fid_sets(fmnist, layout.task_names[e.task], 300)
+    f = evaluate(model, test, real, baseline, "domain", prior_images=fmnist.train.load(e.indices)).metrics
     noise = np.random.default_rng(0).integers(0, 256, size=real.shape, dtype=np.uint8)
-    noise_fid = fid(real, noise, fmnist.test.load(layout.test[layout.task_names[e.task]][300:600])).fid
-    assert f["fid_samples"] < 0.8 * noise_fid, (f["fid_samples"], noise_fid)
-    assert f["fid_real_vs_real"] < f["fid_samples"]
+    noise_fid = fid(real, noise, baseline).fid
+    for procedure in ("fitted", "standard", "reconstruction"):
+        assert f[f"fid_{procedure}"] < 0.8 * noise_fid, (procedure, f, noise_fid)
+        assert f["fid_real_vs_real"] < f[f"fid_{procedure}"]
+    assert f["kid_real_vs_real"] < f["kid_standard"]
 
 
 def test_training_is_deterministic_for_a_seed():
@@ -36,7 +39,7 @@ def test_training_is_deterministic_for_a_seed():
     def once() -> StagedVAE:
         torch.manual_seed(5)
         m = StagedVAE(tier_spec("small"))
-        train_learner(m, x, TrainConfig(epochs=2, batch_size=32, seed=5))
+        train_learner(m, x, Recipe(epochs=2, batch_size=32, seed=5))
         return m
 
     a, b = once(), once()
@@ -58,6 +61,6 @@ def test_non_finite_steps_are_skipped_and_counted():
         return out
 
     m.forward = poisoned
-    hist = train_learner(m, x, TrainConfig(epochs=1, batch_size=32))
+    hist = train_learner(m, x, Recipe(epochs=1, batch_size=32))
     assert hist.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in m.parameters())

@@ -1,4 +1,6 @@
-"""The ``baim`` command line. Each sub-command is a thin shell over a Python function."""
+"""The ``baim`` command line. Each sub-command is a thin shell over a Python function; the
+only errors it catches are :class:`baim.errors.BaimError` (the user can fix those: the message
+says how), anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ console = Console()
 
 
 def _cmd_layout(args: argparse.Namespace) -> None:
+    from .config import get_preset
     from .data import load_dataset
     from .data.layout import class_histogram, make_layout
-    from .presets import get_preset
 
     ds = load_dataset(args.dataset, args.data_dir)
     preset = get_preset(args.preset).with_overrides(num_edges=args.edges, alpha=args.alpha)
@@ -43,27 +45,28 @@ def _cmd_edge_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .edge import evaluate_edge_model
+    from .edge import evaluate_saved_model
 
-    result = evaluate_edge_model(args.model, args.layout, args.task, fid_extractor=args.fid_extractor,
-                                 fid_samples=args.fid_samples, seed=args.seed)
+    result = evaluate_saved_model(args.model, args.layout, args.task, fid_extractor=args.fid_extractor,
+                                  fid_count=args.fid_count, seed=args.seed)
     console.print_json(json.dumps(result))
 
 
 def _cmd_cloud_train(args: argparse.Namespace) -> None:
-    from .cloud.pipeline import common_data, train_strategy
-    from .cloud.screening import screen_uploads
+    from dataclasses import replace
+
     from .atomic import write_json
+    from .cloud import common_data, screen_uploads, train_strategy
+    from .cloud.uploads import read_uploads
     from .data import load_dataset
     from .data.layout import Layout
-    from .presets import get_preset
-    from .transport.uploads import read_uploads
 
     layout = Layout.load(args.layout)
     ds = load_dataset(layout.dataset, layout.data_dir)
-    preset = get_preset(layout.preset).with_overrides(top_k=args.top_k, height=args.height,
-                                                       prune_interval=args.prune_interval,
-                                                       prune_ratio=args.prune_ratio)
+    preset = layout.settings.with_overrides(top_k=args.top_k, height=args.height, prune_interval=args.prune_interval,
+                                            prune_ratio=args.prune_ratio)
+    if args.epochs is not None:
+        preset = replace(preset, cloud=replace(preset.cloud, epochs=args.epochs))
     images, tasks = common_data(layout, ds)
     common = {t: images[tasks == t] for t in range(len(layout.tasks))}
     screened = screen_uploads(read_uploads(args.uploads), layout.task_names, common, ds.image_size, ds.channels)
@@ -73,20 +76,23 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     edges = sorted(screened.accepted)
     learners = [screened.accepted[e][0] for e in edges]
     ltasks = [layout.task_names.index(screened.accepted[e][1]["task"]) for e in edges]
-    _, result = train_strategy(learners, ltasks, layout, ds, preset, args.strategy, args.out,
-                               seed=args.seed, fid_extractor=args.fid_extractor, epochs=args.epochs)
-    result.pop("_images")
-    console.print_json(json.dumps({k: result[k] for k in ("strategy", "final_test_loss", "fid", "connections",
-                                                            "candidates", "parameters", "tsgate_accuracy")}))
+    result, _ = train_strategy(learners, ltasks, layout, ds, preset, args.strategy, args.out,
+                               seed=args.seed, fid_extractor=args.fid_extractor)
+    shown = {k: result[k] for k in ("strategy", "final_test_loss", "connections", "candidates", "parameters",
+                                    "tsgate_accuracy")}
+    shown["fid_fitted"] = {t: m["fid_fitted"] for t, m in result["per_task"].items()}
+    console.print_json(json.dumps(shown))
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from .run import run
+    from .config import RunConfig
+    from .engines import run
 
-    summary = run(args.out, preset=args.preset, seed=args.seed, data_dir=args.data_dir,
-                  dataset=args.dataset, fid_extractor=args.fid_extractor, engine=args.engine,
-                  strategies=tuple(args.strategies.split(",")))
-    console.print(f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}")
+    cfg = RunConfig(preset=args.preset, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
+                    fid_extractor=args.fid_extractor, engine=args.engine, strategies=tuple(args.strategies.split(",")))
+    summary = run(args.out, cfg)
+    console.print(f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}, "
+                  f"report: {Path(args.out) / 'report.html'}")
 
 
 def _cmd_deploy_credentials(args: argparse.Namespace) -> None:
@@ -133,27 +139,48 @@ def _cmd_domain_train(args: argparse.Namespace) -> None:
     console.print_json(json.dumps(card))
 
 
+EPILOG = """\
+first steps (from a checkout):
+  make demo   set up and run the whole quick workflow into runs/quick (open runs/quick/report.html)
+  make test   set up and run the test suite
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="baim", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from . import __version__
+    from .config import DATASETS, ENGINES, EXTRACTORS, PRESETS, STRATEGIES
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="baim", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Edge-cloud collaborative generative AI: edges train small VAEs on private data, the cloud "
+                    "fuses them into a bottom-up big AI model (BAIM), cuts it into compact per-task models and "
+                    "sends them back to the edges.")
+    p.add_argument("--version", action="version", version=f"baim {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "celeba", "image-folder"])
+        sp.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
         sp.add_argument("--data-dir", default=None, help="folder with the data set's files "
-                        "(default for fashion-mnist: /usr/share/datasets/fashion-mnist)")
+                        "(fashion-mnist: /usr/share/datasets/fashion-mnist when not given)")
 
-    sp = sub.add_parser("layout", help="create a federation layout (edges, cloud, test) as JSON indices")
+    def extractor_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--fid-extractor", default="domain", choices=EXTRACTORS,
+                        help="feature network of FID/KID (domain: the committed Fashion-MNIST classifier)")
+
+    presets = sorted(PRESETS)
+    sp = sub.add_parser("layout", formatter_class=fmt, help="create a federation layout (edges, cloud, test) as JSON indices")
     data_args(sp)
-    sp.add_argument("--preset", default="quick")
+    sp.add_argument("--preset", default="quick", choices=presets)
     sp.add_argument("--edges", type=int, default=None, help="override the preset's number of edges")
     sp.add_argument("--alpha", type=float, default=None, help="override the Dirichlet concentration")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_layout)
 
-    sp = sub.add_parser("edge", help="edge-side commands")
+    sp = sub.add_parser("edge", formatter_class=fmt, help="edge-side commands")
     esub = sp.add_subparsers(dest="edge_command", required=True)
-    tp = esub.add_parser("train", help="train one edge's learner on its local slice")
+    tp = esub.add_parser("train", formatter_class=fmt, help="train one edge's learner on its local slice")
     tp.add_argument("--layout", required=True)
     tp.add_argument("--edge", type=int, required=True)
     tp.add_argument("--out", required=True, help="folder for spec.json + weights.safetensors + metrics.json")
@@ -161,52 +188,54 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=int, default=0)
     tp.set_defaults(func=_cmd_edge_train)
 
-    sp = sub.add_parser("evaluate", help="test loss, MSE/PSNR and FID of a saved learner on a task")
+    sp = sub.add_parser("evaluate", formatter_class=fmt, help="test loss, MSE/PSNR and FID of a saved learner on a task")
     sp.add_argument("--model", required=True)
     sp.add_argument("--layout", required=True)
     sp.add_argument("--task", required=True, help="task name or index")
-    sp.add_argument("--fid-extractor", default="domain")
-    sp.add_argument("--fid-samples", type=int, default=500)
+    extractor_arg(sp)
+    sp.add_argument("--fid-count", type=int, default=500, help="generated (and real) images per FID")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=_cmd_evaluate)
 
-    sp = sub.add_parser("cloud", help="cloud-side commands")
+    sp = sub.add_parser("cloud", formatter_class=fmt, help="cloud-side commands")
     csub = sp.add_subparsers(dest="cloud_command", required=True)
-    tp = csub.add_parser("train", help="screen uploads, fuse them into a BAIM and train it on common data")
+    tp = csub.add_parser("train", formatter_class=fmt, help="screen uploads, fuse them into a BAIM and train it on common data")
     tp.add_argument("--layout", required=True)
     tp.add_argument("--uploads", required=True,
                     help="folder of upload messages (*.msg) or of saved edge models (spec.json + weights)")
-    tp.add_argument("--strategy", default="finetune", choices=["finetune", "freeze", "scratch"])
+    tp.add_argument("--strategy", default="finetune", choices=STRATEGIES)
     tp.add_argument("--out", required=True)
-    tp.add_argument("--epochs", type=int, default=None)
+    tp.add_argument("--epochs", type=int, default=None, help="default: the layout's preset")
     tp.add_argument("--top-k", type=int, default=None)
     tp.add_argument("--height", type=int, default=None)
     tp.add_argument("--prune-interval", type=int, default=None)
     tp.add_argument("--prune-ratio", type=float, default=None)
     tp.add_argument("--seed", type=int, default=0)
-    tp.add_argument("--fid-extractor", default="domain")
+    extractor_arg(tp)
     tp.set_defaults(func=_cmd_cloud_train)
 
-    sp = sub.add_parser("run", help="the workflow end to end into a run directory (resumable)")
+    sp = sub.add_parser("run", formatter_class=fmt, help="the workflow end to end into a run directory (resumable)")
     data_args(sp)
-    sp.add_argument("--preset", default="quick")
+    sp.add_argument("--preset", default="quick", choices=presets)
     sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--fid-extractor", default="domain")
-    sp.add_argument("--engine", default="inprocess", choices=["inprocess", "flower-sim"],
-                    help="inprocess (default) or Flower's simulation engine")
-    sp.add_argument("--strategies", default="finetune,freeze,scratch")
+    extractor_arg(sp)
+    sp.add_argument("--engine", default="inprocess", choices=ENGINES[:2], help="in this process, or Flower's "
+                    "simulation engine (the deployment engine starts with `flwr run`, see README)")
+    sp.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help=f"comma-separated, from {', '.join(STRATEGIES)}; the first of finetune or the list is "
+                    "partitioned and deployed")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_run)
 
-    sp = sub.add_parser("deploy", help="Flower deployment engine: credentials and commands")
+    sp = sub.add_parser("deploy", formatter_class=fmt, help="Flower deployment engine: credentials and commands")
     dsub = sp.add_subparsers(dest="deploy_command", required=True)
-    tp = dsub.add_parser("credentials", help="CA, SuperLink TLS certificate, SuperNode key pairs")
+    tp = dsub.add_parser("credentials", formatter_class=fmt, help="CA, SuperLink TLS certificate, SuperNode key pairs")
     tp.add_argument("--out", required=True)
     tp.add_argument("--nodes", type=int, required=True)
     tp.add_argument("--host", action="append", help="SuperLink host name or IP for its certificate "
                     "(repeatable; default 127.0.0.1 and localhost)")
     tp.set_defaults(func=_cmd_deploy_credentials)
-    tp = dsub.add_parser("commands", help="write the flwr connection file and print every command to run")
+    tp = dsub.add_parser("commands", formatter_class=fmt, help="write the flwr connection file and print every command to run")
     tp.add_argument("--credentials", required=True)
     tp.add_argument("--nodes", type=int, required=True)
     tp.add_argument("--run-dir", required=True, help="the run directory (holds layout.json)")
@@ -216,9 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--flwr-home", default=str(Path.home() / ".flwr"))
     tp.set_defaults(func=_cmd_deploy_commands)
 
-    sp = sub.add_parser("domain", help="the domain FID feature network")
+    sp = sub.add_parser("domain", formatter_class=fmt, help="the domain FID feature network")
     dsub = sp.add_subparsers(dest="domain_command", required=True)
-    tp = dsub.add_parser("train", help="train the Fashion-MNIST classifier and write its weights + card")
+    tp = dsub.add_parser("train", formatter_class=fmt, help="train the Fashion-MNIST classifier and write its weights + card")
     tp.add_argument("--data-dir", default=None)
     tp.add_argument("--epochs", type=int, default=4)
     tp.add_argument("--seed", type=int, default=0)
@@ -229,14 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DataError
-    from .learners import LearnerFileError, SpecError
-    from .metrics import ExtractorUnavailable
-    from .run import WorkflowError
+    from .errors import BaimError
 
     try:
         args.func(args)
-    except (DataError, SpecError, LearnerFileError, ExtractorUnavailable, WorkflowError, ValueError) as exc:
+    except BaimError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
     return 0

@@ -26,16 +26,24 @@ def _grids(root: Path, tasks: list[str], strategies: list[str]) -> list[tuple[st
     out.append(("Real test images", save_png(image_grid(np.concatenate(real)), root / "figures" / "real.png"),
                 "one row per task: " + ", ".join(tasks)))
     for which in ("initial", "deployed", "personalized"):
-        files = sorted((root / "images").glob(f"edge-*/{which}.npy"), key=lambda p: int(p.parent.name.split("-")[1]))
+        files = sorted((root / "images").glob(f"edge-*/{which}_fitted.npy"),
+                       key=lambda p: int(p.parent.name.split("-")[1]))
         if files:
             grid = np.concatenate([np.load(f)[:8] for f in files])
-            out.append((f"Samples: {PHASE_LABELS[which]}", save_png(image_grid(grid), root / "figures" / f"samples_{which}.png"),
-                        "one row per edge (" + ", ".join(f.parent.name for f in files) + "), z from the model's prior"))
+            out.append((f"Samples: {PHASE_LABELS[which]}",
+                        save_png(image_grid(grid), root / "figures" / f"samples_{which}.png"),
+                        "one row per edge (" + ", ".join(f.parent.name for f in files) + "), z from the prior "
+                        "fitted to the model's own training data"))
     for s in strategies:
-        grid = np.concatenate([np.load(root / "images" / f"baim-{s}" / f"{t}.npy")[:8] for t in tasks])
-        out.append((f"Samples: BAIM, strategy {s}", save_png(image_grid(grid), root / "figures" / f"samples_baim_{s}.png"),
-                    "one row per task, z from the fitted latent prior"))
+        grid = np.concatenate([np.load(root / "images" / f"baim-{s}" / f"{t}_fitted.npy")[:8] for t in tasks])
+        out.append((f"Samples: BAIM, strategy {s}",
+                    save_png(image_grid(grid), root / "figures" / f"samples_baim_{s}.png"),
+                    "one row per task, z from the prior fitted to the cloud's common data"))
     return out
+
+
+def _metric(edge: dict, which: str, key: str) -> float | None:
+    return edge["models"].get(which, {}).get(key)
 
 
 def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path, str]]:
@@ -59,22 +67,24 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
     width = 0.27
     xs = np.arange(len(edges))
     for k, which in enumerate(("initial", "deployed", "personalized")):
-        vals = [e.get(f"fid_{which}") or np.nan for e in edges]
+        vals = [_metric(e, which, "fid_fitted") or np.nan for e in edges]
         ax.bar(xs + (k - 1) * width, vals, width, label=PHASE_LABELS[which])
     ax.set_xticks(xs, [f"edge {e['edge']}\n{e['task']}\n{e['tier']}" for e in edges], fontsize=7)
-    ax.set_ylabel(f"FID ({summary['fid_extractor']}, n={summary['fid_samples']})")
+    ax.set_ylabel(f"FID, fitted prior ({summary['fid_extractor']}, n={summary['fid_count']})")
     ax.set_title("FID per edge and phase (paper Fig. 5(d)); lower is better")
     ax.legend(fontsize=8)
     out.append(("FID per edge: initial, deployed, personalised", save_figure(fig, root / "figures" / "fid_edges.png"),
-                "real-vs-real baselines per task: " + ", ".join(f"{k} {v:.1f}" for k, v in summary["fid_real_vs_real"].items())))
+                "every model sampled the same way (z from a prior fitted to its own training data); real-vs-real "
+                "FID per task: " + ", ".join(f"{k} {v['fid']:.1f}" for k, v in summary["real_vs_real"].items())))
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     xs = np.arange(len(tasks))
     width = 0.8 / max(1, len(strat))
     for k, (s, r) in enumerate(strat.items()):
-        ax.bar(xs + (k - (len(strat) - 1) / 2) * width, [r["fid"][t] for t in tasks], width, label=s)
+        ax.bar(xs + (k - (len(strat) - 1) / 2) * width, [r["per_task"][t]["fid_fitted"] for t in tasks], width,
+               label=s)
     ax.set_xticks(xs, tasks)
-    ax.set_ylabel(f"FID ({summary['fid_extractor']}, n={summary['fid_samples']})")
+    ax.set_ylabel(f"FID, fitted prior ({summary['fid_extractor']}, n={summary['fid_count']})")
     ax.set_title("BAIM FID per strategy and task")
     ax.legend()
     out.append(("FID per strategy", save_figure(fig, root / "figures" / "fid_strategies.png"), ""))
@@ -97,38 +107,47 @@ def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
     root = Path(root)
     strategies = list(summary["strategies"])
     sections = _grids(root, tasks, strategies) + _plots(root, summary, tasks)
-    ext, n = summary["fid_extractor"], summary["fid_samples"]
+    ext, n = summary["fid_extractor"], summary["fid_count"]
     parts = [f"<h1>baim run — preset {html.escape(summary['preset'])}</h1>",
-             f"<p>data set {html.escape(summary['dataset'])}, engine {summary['engine']}, "
-             f"wall time {summary['wall_seconds']:.0f} s (sum of phases). Every FID below uses the "
-             f"<b>{html.escape(ext)}</b> feature network on <b>{n}</b> generated vs {n} real test images; "
-             "the real-vs-real FID at the same count is the floor: "
-             + ", ".join(f"{html.escape(k)} {v:.1f}" for k, v in summary["fid_real_vs_real"].items()) + ".</p>"]
+             f"<p>data set {html.escape(summary['dataset'])}, engine {summary['engine']}, seed {summary['seed']}, "
+             f"wall time {summary['wall_seconds']:.0f} s (sum of phases). Every FID and KID below uses the "
+             f"<b>{html.escape(ext)}</b> feature network on <b>{n}</b> generated vs {n} real test images. Three "
+             "procedures, each compared only with itself: <i>fitted</i> (z from a Gaussian fitted to the model's "
+             "codes of its own training data), <i>N(0,I)</i> (z from the standard normal), <i>recon</i> "
+             "(test images reconstructed with z = μ). The real-vs-real value at the same count is the floor: "
+             + ", ".join(f"{html.escape(k)} FID {v['fid']:.1f} / KID {v['kid']:.4f}"
+                         for k, v in summary["real_vs_real"].items()) + ".</p>"]
     for title, path, caption in sections:
         parts.append(f"<figure><figcaption><b>{html.escape(title)}</b> {html.escape(caption)}</figcaption>"
                      f"<img src='{_img(path)}'></figure>")
-    cols = ["edge", "task", "tier", "samples", "fid_initial", "fid_deployed", "fid_personalized",
-            "fid_standard_prior_deployed", "test_loss_initial", "test_loss_deployed", "test_loss_personalized"]
-    parts.append("<h2>Edges</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
+    cols = [("test_loss", "test loss"), ("fid_fitted", "FID fitted"), ("fid_standard", "FID N(0,I)"),
+            ("fid_reconstruction", "FID recon"), ("kid_fitted", "KID fitted")]
+    parts.append("<h2>Edges</h2><table><tr><th>edge</th><th>task</th><th>tier</th><th>model</th>"
+                 + "".join(f"<th>{label}</th>" for _, label in cols) + "</tr>")
     for e in summary["edges"]:
-        parts.append("<tr>" + "".join(f"<td>{_fmt(e.get(c))}</td>" for c in cols) + "</tr>")
+        for which, m in e["models"].items():
+            parts.append(f"<tr><td>{e['edge']}</td><td>{html.escape(e['task'])}</td><td>{e['tier']}</td>"
+                         f"<td>{PHASE_LABELS[which]}</td>" + "".join(f"<td>{_fmt(m.get(k))}</td>" for k, _ in cols)
+                         + "</tr>")
     parts.append("</table>")
     parts.append("<h2>Strategies</h2><table><tr><th>strategy</th><th>final test loss</th>"
-                 + "".join(f"<th>FID {html.escape(t)}</th><th>FID N(0,I) {html.escape(t)}</th>" for t in tasks)
+                 + "".join(f"<th>FID fitted {html.escape(t)}</th><th>FID N(0,I) {html.escape(t)}</th>" for t in tasks)
                  + "<th>connections (of candidates)</th><th>parameters</th><th>TSGate accuracy</th></tr>")
     for s, r in summary["strategies"].items():
         parts.append(f"<tr><td>{s}</td><td>{_fmt(r['final_test_loss'])}</td>"
-                     + "".join(f"<td>{_fmt(r['fid'][t])}</td><td>{_fmt(r['per_task'][t]['fid_standard_prior'])}</td>"
-                               for t in tasks)
+                     + "".join(f"<td>{_fmt(r['per_task'][t]['fid_fitted'])}</td>"
+                               f"<td>{_fmt(r['per_task'][t]['fid_standard'])}</td>" for t in tasks)
                      + f"<td>{r['connections']} ({r['candidates']})</td><td>{r['parameters']:,}</td>"
                      f"<td>{_fmt(r['tsgate_accuracy'])}</td></tr>")
     parts.append("</table>")
     p = summary["partition"]
     parts.append(f"<h2>Partition</h2><p>from the {p['source_strategy']} BAIM ({p['baim_parameters']:,} parameters); "
                  f"max |compact − BAIM| over all tasks = {p['max_abs_diff']:.3g}</p><table>"
-                 "<tr><th>task</th><th>parameters</th><th>learners</th><th>connections</th><th>max abs diff</th></tr>")
+                 "<tr><th>task</th><th>parameters</th><th>bytes</th><th>learners</th><th>connections</th>"
+                 "<th>max abs diff</th></tr>")
     for t, v in p["tasks"].items():
-        parts.append(f"<tr><td>{html.escape(t)}</td><td>{v['parameters']:,}</td><td>{v['learners']}</td>"
+        parts.append(f"<tr><td>{html.escape(t)}</td><td>{v['parameters']:,}</td><td>{v['bytes']:,}</td>"
+                     f"<td>{v['learners']}</td>"
                      f"<td>{v['connections']}</td><td>{v['max_abs_diff']:.3g}</td></tr>")
     parts.append("</table>")
     b = summary["bytes"]

@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .atomic import write_json
-
-
-class RunConfigMismatch(ValueError):
-    """The run directory belongs to a run with another configuration."""
+from .errors import RunConfigMismatch
 
 
 class RunDir:

@@ -1,15 +1,12 @@
-"""The cloud side: fusing uploads into a BAIM, training it, pruning it, growing it."""
+"""What only the cloud does: screen uploads, fuse them into a BAIM with a strategy, train it on
+common data, prune learners, grow it with late uploads, and cut it into compact task models."""
 
-from .connections import Connection, Projection, candidate_connections
 from .continual import add_learners
-from .fusion import STRATEGIES, freeze_learners, fuse
-from .gates import LSGate, TaskClassifier
-from .io import load_baim, save_baim
-from .model import BAIM, BAIMOutput
-from .pruning import prune_connections, prune_learners
-from .train import CloudConfig, evaluate_baim, fit_priors, task_accuracy, train_baim
+from .fusion import fuse
+from .partition import closure, partition
+from .pipeline import common_data, train_strategy
+from .pruning import prune_learners
+from .screening import Screened, screen_uploads, validate_upload
 
-__all__ = ["BAIM", "BAIMOutput", "CloudConfig", "Connection", "LSGate", "Projection", "STRATEGIES",
-           "TaskClassifier", "add_learners", "candidate_connections", "evaluate_baim", "fit_priors",
-           "freeze_learners", "fuse", "load_baim", "prune_connections", "prune_learners", "save_baim",
-           "task_accuracy", "train_baim"]
+__all__ = ["Screened", "add_learners", "closure", "common_data", "fuse", "partition", "prune_learners",
+           "screen_uploads", "train_strategy", "validate_upload"]

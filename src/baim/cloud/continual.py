@@ -6,7 +6,7 @@ its squad grows by one output, and every candidate connection that involves it i
 latent is larger than the shared one, the shared latent grows; existing adapters and gates
 ignore the new coordinates (zero weights), and existing priors treat them as N(0, 1).
 By default only the new parts and the gates train afterwards: :func:`add_learners` returns
-the names of those parameters for :func:`baim.cloud.train.train_baim`'s ``trainable``.
+the names of those parameters for :func:`baim.models.train_baim`'s ``trainable``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ import torch
 from torch import nn
 
 from ..learners import StagedVAE
-from .connections import candidate_connections
-from .gates import LSGate
-from .model import BAIM
-from .prior import LatentPrior
+from ..models import BAIM, LSGate, LatentPrior, candidate_connections
 
 
 @torch.no_grad()
@@ -76,7 +73,8 @@ def add_learners(model: BAIM, newcomers: list[tuple[StagedVAE, str]], height: in
             model.task_names.append(task_name)
             model.lsgates.append(LSGate(model.latent_dim, 1, model.gate_hidden))
             model.priors.append(LatentPrior(model.latent_dim))
-            model.tsgate.net[-1] = _grow_out(model.tsgate.net[-1], len(model.task_names))
+            if model.tsgate is not None:
+                model.tsgate.net[-1] = _grow_out(model.tsgate.net[-1], len(model.task_names))
         t = model.task_names.index(task_name)
         model.learners.append(copy.deepcopy(learner))
         model.learner_tasks.append(t)

@@ -12,17 +12,16 @@ import copy
 
 import torch
 
+from ..config import STRATEGIES
+from ..errors import ConfigError
 from ..learners import StagedVAE
-from .connections import candidate_connections
-from .model import BAIM
-
-STRATEGIES = ("finetune", "freeze", "scratch")
+from ..models import BAIM, candidate_connections
 
 
 def fuse(learners: list[StagedVAE], learner_tasks: list[int], task_names: list[str], strategy: str = "finetune",
          top_k: int = 2, height: int = 3, seed: int = 0, connections: bool = True) -> BAIM:
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     missing = [t for t in range(len(task_names)) if t not in learner_tasks]
     if missing:
         raise ValueError(f"tasks {[task_names[t] for t in missing]} have no learner; every task needs a squad")
@@ -34,16 +33,6 @@ def fuse(learners: list[StagedVAE], learner_tasks: list[int], task_names: list[s
     else:
         members = [copy.deepcopy(l) for l in learners]
     counts = [(m.spec.num_stages, m.spec.num_stages) for m in members]
-    conns = candidate_connections(counts, height) if connections else []
-    model = BAIM(members, list(learner_tasks), task_names, conns, top_k=top_k, height=height)
-    if strategy == "freeze":
-        freeze_learners(model, range(len(members)))
-    return model
-
-
-def freeze_learners(model: BAIM, learners) -> None:
-    for l in learners:
-        model.frozen_learners.add(l)
-        for p in model.learners[l].parameters():
-            p.requires_grad_(False)
-        model.learners[l].eval()
+    return BAIM.from_learners(members, list(learner_tasks), task_names,
+                              candidate_connections(counts, height) if connections else [], top_k=top_k,
+                              height=height, frozen=list(range(len(members))) if strategy == "freeze" else [])

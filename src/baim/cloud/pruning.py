@@ -1,24 +1,13 @@
-"""Pruning: connections by |α|·‖P‖ on a schedule, and learners their gate never picks."""
+"""Learner-level pruning: learners their LSGate (almost) never picks leave selection.
+
+Connection pruning is the BAIM's own (:meth:`baim.models.BAIM.prune_connections`), since
+the training loop runs it on a schedule."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .model import BAIM
-
-
-def prune_connections(model: BAIM, ratio: float) -> list[str]:
-    """Delete ``floor(ratio × surviving)`` connections with the smallest |α|·‖P‖ (global
-    ranking). Deleted means gone from the module and from the parameter count."""
-    if not 0 <= ratio <= 1:
-        raise ValueError(f"prune ratio must be in [0, 1], got {ratio}")
-    scored = sorted((proj.score(), name) for name, proj in model.connections.items())
-    victims = [name for _, name in scored[: math.floor(ratio * len(scored))]]
-    for name in victims:
-        model.remove_connection(name)
-    return victims
+from ..models import BAIM
 
 
 def prune_learners(model: BAIM, usage: dict[int, torch.Tensor], threshold: float = 0.01) -> list[int]:

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from ..data import to_float
-from ..learners import LearnerFileError, LearnerSpec, SpecError, StagedVAE
-from ..learners.io import check_state
-from ..metrics import evaluate_reconstruction
-from ..transport import MessageError, decode
+from ..errors import BaimError, MessageError
+from ..learners import LearnerSpec, StagedVAE, check_state
+from ..models import reconstruction_metrics
+from ..transport import decode
 
 MAX_PARAMS = 50_000_000
 
@@ -41,23 +41,23 @@ class Screened:
 
 def validate_upload(data: bytes, task_names: list[str], image_size: int, channels: int,
                     max_params: int = MAX_PARAMS) -> tuple[StagedVAE, dict]:
-    """Decode and check one upload; raise ValueError naming what is wrong."""
+    """Decode and check one upload; raise a BaimError naming what is wrong."""
     msg = decode(data)
     if msg.kind != "upload":
         raise MessageError(f"expected an 'upload' message, got {msg.kind!r}")
     meta = msg.meta
     if meta.get("task") not in task_names:
-        raise ValueError(f"upload names task {meta.get('task')!r}; known tasks are {task_names}")
+        raise MessageError(f"upload names task {meta.get('task')!r}; known tasks are {task_names}")
     if not isinstance(meta.get("samples"), int) or meta["samples"] <= 0:
-        raise ValueError(f"upload sample count {meta.get('samples')!r} must be a positive int")
+        raise MessageError(f"upload sample count {meta.get('samples')!r} must be a positive int")
     spec = LearnerSpec.from_dict(meta.get("spec"))
     if (spec.image_size, spec.channels) != (image_size, channels):
-        raise ValueError(f"upload is for {spec.channels}×{spec.image_size}² images; this federation "
+        raise MessageError(f"upload is for {spec.channels}×{spec.image_size}² images; this federation "
                          f"uses {channels}×{image_size}²")
     with torch.device("meta"):
         n_params = sum(p.numel() for p in StagedVAE(spec).parameters())
     if n_params > max_params:
-        raise ValueError(f"upload has {n_params:,} parameters, over the limit of {max_params:,}")
+        raise MessageError(f"upload has {n_params:,} parameters, over the limit of {max_params:,}")
     model = StagedVAE(spec)
     check_state(model, msg.tensors, "upload")
     model.load_state_dict(msg.tensors)
@@ -70,12 +70,12 @@ def screen_uploads(uploads: dict[int, bytes], task_names: list[str], common: dic
     for edge, data in sorted(uploads.items()):
         try:
             out.accepted[edge] = validate_upload(data, task_names, image_size, channels)
-        except (MessageError, SpecError, LearnerFileError, ValueError, TypeError) as exc:
+        except (BaimError, ValueError, TypeError) as exc:
             out.rejected.append({"edge": edge, "reason": str(exc)})
     by_task: dict[int, list[int]] = {}
     for edge, (model, meta) in out.accepted.items():
         t = task_names.index(meta["task"])
-        out.scores[edge] = evaluate_reconstruction(model, common[t])["test_loss"]
+        out.scores[edge] = reconstruction_metrics(model, common[t])["test_loss"]
         by_task.setdefault(t, []).append(edge)
     for t, edges in by_task.items():
         x = to_float(common[t])

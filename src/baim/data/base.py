@@ -13,9 +13,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 
-
-class DataError(RuntimeError):
-    """A data set is missing or malformed; the message says what to provide."""
+from ..errors import DataError
 
 
 class ImageSource(Protocol):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
+
 _DTYPES = {
     0x08: np.uint8,
     0x09: np.int8,
@@ -22,7 +24,7 @@ _DTYPES = {
 }
 
 
-class IDXError(ValueError):
+class IDXError(DataError):
     """An IDX file is missing, truncated or not an IDX file at all."""
 
 

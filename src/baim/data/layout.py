@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_json
-from ..presets import Preset
+from ..config import Preset
 from .base import DataError, DataSet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Layout:
     dataset: str
     data_dir: str | None
     seed: int
-    preset: str
+    preset: dict  # the whole preset (Preset.to_dict), so edges never look one up by name
     alpha: float
     tasks: list[dict]  # {"name": str, "classes": [int]}
     edges: list[EdgeSlice]
@@ -45,6 +45,11 @@ class Layout:
     test: dict[str, list[int]]  # task name -> indices into the test split
     format: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Preset:
+        """The preset this layout was made with (stored in full)."""
+        return Preset.from_dict(self.preset)
 
     @property
     def task_names(self) -> list[str]:
@@ -62,9 +67,17 @@ class Layout:
         if raw.get("format") != FORMAT_VERSION:
             raise DataError(f"{path}: layout format {raw.get('format')!r}, this baim reads {FORMAT_VERSION}")
         raw["edges"] = [EdgeSlice(**e) for e in raw["edges"]]
+        Preset.from_dict(raw["preset"])  # fail here, naming the file, rather than on first use
         layout = cls(**raw)
         layout.check_disjoint()
         return layout
+
+    def fid_sets(self, ds: DataSet, task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The two disjoint real sets every FID of ``task`` uses: the reference and the
+        real-vs-real baseline, n each (at most half the task's test set)."""
+        idx = self.test[task]
+        n = min(n, len(idx) // 2)
+        return ds.test.load(idx[:n]), ds.test.load(idx[n:2 * n])
 
     def check_disjoint(self) -> None:
         seen: set[int] = set()
@@ -158,7 +171,7 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
             idx = idx[: preset.test_per_task]
         test[task.name] = sorted(int(i) for i in idx)
 
-    layout = Layout(ds.name, data_dir, seed, preset.name, preset.alpha,
+    layout = Layout(ds.name, data_dir, seed, preset.to_dict(), preset.alpha,
                     [{"name": t.name, "classes": list(t.classes)} for t in ds.tasks],
                     edges, sorted(cloud), test)
     layout.check_disjoint()

@@ -1,7 +1,10 @@
-"""Edge-side work: local training, evaluation."""
+"""What only an edge does: train its learner on private data, answer the cloud's messages,
+personalise its compact model. It imports the model layer, never the cloud."""
 
-from .node import build_learner, evaluate_edge_model, fid_of_model, train_edge, train_edge_cli
-from .train import TrainConfig, TrainHistory, train_learner
+from .local import build_learner, evaluate_saved_model, train_edge, train_edge_cli
+from .node import EdgeNode
+from .personalize import personalize
+from .train import TrainHistory, train_learner
 
-__all__ = ["TrainConfig", "TrainHistory", "build_learner", "evaluate_edge_model", "fid_of_model",
-           "train_edge", "train_edge_cli", "train_learner"]
+__all__ = ["EdgeNode", "TrainHistory", "build_learner", "evaluate_saved_model", "personalize", "train_edge",
+           "train_edge_cli", "train_learner"]

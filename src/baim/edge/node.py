@@ -1,99 +1,111 @@
-"""An edge node's work on its own data: build the learner of its tier, train it, evaluate it.
+"""An edge node as a message handler: the same object serves both engines.
 
-These functions read the federation layout to find the edge's slice; in a real deployment an
-edge holds only its own slice, and the layout is simply how this reference implementation
-makes that slice repeatable.
+Message kinds (cloud → edge, and the reply):
+- ``query.info`` → ``info``: edge id, task, tier, local sample count.
+- ``train.local`` → ``upload``: trains the tier's learner on the local slice (or reuses the
+  one already trained: a rerun resumes) and uploads spec + weights + task + sample count +
+  local metrics.
+- ``train.deploy`` → ``ack``: the compact model of the edge's task (manifest + weights), validated
+  and stored.
+- ``train.personalize`` → ``metrics``: fine-tunes the deployed model on the local slice.
+- ``evaluate`` → ``metrics``: test loss, reconstruction and FID of one of the edge's models
+  (``initial``, ``deployed`` or ``personalized``), with the generated images.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..data import DataSet, load_dataset, to_float, to_uint8
+from ..data import DataSet
 from ..data.layout import Layout
-from ..learners import StagedVAE, load_learner, save_learner, tier_spec
-from ..metrics import evaluate_reconstruction, fid
-from ..presets import get_preset
-from .train import TrainConfig, train_learner
+from ..errors import BaimError
+from ..learners import StagedVAE
+from ..models import BAIM, evaluate, is_saved, load_model, model_from, save_model
+from ..transport import Message
+from .local import train_edge
+from .personalize import personalize
+
+MODELS = ("initial", "deployed", "personalized")
 
 
-def build_learner(tier: str, ds: DataSet, seed: int) -> StagedVAE:
-    torch.manual_seed(seed)
-    return StagedVAE(tier_spec(tier, ds.image_size, ds.channels))
+class EdgeNode:
+    def __init__(self, edge: int, layout: Layout, ds: DataSet, folder: str | Path, seed: int = 0):
+        self.edge, self.layout, self.ds, self.seed = edge, layout, ds, seed
+        self.folder = Path(folder)
+        self.slice = layout.edges[edge]
+        self.task_name = layout.task_names[self.slice.task]
 
+    def handle(self, msg: Message) -> Message:
+        """Answer one message. A failure the edge can explain becomes an ``error`` reply, which
+        the workflow reports as this edge missing (the same as on Flower), and the run goes on."""
+        handler = getattr(self, "on_" + msg.kind.replace(".", "_"), None)
+        if handler is None:
+            return Message("error", {"error": f"edge {self.edge} does not understand {msg.kind!r}"})
+        try:
+            return handler(msg)
+        except BaimError as exc:
+            return Message("error", {"error": f"edge {self.edge}: {exc}"})
 
-def task_index(layout: Layout, task: str | int) -> int:
-    names = layout.task_names
-    if isinstance(task, int) or str(task).isdigit():
-        t = int(task)
-        if not 0 <= t < len(names):
-            raise ValueError(f"task index {t} out of range; tasks are {names}")
-        return t
-    if task not in names:
-        raise ValueError(f"unknown task {task!r}; tasks are {names}")
-    return names.index(task)
+    # -- messages -------------------------------------------------------------------------
+    def on_query_info(self, msg: Message) -> Message:
+        return Message("info", {"edge": self.edge, "task": self.task_name, "tier": self.slice.tier,
+                                "samples": len(self.slice.indices)})
 
+    def on_train_local(self, msg: Message) -> Message:
+        model_dir = self.folder / "initial"
+        if is_saved(model_dir):
+            model = load_model(model_dir, "learner")
+            assert isinstance(model, StagedVAE)
+            metrics = json.loads((model_dir / "metrics.json").read_text())
+        else:
+            model, metrics = train_edge(self.layout, self.ds, self.edge, model_dir,
+                                        epochs=msg.meta.get("epochs"), seed=self.seed)
+        # wall-clock figures stay on the edge: they say nothing about the model, and they
+        # would make two identical uploads differ in size
+        local = {k: v for k, v in metrics.items() if k != "train"}
+        local["train_epochs"] = metrics["train"]["epochs"]
+        return Message("upload", {"edge": self.edge, "task": self.task_name, "samples": len(self.slice.indices),
+                                  "spec": model.spec.to_dict(), "metrics": local},
+                       {k: v for k, v in model.state_dict().items()})
 
-@torch.no_grad()
-def fid_of_model(model: StagedVAE, ds: DataSet, layout: Layout, task: int, n: int,
-                 extractor: str, seed: int = 0) -> dict:
-    """FID of prior samples and of test reconstructions, each with real-vs-real at n.
+    def on_train_deploy(self, msg: Message) -> Message:
+        if msg.meta.get("task") != self.task_name:
+            return Message("error", {"error": f"edge {self.edge} serves {self.task_name!r}, "
+                                              f"not {msg.meta.get('task')!r}"})
+        compact = model_from(msg.meta, msg.tensors, f"deployment to edge {self.edge}", "compact")
+        save_model(compact, self.folder / "deployed")  # validated before anything is stored
+        return Message("ack", {"edge": self.edge, "parameters": compact.num_parameters()})
 
-    The task's test set provides the n real reference images and a disjoint second n for the
-    baseline; n is capped at half the test set so the two never overlap.
-    """
-    test_idx = layout.test[layout.task_names[task]]
-    n = min(n, len(test_idx) // 2)
-    real, baseline = ds.test.load(test_idx[:n]), ds.test.load(test_idx[n:2 * n])
-    model.eval()
-    samples = to_uint8(model.sample(n, generator=torch.Generator().manual_seed(seed)))
-    recon = to_uint8(model.decode(model.encode(to_float(baseline))[0]))
-    s, r = fid(real, samples, baseline, extractor), fid(real, recon, baseline, extractor)
-    return {"fid_samples": s.fid, "fid_reconstructions": r.fid, "fid_real_vs_real": s.real_vs_real,
-            "fid_extractor": extractor, "fid_count": n,
-            "_images": {"samples": samples, "reconstructions": recon}}
+    def on_train_personalize(self, msg: Message) -> Message:
+        out = self.folder / "personalized"
+        if not is_saved(out):
+            compact = self.load_model("deployed")
+            assert isinstance(compact, BAIM)
+            preset = self.layout.settings
+            curve = self.ds.test.load(self.layout.test[self.task_name][: preset.curve_test_per_task or None])
+            log = personalize(compact, self.local_images(), preset.personalize.with_seed(self.seed), curve)
+            save_model(compact, out, {"log.json": json.dumps(log, indent=2) + "\n"})  # log before the manifest
+        return Message("metrics", {"edge": self.edge, "log": json.loads((out / "log.json").read_text())})
 
+    def on_evaluate(self, msg: Message) -> Message:
+        """Score one of this edge's models with every procedure of :func:`baim.models.evaluate`.
+        A learner's fitted prior is fitted here, on local data: it never leaves the edge."""
+        which = msg.meta.get("model", "initial")
+        model = self.load_model(which)
+        real, baseline = self.layout.fid_sets(self.ds, self.task_name, int(msg.meta.get("fid_count", 500)))
+        ev = evaluate(model, self.ds.test.load(self.layout.test[self.task_name]), real, baseline,
+                      str(msg.meta.get("extractor", "domain")), kld_weight=self.layout.settings.edge.kld_weight,
+                      seed=self.seed, prior_images=self.local_images() if isinstance(model, StagedVAE) else None)
+        images = {k: torch.from_numpy(v) for k, v in ev.images.items()}
+        return Message("metrics", {"edge": self.edge, "task": self.task_name, "model": which, **ev.metrics}, images)
 
-def evaluate_edge_model(model_dir: str | Path, layout_path: str | Path, task: str | int,
-                        fid_extractor: str = "domain", fid_samples: int = 500, seed: int = 0) -> dict:
-    layout = Layout.load(layout_path)
-    ds = load_dataset(layout.dataset, layout.data_dir)
-    t = task_index(layout, task)
-    model = load_learner(model_dir)
-    test = ds.test.load(layout.test[layout.task_names[t]])
-    out = {"task": layout.task_names[t], **evaluate_reconstruction(model, test)}
-    f = fid_of_model(model, ds, layout, t, fid_samples, fid_extractor, seed)
-    f.pop("_images")
-    return {**out, **f}
+    def local_images(self):
+        return self.ds.train.load(self.slice.indices)
 
-
-def train_edge(layout: Layout, ds: DataSet, edge: int, out_dir: str | Path, epochs: int | None = None,
-               seed: int = 0) -> tuple[StagedVAE, dict]:
-    """Phase 1 for one edge: train its tier's learner on its slice, evaluate and save it."""
-    if not 0 <= edge < len(layout.edges):
-        raise ValueError(f"edge {edge} not in layout (it has edges 0..{len(layout.edges) - 1})")
-    preset = get_preset(layout.preset)
-    e = layout.edges[edge]
-    model = build_learner(e.tier, ds, seed + 1000 * edge)
-    cfg = TrainConfig(epochs=epochs or preset.edge_epochs, batch_size=preset.batch_size,
-                      lr=preset.lr, lr_decay=preset.lr_decay, kld_weight=preset.kld_weight,
-                      seed=seed + 1000 * edge)
-    test = ds.test.load(layout.test[layout.task_names[e.task]])
-    curve = test[: preset.curve_test_per_task or None]
-    hist = train_learner(model, ds.train.load(e.indices), cfg, label=f"edge {edge} ({e.tier})",
-                         eval_images=curve)
-    metrics = {"edge": edge, "task": layout.task_names[e.task], "tier": e.tier,
-               "samples": len(e.indices), "train": asdict(hist),
-               **evaluate_reconstruction(model, test, cfg.kld_weight)}
-    save_learner(model, out_dir, {"metrics.json": json.dumps(metrics, indent=2) + "\n"})
-    return model, metrics
-
-
-def train_edge_cli(layout_path: str | Path, edge: int, out_dir: str | Path, epochs: int | None = None,
-                   seed: int = 0) -> dict:
-    layout = Layout.load(layout_path)
-    return train_edge(layout, load_dataset(layout.dataset, layout.data_dir), edge, out_dir, epochs, seed)[1]
+    def load_model(self, which: str) -> StagedVAE | BAIM:
+        if which not in MODELS:
+            raise BaimError(f"edge {self.edge} has no {which!r} model; it has {', '.join(MODELS)}")
+        return load_model(self.folder / which, "learner" if which == "initial" else "compact")

@@ -16,19 +16,10 @@ import numpy as np
 import torch
 
 from ..data import to_float
+from ..config import Recipe
 from ..learners import StagedVAE, vae_loss
+from ..models import reconstruction_metrics
 from ..progress import make_progress
-
-
-@dataclass
-class TrainConfig:
-    epochs: int
-    batch_size: int = 64
-    lr: float = 0.005
-    lr_decay: float = 0.95
-    kld_weight: float = 0.00025
-    grad_clip: float = 10.0
-    seed: int = 0
 
 
 @dataclass
@@ -39,22 +30,22 @@ class TrainHistory:
     images_per_second: float = 0.0
 
 
-def train_learner(model: StagedVAE, images: np.ndarray, cfg: TrainConfig, label: str = "train",
+def train_learner(model: StagedVAE, images: np.ndarray, cfg: Recipe, label: str = "train",
                   eval_images: np.ndarray | None = None) -> TrainHistory:
     """Train ``model`` in place on uint8 ``images``; returns per-epoch losses."""
-    from ..metrics import evaluate_reconstruction
-
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data = to_float(images)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     hist = TrainHistory()
     steps_per_epoch = math.ceil(len(data) / cfg.batch_size)
     start = time.perf_counter()
     with make_progress() as progress:
         bar = progress.add_task(label, total=cfg.epochs * steps_per_epoch)
         for epoch in range(cfg.epochs):
+            lr = cfg.lr_at(epoch)
+            for g in opt.param_groups:
+                g["lr"] = lr
             model.train()
             perm = torch.randperm(len(data), generator=gen)
             tot = tot_mse = tot_kld = 0.0
@@ -76,12 +67,11 @@ def train_learner(model: StagedVAE, images: np.ndarray, cfg: TrainConfig, label:
                 tot_mse += float(mse.detach()) * len(x)
                 tot_kld += float(kld.detach()) * len(x)
                 seen += len(x)
-            sched.step()
             row = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1),
                    "train_mse": tot_mse / max(seen, 1), "train_kld": tot_kld / max(seen, 1),
-                   "lr": opt.param_groups[0]["lr"]}
+                   "lr": lr}
             if eval_images is not None:
-                row["test_loss"] = evaluate_reconstruction(model, eval_images, cfg.kld_weight)["test_loss"]
+                row["test_loss"] = reconstruction_metrics(model, eval_images, kld_weight=cfg.kld_weight)["test_loss"]
             hist.epochs.append(row)
             progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
     hist.seconds = time.perf_counter() - start

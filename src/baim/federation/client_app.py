@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from ..data import load_dataset
 from ..data.layout import Layout
-from ..edge.service import EdgeNode
+from ..edge import EdgeNode
 from ..transport import decode, encode
 from .transport import from_record, to_record
 

@@ -4,7 +4,7 @@ Each baim message (the same bytes the in-process engine sends, so byte counts ag
 as one uint8 array in an ArrayRecord named ``baim``; the Flower message type is the baim
 kind (``query.info``, ``train.local``, ``train.deploy``, ``train.personalize``, ``evaluate``).
 Every exchange has a timeout: an edge that does not answer in time, or answers with an
-error, yields ``None``, and the workflow reports it and goes on.
+error, yields an ``error`` reply, and the workflow reports it and goes on.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class FlowerTransport:
         self.grid = grid
         self.ledger = ledger or ByteLedger()
         self.node_of: dict[int, int] = {}  # baim edge id -> Flower node id
-        self.unanswered: list[int] = []
         self._discover(discovery_timeout, expected_edges)
 
     def _discover(self, timeout: float, expected: int | None) -> None:
@@ -56,14 +55,15 @@ class FlowerTransport:
     def edges(self) -> list[int]:
         return sorted(self.node_of)
 
-    def request(self, edge: int, msg: Message, timeout: float, phase: str) -> Message | None:
+    def request(self, edge: int, msg: Message, timeout: float, phase: str) -> Message:
         data = encode(msg)
         self.ledger.record(phase, "down", edge, msg.kind, len(data))
         out = FlowerMessage(to_record(data), dst_node_id=self.node_of[edge], message_type=msg.kind)
         replies = list(self.grid.send_and_receive([out], timeout=timeout))
-        if not replies or replies[0].has_error():
-            self.unanswered.append(edge)
-            return None
+        if not replies:
+            return Message("error", {"error": f"edge {edge} did not answer within {timeout:.0f} s"})
+        if replies[0].has_error():
+            return Message("error", {"error": f"edge {edge} failed: {replies[0].error.reason}"})
         reply = from_record(replies[0].content)
         self.ledger.record(phase, "up", edge, msg.kind, len(reply))
         return decode(reply)

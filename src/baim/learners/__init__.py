@@ -1,8 +1,8 @@
 """Learners: the staged VAEs that edges train and the cloud fuses."""
 
-from .io import LearnerFileError, load_learner, save_learner
-from .spec import TIERS, LearnerSpec, SpecError, tier_spec
+from .io import check_state, load_weights, plain_state, read_weights, weights_bytes
+from .spec import TIERS, LearnerSpec, tier_spec
 from .vae import StagedVAE, vae_loss
 
-__all__ = ["LearnerFileError", "LearnerSpec", "SpecError", "StagedVAE", "TIERS",
-           "load_learner", "save_learner", "tier_spec", "vae_loss"]
+__all__ = ["LearnerSpec", "StagedVAE", "TIERS", "check_state", "load_weights", "plain_state", "read_weights",
+           "tier_spec", "vae_loss", "weights_bytes"]

@@ -7,16 +7,14 @@ heterogeneous.
 
 from __future__ import annotations
 
+from ..errors import SpecError
+
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
 FAMILIES = ("conv_vae",)
 SPEC_VERSION = 1
-
-
-class SpecError(ValueError):
-    """A learner spec is invalid; the message names the field and the allowed values."""
 
 
 @dataclass(frozen=True)

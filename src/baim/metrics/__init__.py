@@ -1,7 +1,6 @@
-"""Honest metrics: test loss, reconstruction MSE/PSNR, FID with its extractor and baseline."""
+"""Image-set metrics that say what they are: FID and KID with their extractor, sample count
+and real-vs-real baseline."""
 
-from .fid import EXTRACTORS, ExtractorUnavailable, FIDResult, fid, frechet_distance, get_extractor
-from .reconstruction import evaluate_reconstruction
+from .fid import FIDResult, extract, fid, frechet_distance, get_extractor, kernel_distance, scores
 
-__all__ = ["EXTRACTORS", "ExtractorUnavailable", "FIDResult", "evaluate_reconstruction", "fid",
-           "frechet_distance", "get_extractor"]
+__all__ = ["FIDResult", "extract", "fid", "frechet_distance", "get_extractor", "kernel_distance", "scores"]

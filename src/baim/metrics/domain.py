@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import atomic_write, write_json
+from ..errors import ExtractorUnavailable
 from ..progress import make_progress
 
 WEIGHTS_NAME = "domain_fashion_mnist"
@@ -75,7 +76,7 @@ def weights_dir() -> Path:
 def load_domain_features() -> DomainFeatures:
     path = weights_dir() / f"{WEIGHTS_NAME}.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"domain classifier weights {path} are missing; recreate them with "
+        raise ExtractorUnavailable(f"domain classifier weights {path} are missing; recreate them with "
                                 "`baim domain train` (see its JSON card for the command)")
     model = DomainClassifier()
     model.load_state_dict(load_file(str(path)))

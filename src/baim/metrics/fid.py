@@ -13,6 +13,7 @@ baseline at that count, so :class:`FIDResult` carries all three.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,11 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-EXTRACTORS = ("domain", "lite0", "inception")
+from ..config import EXTRACTORS
+from ..errors import ConfigError, ExtractorUnavailable
 
-
-class ExtractorUnavailable(RuntimeError):
-    """The requested feature network is not installed; the message says how to get it."""
 
 
 class _Identity(nn.Module):
@@ -105,7 +104,7 @@ _CACHE: dict[str, nn.Module] = {}
 def get_extractor(name: str = "domain") -> nn.Module:
     """A feature network by name (cached: loading one takes a moment)."""
     if name not in EXTRACTORS:
-        raise ValueError(f"unknown FID extractor {name!r}; choose one of {EXTRACTORS}")
+        raise ConfigError(f"unknown FID extractor {name!r}; choose one of {EXTRACTORS}")
     if name not in _CACHE:
         if name == "domain":
             from .domain import load_domain_features
@@ -134,12 +133,39 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return float(metric.compute())
 
 
+def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, subset_size: int = 100,
+                    subsets: int = 50) -> float:
+    """KID: unbiased squared MMD with a cubic polynomial kernel, averaged over random subsets
+    (via torchmetrics); unlike FID it has no bias at small sample counts. Subsets are drawn
+    from torch's global generator, reseeded here so the number is repeatable."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = max(2, min(subset_size, len(feats_a), len(feats_b)))
+    with warnings.catch_warnings():  # it warns that it keeps features in memory: these are ours, small
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=_Identity(feats_a.shape[1]), subset_size=size, subsets=subsets)
+    metric.update(feats_a.double(), real=True)
+    metric.update(feats_b.double(), real=False)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        mean, _ = metric.compute()
+    finally:
+        torch.random.set_rng_state(state)
+    return float(mean)
+
+
 @dataclass
 class FIDResult:
+    """FID and KID of one generated set against real images, with the real-vs-real values at
+    the same count (the floor any model can reach at that count)."""
+
     fid: float
+    kid: float
     extractor: str
     samples: int
     real_vs_real: float
+    kid_real_vs_real: float
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,16 +173,26 @@ class FIDResult:
 
 def fid(real: np.ndarray, fake: np.ndarray, real_baseline: np.ndarray,
         extractor: str = "domain") -> FIDResult:
-    """FID of ``fake`` against ``real``, with the real-vs-real baseline at the same count.
+    """FID (and KID) of ``fake`` against ``real``, with the real-vs-real baseline at the same count.
 
     ``real_baseline`` is a second real set, disjoint from ``real``; all three sets must have
     the same size, since FID is biased by the sample count.
     """
-    n = len(fake)
-    if not (len(real) == n == len(real_baseline)) or n < 2:
-        raise ValueError(f"FID needs equal sample counts ≥ 2: real {len(real)}, fake {n}, "
-                         f"baseline {len(real_baseline)}")
+    return scores(real, {"fake": fake}, real_baseline, extractor)["fake"]
+
+
+def scores(real: np.ndarray, fakes: dict[str, np.ndarray], real_baseline: np.ndarray,
+           extractor: str = "domain") -> dict[str, FIDResult]:
+    """:func:`fid` for several generated sets against one real set (features computed once)."""
+    n = len(real)
+    if len(real_baseline) != n or n < 2 or any(len(f) != n for f in fakes.values()):
+        raise ValueError(f"FID needs equal sample counts ≥ 2: real {n}, baseline {len(real_baseline)}, "
+                         f"generated {[len(f) for f in fakes.values()]}")
     net = get_extractor(extractor)
-    real_f = extract(net, real)
-    return FIDResult(frechet_distance(real_f, extract(net, fake)), extractor, n,
-                     frechet_distance(real_f, extract(net, real_baseline)))
+    real_f, base_f = extract(net, real), extract(net, real_baseline)
+    rvr, kid_rvr = frechet_distance(real_f, base_f), kernel_distance(real_f, base_f)
+    out = {}
+    for name, images in fakes.items():
+        f = extract(net, images)
+        out[name] = FIDResult(frechet_distance(real_f, f), kernel_distance(real_f, f), extractor, n, rvr, kid_rvr)
+    return out

@@ -18,13 +18,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..errors import MessageError
+
 MAGIC, VERSION = b"BAIM", 1
 MAX_HEADER = 1 << 20  # 1 MiB of JSON
 MAX_MESSAGE = 512 << 20  # 512 MiB in all
-
-
-class MessageError(ValueError):
-    """A message is malformed, too large, or not a baim message."""
 
 
 @dataclass

@@ -12,33 +12,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Recipe
 from ..data import to_float
 from ..progress import make_progress
 from .gates import load_balance_loss, router_z_loss
-from .model import BAIM
-from .pruning import prune_connections
+from .baim import BAIM
+from .evaluation import reconstruction_metrics
 
 
-@dataclass
-class CloudConfig:
-    epochs: int
-    batch_size: int = 64
-    lr: float = 0.005
-    lr_decay: float = 0.95
-    kld_weight: float = 0.00025
-    balance_weight: float = 0.01
-    z_loss_weight: float = 0.001
-    task_weight: float = 1.0
-    prune_interval: int = 10
-    prune_ratio: float = 0.1
-    grad_clip: float = 10.0
-    seed: int = 0
+# Weights of the auxiliary losses: small enough not to fight the reconstruction objective.
+BALANCE_WEIGHT, Z_LOSS_WEIGHT, TASK_WEIGHT = 0.01, 0.001, 1.0
 
 
 def _optimizer(model: BAIM, lr: float, trainable: set[str] | None, old: torch.optim.Optimizer | None = None):
@@ -52,11 +40,12 @@ def _optimizer(model: BAIM, lr: float, trainable: set[str] | None, old: torch.op
     return opt
 
 
-def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: CloudConfig,
+def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: Recipe,
                test_sets: dict[int, np.ndarray] | None = None, label: str = "cloud",
-               trainable: set[str] | None = None) -> list[dict]:
+               trainable: set[str] | None = None, prune_interval: int = 0, prune_ratio: float = 0.0) -> list[dict]:
     """Train in place; returns one log row per epoch (losses, test loss per task, usage,
-    surviving connections, parameter count)."""
+    surviving connections, parameter count). Every ``prune_interval`` epochs the fraction
+    ``prune_ratio`` of surviving connections is deleted (0 for either: never)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data, task_t = to_float(images), torch.from_numpy(np.asarray(tasks, dtype=np.int64))
@@ -66,7 +55,7 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: CloudCon
     with make_progress() as progress:
         bar = progress.add_task(label, total=cfg.epochs * steps)
         for epoch in range(cfg.epochs):
-            lr = cfg.lr * cfg.lr_decay ** epoch
+            lr = cfg.lr_at(epoch)
             for g in opt.param_groups:
                 g["lr"] = lr
             model.train()
@@ -84,8 +73,8 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: CloudCon
                 balance = sum(load_balance_loss(r) for _, r in out.routings.values())
                 zl = sum(router_z_loss(r) for _, r in out.routings.values())
                 task_ce = F.cross_entropy(model.tsgate(x), t) if model.tsgate is not None else x.new_zeros(())
-                loss = mse + cfg.kld_weight * kld + cfg.balance_weight * balance + cfg.z_loss_weight * zl
-                total = loss + cfg.task_weight * task_ce
+                loss = mse + cfg.kld_weight * kld + BALANCE_WEIGHT * balance + Z_LOSS_WEIGHT * zl
+                total = loss + TASK_WEIGHT * task_ce
                 progress.advance(bar)
                 opt.zero_grad(set_to_none=True)
                 if not torch.isfinite(total):
@@ -100,8 +89,8 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: CloudCon
                     sums[k] += float(v.detach()) * len(x)
                 seen += len(x)
             pruned = []
-            if cfg.prune_ratio > 0 and cfg.prune_interval > 0 and (epoch + 1) % cfg.prune_interval == 0:
-                pruned = prune_connections(model, cfg.prune_ratio)
+            if prune_ratio > 0 and prune_interval > 0 and (epoch + 1) % prune_interval == 0:
+                pruned = model.prune_connections(prune_ratio)
                 opt = _optimizer(model, lr, trainable, old=opt)
             row = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
                    **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
@@ -109,7 +98,7 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: CloudCon
                    "pruned": len(pruned), "parameters": model.num_parameters(),
                    "usage": {model.task_names[t]: (u / u.sum().clamp_min(1)).tolist() for t, u in usage.items()}}
             if test_sets:
-                ev = {model.task_names[t]: evaluate_baim(model, x, t, cfg.kld_weight)["test_loss"]
+                ev = {model.task_names[t]: reconstruction_metrics(model, x, t, cfg.kld_weight)["test_loss"]
                       for t, x in test_sets.items()}
                 row["test_loss"] = ev
                 row["test_loss_mean"] = float(np.mean(list(ev.values())))
@@ -117,47 +106,3 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: CloudCon
             progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
     model.eval()
     return log
-
-
-@torch.no_grad()
-def evaluate_baim(model: BAIM, images: np.ndarray, task: int, kld_weight: float = 0.00025,
-                  batch_size: int = 500, seed: int = 0) -> dict[str, float]:
-    """Test loss (objective, seeded posterior noise) and MSE/PSNR from z = μ, for one task."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    loss_sum = mse_sum = psnr_sum = 0.0
-    for i in range(0, len(images), batch_size):
-        x = to_float(images[i:i + batch_size])
-        t = torch.full((len(x),), task, dtype=torch.long)
-        noise = torch.randn(len(x), model.latent_dim, generator=gen)
-        out = model(x, t, noise=noise)
-        loss_sum += float(F.mse_loss(out.x_hat, x) + kld_weight * out.kl().mean()) * len(x)
-        det = model(x, t, sample=False)
-        per = (det.x_hat - x).pow(2).flatten(1).mean(1)
-        mse_sum += float(per.sum())
-        psnr_sum += float((10 * torch.log10(1 / per.clamp_min(1e-10))).sum())
-    n = len(images)
-    return {"test_loss": loss_sum / n, "mse": mse_sum / n, "psnr": psnr_sum / n}
-
-
-@torch.no_grad()
-def fit_priors(model: BAIM, images: np.ndarray, tasks: np.ndarray, draws: int = 4, seed: int = 0) -> None:
-    """Fit each task's latent prior to posterior codes z ~ q(z|x) of its common data."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    for t in range(len(model.task_names)):
-        x = to_float(images[np.asarray(tasks) == t])
-        if len(x) < 2:
-            continue
-        tt = torch.full((len(x),), t, dtype=torch.long)
-        mu, logvar, _ = model.posterior(x, tt)
-        codes = [mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar) for _ in range(draws)]
-        model.priors[t].fit(torch.cat(codes))
-
-
-@torch.no_grad()
-def task_accuracy(model: BAIM, images: np.ndarray, tasks: np.ndarray) -> float:
-    """How often TSGate's classifier picks the right squad for a bare image."""
-    model.eval()
-    pred = model.tsgate(to_float(images)).argmax(1).numpy()
-    return float((pred == np.asarray(tasks)).mean())

@@ -21,14 +21,15 @@ learner exactly.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from ..learners import StagedVAE
+from ..learners import LearnerSpec, StagedVAE
 from .connections import Connection, Projection
 from .gates import LSGate, Routing, TaskClassifier
 from .prior import LatentPrior
@@ -49,39 +50,113 @@ class BAIMOutput:
         return (term * self.spoken).sum(dim=1)
 
 
+@dataclass
+class BAIMConfig:
+    """Everything needed to rebuild a BAIM (or compact model) before its weights are loaded.
+
+    ``learner_tasks[l]`` is learner l's task, or ``None`` for a *feeder*: a learner of another
+    task kept in a compact model only because its stages feed the squad. ``trimmed`` records
+    learners cut down to the stages something still reads; ``frozen`` learners keep their
+    weights and normalisation statistics.
+    """
+
+    task_names: list[str]
+    learner_tasks: list[int | None]
+    learner_specs: list[LearnerSpec]
+    connections: list[Connection] = field(default_factory=list)
+    top_k: int = 2
+    height: int = 3
+    gate_hidden: int = 64
+    latent_dim: int = 0  # 0: the largest learner latent
+    has_tsgate: bool = True
+    frozen: list[int] = field(default_factory=list)
+    trimmed: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"task_names": list(self.task_names), "learner_tasks": list(self.learner_tasks),
+                "learner_specs": [s.to_dict() for s in self.learner_specs],
+                "connections": [c.to_dict() for c in self.connections], "top_k": self.top_k,
+                "height": self.height, "gate_hidden": self.gate_hidden, "latent_dim": self.latent_dim,
+                "has_tsgate": self.has_tsgate, "frozen": sorted(self.frozen),
+                "trimmed": {str(k): v for k, v in sorted(self.trimmed.items())}}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> BAIMConfig:
+        """Parse a stored config; raises SpecError/KeyError/TypeError/ValueError on bad input
+        (the loader turns those into one ModelFileError)."""
+        return cls(task_names=[str(t) for t in raw["task_names"]],
+                   learner_tasks=[None if t is None else int(t) for t in raw["learner_tasks"]],
+                   learner_specs=[LearnerSpec.from_dict(s) for s in raw["learner_specs"]],
+                   connections=[Connection(**c) for c in raw["connections"]],
+                   top_k=int(raw["top_k"]), height=int(raw["height"]), gate_hidden=int(raw["gate_hidden"]),
+                   latent_dim=int(raw["latent_dim"]), has_tsgate=bool(raw["has_tsgate"]),
+                   frozen=[int(x) for x in raw["frozen"]],
+                   trimmed={int(k): {str(s): int(n) for s, n in v.items()} for k, v in raw["trimmed"].items()})
+
+
 class BAIM(nn.Module):
-    def __init__(self, learners: list[StagedVAE], learner_tasks: list[int | None], task_names: list[str],
-                 connections: list[Connection], top_k: int = 2, height: int = 3, gate_hidden: int = 64,
-                 latent_dim: int | None = None):
+    def __init__(self, config: BAIMConfig, learners: list[StagedVAE] | None = None):
+        """Build the BAIM ``config`` describes, around ``learners`` (trained uploads) or, by
+        default, freshly initialised learners of the config's specs."""
         super().__init__()
-        if len(learners) != len(learner_tasks):
-            raise ValueError("one task (or None for a feeder) per learner")
+        if learners is None:
+            learners = [StagedVAE(s) for s in config.learner_specs]
+        if len(learners) != len(config.learner_tasks) or not learners:
+            raise ValueError("a BAIM needs at least one learner and one task (or None for a feeder) per learner")
         first = learners[0].spec
-        for s in (l.spec for l in learners):
+        for s in (lrn.spec for lrn in learners):
             if (s.image_size, s.channels) != (first.image_size, first.channels):
                 raise ValueError("all learners of a BAIM must share image size and channels")
-        self.task_names = list(task_names)
-        self.learner_tasks = list(learner_tasks)
-        self.top_k, self.height, self.gate_hidden = top_k, height, gate_hidden
+        self.task_names = list(config.task_names)
+        self.learner_tasks = list(config.learner_tasks)
+        self.top_k, self.height, self.gate_hidden = config.top_k, config.height, config.gate_hidden
         self.image_size, self.channels = first.image_size, first.channels
-        self.latent_dim = max(l.spec.latent_dim for l in learners)
-        if latent_dim is not None:  # a compact model keeps the BAIM's shared latent size
-            if latent_dim < self.latent_dim:
-                raise ValueError(f"shared latent {latent_dim} is smaller than a learner's ({self.latent_dim})")
-            self.latent_dim = latent_dim
+        widest = max(lrn.spec.latent_dim for lrn in learners)
+        if config.latent_dim and config.latent_dim < widest:
+            raise ValueError(f"shared latent {config.latent_dim} is smaller than a learner's ({widest})")
+        self.latent_dim = config.latent_dim or widest  # a compact model keeps the BAIM's shared latent size
         self.learners = nn.ModuleList(learners)
-        self.adapters = nn.ModuleList(self._truncation(l.spec.latent_dim) for l in learners)
-        self.lsgates = nn.ModuleList(LSGate(self.latent_dim, len(self.squad(t)), gate_hidden)
-                                     for t in range(len(task_names)))
-        self.tsgate = TaskClassifier(self.channels, self.image_size, len(task_names))
-        self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in task_names)
+        self.adapters = nn.ModuleList(self._truncation(lrn.spec.latent_dim) for lrn in learners)
+        self.lsgates = nn.ModuleList(LSGate(self.latent_dim, len(self.squad(t)), self.gate_hidden)
+                                     for t in range(len(self.task_names)))
+        self.tsgate: TaskClassifier | None = (
+            TaskClassifier(self.channels, self.image_size, len(self.task_names)) if config.has_tsgate else None)
+        self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in self.task_names)
         self.connections = nn.ModuleDict()
         self.conn_keys: dict[str, Connection] = {}
-        for c in connections:
+        for c in config.connections:
             self.add_connection(c)
         self.frozen_learners: set[int] = set()
         self.trimmed: dict[int, dict[str, int]] = {}  # learner -> {side: stages kept} after trimming
+        for lrn, sides in config.trimmed.items():
+            for side, keep in sides.items():
+                self.trim(lrn, side, keep)
+        self.freeze(config.frozen)
         self.stage_calls: Counter = Counter()  # (side, learner, stage) -> samples processed
+
+    @classmethod
+    def from_learners(cls, learners: list[StagedVAE], learner_tasks: list[int | None], task_names: list[str],
+                      connections: Iterable[Connection] = (), **kw) -> BAIM:
+        """A BAIM around these learners (their specs fill the config); ``kw``: other
+        :class:`BAIMConfig` fields."""
+        return cls(BAIMConfig(list(task_names), list(learner_tasks), [lrn.spec for lrn in learners],
+                              list(connections), **kw), learners)
+
+    @property
+    def config(self) -> BAIMConfig:
+        """The config of the model as it is now (after pruning, trimming, growth)."""
+        return BAIMConfig(self.task_names, self.learner_tasks, [lrn.spec for lrn in self.learners],
+                          list(self.conn_keys.values()), self.top_k, self.height, self.gate_hidden,
+                          self.latent_dim, self.tsgate is not None, sorted(self.frozen_learners),
+                          {k: dict(v) for k, v in self.trimmed.items()})
+
+    def freeze(self, learners: Iterable[int]) -> None:
+        """Fix these learners' weights and their normalisation statistics (``freeze`` strategy)."""
+        for lrn in learners:
+            self.frozen_learners.add(lrn)
+            for p in self.learners[lrn].parameters():
+                p.requires_grad_(False)
+            self.learners[lrn].eval()
 
     # -- structure ------------------------------------------------------------------------
     def _truncation(self, d: int) -> nn.Linear:
@@ -112,6 +187,17 @@ class BAIM(nn.Module):
     def remove_connection(self, name: str) -> None:
         del self.connections[name]
         del self.conn_keys[name]
+
+    def prune_connections(self, ratio: float) -> list[str]:
+        """Delete ``floor(ratio × surviving)`` connections with the smallest |α|·‖P‖ (global
+        ranking). Deleted means gone from the module and from the parameter count."""
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"prune ratio must be in [0, 1], got {ratio}")
+        scored = sorted((proj.score(), name) for name, proj in self.connections.items())
+        victims = [name for _, name in scored[: math.floor(ratio * len(scored))]]
+        for name in victims:
+            self.remove_connection(name)
+        return victims
 
     def trim(self, learner: int, side: str, keep: int) -> None:
         """Keep only the first ``keep`` stages of one side of a learner that no longer
@@ -296,6 +382,3 @@ class BAIM(nn.Module):
     # -- bookkeeping ----------------------------------------------------------------------
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-    def learner_parameter_names(self) -> set[str]:
-        return {f"learners.{name}" for name, _ in self.learners.named_parameters()}

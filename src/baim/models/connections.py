@@ -16,9 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SIDES = ("enc", "dec")
-
-
 @dataclass(frozen=True, order=True)
 class Connection:
     side: str  # "enc" or "dec"

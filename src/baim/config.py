@@ -1,0 +1,166 @@
+"""Every setting of a run in one place: optimisation recipes, presets, the run config.
+
+A :class:`Recipe` is how one model is optimised (edge training, cloud training,
+personalisation all use one). A :class:`Preset` is a whole run's shape: the federation
+layout, the three recipes, the BAIM's structure and the evaluation size. The preset is
+stored in full in the layout, so an edge never looks a preset up by name: what it was told
+is what it runs. ``quick`` fits the whole workflow on 2 CPU cores in minutes; ``paper``
+follows the paper's Fig. 5(b) (N = 10, K = 2, h = 3, pruning every 10 epochs at 0.1, training
+data in 11 equal parts, full test split); its epoch counts are this project's choice, since
+the paper gives none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+STRATEGIES = ("finetune", "freeze", "scratch")
+ENGINES = ("inprocess", "flower-sim", "flower")  # "flower", the deployment engine, starts with `flwr run`
+DATASETS = ("fashion-mnist", "celeba", "image-folder")
+EXTRACTORS = ("domain", "lite0", "inception")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is optimised: Adam at ``lr``, × ``lr_decay`` after every epoch, on
+    MSE + ``kld_weight``·KL, gradients clipped at ``grad_clip``."""
+
+    epochs: int
+    batch_size: int = 64
+    lr: float = 0.005
+    lr_decay: float = 0.95
+    kld_weight: float = 0.00025
+    grad_clip: float = 10.0
+    seed: int = 0
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch ``epoch`` (0-based): the one schedule every loop uses."""
+        return self.lr * self.lr_decay**epoch
+
+    def with_seed(self, seed: int) -> Recipe:
+        return replace(self, seed=seed)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"invalid recipe {self}: epochs ≥ 0, batch size ≥ 1, lr > 0, 0 < decay ≤ 1")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    # federation layout
+    num_edges: int
+    samples_per_edge: int | None  # None: the training split in num_edges + 1 equal parts
+    cloud_samples: int | None  # None: same size as one edge's part
+    test_per_task: int | None  # None: the full official test split
+    alpha: float  # Dirichlet concentration of each edge's class mix (smaller = more skewed)
+    tiers: tuple[str, ...]
+    # recipes (DESIGN.md §2: Adam 0.005, × 0.95 per epoch, β = 0.00025)
+    edge: Recipe
+    cloud: Recipe
+    personalize: Recipe
+    # BAIM structure and connection pruning (DESIGN.md §3)
+    top_k: int = 2
+    height: int = 3
+    prune_interval: int = 10
+    prune_ratio: float = 0.1
+    # evaluation
+    fid_count: int = 500  # generated (and real) images per FID
+    curve_test_per_task: int | None = None  # test images per task for per-epoch curves (None: all)
+    # network: seconds an edge may take to answer one request before it is reported missing
+    timeout_s: float = 3600.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (a saved and reloaded preset compares equal)."""
+        d = asdict(self)
+        d["tiers"] = list(self.tiers)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Preset:
+        try:
+            kw = dict(raw)
+            for key in ("edge", "cloud", "personalize"):
+                kw[key] = Recipe(**kw[key])
+            kw["tiers"] = tuple(kw["tiers"])
+            return cls(**kw)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"a stored preset is malformed ({exc}); recreate the layout with `baim layout`") from exc
+
+    def with_overrides(self, **kw: Any) -> Preset:
+        """A copy with the given top-level fields replaced (``None`` values are ignored)."""
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _preset(name: str, edge_epochs: int, cloud_epochs: int, personalize_epochs: int, cloud_batch: int = 64,
+            **kw: Any) -> Preset:
+    return Preset(name, edge=Recipe(edge_epochs), cloud=Recipe(cloud_epochs, batch_size=cloud_batch),
+                  personalize=Recipe(personalize_epochs), **kw)
+
+
+PRESETS: dict[str, Preset] = {
+    # h = 0 and aggressive pruning keep the fully connected first epoch affordable on 2 cores
+    "quick": _preset("quick", 4, 3, 2, cloud_batch=128, num_edges=6, samples_per_edge=1000, cloud_samples=1000,
+                     test_per_task=1000, alpha=0.5, tiers=("small", "medium", "large"), fid_count=500,
+                     height=0, prune_interval=1, prune_ratio=0.5, curve_test_per_task=200),
+    # a minute-long check that everything is wired (tests, engines); its numbers mean nothing
+    "smoke": _preset("smoke", 6, 1, 1, num_edges=3, samples_per_edge=256, cloud_samples=192, test_per_task=64,
+                     alpha=0.5, tiers=("small",), fid_count=16, height=0, prune_interval=1, prune_ratio=0.5,
+                     curve_test_per_task=16),
+    "paper": _preset("paper", 20, 50, 2, num_edges=10, samples_per_edge=None, cloud_samples=None,
+                     test_per_task=None, alpha=0.5, tiers=("small", "medium", "large"), fid_count=1000),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What ``baim run`` was asked to do; stored as ``config.json`` in the run directory, and a
+    rerun with a different one is refused (one folder, one run)."""
+
+    preset: str = "quick"
+    seed: int = 0
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    fid_extractor: str = "domain"
+    engine: str = "inprocess"
+    strategies: tuple[str, ...] = STRATEGIES
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for value, allowed, what in ((self.engine, ENGINES, "engine"), (self.dataset, DATASETS, "data set"),
+                                     (self.fid_extractor, EXTRACTORS, "FID extractor")):
+            if value not in allowed:
+                raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+        bad = [s for s in self.strategies if s not in STRATEGIES]
+        if bad or not self.strategies:
+            raise ConfigError(f"unknown strategies {bad}; choose from {', '.join(STRATEGIES)}")
+        get_preset(self.preset)
+
+    def resolved_preset(self) -> Preset:
+        return get_preset(self.preset).with_overrides(**self.overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["strategies"] = list(self.strategies)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"run config has unknown keys {unknown}; this baim knows {sorted(known)}")
+        kw = dict(raw)
+        if "strategies" in kw:
+            kw["strategies"] = tuple(kw["strategies"])
+        return cls(**kw)

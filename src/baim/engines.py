@@ -1,0 +1,45 @@
+"""Which engine carries the workflow's messages (DESIGN.md §7): ``baim run --engine``.
+
+- ``inprocess``: edges are :class:`~baim.edge.EdgeNode` objects in this process; messages
+  still go through the codec, so byte counts are exact.
+- ``flower-sim``: Flower's simulation engine; the ServerApp runs the same workflow
+  (:mod:`baim.federation.server_app`), each edge is a ClientApp.
+
+Flower's deployment engine is started with ``flwr run`` (README, "Deployment").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .config import RunConfig
+from .edge import EdgeNode
+from .errors import ConfigError, WorkflowError
+from .run import Workflow, prepare
+from .transport import ByteLedger, InProcessTransport
+
+
+def run(out: str | Path, cfg: RunConfig | None = None) -> dict:
+    """The whole workflow into ``out`` on the configured engine; rerun the same call to resume."""
+    cfg = cfg or RunConfig()
+    started = time.perf_counter()
+    if cfg.engine == "flower":
+        raise ConfigError("the deployment engine is started with `flwr run` (see README, 'Deployment'); "
+                          "baim run takes --engine inprocess or flower-sim")
+    rd, layout, ds, _ = prepare(out, cfg)
+    if cfg.engine == "inprocess":
+        ledger = ByteLedger()
+        nodes = {e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), cfg.seed)
+                 for e in layout.edges}
+        summary = Workflow(rd, layout, ds, InProcessTransport(nodes, ledger), ledger, cfg).run()
+    else:
+        from .federation.simulation import simulate
+
+        simulate(rd.root, len(layout.edges), cfg.data_dir)
+        if not rd.done("summary"):
+            raise WorkflowError(f"the Flower simulation ended before the workflow finished; see {rd.root}/state")
+        summary = json.loads(rd.path("summary.json").read_text())
+    summary["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 2)
+    return summary

@@ -1,0 +1,16 @@
+"""The model layer that cloud and edges share: the BAIM and its parts (gates, connections,
+latent priors), compact models (BAIMs of one task), one save/load, one training loop and
+one evaluation."""
+
+from .baim import BAIM, BAIMConfig, BAIMOutput
+from .connections import Connection, Projection, candidate_connections
+from .evaluation import Evaluation, evaluate, fit_priors, generate, reconstruction_metrics, task_accuracy
+from .gates import LSGate, TaskClassifier
+from .io import is_saved, load_model, model_from, save_model, to_parts
+from .prior import LatentPrior
+from .training import train_baim
+
+__all__ = ["BAIM", "BAIMConfig", "BAIMOutput", "Connection", "Evaluation", "LSGate", "LatentPrior", "Projection",
+           "TaskClassifier", "candidate_connections", "evaluate", "fit_priors", "generate", "is_saved",
+           "load_model", "model_from", "reconstruction_metrics", "save_model", "task_accuracy", "to_parts",
+           "train_baim"]

@@ -1,0 +1,158 @@
+"""One evaluation for every generative model baim compares: edge learners, BAIMs, compact models.
+
+Like for like (DESIGN.md §3, §6): every model is scored with the same three procedures, and a
+comparison only ever puts the same procedure on both sides:
+
+- ``standard``: samples decoded from z ~ N(0, I);
+- ``fitted``: samples decoded from z drawn from a full-covariance Gaussian fitted to the
+  model's posterior codes of the data it was trained on (a BAIM: the cloud's common data; an
+  edge learner: its own local data, fitted on the edge; a personalised model: refitted on
+  local data);
+- ``reconstruction``: test images passed through the model with z = μ.
+
+Plus the test loss (the training objective on test data, seeded posterior noise) and
+reconstruction MSE/PSNR. FID and KID come with their extractor, the sample count and the
+real-vs-real values at that count. The generated images are returned beside the numbers,
+never inside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import to_float, to_uint8
+from ..learners import StagedVAE, vae_loss
+from ..metrics import scores
+from .baim import BAIM
+from .prior import LatentPrior
+
+PROCEDURES = ("fitted", "standard", "reconstruction")
+Model = StagedVAE | BAIM
+
+
+@dataclass
+class Evaluation:
+    """Numbers (JSON-ready) and the images behind them, kept apart."""
+
+    metrics: dict[str, Any]
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def reconstruction_metrics(model: Model, images: np.ndarray, task: int = 0, kld_weight: float = 0.00025,
+                           batch_size: int = 500, seed: int = 0) -> dict[str, float]:
+    """Test loss (objective with seeded posterior noise), and MSE/PSNR from z = μ."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    loss_sum = mse_sum = psnr_sum = 0.0
+    for i in range(0, len(images), batch_size):
+        x = to_float(images[i:i + batch_size])
+        if isinstance(model, StagedVAE):
+            mu, logvar = model.encode(x)
+            noise = torch.randn(mu.shape, generator=gen)
+            loss, _, _ = vae_loss(model.decode(model.reparameterize(mu, logvar, noise)), x, mu, logvar, kld_weight)
+            mean_image = model.decode(mu)
+        else:
+            t = torch.full((len(x),), task, dtype=torch.long)
+            out = model(x, t, noise=torch.randn(len(x), model.latent_dim, generator=gen))
+            loss = F.mse_loss(out.x_hat, x) + kld_weight * out.kl().mean()
+            mean_image = model(x, t, sample=False).x_hat
+        per = (mean_image - x).pow(2).flatten(1).mean(1)
+        loss_sum += float(loss) * len(x)
+        mse_sum += float(per.sum())
+        psnr_sum += float((10 * torch.log10(1 / per.clamp_min(1e-10))).sum())
+    n = len(images)
+    return {"test_loss": loss_sum / n, "mse": mse_sum / n, "psnr": psnr_sum / n}
+
+
+@torch.no_grad()
+def posterior_codes(model: Model, images: np.ndarray, task: int = 0, draws: int = 4, seed: int = 0) -> torch.Tensor:
+    """``draws`` samples z ~ q(z|x) per image: what a latent prior is fitted to."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = to_float(images)
+    if isinstance(model, StagedVAE):
+        mu, logvar = model.encode(x)
+    else:
+        mu, logvar, _ = model.posterior(x, torch.full((len(x),), task, dtype=torch.long))
+    return torch.cat([mu + torch.randn(mu.shape, generator=gen) * torch.exp(0.5 * logvar) for _ in range(draws)])
+
+
+def fit_priors(model: BAIM, images: np.ndarray, tasks: np.ndarray, seed: int = 0) -> None:
+    """Fit each task's latent prior to posterior codes of its images (tasks with < 2 keep theirs)."""
+    for t in range(len(model.task_names)):
+        x = images[np.asarray(tasks) == t]
+        if len(x) >= 2:
+            model.priors[t].fit(posterior_codes(model, x, t, seed=seed))
+
+
+def learner_prior(model: StagedVAE, images: np.ndarray, seed: int = 0) -> LatentPrior:
+    """The fitted prior of an edge learner, from its own (local) images."""
+    prior = LatentPrior(model.spec.latent_dim)
+    prior.fit(posterior_codes(model, images, seed=seed))
+    return prior
+
+
+@torch.no_grad()
+def generate(model: Model, n: int, seed: int = 0, standard: bool = False, task: int = 0,
+             prior: LatentPrior | None = None) -> torch.Tensor:
+    """``n`` images in [0, 1]: z from N(0, I) (``standard``) or from the fitted prior (a BAIM's
+    own for ``task``; for a learner, ``prior``)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    if isinstance(model, BAIM):
+        return model.generate(task, n, gen, standard_prior=standard)
+    if not standard and prior is None:
+        raise ValueError("a learner's fitted-prior samples need its prior (see learner_prior)")
+    z = torch.randn(n, model.spec.latent_dim, generator=gen) if standard else prior.sample(n, gen)  # type: ignore[union-attr]
+    return model.decode(z)
+
+
+@torch.no_grad()
+def evaluate(model: Model, test: np.ndarray, real: np.ndarray, baseline: np.ndarray, extractor: str,
+             task: int = 0, kld_weight: float = 0.00025, seed: int = 0,
+             prior_images: np.ndarray | None = None) -> Evaluation:
+    """Every number of :mod:`this module <baim.models.evaluation>` for one model on one task.
+
+    ``real`` and ``baseline`` are two disjoint real sets of equal size n (FID's reference and
+    the real-vs-real floor); n images are generated per procedure and ``baseline`` is
+    reconstructed. ``prior_images`` are a learner's own training images (its fitted prior);
+    without them a learner is scored on ``standard`` and ``reconstruction`` only.
+    """
+    n = len(real)
+    metrics: dict[str, Any] = reconstruction_metrics(model, test, task, kld_weight, seed=seed)
+    images: dict[str, np.ndarray] = {}
+    prior = None
+    if isinstance(model, StagedVAE) and prior_images is not None:
+        prior = learner_prior(model, prior_images, seed)
+    if isinstance(model, BAIM) or prior is not None:
+        images["fitted"] = to_uint8(generate(model, n, seed, task=task, prior=prior))
+    images["standard"] = to_uint8(generate(model, n, seed, standard=True, task=task))
+    x = to_float(baseline)
+    if isinstance(model, StagedVAE):
+        recon = model.decode(model.encode(x)[0])
+    else:
+        recon = model(x, torch.full((n,), task, dtype=torch.long), sample=False).x_hat
+    images["reconstruction"] = to_uint8(recon)
+    results = scores(real, images, baseline, extractor)
+    for name, r in results.items():
+        metrics[f"fid_{name}"], metrics[f"kid_{name}"] = r.fid, r.kid
+    any_result = next(iter(results.values()))
+    metrics.update(fid_real_vs_real=any_result.real_vs_real, kid_real_vs_real=any_result.kid_real_vs_real,
+                   fid_extractor=extractor, fid_count=n)
+    return Evaluation(metrics, images)
+
+
+@torch.no_grad()
+def task_accuracy(model: BAIM, images: np.ndarray, tasks: np.ndarray) -> float:
+    """How often TSGate's classifier picks the right squad for a bare image."""
+    if model.tsgate is None:
+        raise ValueError("a compact model has no TSGate (it serves one task)")
+    model.eval()
+    pred = model.tsgate(to_float(images)).argmax(1).numpy()
+    return float((pred == np.asarray(tasks)).mean())
