@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from baim.models import BAIM, Connection, candidate_connections
 from baim.learners import StagedVAE, tier_spec
+from baim.models import BAIM, Connection, candidate_connections
 
 TIERS = ("small", "medium", "large")
 
@@ -103,8 +103,10 @@ def main() -> None:
             print(f"{mode:7} {n:>3} {len(model.connections):>6} {tb * 1e3:>9.1f} {ta * 1e3:>10.1f} {tb / ta:>6.2f}")
     for mode in ("none", "fixed", "spread"):
         r = ratios[mode]
-        print(f"{mode}: ratio(N={sizes[-1]}) / ratio(N={sizes[0]}) = {r[sizes[-1]] / r[sizes[0]]:.2f} "
-              f"(target ≤ 1.3){'' if mode != 'none' else f'; max ratio {max(r.values()):.2f} (target < 1.5)'}")
+        print(
+            f"{mode}: ratio(N={sizes[-1]}) / ratio(N={sizes[0]}) = {r[sizes[-1]] / r[sizes[0]]:.2f} "
+            f"(target ≤ 1.3){'' if mode != 'none' else f'; max ratio {max(r.values()):.2f} (target < 1.5)'}"
+        )
 
 
 if __name__ == "__main__":

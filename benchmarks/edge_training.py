@@ -16,8 +16,8 @@ os.environ.setdefault("BAIM_QUIET", "1")
 
 import torch  # noqa: E402
 
-from baim.data import load_fashion_mnist  # noqa: E402
 from baim.config import Recipe  # noqa: E402
+from baim.data import load_fashion_mnist  # noqa: E402
 from baim.edge import train_learner  # noqa: E402
 from baim.learners import TIERS, StagedVAE, tier_spec  # noqa: E402
 

@@ -48,8 +48,9 @@ def measure(cmd: list[str]) -> tuple[float, float, int]:
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     t0 = time.perf_counter()
-    rc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, BAIM_QUIET="1"),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    rc = subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, BAIM_QUIET="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ).returncode
     wall = time.perf_counter() - t0
     done.set()
     t.join()
@@ -61,8 +62,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
             "in-process": [baim, "run", "--preset", "smoke", "--strategies", "finetune", "--out", f"{tmp}/a"],
-            "flower-sim": [baim, "run", "--preset", "smoke", "--strategies", "finetune", "--engine", "flower-sim",
-                           "--out", f"{tmp}/b"],
+            "flower-sim": [
+                baim,
+                "run",
+                "--preset",
+                "smoke",
+                "--strategies",
+                "finetune",
+                "--engine",
+                "flower-sim",
+                "--out",
+                f"{tmp}/b",
+            ],
             "loopback deployment": [sys.executable, "-m", "pytest", "-q", "tests/test_deployment.py"],
         }
         print(f"{'engine':22} {'wall s':>8} {'peak MiB':>9} {'exit':>5}")

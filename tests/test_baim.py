@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from baim.cloud import add_learners, fuse, prune_learners
 from baim.config import Recipe
-from baim.models import BAIM, Connection, candidate_connections, load_model, save_model, train_baim
 from baim.learners import StagedVAE, tier_spec
+from baim.models import BAIM, Connection, candidate_connections, load_model, save_model, train_baim
 
 
 def _learners(tiers, seed=0):
@@ -65,11 +65,10 @@ def test_product_of_experts_matches_formula():
 
 def _acyclic(conns, counts):
     """Kahn's algorithm on the computation graph: f(l,s) → f(l,s+1), f(a,i) → f(b,j+1)."""
-    nodes = {(side, l, s) for l, c in enumerate(counts) for side, k in (("enc", 0), ("dec", 1))
-             for s in range(c[k])}
+    nodes = {(side, l, s) for l, c in enumerate(counts) for side, k in (("enc", 0), ("dec", 1)) for s in range(c[k])}
     edges = {(side, l, s): [] for (side, l, s) in nodes}
     indeg = dict.fromkeys(nodes, 0)
-    for (side, l, s) in nodes:
+    for side, l, s in nodes:
         if (side, l, s + 1) in nodes:
             edges[(side, l, s)].append((side, l, s + 1))
     for c in conns:
@@ -122,8 +121,9 @@ def _fixed_gate(model: BAIM, task: int, prefer: list[int]) -> None:
     g = model.lsgates[task]
     with torch.no_grad():
         g.net[2].weight.zero_()
-        g.net[2].bias.copy_(torch.tensor([10.0 - prefer.index(i) if i in prefer else -10.0
-                                          for i in range(g.num_learners)]))
+        g.net[2].bias.copy_(
+            torch.tensor([10.0 - prefer.index(i) if i in prefer else -10.0 for i in range(g.num_learners)])
+        )
 
 
 def test_sparse_execution_runs_only_selected_decoders_and_their_closure():
@@ -208,8 +208,9 @@ def test_training_prunes_on_schedule():
     model = fuse(_learners(["small", "medium", "large"]), [0, 1, 2], ["a", "b", "c"], height=1)
     n0 = len(model.connections)
     x, t = _data()
-    log = train_baim(model, x, t, Recipe(epochs=2, batch_size=16), prune_interval=1, prune_ratio=0.5,
-                     test_sets={0: x[:8]})
+    log = train_baim(
+        model, x, t, Recipe(epochs=2, batch_size=16), prune_interval=1, prune_ratio=0.5, test_sets={0: x[:8]}
+    )
     assert [r["connections"] for r in log] == [n0 - n0 // 2, n0 - n0 // 2 - (n0 - n0 // 2) // 2]
     assert log[1]["parameters"] < log[0]["parameters"]
     assert set(log[0]["usage"]) == {"a", "b", "c"} and "a" in log[0]["test_loss"]
@@ -267,7 +268,11 @@ def test_prune_learners_deselects_and_trims():
     assert dropped == [2]
     assert model.lsgates[0].active.tolist() == [True, True, False]
     # learner 2's decoder stage 1 is still read by learner 0: stages 0-1 stay, the rest goes
-    assert len(model.learners[2].decoder_stages) == 2 and model.learners[2].image_head is None and model.trimmed == {2: {"dec": 2}}
+    assert (
+        len(model.learners[2].decoder_stages) == 2
+        and model.learners[2].image_head is None
+        and model.trimmed == {2: {"dec": 2}}
+    )
     assert model.num_parameters() < p0
     _fixed_gate(model, 0, [2, 0, 1])  # even a gate that prefers it cannot pick it
     with torch.no_grad():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from baim.config import Recipe, get_preset
 from baim.data import DataError, load_dataset
 from baim.data.celeba import CLASS_ATTRIBUTES
 from baim.data.layout import make_layout
-from baim.config import Recipe, get_preset
 
 
 def _write_celeba(root, n=24, seed=0):
@@ -46,8 +46,9 @@ def test_celeba_fixture_loads_crops_and_labels(tmp_path):
 def test_celeba_layout(tmp_path):
     _write_celeba(tmp_path, n=60)
     ds = load_dataset("celeba", str(tmp_path))
-    p = get_preset("smoke").with_overrides(num_edges=2, samples_per_edge=8, cloud_samples=8, test_per_task=0,
-                                           edge=Recipe(1))
+    p = get_preset("smoke").with_overrides(
+        num_edges=2, samples_per_edge=8, cloud_samples=8, test_per_task=0, edge=Recipe(1)
+    )
     layout = make_layout(ds, p, seed=0)
     assert sum(len(v) for v in layout.test.values()) == len(ds.test)
 

@@ -1,10 +1,9 @@
 """The command line and the resumable run directory on a tiny preset."""
 
 import json
+from dataclasses import replace
 
 import pytest
-
-from dataclasses import replace
 
 from baim import config
 from baim.cli import main
@@ -45,12 +44,28 @@ def test_missing_data_is_a_clear_error(tmp_path, capsys):
 
 def test_edge_train_and_evaluate_commands(tmp_path, tiny_preset, capsys):
     assert main(["layout", "--preset", "tiny", "--out", str(tmp_path)]) == 0
-    assert main(["edge", "train", "--layout", str(tmp_path / "layout.json"), "--edge", "0",
-                 "--out", str(tmp_path / "e0")]) == 0
+    assert (
+        main(["edge", "train", "--layout", str(tmp_path / "layout.json"), "--edge", "0", "--out", str(tmp_path / "e0")])
+        == 0
+    )
     assert (tmp_path / "e0" / "manifest.json").is_file()
     capsys.readouterr()
-    assert main(["evaluate", "--model", str(tmp_path / "e0"), "--layout", str(tmp_path / "layout.json"),
-                 "--task", "0", "--fid-count", "16"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(tmp_path / "e0"),
+                "--layout",
+                str(tmp_path / "layout.json"),
+                "--task",
+                "0",
+                "--fid-count",
+                "16",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["fid_count"] == 16 and res["fid_extractor"] == "domain" and res["test_loss"] > 0
     assert res["fid_standard"] > 0 and res["kid_reconstruction"] == res["kid_reconstruction"]
@@ -87,6 +102,7 @@ def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
     import numpy as np
 
     from baim.metrics import fid
+
     img = tmp_path / "images"
     task = summary["edges"][0]["task"]
     real, base = np.load(img / "real" / f"{task}.npy"), np.load(img / "real" / f"{task}_baseline.npy")
@@ -113,18 +129,49 @@ def test_cloud_train_command_from_edge_folders(tmp_path, tiny_preset, capsys):
     layout = tmp_path / "layout.json"
     assert main(["layout", "--preset", "tiny", "--out", str(tmp_path)]) == 0
     for e in range(3):
-        assert main(["edge", "train", "--layout", str(layout), "--edge", str(e),
-                     "--out", str(tmp_path / "uploads" / f"edge-{e}")]) == 0
+        assert (
+            main(
+                [
+                    "edge",
+                    "train",
+                    "--layout",
+                    str(layout),
+                    "--edge",
+                    str(e),
+                    "--out",
+                    str(tmp_path / "uploads" / f"edge-{e}"),
+                ]
+            )
+            == 0
+        )
     # a broken upload beside them is rejected, not fused
     (tmp_path / "uploads" / "junk.msg").write_bytes(b"not a message")
     capsys.readouterr()
-    assert main(["cloud", "train", "--layout", str(layout), "--uploads", str(tmp_path / "uploads"),
-                 "--strategy", "freeze", "--out", str(tmp_path / "baim"), "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "cloud",
+                "train",
+                "--layout",
+                str(layout),
+                "--uploads",
+                str(tmp_path / "uploads"),
+                "--strategy",
+                "freeze",
+                "--out",
+                str(tmp_path / "baim"),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "not fused" in out and "magic" in out
-    res = json.loads(out[out.index("{"):])
+    res = json.loads(out[out.index("{") :])
     assert res["strategy"] == "freeze" and set(res["fid_fitted"]) == {"tops", "footwear", "trousers_bags"}
     from baim.models import load_model
+
     model = load_model(tmp_path / "baim", "baim")
     assert len(model.learners) == 3 and model.frozen_learners == {0, 1, 2}
     screening = json.loads((tmp_path / "baim" / "screening.json").read_text())

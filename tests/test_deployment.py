@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from baim.federation.deploy import (APP_DIR, make_credentials, superlink_command, supernode_command,
-                                    write_flower_config)
 from baim.config import RunConfig
+from baim.federation.deploy import APP_DIR, make_credentials, superlink_command, supernode_command, write_flower_config
 from baim.run import prepare
 
 pytestmark = pytest.mark.integration
@@ -45,16 +44,21 @@ def _wait_port(port, deadline, proc, log):
 @pytest.fixture
 def federation(tmp_path):
     venv_bin = str(Path(sys.executable).parent)  # flower-superexec & co. must be on PATH
-    env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr"), FLWR_TELEMETRY_ENABLED="0",
-               FLWR_DISABLE_UPDATE_CHECK="1", BAIM_QUIET="1", PATH=venv_bin + os.pathsep + os.environ["PATH"])
+    env = dict(
+        os.environ,
+        FLWR_HOME=str(tmp_path / "flwr"),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        BAIM_QUIET="1",
+        PATH=venv_bin + os.pathsep + os.environ["PATH"],
+    )
     procs: list[subprocess.Popen] = []
     logs = tmp_path / "logs"
     logs.mkdir()
 
     def start(name, cmd):
         out = open(logs / f"{name}.log", "w")
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
-                             start_new_session=True)
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
         procs.append(p)
         return p
 
@@ -82,17 +86,47 @@ def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
     _wait_port(port, deadline, link, logs / "superlink.log")
     flwr = str(Path(superlink_command(creds)[0]).parent / "flwr")
     for i in range(3):
-        r = subprocess.run([flwr, "supernode", "register", str(creds / f"node-{i}.pub"), "baim"], env=env,
-                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        r = subprocess.run(
+            [flwr, "supernode", "register", str(creds / f"node-{i}.pub"), "baim"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
-    nodes = [start(f"node-{i}", supernode_command(creds, creds / f"node-{i}", i, run_dir,
-                                                  superlink=f"127.0.0.1:{port}", runtime_port=node_ports[i]))
-             for i in range(3)]
-    intruder = start("node-3", supernode_command(creds, creds / "node-3", 0, run_dir,
-                                                 superlink=f"127.0.0.1:{port}", runtime_port=node_ports[3]))
-    r = subprocess.run([flwr, "run", str(APP_DIR), "baim", "--format", "json", "--run-config",
-                        f"run-dir='{run_dir}' edges=3 timeout=30.0 strategies='freeze'"],
-                       env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    nodes = [
+        start(
+            f"node-{i}",
+            supernode_command(
+                creds, creds / f"node-{i}", i, run_dir, superlink=f"127.0.0.1:{port}", runtime_port=node_ports[i]
+            ),
+        )
+        for i in range(3)
+    ]
+    intruder = start(
+        "node-3",
+        supernode_command(
+            creds, creds / "node-3", 0, run_dir, superlink=f"127.0.0.1:{port}", runtime_port=node_ports[3]
+        ),
+    )
+    r = subprocess.run(
+        [
+            flwr,
+            "run",
+            str(APP_DIR),
+            "baim",
+            "--format",
+            "json",
+            "--run-config",
+            f"run-dir='{run_dir}' edges=3 timeout=30.0 strategies='freeze'",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     # kill edge 1 once every edge has uploaded: the run must report it and finish without it
     while not (run_dir / "state" / "upload.json").is_file() and time.monotonic() < deadline:
@@ -104,7 +138,11 @@ def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
     assert (run_dir / "summary.json").is_file(), (logs / "superlink.log").read_text()[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["engine"] == "flower"
-    assert [u["edge"] for u in json.loads((run_dir / "state" / "upload.json").read_text())["result"]["edges"]] == [0, 1, 2]
+    assert [u["edge"] for u in json.loads((run_dir / "state" / "upload.json").read_text())["result"]["edges"]] == [
+        0,
+        1,
+        2,
+    ]
     assert [m["edge"] for m in summary["missing"]["deployment"]] == [1]
     assert summary["edges"][0]["models"]["personalized"]["fid_fitted"] > 0
     assert "personalized" not in summary["edges"][1]["models"]

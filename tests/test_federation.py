@@ -4,13 +4,14 @@ run on Flower's simulation engine whose bytes agree with the in-process engine's
 import json
 
 import pytest
-from flwr.app import Context, Message as FlowerMessage, RecordDict
+from flwr.app import Context, RecordDict
+from flwr.app import Message as FlowerMessage
 
-from baim.federation.client_app import app as client_app
-from baim.federation.transport import FlowerTransport, from_record, to_record
 from baim.config import RunConfig
 from baim.engines import run
+from baim.federation.client_app import app as client_app
 from baim.federation.server_app import run_workflow_on
+from baim.federation.transport import FlowerTransport, from_record, to_record
 from baim.run import prepare
 from baim.transport import Message, encode
 
@@ -42,8 +43,13 @@ class FakeGrid:
             if node in self.dead:
                 continue
             m.metadata.__dict__["_message_id"] = f"m{len(self.timeouts)}"
-            ctx = Context(run_id=1, node_id=node, node_config={"partition-id": node - 1000},
-                          state=RecordDict(), run_config={"run-dir": self.run_dir})
+            ctx = Context(
+                run_id=1,
+                node_id=node,
+                node_config={"partition-id": node - 1000},
+                state=RecordDict(),
+                run_config={"run-dir": self.run_dir},
+            )
             reply = client_app(m, ctx)
             reply.metadata.__dict__["_src_node_id"] = node
             replies.append(reply)

@@ -74,6 +74,7 @@ def test_domain_extractor_accepts_rgb_and_other_sizes():
 
 def test_inception_without_weights_says_how():
     from baim.errors import ExtractorUnavailable
+
     with pytest.raises(ExtractorUnavailable, match="BAIM_INCEPTION_WEIGHTS|torch-fidelity"):
         get_extractor("inception")
 

@@ -9,8 +9,11 @@ from baim.data.fashion_mnist import load_fashion_mnist
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:
-    return struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + b"".join(
-        struct.pack(">I", d) for d in arr.shape) + arr.astype(np.uint8).tobytes()
+    return (
+        struct.pack(">BBBB", 0, 0, 0x08, arr.ndim)
+        + b"".join(struct.pack(">I", d) for d in arr.shape)
+        + arr.astype(np.uint8).tobytes()
+    )
 
 
 def test_reads_good_file_raw_and_gz(tmp_path):

@@ -35,15 +35,18 @@ def test_shapes_per_stage(tier, channels, size):
     assert out.shape == x.shape and 0 <= float(out.min()) and float(out.max()) <= 1
 
 
-@pytest.mark.parametrize("bad,match", [
-    ({"channels": 2}, "channels"),
-    ({"image_size": 30}, "image_size"),
-    ({"stage_widths": []}, "stage_widths"),
-    ({"stage_widths": [16, -1]}, "stage_widths"),
-    ({"stage_widths": [8] * 6}, "stages halve"),
-    ({"latent_dim": 0}, "latent_dim"),
-    ({"family": "gan"}, "family"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"channels": 2}, "channels"),
+        ({"image_size": 30}, "image_size"),
+        ({"stage_widths": []}, "stage_widths"),
+        ({"stage_widths": [16, -1]}, "stage_widths"),
+        ({"stage_widths": [8] * 6}, "stages halve"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"family": "gan"}, "family"),
+    ],
+)
 def test_spec_validation_errors(bad, match):
     d = tier_spec("small").to_dict() | bad
     with pytest.raises(SpecError, match=match):

@@ -51,7 +51,9 @@ def test_partition_matches_baim_for_every_task():
 
 def test_partition_keeps_feeders_only_as_deep_as_read():
     ls = [StagedVAE(tier_spec(t)).eval() for t in ["small", "large", "medium"]]
-    model = BAIM.from_learners(ls, [0, 1, 2], ["a", "b", "c"], [Connection("dec", 1, 1, 0, 2), Connection("enc", 2, 0, 1, 0)])
+    model = BAIM.from_learners(
+        ls, [0, 1, 2], ["a", "b", "c"], [Connection("dec", 1, 1, 0, 2), Connection("enc", 2, 0, 1, 0)]
+    )
     need, active = closure(model, 0)
     assert need["dec"] == {0: 3, 1: 2} and need["enc"] == {0: 3} and len(active) == 1
     compact = partition(model, 0)

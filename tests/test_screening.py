@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from baim.cloud.screening import screen_uploads, validate_upload
-from baim.learners import StagedVAE, tier_spec
 from baim.errors import MessageError
+from baim.learners import StagedVAE, tier_spec
 from baim.transport import Message, decode, encode
 
 TASKS = ["a", "b"]
@@ -21,26 +21,40 @@ def test_codec_round_trip_and_garbage():
     msg = Message("upload", {"x": 1}, {"w": torch.arange(6.0).view(2, 3)})
     back = decode(encode(msg))
     assert back.kind == "upload" and back.meta == {"x": 1} and torch.equal(back.tensors["w"], msg.tensors["w"])
-    for bad, match in [(b"hello", "magic"), (b"BAIM\x01\xff\xff\xff\xff{}", "header length"),
-                       (b"BAIM\x02\x00\x00\x00\x02{}", "version"),
-                       (b"BAIM\x01\x00\x00\x00\x02{}garbage", "kind and meta|safetensors")]:
+    for bad, match in [
+        (b"hello", "magic"),
+        (b"BAIM\x01\xff\xff\xff\xff{}", "header length"),
+        (b"BAIM\x02\x00\x00\x00\x02{}", "version"),
+        (b"BAIM\x01\x00\x00\x00\x02{}garbage", "kind and meta|safetensors"),
+    ]:
         with pytest.raises(MessageError, match=match):
             decode(bad)
     with pytest.raises(MessageError, match="exceeds"):
         decode(encode(msg), max_bytes=10)
 
 
-@pytest.mark.parametrize("mutate,match", [
-    (lambda m: _upload(m, task="zzz"), "task"),
-    (lambda m: _upload(m, samples=0), "sample count"),
-    (lambda m: _upload(m, spec={"image_size": 32}), "missing"),
-    (lambda m: _upload(m, spec=tier_spec("small", 64, 1).to_dict()), "images"),
-    (lambda m: _upload(m, spec=tier_spec("large").to_dict()), "shape|match"),
-    (lambda m: encode(Message("upload", {"task": "a", "samples": 1, "spec": m.spec.to_dict()},
-                              {k: v for k, v in list(m.state_dict().items())[1:]})), "missing"),
-    (lambda m: b"\x00" * 100, "magic"),
-    (lambda m: encode(Message("hello", {})), "upload"),
-])
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda m: _upload(m, task="zzz"), "task"),
+        (lambda m: _upload(m, samples=0), "sample count"),
+        (lambda m: _upload(m, spec={"image_size": 32}), "missing"),
+        (lambda m: _upload(m, spec=tier_spec("small", 64, 1).to_dict()), "images"),
+        (lambda m: _upload(m, spec=tier_spec("large").to_dict()), "shape|match"),
+        (
+            lambda m: encode(
+                Message(
+                    "upload",
+                    {"task": "a", "samples": 1, "spec": m.spec.to_dict()},
+                    {k: v for k, v in list(m.state_dict().items())[1:]},
+                )
+            ),
+            "missing",
+        ),
+        (lambda m: b"\x00" * 100, "magic"),
+        (lambda m: encode(Message("hello", {})), "upload"),
+    ],
+)
 def test_validation_rejects_with_reason(mutate, match):
     model = StagedVAE(tier_spec("small"))
     with pytest.raises(Exception, match=match):

@@ -29,8 +29,13 @@ def _cmd_layout(args: argparse.Namespace) -> None:
         table.add_column(col)
     for e in layout.edges:
         hist = class_histogram(ds, e.indices)
-        table.add_row(str(e.edge), layout.task_names[e.task], e.tier, str(len(e.indices)),
-                      "  ".join(f"{ds.class_names[c]}:{n}" for c, n in hist.items()))
+        table.add_row(
+            str(e.edge),
+            layout.task_names[e.task],
+            e.tier,
+            str(len(e.indices)),
+            "  ".join(f"{ds.class_names[c]}:{n}" for c, n in hist.items()),
+        )
     table.add_row("cloud", "all", "-", str(len(layout.cloud)), "stratified over all tasks")
     console.print(table)
     console.print("test images per task: " + ", ".join(f"{k} {len(v)}" for k, v in layout.test.items()))
@@ -47,8 +52,9 @@ def _cmd_edge_train(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .edge import evaluate_saved_model
 
-    result = evaluate_saved_model(args.model, args.layout, args.task, fid_extractor=args.fid_extractor,
-                                  fid_count=args.fid_count, seed=args.seed)
+    result = evaluate_saved_model(
+        args.model, args.layout, args.task, fid_extractor=args.fid_extractor, fid_count=args.fid_count, seed=args.seed
+    )
     console.print_json(json.dumps(result))
 
 
@@ -63,8 +69,9 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
 
     layout = Layout.load(args.layout)
     ds = load_dataset(layout.dataset, layout.data_dir)
-    preset = layout.settings.with_overrides(top_k=args.top_k, height=args.height, prune_interval=args.prune_interval,
-                                            prune_ratio=args.prune_ratio)
+    preset = layout.settings.with_overrides(
+        top_k=args.top_k, height=args.height, prune_interval=args.prune_interval, prune_ratio=args.prune_ratio
+    )
     if args.epochs is not None:
         preset = replace(preset, cloud=replace(preset.cloud, epochs=args.epochs))
     images, tasks = common_data(layout, ds)
@@ -76,10 +83,13 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     edges = sorted(screened.accepted)
     learners = [screened.accepted[e][0] for e in edges]
     ltasks = [layout.task_names.index(screened.accepted[e][1]["task"]) for e in edges]
-    result, _ = train_strategy(learners, ltasks, layout, ds, preset, args.strategy, args.out,
-                               seed=args.seed, fid_extractor=args.fid_extractor)
-    shown = {k: result[k] for k in ("strategy", "final_test_loss", "connections", "candidates", "parameters",
-                                    "tsgate_accuracy")}
+    result, _ = train_strategy(
+        learners, ltasks, layout, ds, preset, args.strategy, args.out, seed=args.seed, fid_extractor=args.fid_extractor
+    )
+    shown = {
+        k: result[k]
+        for k in ("strategy", "final_test_loss", "connections", "candidates", "parameters", "tsgate_accuracy")
+    }
     shown["fid_fitted"] = {t: m["fid_fitted"] for t, m in result["per_task"].items()}
     console.print_json(json.dumps(shown))
 
@@ -88,11 +98,20 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from .config import RunConfig
     from .engines import run
 
-    cfg = RunConfig(preset=args.preset, seed=args.seed, dataset=args.dataset, data_dir=args.data_dir,
-                    fid_extractor=args.fid_extractor, engine=args.engine, strategies=tuple(args.strategies.split(",")))
+    cfg = RunConfig(
+        preset=args.preset,
+        seed=args.seed,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        fid_extractor=args.fid_extractor,
+        engine=args.engine,
+        strategies=tuple(args.strategies.split(",")),
+    )
     summary = run(args.out, cfg)
-    console.print(f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}, "
-                  f"report: {Path(args.out) / 'report.html'}")
+    console.print(
+        f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}, "
+        f"report: {Path(args.out) / 'report.html'}"
+    )
 
 
 def _cmd_deploy_credentials(args: argparse.Namespace) -> None:
@@ -111,6 +130,7 @@ def _cmd_deploy_commands(args: argparse.Namespace) -> None:
     creds = Path(args.credentials)
     address = f"{args.superlink_host}:{args.port}"
     cfg = write_flower_config(args.flwr_home, address, creds / "ca.crt")
+
     def q(cmd: list[str]) -> str:  # config values hold single quotes: wrap those in double quotes
         return " ".join(f'"{c}"' if "'" in c else shlex.quote(c) for c in cmd)
 
@@ -123,8 +143,18 @@ def _cmd_deploy_commands(args: argparse.Namespace) -> None:
         print(q(["flwr", "supernode", "register", str(creds / f"node-{e}.pub"), "baim"]))
         print(q(supernode_command(creds, creds / f"node-{e}", e, args.run_dir, address)))
     print("# 3. submit the workflow (cloud):")
-    print(q(["flwr", "run", str(APP_DIR), "baim", "--run-config",
-             f"run-dir='{Path(args.run_dir).resolve()}' edges={args.nodes}"]))
+    print(
+        q(
+            [
+                "flwr",
+                "run",
+                str(APP_DIR),
+                "baim",
+                "--run-config",
+                f"run-dir='{Path(args.run_dir).resolve()}' edges={args.nodes}",
+            ]
+        )
+    )
 
 
 def _cmd_domain_train(args: argparse.Namespace) -> None:
@@ -133,9 +163,15 @@ def _cmd_domain_train(args: argparse.Namespace) -> None:
 
     ds = load_dataset("fashion-mnist", args.data_dir)
     tr, te = ds.train, ds.test
-    card = train_domain_classifier(tr.load(range(len(tr))), tr.labels, te.load(range(len(te))), te.labels,
-                                   epochs=args.epochs, seed=args.seed,
-                                   out_dir=Path(args.out) if args.out else weights_dir())
+    card = train_domain_classifier(
+        tr.load(range(len(tr))),
+        tr.labels,
+        te.load(range(len(te))),
+        te.labels,
+        epochs=args.epochs,
+        seed=args.seed,
+        out_dir=Path(args.out) if args.out else weights_dir(),
+    )
     console.print_json(json.dumps(card))
 
 
@@ -152,24 +188,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(
-        prog="baim", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        prog="baim",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
         description="Edge-cloud collaborative generative AI: edges train small VAEs on private data, the cloud "
-                    "fuses them into a bottom-up big AI model (BAIM), cuts it into compact per-task models and "
-                    "sends them back to the edges.")
+        "fuses them into a bottom-up big AI model (BAIM), cuts it into compact per-task models and "
+        "sends them back to the edges.",
+    )
     p.add_argument("--version", action="version", version=f"baim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
-        sp.add_argument("--data-dir", default=None, help="folder with the data set's files "
-                        "(fashion-mnist: /usr/share/datasets/fashion-mnist when not given)")
+        sp.add_argument(
+            "--data-dir",
+            default=None,
+            help="folder with the data set's files (fashion-mnist: /usr/share/datasets/fashion-mnist when not given)",
+        )
 
     def extractor_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--fid-extractor", default="domain", choices=EXTRACTORS,
-                        help="feature network of FID/KID (domain: the committed Fashion-MNIST classifier)")
+        sp.add_argument(
+            "--fid-extractor",
+            default="domain",
+            choices=EXTRACTORS,
+            help="feature network of FID/KID (domain: the committed Fashion-MNIST classifier)",
+        )
 
     presets = sorted(PRESETS)
-    sp = sub.add_parser("layout", formatter_class=fmt, help="create a federation layout (edges, cloud, test) as JSON indices")
+    sp = sub.add_parser(
+        "layout", formatter_class=fmt, help="create a federation layout (edges, cloud, test) as JSON indices"
+    )
     data_args(sp)
     sp.add_argument("--preset", default="quick", choices=presets)
     sp.add_argument("--edges", type=int, default=None, help="override the preset's number of edges")
@@ -188,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=int, default=0)
     tp.set_defaults(func=_cmd_edge_train)
 
-    sp = sub.add_parser("evaluate", formatter_class=fmt, help="test loss, MSE/PSNR and FID of a saved learner on a task")
+    sp = sub.add_parser(
+        "evaluate", formatter_class=fmt, help="test loss, MSE/PSNR and FID of a saved learner on a task"
+    )
     sp.add_argument("--model", required=True)
     sp.add_argument("--layout", required=True)
     sp.add_argument("--task", required=True, help="task name or index")
@@ -199,10 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("cloud", formatter_class=fmt, help="cloud-side commands")
     csub = sp.add_subparsers(dest="cloud_command", required=True)
-    tp = csub.add_parser("train", formatter_class=fmt, help="screen uploads, fuse them into a BAIM and train it on common data")
+    tp = csub.add_parser(
+        "train", formatter_class=fmt, help="screen uploads, fuse them into a BAIM and train it on common data"
+    )
     tp.add_argument("--layout", required=True)
-    tp.add_argument("--uploads", required=True,
-                    help="folder of upload messages (*.msg) or of saved edge models (spec.json + weights)")
+    tp.add_argument(
+        "--uploads",
+        required=True,
+        help="folder of upload messages (*.msg) or of saved edge models (spec.json + weights)",
+    )
     tp.add_argument("--strategy", default="finetune", choices=STRATEGIES)
     tp.add_argument("--out", required=True)
     tp.add_argument("--epochs", type=int, default=None, help="default: the layout's preset")
@@ -219,11 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", default="quick", choices=presets)
     sp.add_argument("--seed", type=int, default=0)
     extractor_arg(sp)
-    sp.add_argument("--engine", default="inprocess", choices=ENGINES[:2], help="in this process, or Flower's "
-                    "simulation engine (the deployment engine starts with `flwr run`, see README)")
-    sp.add_argument("--strategies", default=",".join(STRATEGIES),
-                    help=f"comma-separated, from {', '.join(STRATEGIES)}; the first of finetune or the list is "
-                    "partitioned and deployed")
+    sp.add_argument(
+        "--engine",
+        default="inprocess",
+        choices=ENGINES[:2],
+        help="in this process, or Flower's "
+        "simulation engine (the deployment engine starts with `flwr run`, see README)",
+    )
+    sp.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated, from {', '.join(STRATEGIES)}; the first of finetune or the list is "
+        "partitioned and deployed",
+    )
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_run)
 
@@ -232,10 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     tp = dsub.add_parser("credentials", formatter_class=fmt, help="CA, SuperLink TLS certificate, SuperNode key pairs")
     tp.add_argument("--out", required=True)
     tp.add_argument("--nodes", type=int, required=True)
-    tp.add_argument("--host", action="append", help="SuperLink host name or IP for its certificate "
-                    "(repeatable; default 127.0.0.1 and localhost)")
+    tp.add_argument(
+        "--host",
+        action="append",
+        help="SuperLink host name or IP for its certificate (repeatable; default 127.0.0.1 and localhost)",
+    )
     tp.set_defaults(func=_cmd_deploy_credentials)
-    tp = dsub.add_parser("commands", formatter_class=fmt, help="write the flwr connection file and print every command to run")
+    tp = dsub.add_parser(
+        "commands", formatter_class=fmt, help="write the flwr connection file and print every command to run"
+    )
     tp.add_argument("--credentials", required=True)
     tp.add_argument("--nodes", type=int, required=True)
     tp.add_argument("--run-dir", required=True, help="the run directory (holds layout.json)")
@@ -247,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("domain", formatter_class=fmt, help="the domain FID feature network")
     dsub = sp.add_subparsers(dest="domain_command", required=True)
-    tp = dsub.add_parser("train", formatter_class=fmt, help="train the Fashion-MNIST classifier and write its weights + card")
+    tp = dsub.add_parser(
+        "train", formatter_class=fmt, help="train the Fashion-MNIST classifier and write its weights + card"
+    )
     tp.add_argument("--data-dir", default=None)
     tp.add_argument("--epochs", type=int, default=4)
     tp.add_argument("--seed", type=int, default=0)

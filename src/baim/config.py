@@ -95,23 +95,69 @@ class Preset:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
-def _preset(name: str, edge_epochs: int, cloud_epochs: int, personalize_epochs: int, cloud_batch: int = 64,
-            **kw: Any) -> Preset:
-    return Preset(name, edge=Recipe(edge_epochs), cloud=Recipe(cloud_epochs, batch_size=cloud_batch),
-                  personalize=Recipe(personalize_epochs), **kw)
+def _preset(
+    name: str, edge_epochs: int, cloud_epochs: int, personalize_epochs: int, cloud_batch: int = 64, **kw: Any
+) -> Preset:
+    return Preset(
+        name,
+        edge=Recipe(edge_epochs),
+        cloud=Recipe(cloud_epochs, batch_size=cloud_batch),
+        personalize=Recipe(personalize_epochs),
+        **kw,
+    )
 
 
 PRESETS: dict[str, Preset] = {
     # h = 0 and aggressive pruning keep the fully connected first epoch affordable on 2 cores
-    "quick": _preset("quick", 4, 3, 2, cloud_batch=128, num_edges=6, samples_per_edge=1000, cloud_samples=1000,
-                     test_per_task=1000, alpha=0.5, tiers=("small", "medium", "large"), fid_count=500,
-                     height=0, prune_interval=1, prune_ratio=0.5, curve_test_per_task=200),
+    "quick": _preset(
+        "quick",
+        4,
+        3,
+        2,
+        cloud_batch=128,
+        num_edges=6,
+        samples_per_edge=1000,
+        cloud_samples=1000,
+        test_per_task=1000,
+        alpha=0.5,
+        tiers=("small", "medium", "large"),
+        fid_count=500,
+        height=0,
+        prune_interval=1,
+        prune_ratio=0.5,
+        curve_test_per_task=200,
+    ),
     # a minute-long check that everything is wired (tests, engines); its numbers mean nothing
-    "smoke": _preset("smoke", 6, 1, 1, num_edges=3, samples_per_edge=256, cloud_samples=192, test_per_task=64,
-                     alpha=0.5, tiers=("small",), fid_count=16, height=0, prune_interval=1, prune_ratio=0.5,
-                     curve_test_per_task=16),
-    "paper": _preset("paper", 20, 50, 2, num_edges=10, samples_per_edge=None, cloud_samples=None,
-                     test_per_task=None, alpha=0.5, tiers=("small", "medium", "large"), fid_count=1000),
+    "smoke": _preset(
+        "smoke",
+        6,
+        1,
+        1,
+        num_edges=3,
+        samples_per_edge=256,
+        cloud_samples=192,
+        test_per_task=64,
+        alpha=0.5,
+        tiers=("small",),
+        fid_count=16,
+        height=0,
+        prune_interval=1,
+        prune_ratio=0.5,
+        curve_test_per_task=16,
+    ),
+    "paper": _preset(
+        "paper",
+        20,
+        50,
+        2,
+        num_edges=10,
+        samples_per_edge=None,
+        cloud_samples=None,
+        test_per_task=None,
+        alpha=0.5,
+        tiers=("small", "medium", "large"),
+        fid_count=1000,
+    ),
 }
 
 
@@ -137,8 +183,11 @@ class RunConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for value, allowed, what in ((self.engine, ENGINES, "engine"), (self.dataset, DATASETS, "data set"),
-                                     (self.fid_extractor, EXTRACTORS, "FID extractor")):
+        for value, allowed, what in (
+            (self.engine, ENGINES, "engine"),
+            (self.dataset, DATASETS, "data set"),
+            (self.fid_extractor, EXTRACTORS, "FID extractor"),
+        ):
             if value not in allowed:
                 raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
         bad = [s for s in self.strategies if s not in STRATEGIES]

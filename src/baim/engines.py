@@ -26,13 +26,16 @@ def run(out: str | Path, cfg: RunConfig | None = None) -> dict:
     cfg = cfg or RunConfig()
     started = time.perf_counter()
     if cfg.engine == "flower":
-        raise ConfigError("the deployment engine is started with `flwr run` (see README, 'Deployment'); "
-                          "baim run takes --engine inprocess or flower-sim")
+        raise ConfigError(
+            "the deployment engine is started with `flwr run` (see README, 'Deployment'); "
+            "baim run takes --engine inprocess or flower-sim"
+        )
     rd, layout, ds, _ = prepare(out, cfg)
     if cfg.engine == "inprocess":
         ledger = ByteLedger()
-        nodes = {e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), cfg.seed)
-                 for e in layout.edges}
+        nodes = {
+            e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), cfg.seed) for e in layout.edges
+        }
         summary = Workflow(rd, layout, ds, InProcessTransport(nodes, ledger), ledger, cfg).run()
     else:
         from .federation.simulation import simulate

@@ -23,22 +23,36 @@ PHASE_LABELS = {"initial": "edge (initial)", "deployed": "deployed", "personaliz
 def _grids(root: Path, tasks: list[str], strategies: list[str]) -> list[tuple[str, Path, str]]:
     out = []
     real = [np.load(root / "images" / "real" / f"{t}.npy")[:8] for t in tasks]
-    out.append(("Real test images", save_png(image_grid(np.concatenate(real)), root / "figures" / "real.png"),
-                "one row per task: " + ", ".join(tasks)))
+    out.append(
+        (
+            "Real test images",
+            save_png(image_grid(np.concatenate(real)), root / "figures" / "real.png"),
+            "one row per task: " + ", ".join(tasks),
+        )
+    )
     for which in ("initial", "deployed", "personalized"):
-        files = sorted((root / "images").glob(f"edge-*/{which}_fitted.npy"),
-                       key=lambda p: int(p.parent.name.split("-")[1]))
+        files = sorted(
+            (root / "images").glob(f"edge-*/{which}_fitted.npy"), key=lambda p: int(p.parent.name.split("-")[1])
+        )
         if files:
             grid = np.concatenate([np.load(f)[:8] for f in files])
-            out.append((f"Samples: {PHASE_LABELS[which]}",
-                        save_png(image_grid(grid), root / "figures" / f"samples_{which}.png"),
-                        "one row per edge (" + ", ".join(f.parent.name for f in files) + "), z from the prior "
-                        "fitted to the model's own training data"))
+            out.append(
+                (
+                    f"Samples: {PHASE_LABELS[which]}",
+                    save_png(image_grid(grid), root / "figures" / f"samples_{which}.png"),
+                    "one row per edge (" + ", ".join(f.parent.name for f in files) + "), z from the prior "
+                    "fitted to the model's own training data",
+                )
+            )
     for s in strategies:
         grid = np.concatenate([np.load(root / "images" / f"baim-{s}" / f"{t}_fitted.npy")[:8] for t in tasks])
-        out.append((f"Samples: BAIM, strategy {s}",
-                    save_png(image_grid(grid), root / "figures" / f"samples_baim_{s}.png"),
-                    "one row per task, z from the prior fitted to the cloud's common data"))
+        out.append(
+            (
+                f"Samples: BAIM, strategy {s}",
+                save_png(image_grid(grid), root / "figures" / f"samples_baim_{s}.png"),
+                "one row per task, z from the prior fitted to the cloud's common data",
+            )
+        )
     return out
 
 
@@ -59,8 +73,13 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
     ax.set_ylabel("test loss (mean over tasks)")
     ax.set_title("BAIM convergence per strategy (paper Fig. 5(c))")
     ax.legend()
-    out.append(("Convergence of the three strategies", save_figure(fig, root / "figures" / "strategies_test_loss.png"),
-                "test loss = MSE + β·KL on each task's test images after every epoch"))
+    out.append(
+        (
+            "Convergence of the three strategies",
+            save_figure(fig, root / "figures" / "strategies_test_loss.png"),
+            "test loss = MSE + β·KL on each task's test images after every epoch",
+        )
+    )
 
     edges = summary["edges"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -73,16 +92,20 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
     ax.set_ylabel(f"FID, fitted prior ({summary['fid_extractor']}, n={summary['fid_count']})")
     ax.set_title("FID per edge and phase (paper Fig. 5(d)); lower is better")
     ax.legend(fontsize=8)
-    out.append(("FID per edge: initial, deployed, personalised", save_figure(fig, root / "figures" / "fid_edges.png"),
-                "every model sampled the same way (z from a prior fitted to its own training data); real-vs-real "
-                "FID per task: " + ", ".join(f"{k} {v['fid']:.1f}" for k, v in summary["real_vs_real"].items())))
+    out.append(
+        (
+            "FID per edge: initial, deployed, personalised",
+            save_figure(fig, root / "figures" / "fid_edges.png"),
+            "every model sampled the same way (z from a prior fitted to its own training data); real-vs-real "
+            "FID per task: " + ", ".join(f"{k} {v['fid']:.1f}" for k, v in summary["real_vs_real"].items()),
+        )
+    )
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     xs = np.arange(len(tasks))
     width = 0.8 / max(1, len(strat))
     for k, (s, r) in enumerate(strat.items()):
-        ax.bar(xs + (k - (len(strat) - 1) / 2) * width, [r["per_task"][t]["fid_fitted"] for t in tasks], width,
-               label=s)
+        ax.bar(xs + (k - (len(strat) - 1) / 2) * width, [r["per_task"][t]["fid_fitted"] for t in tasks], width, label=s)
     ax.set_xticks(xs, tasks)
     ax.set_ylabel(f"FID, fitted prior ({summary['fid_extractor']}, n={summary['fid_count']})")
     ax.set_title("BAIM FID per strategy and task")
@@ -108,59 +131,95 @@ def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
     strategies = list(summary["strategies"])
     sections = _grids(root, tasks, strategies) + _plots(root, summary, tasks)
     ext, n = summary["fid_extractor"], summary["fid_count"]
-    parts = [f"<h1>baim run — preset {html.escape(summary['preset'])}</h1>",
-             f"<p>data set {html.escape(summary['dataset'])}, engine {summary['engine']}, seed {summary['seed']}, "
-             f"wall time {summary['wall_seconds']:.0f} s (sum of phases). Every FID and KID below uses the "
-             f"<b>{html.escape(ext)}</b> feature network on <b>{n}</b> generated vs {n} real test images. Three "
-             "procedures, each compared only with itself: <i>fitted</i> (z from a Gaussian fitted to the model's "
-             "codes of its own training data), <i>N(0,I)</i> (z from the standard normal), <i>recon</i> "
-             "(test images reconstructed with z = μ). The real-vs-real value at the same count is the floor: "
-             + ", ".join(f"{html.escape(k)} FID {v['fid']:.1f} / KID {v['kid']:.4f}"
-                         for k, v in summary["real_vs_real"].items()) + ".</p>"]
+    parts = [
+        f"<h1>baim run — preset {html.escape(summary['preset'])}</h1>",
+        f"<p>data set {html.escape(summary['dataset'])}, engine {summary['engine']}, seed {summary['seed']}, "
+        f"wall time {summary['wall_seconds']:.0f} s (sum of phases). Every FID and KID below uses the "
+        f"<b>{html.escape(ext)}</b> feature network on <b>{n}</b> generated vs {n} real test images. Three "
+        "procedures, each compared only with itself: <i>fitted</i> (z from a Gaussian fitted to the model's "
+        "codes of its own training data), <i>N(0,I)</i> (z from the standard normal), <i>recon</i> "
+        "(test images reconstructed with z = μ). The real-vs-real value at the same count is the floor: "
+        + ", ".join(
+            f"{html.escape(k)} FID {v['fid']:.1f} / KID {v['kid']:.4f}" for k, v in summary["real_vs_real"].items()
+        )
+        + ".</p>",
+    ]
     for title, path, caption in sections:
-        parts.append(f"<figure><figcaption><b>{html.escape(title)}</b> {html.escape(caption)}</figcaption>"
-                     f"<img src='{_img(path)}'></figure>")
-    cols = [("test_loss", "test loss"), ("fid_fitted", "FID fitted"), ("fid_standard", "FID N(0,I)"),
-            ("fid_reconstruction", "FID recon"), ("kid_fitted", "KID fitted")]
-    parts.append("<h2>Edges</h2><table><tr><th>edge</th><th>task</th><th>tier</th><th>model</th>"
-                 + "".join(f"<th>{label}</th>" for _, label in cols) + "</tr>")
+        parts.append(
+            f"<figure><figcaption><b>{html.escape(title)}</b> {html.escape(caption)}</figcaption>"
+            f"<img src='{_img(path)}'></figure>"
+        )
+    cols = [
+        ("test_loss", "test loss"),
+        ("fid_fitted", "FID fitted"),
+        ("fid_standard", "FID N(0,I)"),
+        ("fid_reconstruction", "FID recon"),
+        ("kid_fitted", "KID fitted"),
+    ]
+    parts.append(
+        "<h2>Edges</h2><table><tr><th>edge</th><th>task</th><th>tier</th><th>model</th>"
+        + "".join(f"<th>{label}</th>" for _, label in cols)
+        + "</tr>"
+    )
     for e in summary["edges"]:
         for which, m in e["models"].items():
-            parts.append(f"<tr><td>{e['edge']}</td><td>{html.escape(e['task'])}</td><td>{e['tier']}</td>"
-                         f"<td>{PHASE_LABELS[which]}</td>" + "".join(f"<td>{_fmt(m.get(k))}</td>" for k, _ in cols)
-                         + "</tr>")
+            parts.append(
+                f"<tr><td>{e['edge']}</td><td>{html.escape(e['task'])}</td><td>{e['tier']}</td>"
+                f"<td>{PHASE_LABELS[which]}</td>" + "".join(f"<td>{_fmt(m.get(k))}</td>" for k, _ in cols) + "</tr>"
+            )
     parts.append("</table>")
-    parts.append("<h2>Strategies</h2><table><tr><th>strategy</th><th>final test loss</th>"
-                 + "".join(f"<th>FID fitted {html.escape(t)}</th><th>FID N(0,I) {html.escape(t)}</th>" for t in tasks)
-                 + "<th>connections (of candidates)</th><th>parameters</th><th>TSGate accuracy</th></tr>")
+    parts.append(
+        "<h2>Strategies</h2><table><tr><th>strategy</th><th>final test loss</th>"
+        + "".join(f"<th>FID fitted {html.escape(t)}</th><th>FID N(0,I) {html.escape(t)}</th>" for t in tasks)
+        + "<th>connections (of candidates)</th><th>parameters</th><th>TSGate accuracy</th></tr>"
+    )
     for s, r in summary["strategies"].items():
-        parts.append(f"<tr><td>{s}</td><td>{_fmt(r['final_test_loss'])}</td>"
-                     + "".join(f"<td>{_fmt(r['per_task'][t]['fid_fitted'])}</td>"
-                               f"<td>{_fmt(r['per_task'][t]['fid_standard'])}</td>" for t in tasks)
-                     + f"<td>{r['connections']} ({r['candidates']})</td><td>{r['parameters']:,}</td>"
-                     f"<td>{_fmt(r['tsgate_accuracy'])}</td></tr>")
+        parts.append(
+            f"<tr><td>{s}</td><td>{_fmt(r['final_test_loss'])}</td>"
+            + "".join(
+                f"<td>{_fmt(r['per_task'][t]['fid_fitted'])}</td><td>{_fmt(r['per_task'][t]['fid_standard'])}</td>"
+                for t in tasks
+            )
+            + f"<td>{r['connections']} ({r['candidates']})</td><td>{r['parameters']:,}</td>"
+            f"<td>{_fmt(r['tsgate_accuracy'])}</td></tr>"
+        )
     parts.append("</table>")
     p = summary["partition"]
-    parts.append(f"<h2>Partition</h2><p>from the {p['source_strategy']} BAIM ({p['baim_parameters']:,} parameters); "
-                 f"max |compact − BAIM| over all tasks = {p['max_abs_diff']:.3g}</p><table>"
-                 "<tr><th>task</th><th>parameters</th><th>bytes</th><th>learners</th><th>connections</th>"
-                 "<th>max abs diff</th></tr>")
+    parts.append(
+        f"<h2>Partition</h2><p>from the {p['source_strategy']} BAIM ({p['baim_parameters']:,} parameters); "
+        f"max |compact − BAIM| over all tasks = {p['max_abs_diff']:.3g}</p><table>"
+        "<tr><th>task</th><th>parameters</th><th>bytes</th><th>learners</th><th>connections</th>"
+        "<th>max abs diff</th></tr>"
+    )
     for t, v in p["tasks"].items():
-        parts.append(f"<tr><td>{html.escape(t)}</td><td>{v['parameters']:,}</td><td>{v['bytes']:,}</td>"
-                     f"<td>{v['learners']}</td>"
-                     f"<td>{v['connections']}</td><td>{v['max_abs_diff']:.3g}</td></tr>")
+        parts.append(
+            f"<tr><td>{html.escape(t)}</td><td>{v['parameters']:,}</td><td>{v['bytes']:,}</td>"
+            f"<td>{v['learners']}</td>"
+            f"<td>{v['connections']}</td><td>{v['max_abs_diff']:.3g}</td></tr>"
+        )
     parts.append("</table>")
     b = summary["bytes"]
-    parts.append(f"<h2>Network</h2><p>uploaded {b['upload']:,} bytes, downloaded {b['download']:,} bytes "
-                 "(exact sizes of the serialized messages).</p>")
+    parts.append(
+        f"<h2>Network</h2><p>uploaded {b['upload']:,} bytes, downloaded {b['download']:,} bytes "
+        "(exact sizes of the serialized messages).</p>"
+    )
     miss = {k: v for k, v in summary.get("missing", {}).items() if v}
     scr = summary.get("screening", {})
     if miss or scr.get("rejected") or scr.get("quarantined"):
-        parts.append("<h2>Problems</h2><pre>" + html.escape(str({"missing": miss, "rejected": scr.get("rejected"),
-                                                                   "quarantined": scr.get("quarantined")})) + "</pre>")
-    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
-             "figure{margin:1.5em 0}img{max-width:100%;image-rendering:pixelated}")
-    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>baim report</title><style>{style}</style>" \
-          f"</head><body>{''.join(parts)}</body></html>"
+        parts.append(
+            "<h2>Problems</h2><pre>"
+            + html.escape(
+                str({"missing": miss, "rejected": scr.get("rejected"), "quarantined": scr.get("quarantined")})
+            )
+            + "</pre>"
+        )
+    style = (
+        "body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "figure{margin:1.5em 0}img{max-width:100%;image-rendering:pixelated}"
+    )
+    doc = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>baim report</title><style>{style}</style>"
+        f"</head><body>{''.join(parts)}</body></html>"
+    )
     return write_text(root / "report.html", doc)

@@ -66,8 +66,16 @@ def _missing(edge: int, reply: Message) -> dict[str, Any]:
 class Workflow:
     """The phases, written against a transport."""
 
-    def __init__(self, rd: RunDir, layout: Layout, ds: DataSet, transport: Transport, ledger: ByteLedger,
-                 cfg: RunConfig, timeout: float | None = None):
+    def __init__(
+        self,
+        rd: RunDir,
+        layout: Layout,
+        ds: DataSet,
+        transport: Transport,
+        ledger: ByteLedger,
+        cfg: RunConfig,
+        timeout: float | None = None,
+    ):
         self.rd, self.layout, self.ds, self.p = rd, layout, ds, layout.settings
         self.transport, self.ledger, self.cfg = transport, ledger, cfg
         self.timeout = timeout or self.p.timeout_s  # seconds an edge may take to answer one request
@@ -95,20 +103,25 @@ class Workflow:
                 missing.append(_missing(e, reply))
                 continue
             write_bytes(self.rd.path("cloud", "uploads", f"edge-{e}.msg"), encode(reply))
-            edges.append({k: reply.meta[k] for k in ("edge", "task", "samples")} | {"tier": reply.meta["spec"]["tier"],
-                                                                                   "metrics": reply.meta["metrics"]})
+            edges.append(
+                {k: reply.meta[k] for k in ("edge", "task", "samples")}
+                | {"tier": reply.meta["spec"]["tier"], "metrics": reply.meta["metrics"]}
+            )
         return {"edges": edges, "missing": missing, "bytes": self.ledger.totals_since(mark)}
 
     def _uploads(self) -> dict[int, bytes]:
-        return {int(f.stem.split("-")[1]): f.read_bytes()
-                for f in sorted(self.rd.path("cloud", "uploads").glob("edge-*.msg"))}
+        return {
+            int(f.stem.split("-")[1]): f.read_bytes()
+            for f in sorted(self.rd.path("cloud", "uploads").glob("edge-*.msg"))
+        }
 
     # -- phase 3 ------------------------------------------------------------------------
     def screening(self) -> dict:
         images, tasks = common_data(self.layout, self.ds)
         common = {t: images[tasks == t] for t in range(len(self.layout.tasks))}
-        return screen_uploads(self._uploads(), self.layout.task_names, common,
-                              self.ds.image_size, self.ds.channels).report()
+        return screen_uploads(
+            self._uploads(), self.layout.task_names, common, self.ds.image_size, self.ds.channels
+        ).report()
 
     def accepted_learners(self) -> tuple[list[StagedVAE], list[int], list[int]]:
         """The learners screening accepted, their tasks and edges (re-validated from disk)."""
@@ -126,11 +139,22 @@ class Workflow:
         learners, tasks, edges = self.accepted_learners()
         empty = [n for t, n in enumerate(self.layout.task_names) if t not in tasks]
         if empty:
-            raise WorkflowError(f"no accepted upload for tasks {empty}: every task needs at least one learner. "
-                                f"See {self.rd.path('state', 'screening.json')} for what was rejected or "
-                                "quarantined and why.")
-        result, images = train_strategy(learners, tasks, self.layout, self.ds, self.p, strategy,
-                                        self.rd.path("cloud", f"baim-{strategy}"), self.seed, self.extractor)
+            raise WorkflowError(
+                f"no accepted upload for tasks {empty}: every task needs at least one learner. "
+                f"See {self.rd.path('state', 'screening.json')} for what was rejected or "
+                "quarantined and why."
+            )
+        result, images = train_strategy(
+            learners,
+            tasks,
+            self.layout,
+            self.ds,
+            self.p,
+            strategy,
+            self.rd.path("cloud", f"baim-{strategy}"),
+            self.seed,
+            self.extractor,
+        )
         for task, by_procedure in images.items():
             for procedure, arr in by_procedure.items():
                 save_npy(self.rd.path("images", f"baim-{strategy}", f"{task}_{procedure}.npy"), arr)
@@ -153,10 +177,13 @@ class Workflow:
                 b = compact(x, torch.zeros(len(x), dtype=torch.long), noise=noise).x_hat
                 ga = baim.generate(t, 64, torch.Generator().manual_seed(self.seed))
                 gb = compact.generate(0, 64, torch.Generator().manual_seed(self.seed))
-            out["tasks"][name] = {"parameters": compact.num_parameters(), "learners": len(compact.learners),
-                                  "connections": len(compact.connections),
-                                  "bytes": (folder / "weights.safetensors").stat().st_size,
-                                  "max_abs_diff": float(max((a - b).abs().max(), (ga - gb).abs().max()))}
+            out["tasks"][name] = {
+                "parameters": compact.num_parameters(),
+                "learners": len(compact.learners),
+                "connections": len(compact.connections),
+                "bytes": (folder / "weights.safetensors").stat().st_size,
+                "max_abs_diff": float(max((a - b).abs().max(), (ga - gb).abs().max())),
+            }
         out["max_abs_diff"] = max(v["max_abs_diff"] for v in out["tasks"].values())
         return out
 
@@ -167,8 +194,7 @@ class Workflow:
         for e in self.transport.edges():
             task = self.layout.task_names[self.layout.edges[e].task]
             manifest, weights = to_parts(load_model(self.rd.path("cloud", "compact", task), "compact"))
-            reply = self.transport.request(e, Message("train.deploy", manifest, weights), self.timeout,
-                                           "deployment")
+            reply = self.transport.request(e, Message("train.deploy", manifest, weights), self.timeout, "deployment")
             if reply.kind != "ack":
                 missing.append(_missing(e, reply))
                 continue
@@ -189,9 +215,11 @@ class Workflow:
     # -- evaluation at the edges -----------------------------------------------------------
     def edge_evaluation(self) -> dict:
         mark = len(self.ledger.messages)
-        have = {"initial": set(self.transport.edges()),
-                "deployed": set(self.rd.phase("deployment", self.deployment)["edges"]),
-                "personalized": {int(e) for e in self.rd.phase("personalization", self.personalization)["edges"]}}
+        have = {
+            "initial": set(self.transport.edges()),
+            "deployed": set(self.rd.phase("deployment", self.deployment)["edges"]),
+            "personalized": {int(e) for e in self.rd.phase("personalization", self.personalization)["edges"]},
+        }
         rows, missing = [], []
         for e in self.transport.edges():
             for which in EDGE_MODELS:
@@ -220,32 +248,70 @@ class Workflow:
         personalization = rd.phase("personalization", self.personalization)
         models: dict[int, dict[str, dict]] = {}
         for r in evaluation["edges"]:
-            models.setdefault(r["edge"], {})[r["model"]] = {k: v for k, v in r.items()
-                                                            if k not in ("edge", "task", "model")}
-        edges = [{"edge": u["edge"], "task": u["task"], "tier": u["tier"], "samples": u["samples"],
-                  "models": models.get(u["edge"], {})} for u in up["edges"]]
+            models.setdefault(r["edge"], {})[r["model"]] = {
+                k: v for k, v in r.items() if k not in ("edge", "task", "model")
+            }
+        edges = [
+            {
+                "edge": u["edge"],
+                "task": u["task"],
+                "tier": u["tier"],
+                "samples": u["samples"],
+                "models": models.get(u["edge"], {}),
+            }
+            for u in up["edges"]
+        ]
         strategies = {}
         for s in self.cfg.strategies:
             r = rd.phase(f"cloud_{s}", lambda s=s: self.cloud(s))
-            strategies[s] = {k: r[k] for k in ("final_test_loss", "curve", "per_task", "connections", "candidates",
-                                               "parameters", "tsgate_accuracy")}
+            strategies[s] = {
+                k: r[k]
+                for k in (
+                    "final_test_loss",
+                    "curve",
+                    "per_task",
+                    "connections",
+                    "candidates",
+                    "parameters",
+                    "tsgate_accuracy",
+                )
+            }
         part = rd.phase("partition", self.partition)
         seconds = rd.phase_seconds()
         first_task = next(iter(next(iter(strategies.values()))["per_task"].values()))
-        real_vs_real = {name: {"fid": m["fid_real_vs_real"], "kid": m["kid_real_vs_real"]}
-                        for name, m in next(iter(strategies.values()))["per_task"].items()}
+        real_vs_real = {
+            name: {"fid": m["fid_real_vs_real"], "kid": m["kid_real_vs_real"]}
+            for name, m in next(iter(strategies.values()))["per_task"].items()
+        }
         summary = {
-            "preset": self.p.name, "engine": self.cfg.engine, "dataset": self.ds.name, "seed": self.seed,
-            "wall_seconds": round(sum(seconds.values()), 2), "phase_seconds": seconds,
-            "fid_extractor": self.extractor, "fid_count": first_task["fid_count"], "real_vs_real": real_vs_real,
-            "edges": edges, "strategies": strategies,
+            "preset": self.p.name,
+            "engine": self.cfg.engine,
+            "dataset": self.ds.name,
+            "seed": self.seed,
+            "wall_seconds": round(sum(seconds.values()), 2),
+            "phase_seconds": seconds,
+            "fid_extractor": self.extractor,
+            "fid_count": first_task["fid_count"],
+            "real_vs_real": real_vs_real,
+            "edges": edges,
+            "strategies": strategies,
             "partition": {k: part[k] for k in ("max_abs_diff", "source_strategy", "baim_parameters", "tasks")},
-            "bytes": {"upload": up["bytes"]["up"], "download": deployment["bytes"]["down"],
-                      "per_phase": {"upload": up["bytes"], "deployment": deployment["bytes"],
-                                    "evaluation": evaluation["bytes"]}},
+            "bytes": {
+                "upload": up["bytes"]["up"],
+                "download": deployment["bytes"]["down"],
+                "per_phase": {
+                    "upload": up["bytes"],
+                    "deployment": deployment["bytes"],
+                    "evaluation": evaluation["bytes"],
+                },
+            },
             "screening": rd.phase("screening", self.screening),
-            "missing": {"upload": up["missing"], "deployment": deployment["missing"],
-                        "personalization": personalization["missing"], "evaluation": evaluation["missing"]},
+            "missing": {
+                "upload": up["missing"],
+                "deployment": deployment["missing"],
+                "personalization": personalization["missing"],
+                "evaluation": evaluation["missing"],
+            },
         }
         write_json(rd.path("summary.json"), summary)
         from .report import write_report

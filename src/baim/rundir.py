@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .atomic import write_json
 from .errors import RunConfigMismatch
@@ -29,7 +30,8 @@ class RunDir:
                 diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
                 raise RunConfigMismatch(
                     f"{self.root} holds a run with a different configuration (differs in {diff}); "
-                    "use another --out folder, or delete this one to start over")
+                    "use another --out folder, or delete this one to start over"
+                )
         else:
             write_json(cfg_path, config)
         self.config = config

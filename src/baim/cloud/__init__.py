@@ -8,5 +8,15 @@ from .pipeline import common_data, train_strategy
 from .pruning import prune_learners
 from .screening import Screened, screen_uploads, validate_upload
 
-__all__ = ["Screened", "add_learners", "closure", "common_data", "fuse", "partition", "prune_learners",
-           "screen_uploads", "train_strategy", "validate_upload"]
+__all__ = [
+    "Screened",
+    "add_learners",
+    "closure",
+    "common_data",
+    "fuse",
+    "partition",
+    "prune_learners",
+    "screen_uploads",
+    "train_strategy",
+    "validate_upload",
+]

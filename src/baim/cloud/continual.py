@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..learners import StagedVAE
-from ..models import BAIM, LSGate, LatentPrior, candidate_connections
+from ..models import BAIM, LatentPrior, LSGate, candidate_connections
 
 
 @torch.no_grad()

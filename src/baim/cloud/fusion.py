@@ -18,8 +18,16 @@ from ..learners import StagedVAE
 from ..models import BAIM, candidate_connections
 
 
-def fuse(learners: list[StagedVAE], learner_tasks: list[int], task_names: list[str], strategy: str = "finetune",
-         top_k: int = 2, height: int = 3, seed: int = 0, connections: bool = True) -> BAIM:
+def fuse(
+    learners: list[StagedVAE],
+    learner_tasks: list[int],
+    task_names: list[str],
+    strategy: str = "finetune",
+    top_k: int = 2,
+    height: int = 3,
+    seed: int = 0,
+    connections: bool = True,
+) -> BAIM:
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     missing = [t for t in range(len(task_names)) if t not in learner_tasks]
@@ -33,6 +41,12 @@ def fuse(learners: list[StagedVAE], learner_tasks: list[int], task_names: list[s
     else:
         members = [copy.deepcopy(l) for l in learners]
     counts = [(m.spec.num_stages, m.spec.num_stages) for m in members]
-    return BAIM.from_learners(members, list(learner_tasks), task_names,
-                              candidate_connections(counts, height) if connections else [], top_k=top_k,
-                              height=height, frozen=list(range(len(members))) if strategy == "freeze" else [])
+    return BAIM.from_learners(
+        members,
+        list(learner_tasks),
+        task_names,
+        candidate_connections(counts, height) if connections else [],
+        top_k=top_k,
+        height=height,
+        frozen=list(range(len(members))) if strategy == "freeze" else [],
+    )

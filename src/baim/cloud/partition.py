@@ -45,18 +45,29 @@ def partition(model: BAIM, task: int) -> BAIM:
     squad = model.squad(task)
     keep = sorted(set(squad) | set(need["enc"]) | set(need["dec"]))
     index = {old: new for new, old in enumerate(keep)}
-    conns = [Connection(c.side, index[c.src], c.src_stage, index[c.dst], c.dst_stage)
-             for c in (model.conn_keys[n] for n in active)]
+    conns = [
+        Connection(c.side, index[c.src], c.src_stage, index[c.dst], c.dst_stage)
+        for c in (model.conn_keys[n] for n in active)
+    ]
     trimmed: dict[int, dict[str, int]] = {}
     for old in keep:
         if old in model.trimmed:  # already trimmed in the BAIM (learner-level pruning)
             trimmed[index[old]] = dict(model.trimmed[old])
         if old not in squad:  # a feeder: only the stages read, no heads
             trimmed[index[old]] = {side: need[side].get(old, 0) for side in ("enc", "dec")}
-    config = BAIMConfig([model.task_names[task]], [0 if old in squad else None for old in keep],
-                        [model.learners[old].spec for old in keep], conns, top_k=model.top_k, height=model.height,
-                        gate_hidden=model.gate_hidden, latent_dim=model.latent_dim, has_tsgate=False,
-                        frozen=[index[old] for old in model.frozen_learners if old in index], trimmed=trimmed)
+    config = BAIMConfig(
+        [model.task_names[task]],
+        [0 if old in squad else None for old in keep],
+        [model.learners[old].spec for old in keep],
+        conns,
+        top_k=model.top_k,
+        height=model.height,
+        gate_hidden=model.gate_hidden,
+        latent_dim=model.latent_dim,
+        has_tsgate=False,
+        frozen=[index[old] for old in model.frozen_learners if old in index],
+        trimmed=trimmed,
+    )
     compact = BAIM(config)
     # Copy the weights that survive the cut: the BAIM's state, renamed to the compact model's indices.
     rename = {f"learners.{old}.": f"learners.{index[old]}." for old in keep}
@@ -68,7 +79,7 @@ def partition(model: BAIM, task: int) -> BAIM:
     for key, value in model.state_dict().items():
         for old_prefix, new_prefix in rename.items():
             if key.startswith(old_prefix):
-                new_key = new_prefix + key[len(old_prefix):]
+                new_key = new_prefix + key[len(old_prefix) :]
                 if new_key in target:
                     state[new_key] = value.clone()
                 break

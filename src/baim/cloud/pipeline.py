@@ -28,36 +28,73 @@ def common_data(layout: Layout, ds: DataSet) -> tuple[np.ndarray, np.ndarray]:
     return images, tasks
 
 
-def evaluate_tasks(model: BAIM, layout: Layout, ds: DataSet, preset: Preset, extractor: str,
-                   seed: int = 0) -> dict[str, Evaluation]:
+def evaluate_tasks(
+    model: BAIM, layout: Layout, ds: DataSet, preset: Preset, extractor: str, seed: int = 0
+) -> dict[str, Evaluation]:
     """:func:`baim.models.evaluate` of every task of a BAIM, on the layout's test sets."""
     out = {}
     for t, name in enumerate(layout.task_names):
         real, baseline = layout.fid_sets(ds, name, preset.fid_count)
-        out[name] = evaluate(model, ds.test.load(layout.test[name]), real, baseline, extractor, task=t,
-                             kld_weight=preset.cloud.kld_weight, seed=seed)
+        out[name] = evaluate(
+            model,
+            ds.test.load(layout.test[name]),
+            real,
+            baseline,
+            extractor,
+            task=t,
+            kld_weight=preset.cloud.kld_weight,
+            seed=seed,
+        )
     return out
 
 
-def train_strategy(learners: list[StagedVAE], learner_tasks: list[int], layout: Layout, ds: DataSet,
-                   preset: Preset, strategy: str, out_dir: str | Path, seed: int = 0,
-                   fid_extractor: str = "domain") -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+def train_strategy(
+    learners: list[StagedVAE],
+    learner_tasks: list[int],
+    layout: Layout,
+    ds: DataSet,
+    preset: Preset,
+    strategy: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    fid_extractor: str = "domain",
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Fuse, train, fit priors, evaluate and save; returns the JSON result and, per task, the
     generated images behind its FIDs."""
     images, tasks = common_data(layout, ds)
-    model = fuse(learners, learner_tasks, layout.task_names, strategy=strategy, top_k=preset.top_k,
-                 height=preset.height, seed=seed)
+    model = fuse(
+        learners,
+        learner_tasks,
+        layout.task_names,
+        strategy=strategy,
+        top_k=preset.top_k,
+        height=preset.height,
+        seed=seed,
+    )
     n_candidates = len(model.connections)
-    curve_sets = {t: ds.test.load(layout.test[name][: preset.curve_test_per_task or None])
-                  for t, name in enumerate(layout.task_names)}
-    log = train_baim(model, images, tasks, preset.cloud.with_seed(seed), test_sets=curve_sets,
-                     label=f"BAIM {strategy}", prune_interval=preset.prune_interval, prune_ratio=preset.prune_ratio)
+    curve_sets = {
+        t: ds.test.load(layout.test[name][: preset.curve_test_per_task or None])
+        for t, name in enumerate(layout.task_names)
+    }
+    log = train_baim(
+        model,
+        images,
+        tasks,
+        preset.cloud.with_seed(seed),
+        test_sets=curve_sets,
+        label=f"BAIM {strategy}",
+        prune_interval=preset.prune_interval,
+        prune_ratio=preset.prune_ratio,
+    )
     fit_priors(model, images, tasks, seed=seed)
     evals = evaluate_tasks(model, layout, ds, preset, fid_extractor, seed)
     per_task = {name: ev.metrics for name, ev in evals.items()}
     result = {
-        "strategy": strategy, "candidates": n_candidates, "connections": len(model.connections),
-        "parameters": model.num_parameters(), "curve": log,
+        "strategy": strategy,
+        "candidates": n_candidates,
+        "connections": len(model.connections),
+        "parameters": model.num_parameters(),
+        "curve": log,
         "final_test_loss": float(np.mean([v["test_loss"] for v in per_task.values()])),
         "per_task": per_task,
         "tsgate_accuracy": task_accuracy(model, *_test_with_tasks(layout, ds)),

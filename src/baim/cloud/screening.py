@@ -35,12 +35,17 @@ class Screened:
     scores: dict[int, float] = field(default_factory=dict)
 
     def report(self) -> dict:
-        return {"accepted": sorted(self.accepted), "rejected": self.rejected,
-                "quarantined": self.quarantined, "scores": {str(k): v for k, v in self.scores.items()}}
+        return {
+            "accepted": sorted(self.accepted),
+            "rejected": self.rejected,
+            "quarantined": self.quarantined,
+            "scores": {str(k): v for k, v in self.scores.items()},
+        }
 
 
-def validate_upload(data: bytes, task_names: list[str], image_size: int, channels: int,
-                    max_params: int = MAX_PARAMS) -> tuple[StagedVAE, dict]:
+def validate_upload(
+    data: bytes, task_names: list[str], image_size: int, channels: int, max_params: int = MAX_PARAMS
+) -> tuple[StagedVAE, dict]:
     """Decode and check one upload; raise a BaimError naming what is wrong."""
     msg = decode(data)
     if msg.kind != "upload":
@@ -52,8 +57,9 @@ def validate_upload(data: bytes, task_names: list[str], image_size: int, channel
         raise MessageError(f"upload sample count {meta.get('samples')!r} must be a positive int")
     spec = LearnerSpec.from_dict(meta.get("spec"))
     if (spec.image_size, spec.channels) != (image_size, channels):
-        raise MessageError(f"upload is for {spec.channels}×{spec.image_size}² images; this federation "
-                         f"uses {channels}×{image_size}²")
+        raise MessageError(
+            f"upload is for {spec.channels}×{spec.image_size}² images; this federation uses {channels}×{image_size}²"
+        )
     with torch.device("meta"):
         n_params = sum(p.numel() for p in StagedVAE(spec).parameters())
     if n_params > max_params:
@@ -64,8 +70,14 @@ def validate_upload(data: bytes, task_names: list[str], image_size: int, channel
     return model.eval(), meta
 
 
-def screen_uploads(uploads: dict[int, bytes], task_names: list[str], common: dict[int, np.ndarray],
-                   image_size: int, channels: int, outlier_factor: float = 3.0) -> Screened:
+def screen_uploads(
+    uploads: dict[int, bytes],
+    task_names: list[str],
+    common: dict[int, np.ndarray],
+    image_size: int,
+    channels: int,
+    outlier_factor: float = 3.0,
+) -> Screened:
     out = Screened()
     for edge, data in sorted(uploads.items()):
         try:

@@ -25,12 +25,19 @@ def read_uploads(folder: str | Path) -> dict[int, bytes]:
         k = len(out)
         try:
             metrics = json.loads((d / "metrics.json").read_text())
-            meta = {"edge": metrics.get("edge", k), "task": metrics["task"], "samples": metrics["samples"],
-                    "spec": json.loads((d / MANIFEST).read_text())["config"], "metrics": metrics}
+            meta = {
+                "edge": metrics.get("edge", k),
+                "task": metrics["task"],
+                "samples": metrics["samples"],
+                "spec": json.loads((d / MANIFEST).read_text())["config"],
+                "metrics": metrics,
+            }
             out[k] = encode(Message("upload", meta, load_weights(d / WEIGHTS)))
         except (OSError, KeyError, json.JSONDecodeError) as exc:
-            raise DataError(f"unreadable upload folder {d}: {exc} (it needs {MANIFEST}, "
-                            f"{WEIGHTS} and metrics.json with task and samples)") from exc
+            raise DataError(
+                f"unreadable upload folder {d}: {exc} (it needs {MANIFEST}, "
+                f"{WEIGHTS} and metrics.json with task and samples)"
+            ) from exc
     if not out:
         raise DataError(f"{folder} holds no uploads (*.msg files or saved edge models)")
     return out

@@ -20,5 +20,4 @@ def load_dataset(name: str, data_dir: str | None = None, **kwargs) -> DataSet:
     raise DataError(f"unknown data set {name!r}; choose fashion-mnist, celeba or image-folder")
 
 
-__all__ = ["DataError", "DataSet", "IDXError", "Task", "load_dataset", "read_idx",
-           "to_float", "to_uint8"]
+__all__ = ["DataError", "DataSet", "IDXError", "Task", "load_dataset", "read_idx", "to_float", "to_uint8"]

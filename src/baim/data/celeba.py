@@ -10,9 +10,9 @@ Classes are the 2^k patterns of ``CLASS_ATTRIBUTES``; a task is a predicate over
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -84,8 +84,11 @@ def _read_attrs(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
 
 def load_celeba(root: str | Path) -> DataSet:
     root = Path(root)
-    image_dir, attr_path, part_path = (root / "img_align_celeba", root / "list_attr_celeba.txt",
-                                       root / "list_eval_partition.txt")
+    image_dir, attr_path, part_path = (
+        root / "img_align_celeba",
+        root / "list_attr_celeba.txt",
+        root / "list_eval_partition.txt",
+    )
     for p in (image_dir, attr_path, part_path):
         if not p.exists():
             raise DataError(
@@ -113,5 +116,12 @@ def load_celeba(root: str | Path) -> DataSet:
 
     # The official validation split joins training: baim's cloud common data and edge slices
     # both come from it, and the official test split stays untouched for evaluation.
-    return DataSet("celeba", source(splits[0] + splits[1]), source(splits[2]),
-                   _class_names(), _tasks(), channels=3, image_size=SIZE)
+    return DataSet(
+        "celeba",
+        source(splits[0] + splits[1]),
+        source(splits[2]),
+        _class_names(),
+        _tasks(),
+        channels=3,
+        image_size=SIZE,
+    )

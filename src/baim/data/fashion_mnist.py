@@ -14,8 +14,7 @@ from .base import ArraySource, DataError, DataSet, Task
 from .idx import read_idx
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-               "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 TASKS = [
     Task("tops", (0, 2, 3, 4, 6)),
     Task("footwear", (5, 7, 9)),
@@ -55,5 +54,12 @@ def _split(data_dir: Path, split: str) -> ArraySource:
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> DataSet:
     data_dir = Path(data_dir) if data_dir else DEFAULT_DIR
-    return DataSet("fashion-mnist", _split(data_dir, "train"), _split(data_dir, "test"),
-                   CLASS_NAMES, list(TASKS), channels=1, image_size=32)
+    return DataSet(
+        "fashion-mnist",
+        _split(data_dir, "train"),
+        _split(data_dir, "test"),
+        CLASS_NAMES,
+        list(TASKS),
+        channels=1,
+        image_size=32,
+    )

@@ -40,8 +40,9 @@ def read_idx(path: str | Path) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError) as exc:
-        raise IDXError(f"cannot read IDX file {path}: {exc} (the file is damaged or "
-                       "truncated; reinstall or re-copy it)") from exc
+        raise IDXError(
+            f"cannot read IDX file {path}: {exc} (the file is damaged or truncated; reinstall or re-copy it)"
+        ) from exc
     if len(raw) < 4:
         raise IDXError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
@@ -54,7 +55,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise IDXError(f"{path}: truncated header (needs {header} bytes, has {len(raw)})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(raw) != expected:
         raise IDXError(

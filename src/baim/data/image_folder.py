@@ -16,8 +16,9 @@ from .base import ArraySource, DataError, DataSet, Task
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
-def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3,
-                      test_fraction: float = 0.2, seed: int = 0) -> DataSet:
+def load_image_folder(
+    root: str | Path, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2, seed: int = 0
+) -> DataSet:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; give a folder with one subfolder per task")
@@ -45,7 +46,12 @@ def load_image_folder(root: str | Path, image_size: int = 32, channels: int = 3,
         idx = np.flatnonzero(labels_np == t)
         test_mask[rng.permutation(idx)[: max(1, int(round(test_fraction * len(idx))))]] = True
     names = [d.name for d in task_dirs]
-    return DataSet("image-folder",
-                   ArraySource(images_np[~test_mask], labels_np[~test_mask]),
-                   ArraySource(images_np[test_mask], labels_np[test_mask]),
-                   names, [Task(n, (t,)) for t, n in enumerate(names)], channels, image_size)
+    return DataSet(
+        "image-folder",
+        ArraySource(images_np[~test_mask], labels_np[~test_mask]),
+        ArraySource(images_np[test_mask], labels_np[test_mask]),
+        names,
+        [Task(n, (t,)) for t, n in enumerate(names)],
+        channels,
+        image_size,
+    )

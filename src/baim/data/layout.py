@@ -59,7 +59,7 @@ class Layout:
         return write_json(path, asdict(self))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Layout":
+    def load(cls, path: str | Path) -> Layout:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"layout {path} not found; create one with `baim layout --out DIR`")
@@ -77,7 +77,7 @@ class Layout:
         real-vs-real baseline, n each (at most half the task's test set)."""
         idx = self.test[task]
         n = min(n, len(idx) // 2)
-        return ds.test.load(idx[:n]), ds.test.load(idx[n:2 * n])
+        return ds.test.load(idx[:n]), ds.test.load(idx[n : 2 * n])
 
     def check_disjoint(self) -> None:
         seen: set[int] = set()
@@ -132,8 +132,10 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
     per_edge = preset.samples_per_edge or total // (preset.num_edges + 1)
     cloud_n = preset.cloud_samples or per_edge
     if cloud_n + per_edge * preset.num_edges > total:
-        raise DataError(f"preset {preset.name!r} needs {cloud_n + per_edge * preset.num_edges} "
-                        f"training images, the data set has {total}")
+        raise DataError(
+            f"preset {preset.name!r} needs {cloud_n + per_edge * preset.num_edges} "
+            f"training images, the data set has {total}"
+        )
 
     # Cloud common data: stratified over every class of every task.
     cloud: list[int] = []
@@ -160,7 +162,7 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
         idx: list[int] = []
         for k, c in enumerate(classes):
             idx += [int(i) for i in pools[c][: got[k]]]
-            pools[c] = pools[c][got[k]:]
+            pools[c] = pools[c][got[k] :]
         edges.append(EdgeSlice(e, t, assign_tier(edge_tasks[:e].count(t), t, preset.tiers), sorted(idx)))
 
     test_labels = np.asarray(ds.test.labels)
@@ -171,9 +173,17 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
             idx = idx[: preset.test_per_task]
         test[task.name] = sorted(int(i) for i in idx)
 
-    layout = Layout(ds.name, data_dir, seed, preset.to_dict(), preset.alpha,
-                    [{"name": t.name, "classes": list(t.classes)} for t in ds.tasks],
-                    edges, sorted(cloud), test)
+    layout = Layout(
+        ds.name,
+        data_dir,
+        seed,
+        preset.to_dict(),
+        preset.alpha,
+        [{"name": t.name, "classes": list(t.classes)} for t in ds.tasks],
+        edges,
+        sorted(cloud),
+        test,
+    )
     layout.check_disjoint()
     return layout
 

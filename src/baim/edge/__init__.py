@@ -6,5 +6,13 @@ from .node import EdgeNode
 from .personalize import personalize
 from .train import TrainHistory, train_learner
 
-__all__ = ["EdgeNode", "TrainHistory", "build_learner", "evaluate_saved_model", "personalize", "train_edge",
-           "train_edge_cli", "train_learner"]
+__all__ = [
+    "EdgeNode",
+    "TrainHistory",
+    "build_learner",
+    "evaluate_saved_model",
+    "personalize",
+    "train_edge",
+    "train_edge_cli",
+    "train_learner",
+]

@@ -38,8 +38,14 @@ def task_index(layout: Layout, task: str | int) -> int:
     return names.index(task)
 
 
-def evaluate_saved_model(model_dir: str | Path, layout_path: str | Path, task: str | int,
-                         fid_extractor: str = "domain", fid_count: int = 500, seed: int = 0) -> dict:
+def evaluate_saved_model(
+    model_dir: str | Path,
+    layout_path: str | Path,
+    task: str | int,
+    fid_extractor: str = "domain",
+    fid_count: int = 500,
+    seed: int = 0,
+) -> dict:
     """``baim evaluate``: any saved model (learner or compact) on one task of a layout. A
     learner is scored without a fitted prior here (no private data at hand): standard and
     reconstruction procedures only."""
@@ -51,13 +57,21 @@ def evaluate_saved_model(model_dir: str | Path, layout_path: str | Path, task: s
         raise ConfigError(f"{model_dir} is a whole BAIM; evaluate its compact models (cloud/compact/TASK)")
     name = layout.task_names[t]
     real, baseline = layout.fid_sets(ds, name, fid_count)
-    ev = evaluate(model, ds.test.load(layout.test[name]), real, baseline, fid_extractor,
-                  kld_weight=layout.settings.edge.kld_weight, seed=seed)
+    ev = evaluate(
+        model,
+        ds.test.load(layout.test[name]),
+        real,
+        baseline,
+        fid_extractor,
+        kld_weight=layout.settings.edge.kld_weight,
+        seed=seed,
+    )
     return {"task": name, **ev.metrics}
 
 
-def train_edge(layout: Layout, ds: DataSet, edge: int, out_dir: str | Path, epochs: int | None = None,
-               seed: int = 0) -> tuple[StagedVAE, dict]:
+def train_edge(
+    layout: Layout, ds: DataSet, edge: int, out_dir: str | Path, epochs: int | None = None, seed: int = 0
+) -> tuple[StagedVAE, dict]:
     """Phase 1 for one edge: train its tier's learner on its slice, evaluate and save it."""
     if not 0 <= edge < len(layout.edges):
         raise ConfigError(f"edge {edge} not in layout (it has edges 0..{len(layout.edges) - 1})")
@@ -69,16 +83,21 @@ def train_edge(layout: Layout, ds: DataSet, edge: int, out_dir: str | Path, epoc
         cfg = replace(cfg, epochs=epochs)
     test = ds.test.load(layout.test[layout.task_names[e.task]])
     curve = test[: preset.curve_test_per_task or None]
-    hist = train_learner(model, ds.train.load(e.indices), cfg, label=f"edge {edge} ({e.tier})",
-                         eval_images=curve)
-    metrics = {"edge": edge, "task": layout.task_names[e.task], "tier": e.tier,
-               "samples": len(e.indices), "train": asdict(hist),
-               **reconstruction_metrics(model, test, kld_weight=cfg.kld_weight)}
+    hist = train_learner(model, ds.train.load(e.indices), cfg, label=f"edge {edge} ({e.tier})", eval_images=curve)
+    metrics = {
+        "edge": edge,
+        "task": layout.task_names[e.task],
+        "tier": e.tier,
+        "samples": len(e.indices),
+        "train": asdict(hist),
+        **reconstruction_metrics(model, test, kld_weight=cfg.kld_weight),
+    }
     save_model(model, out_dir, {"metrics.json": json.dumps(metrics, indent=2) + "\n"})
     return model, metrics
 
 
-def train_edge_cli(layout_path: str | Path, edge: int, out_dir: str | Path, epochs: int | None = None,
-                   seed: int = 0) -> dict:
+def train_edge_cli(
+    layout_path: str | Path, edge: int, out_dir: str | Path, epochs: int | None = None, seed: int = 0
+) -> dict:
     layout = Layout.load(layout_path)
     return train_edge(layout, load_dataset(layout.dataset, layout.data_dir), edge, out_dir, epochs, seed)[1]

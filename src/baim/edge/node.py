@@ -51,8 +51,10 @@ class EdgeNode:
 
     # -- messages -------------------------------------------------------------------------
     def on_query_info(self, msg: Message) -> Message:
-        return Message("info", {"edge": self.edge, "task": self.task_name, "tier": self.slice.tier,
-                                "samples": len(self.slice.indices)})
+        return Message(
+            "info",
+            {"edge": self.edge, "task": self.task_name, "tier": self.slice.tier, "samples": len(self.slice.indices)},
+        )
 
     def on_train_local(self, msg: Message) -> Message:
         model_dir = self.folder / "initial"
@@ -61,20 +63,30 @@ class EdgeNode:
             assert isinstance(model, StagedVAE)
             metrics = json.loads((model_dir / "metrics.json").read_text())
         else:
-            model, metrics = train_edge(self.layout, self.ds, self.edge, model_dir,
-                                        epochs=msg.meta.get("epochs"), seed=self.seed)
+            model, metrics = train_edge(
+                self.layout, self.ds, self.edge, model_dir, epochs=msg.meta.get("epochs"), seed=self.seed
+            )
         # wall-clock figures stay on the edge: they say nothing about the model, and they
         # would make two identical uploads differ in size
         local = {k: v for k, v in metrics.items() if k != "train"}
         local["train_epochs"] = metrics["train"]["epochs"]
-        return Message("upload", {"edge": self.edge, "task": self.task_name, "samples": len(self.slice.indices),
-                                  "spec": model.spec.to_dict(), "metrics": local},
-                       {k: v for k, v in model.state_dict().items()})
+        return Message(
+            "upload",
+            {
+                "edge": self.edge,
+                "task": self.task_name,
+                "samples": len(self.slice.indices),
+                "spec": model.spec.to_dict(),
+                "metrics": local,
+            },
+            {k: v for k, v in model.state_dict().items()},
+        )
 
     def on_train_deploy(self, msg: Message) -> Message:
         if msg.meta.get("task") != self.task_name:
-            return Message("error", {"error": f"edge {self.edge} serves {self.task_name!r}, "
-                                              f"not {msg.meta.get('task')!r}"})
+            return Message(
+                "error", {"error": f"edge {self.edge} serves {self.task_name!r}, not {msg.meta.get('task')!r}"}
+            )
         compact = model_from(msg.meta, msg.tensors, f"deployment to edge {self.edge}", "compact")
         save_model(compact, self.folder / "deployed")  # validated before anything is stored
         return Message("ack", {"edge": self.edge, "parameters": compact.num_parameters()})
@@ -96,9 +108,16 @@ class EdgeNode:
         which = msg.meta.get("model", "initial")
         model = self.load_model(which)
         real, baseline = self.layout.fid_sets(self.ds, self.task_name, int(msg.meta.get("fid_count", 500)))
-        ev = evaluate(model, self.ds.test.load(self.layout.test[self.task_name]), real, baseline,
-                      str(msg.meta.get("extractor", "domain")), kld_weight=self.layout.settings.edge.kld_weight,
-                      seed=self.seed, prior_images=self.local_images() if isinstance(model, StagedVAE) else None)
+        ev = evaluate(
+            model,
+            self.ds.test.load(self.layout.test[self.task_name]),
+            real,
+            baseline,
+            str(msg.meta.get("extractor", "domain")),
+            kld_weight=self.layout.settings.edge.kld_weight,
+            seed=self.seed,
+            prior_images=self.local_images() if isinstance(model, StagedVAE) else None,
+        )
         images = {k: torch.from_numpy(v) for k, v in ev.images.items()}
         return Message("metrics", {"edge": self.edge, "task": self.task_name, "model": which, **ev.metrics}, images)
 

@@ -16,7 +16,8 @@ from ..models import BAIM, fit_priors, train_baim
 
 def personalize(compact: BAIM, images: np.ndarray, recipe: Recipe, test: np.ndarray | None = None) -> list[dict]:
     tasks = np.zeros(len(images), dtype=np.int64)
-    log = train_baim(compact, images, tasks, recipe, test_sets={0: test} if test is not None else None,
-                     label="personalise")
+    log = train_baim(
+        compact, images, tasks, recipe, test_sets={0: test} if test is not None else None, label="personalise"
+    )
     fit_priors(compact, images, tasks, seed=recipe.seed)
     return log

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data import to_float
 from ..config import Recipe
+from ..data import to_float
 from ..learners import StagedVAE, vae_loss
 from ..models import reconstruction_metrics
 from ..progress import make_progress
@@ -30,8 +30,9 @@ class TrainHistory:
     images_per_second: float = 0.0
 
 
-def train_learner(model: StagedVAE, images: np.ndarray, cfg: Recipe, label: str = "train",
-                  eval_images: np.ndarray | None = None) -> TrainHistory:
+def train_learner(
+    model: StagedVAE, images: np.ndarray, cfg: Recipe, label: str = "train", eval_images: np.ndarray | None = None
+) -> TrainHistory:
     """Train ``model`` in place on uint8 ``images``; returns per-epoch losses."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -51,7 +52,7 @@ def train_learner(model: StagedVAE, images: np.ndarray, cfg: Recipe, label: str 
             tot = tot_mse = tot_kld = 0.0
             seen = 0
             for i in range(0, len(perm), cfg.batch_size):
-                x = data[perm[i:i + cfg.batch_size]]
+                x = data[perm[i : i + cfg.batch_size]]
                 x_hat, mu, logvar = model(x)
                 loss, mse, kld = vae_loss(x_hat, x, mu, logvar, cfg.kld_weight)
                 progress.advance(bar)
@@ -67,9 +68,13 @@ def train_learner(model: StagedVAE, images: np.ndarray, cfg: Recipe, label: str 
                 tot_mse += float(mse.detach()) * len(x)
                 tot_kld += float(kld.detach()) * len(x)
                 seen += len(x)
-            row = {"epoch": epoch + 1, "train_loss": tot / max(seen, 1),
-                   "train_mse": tot_mse / max(seen, 1), "train_kld": tot_kld / max(seen, 1),
-                   "lr": lr}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": tot / max(seen, 1),
+                "train_mse": tot_mse / max(seen, 1),
+                "train_kld": tot_kld / max(seen, 1),
+                "lr": lr,
+            }
             if eval_images is not None:
                 row["test_loss"] = reconstruction_metrics(model, eval_images, kld_weight=cfg.kld_weight)["test_loss"]
             hist.epochs.append(row)

@@ -12,7 +12,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from flwr.app import Context, Message as FlowerMessage
+from flwr.app import Context
+from flwr.app import Message as FlowerMessage
 from flwr.clientapp import ClientApp
 
 from ..data import load_dataset
@@ -36,8 +37,10 @@ def node_from_context(context: Context) -> EdgeNode:
     edge = int(nc["edge"]) if "edge" in nc else int(nc["partition-id"])
     run_dir = str(nc.get("run-dir") or rc.get("run-dir") or os.environ.get("BAIM_RUN_DIR", ""))
     if not run_dir:
-        raise ValueError("this edge does not know its run directory: give the SuperNode "
-                         "--node-config \"edge=N run-dir='/path'\" (run-dir holds layout.json)")
+        raise ValueError(
+            "this edge does not know its run directory: give the SuperNode "
+            "--node-config \"edge=N run-dir='/path'\" (run-dir holds layout.json)"
+        )
     data_dir = str(nc.get("data-dir") or rc.get("data-dir") or os.environ.get("BAIM_DATA_DIR", ""))
     return _node(edge, run_dir, data_dir, str(nc.get("workdir", "")), int(rc.get("seed", 0)))
 

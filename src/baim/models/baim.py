@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -73,25 +73,37 @@ class BAIMConfig:
     trimmed: dict[int, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"task_names": list(self.task_names), "learner_tasks": list(self.learner_tasks),
-                "learner_specs": [s.to_dict() for s in self.learner_specs],
-                "connections": [c.to_dict() for c in self.connections], "top_k": self.top_k,
-                "height": self.height, "gate_hidden": self.gate_hidden, "latent_dim": self.latent_dim,
-                "has_tsgate": self.has_tsgate, "frozen": sorted(self.frozen),
-                "trimmed": {str(k): v for k, v in sorted(self.trimmed.items())}}
+        return {
+            "task_names": list(self.task_names),
+            "learner_tasks": list(self.learner_tasks),
+            "learner_specs": [s.to_dict() for s in self.learner_specs],
+            "connections": [c.to_dict() for c in self.connections],
+            "top_k": self.top_k,
+            "height": self.height,
+            "gate_hidden": self.gate_hidden,
+            "latent_dim": self.latent_dim,
+            "has_tsgate": self.has_tsgate,
+            "frozen": sorted(self.frozen),
+            "trimmed": {str(k): v for k, v in sorted(self.trimmed.items())},
+        }
 
     @classmethod
     def from_dict(cls, raw: dict) -> BAIMConfig:
         """Parse a stored config; raises SpecError/KeyError/TypeError/ValueError on bad input
         (the loader turns those into one ModelFileError)."""
-        return cls(task_names=[str(t) for t in raw["task_names"]],
-                   learner_tasks=[None if t is None else int(t) for t in raw["learner_tasks"]],
-                   learner_specs=[LearnerSpec.from_dict(s) for s in raw["learner_specs"]],
-                   connections=[Connection(**c) for c in raw["connections"]],
-                   top_k=int(raw["top_k"]), height=int(raw["height"]), gate_hidden=int(raw["gate_hidden"]),
-                   latent_dim=int(raw["latent_dim"]), has_tsgate=bool(raw["has_tsgate"]),
-                   frozen=[int(x) for x in raw["frozen"]],
-                   trimmed={int(k): {str(s): int(n) for s, n in v.items()} for k, v in raw["trimmed"].items()})
+        return cls(
+            task_names=[str(t) for t in raw["task_names"]],
+            learner_tasks=[None if t is None else int(t) for t in raw["learner_tasks"]],
+            learner_specs=[LearnerSpec.from_dict(s) for s in raw["learner_specs"]],
+            connections=[Connection(**c) for c in raw["connections"]],
+            top_k=int(raw["top_k"]),
+            height=int(raw["height"]),
+            gate_hidden=int(raw["gate_hidden"]),
+            latent_dim=int(raw["latent_dim"]),
+            has_tsgate=bool(raw["has_tsgate"]),
+            frozen=[int(x) for x in raw["frozen"]],
+            trimmed={int(k): {str(s): int(n) for s, n in v.items()} for k, v in raw["trimmed"].items()},
+        )
 
 
 class BAIM(nn.Module):
@@ -117,10 +129,12 @@ class BAIM(nn.Module):
         self.latent_dim = config.latent_dim or widest  # a compact model keeps the BAIM's shared latent size
         self.learners = nn.ModuleList(learners)
         self.adapters = nn.ModuleList(self._truncation(lrn.spec.latent_dim) for lrn in learners)
-        self.lsgates = nn.ModuleList(LSGate(self.latent_dim, len(self.squad(t)), self.gate_hidden)
-                                     for t in range(len(self.task_names)))
+        self.lsgates = nn.ModuleList(
+            LSGate(self.latent_dim, len(self.squad(t)), self.gate_hidden) for t in range(len(self.task_names))
+        )
         self.tsgate: TaskClassifier | None = (
-            TaskClassifier(self.channels, self.image_size, len(self.task_names)) if config.has_tsgate else None)
+            TaskClassifier(self.channels, self.image_size, len(self.task_names)) if config.has_tsgate else None
+        )
         self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in self.task_names)
         self.connections = nn.ModuleDict()
         self.conn_keys: dict[str, Connection] = {}
@@ -135,20 +149,37 @@ class BAIM(nn.Module):
         self.stage_calls: Counter = Counter()  # (side, learner, stage) -> samples processed
 
     @classmethod
-    def from_learners(cls, learners: list[StagedVAE], learner_tasks: list[int | None], task_names: list[str],
-                      connections: Iterable[Connection] = (), **kw) -> BAIM:
+    def from_learners(
+        cls,
+        learners: list[StagedVAE],
+        learner_tasks: list[int | None],
+        task_names: list[str],
+        connections: Iterable[Connection] = (),
+        **kw,
+    ) -> BAIM:
         """A BAIM around these learners (their specs fill the config); ``kw``: other
         :class:`BAIMConfig` fields."""
-        return cls(BAIMConfig(list(task_names), list(learner_tasks), [lrn.spec for lrn in learners],
-                              list(connections), **kw), learners)
+        return cls(
+            BAIMConfig(list(task_names), list(learner_tasks), [lrn.spec for lrn in learners], list(connections), **kw),
+            learners,
+        )
 
     @property
     def config(self) -> BAIMConfig:
         """The config of the model as it is now (after pruning, trimming, growth)."""
-        return BAIMConfig(self.task_names, self.learner_tasks, [lrn.spec for lrn in self.learners],
-                          list(self.conn_keys.values()), self.top_k, self.height, self.gate_hidden,
-                          self.latent_dim, self.tsgate is not None, sorted(self.frozen_learners),
-                          {k: dict(v) for k, v in self.trimmed.items()})
+        return BAIMConfig(
+            self.task_names,
+            self.learner_tasks,
+            [lrn.spec for lrn in self.learners],
+            list(self.conn_keys.values()),
+            self.top_k,
+            self.height,
+            self.gate_hidden,
+            self.latent_dim,
+            self.tsgate is not None,
+            sorted(self.frozen_learners),
+            {k: dict(v) for k, v in self.trimmed.items()},
+        )
 
     def freeze(self, learners: Iterable[int]) -> None:
         """Fix these learners' weights and their normalisation statistics (``freeze`` strategy)."""
@@ -216,15 +247,20 @@ class BAIM(nn.Module):
                 self.adapters[learner] = nn.Identity()
         self.trimmed.setdefault(learner, {})[side] = keep
 
-    def train(self, mode: bool = True) -> "BAIM":
+    def train(self, mode: bool = True) -> BAIM:
         super().train(mode)
         for l in self.frozen_learners:  # frozen learners keep their normalisation statistics
             self.learners[l].eval()
         return self
 
     # -- sparse execution ---------------------------------------------------------------
-    def _execute(self, side: str, targets: dict[int, torch.Tensor], n: int,
-                 make_input: Callable[[int, torch.Tensor], torch.Tensor]) -> dict[int, torch.Tensor]:
+    def _execute(
+        self,
+        side: str,
+        targets: dict[int, torch.Tensor],
+        n: int,
+        make_input: Callable[[int, torch.Tensor], torch.Tensor],
+    ) -> dict[int, torch.Tensor]:
         """Run one side of the learners on sample index sets.
 
         ``targets`` maps a learner to a bool mask (n,) of the samples whose final stage
@@ -288,8 +324,7 @@ class BAIM(nn.Module):
         return {l: mixed[(l, depth[l] - 1)][1] for l in targets if targets[l].any()}
 
     # -- encoder side: product of experts ---------------------------------------------------
-    def posterior(self, x: torch.Tensor, tasks: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def posterior(self, x: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, D = len(x), self.latent_dim
         targets: dict[int, torch.Tensor] = {}
         for t in tasks.unique().tolist():
@@ -320,8 +355,9 @@ class BAIM(nn.Module):
         return mu * spoken, logvar * spoken, spoken
 
     # -- decoder side: gated top-K decoders -------------------------------------------------
-    def decode(self, z: torch.Tensor, tasks: torch.Tensor, noisy_gate: bool = False
-               ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, Routing]]]:
+    def decode(
+        self, z: torch.Tensor, tasks: torch.Tensor, noisy_gate: bool = False
+    ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, Routing]]]:
         n = len(z)
         routings: dict[int, tuple[torch.Tensor, Routing]] = {}
         targets: dict[int, torch.Tensor] = {}
@@ -341,8 +377,9 @@ class BAIM(nn.Module):
                 targets[l] = targets.get(l, torch.zeros(n, dtype=torch.bool)) | mask
                 w = (r.weights * sel).sum(dim=1)
                 picks.append((l, rows[hit], w[hit]))
-        feats = self._execute("dec", targets, n,
-                              lambda l, rows: self.learners[l].latent_to_map(self.adapters[l](z[rows])))
+        feats = self._execute(
+            "dec", targets, n, lambda l, rows: self.learners[l].latent_to_map(self.adapters[l](z[rows]))
+        )
         out = z.new_zeros(n, self.channels, self.image_size, self.image_size)
         for l, rows, w in picks:
             img = self.learners[l].to_image(feats[l])  # on targets[l] rows, in sample order
@@ -361,8 +398,9 @@ class BAIM(nn.Module):
         with torch.no_grad():
             return self.tsgate(x).argmax(dim=1)
 
-    def forward(self, x: torch.Tensor, tasks: torch.Tensor | None = None,
-                noise: torch.Tensor | None = None, sample: bool = True) -> BAIMOutput:
+    def forward(
+        self, x: torch.Tensor, tasks: torch.Tensor | None = None, noise: torch.Tensor | None = None, sample: bool = True
+    ) -> BAIMOutput:
         tasks = self.route(x, tasks)
         mu, logvar, spoken = self.posterior(x, tasks)
         if sample:
@@ -374,8 +412,9 @@ class BAIM(nn.Module):
         return BAIMOutput(x_hat, mu, logvar, spoken, z, routings)
 
     @torch.no_grad()
-    def generate(self, task: int, n: int, generator: torch.Generator | None = None,
-                 standard_prior: bool = False) -> torch.Tensor:
+    def generate(
+        self, task: int, n: int, generator: torch.Generator | None = None, standard_prior: bool = False
+    ) -> torch.Tensor:
         z = self.priors[task].sample(n, generator, standard=standard_prior)
         return self.decode(z, torch.full((n,), task, dtype=torch.long))[0]
 

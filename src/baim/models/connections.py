@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 @dataclass(frozen=True, order=True)
 class Connection:
     side: str  # "enc" or "dec"

@@ -44,14 +44,15 @@ class Evaluation:
 
 
 @torch.no_grad()
-def reconstruction_metrics(model: Model, images: np.ndarray, task: int = 0, kld_weight: float = 0.00025,
-                           batch_size: int = 500, seed: int = 0) -> dict[str, float]:
+def reconstruction_metrics(
+    model: Model, images: np.ndarray, task: int = 0, kld_weight: float = 0.00025, batch_size: int = 500, seed: int = 0
+) -> dict[str, float]:
     """Test loss (objective with seeded posterior noise), and MSE/PSNR from z = μ."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     loss_sum = mse_sum = psnr_sum = 0.0
     for i in range(0, len(images), batch_size):
-        x = to_float(images[i:i + batch_size])
+        x = to_float(images[i : i + batch_size])
         if isinstance(model, StagedVAE):
             mu, logvar = model.encode(x)
             noise = torch.randn(mu.shape, generator=gen)
@@ -99,8 +100,9 @@ def learner_prior(model: StagedVAE, images: np.ndarray, seed: int = 0) -> Latent
 
 
 @torch.no_grad()
-def generate(model: Model, n: int, seed: int = 0, standard: bool = False, task: int = 0,
-             prior: LatentPrior | None = None) -> torch.Tensor:
+def generate(
+    model: Model, n: int, seed: int = 0, standard: bool = False, task: int = 0, prior: LatentPrior | None = None
+) -> torch.Tensor:
     """``n`` images in [0, 1]: z from N(0, I) (``standard``) or from the fitted prior (a BAIM's
     own for ``task``; for a learner, ``prior``)."""
     model.eval()
@@ -114,9 +116,17 @@ def generate(model: Model, n: int, seed: int = 0, standard: bool = False, task: 
 
 
 @torch.no_grad()
-def evaluate(model: Model, test: np.ndarray, real: np.ndarray, baseline: np.ndarray, extractor: str,
-             task: int = 0, kld_weight: float = 0.00025, seed: int = 0,
-             prior_images: np.ndarray | None = None) -> Evaluation:
+def evaluate(
+    model: Model,
+    test: np.ndarray,
+    real: np.ndarray,
+    baseline: np.ndarray,
+    extractor: str,
+    task: int = 0,
+    kld_weight: float = 0.00025,
+    seed: int = 0,
+    prior_images: np.ndarray | None = None,
+) -> Evaluation:
     """Every number of :mod:`this module <baim.models.evaluation>` for one model on one task.
 
     ``real`` and ``baseline`` are two disjoint real sets of equal size n (FID's reference and
@@ -143,8 +153,12 @@ def evaluate(model: Model, test: np.ndarray, real: np.ndarray, baseline: np.ndar
     for name, r in results.items():
         metrics[f"fid_{name}"], metrics[f"kid_{name}"] = r.fid, r.kid
     any_result = next(iter(results.values()))
-    metrics.update(fid_real_vs_real=any_result.real_vs_real, kid_real_vs_real=any_result.kid_real_vs_real,
-                   fid_extractor=extractor, fid_count=n)
+    metrics.update(
+        fid_real_vs_real=any_result.real_vs_real,
+        kid_real_vs_real=any_result.kid_real_vs_real,
+        fid_extractor=extractor,
+        fid_count=n,
+    )
     return Evaluation(metrics, images)
 
 

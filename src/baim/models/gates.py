@@ -61,7 +61,8 @@ def load_balance_loss(routing: Routing) -> torch.Tensor:
     n = routing.logits.shape[1]
     probs = torch.softmax(routing.logits, dim=1)
     counts = torch.zeros(n, device=probs.device).index_add_(
-        0, routing.indices.flatten(), torch.ones(routing.indices.numel(), device=probs.device))
+        0, routing.indices.flatten(), torch.ones(routing.indices.numel(), device=probs.device)
+    )
     f = counts / routing.indices.numel()
     return n * (f * probs.mean(0)).sum()
 
@@ -77,9 +78,14 @@ class TaskClassifier(nn.Module):
     def __init__(self, channels: int, image_size: int, num_tasks: int):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, 16, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * 16, num_tasks))
+            nn.Conv2d(channels, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),
+            nn.Linear(32 * 16, num_tasks),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -38,8 +38,12 @@ def kind_of(model: Model) -> str:
 def manifest_of(model: Model, weights: bytes) -> dict[str, Any]:
     """The manifest of ``model`` whose serialized weights are ``weights``."""
     kind = kind_of(model)
-    manifest: dict[str, Any] = {"format_version": FORMAT_VERSION, "kind": kind,
-                                "weights_sha256": hashlib.sha256(weights).hexdigest(), "weights_bytes": len(weights)}
+    manifest: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "weights_bytes": len(weights),
+    }
     if isinstance(model, StagedVAE):
         manifest["config"] = model.spec.to_dict()
     else:
@@ -71,8 +75,10 @@ def load_model(folder: str | Path, kind: str | None = None) -> Model:
     folder = Path(folder)
     mpath, wpath = folder / MANIFEST, folder / WEIGHTS
     if not mpath.is_file() or not wpath.is_file():
-        raise ModelFileError(f"{folder}: a saved model needs {MANIFEST} and {WEIGHTS}; it is missing or "
-                             "incomplete (a save that was interrupted leaves no manifest)")
+        raise ModelFileError(
+            f"{folder}: a saved model needs {MANIFEST} and {WEIGHTS}; it is missing or "
+            "incomplete (a save that was interrupted leaves no manifest)"
+        )
     try:
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
@@ -87,24 +93,29 @@ def to_parts(model: Model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     return manifest_of(model, weights), read_weights(weights, "model")
 
 
-def model_from(manifest: Any, state: dict[str, torch.Tensor], source: str, kind: str | None = None,
-               sha_of: bytes | None = None) -> Model:
+def model_from(
+    manifest: Any, state: dict[str, torch.Tensor], source: str, kind: str | None = None, sha_of: bytes | None = None
+) -> Model:
     """Rebuild a model from its manifest and weights, verifying both before use.
 
     ``sha_of`` is the serialized weights as read; without it (weights that arrived in a
     message) the state is serialized again to check the sha256."""
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else type(manifest).__name__
-        raise ModelFileError(f"{source}: model manifest format {found!r}; this baim reads {FORMAT_VERSION} "
-                             "(re-create the model with this version of baim)")
+        raise ModelFileError(
+            f"{source}: model manifest format {found!r}; this baim reads {FORMAT_VERSION} "
+            "(re-create the model with this version of baim)"
+        )
     found_kind = manifest.get("kind")
     if found_kind not in KINDS or (kind is not None and found_kind != kind):
         raise ModelFileError(f"{source}: expected a {kind or ' or '.join(KINDS)} model, found {found_kind!r}")
     digest = hashlib.sha256(sha_of if sha_of is not None else save_bytes(state)).hexdigest()
     if digest != manifest.get("weights_sha256"):
-        raise ModelFileError(f"{source}: weights sha256 {digest[:12]}… does not match the manifest's "
-                             f"{str(manifest.get('weights_sha256'))[:12]}…; the weights were altered or belong "
-                             "to another model")
+        raise ModelFileError(
+            f"{source}: weights sha256 {digest[:12]}… does not match the manifest's "
+            f"{str(manifest.get('weights_sha256'))[:12]}…; the weights were altered or belong "
+            "to another model"
+        )
     model: Model
     try:
         if found_kind == "learner":

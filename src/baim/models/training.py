@@ -20,18 +20,16 @@ import torch.nn.functional as F
 from ..config import Recipe
 from ..data import to_float
 from ..progress import make_progress
-from .gates import load_balance_loss, router_z_loss
 from .baim import BAIM
 from .evaluation import reconstruction_metrics
-
+from .gates import load_balance_loss, router_z_loss
 
 # Weights of the auxiliary losses: small enough not to fight the reconstruction objective.
 BALANCE_WEIGHT, Z_LOSS_WEIGHT, TASK_WEIGHT = 0.01, 0.001, 1.0
 
 
 def _optimizer(model: BAIM, lr: float, trainable: set[str] | None, old: torch.optim.Optimizer | None = None):
-    params = [p for n, p in model.named_parameters()
-              if p.requires_grad and (trainable is None or n in trainable)]
+    params = [p for n, p in model.named_parameters() if p.requires_grad and (trainable is None or n in trainable)]
     opt = torch.optim.Adam(params, lr=lr)
     if old is not None:  # keep Adam's moments for parameters that survived pruning
         for p in params:
@@ -40,9 +38,17 @@ def _optimizer(model: BAIM, lr: float, trainable: set[str] | None, old: torch.op
     return opt
 
 
-def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: Recipe,
-               test_sets: dict[int, np.ndarray] | None = None, label: str = "cloud",
-               trainable: set[str] | None = None, prune_interval: int = 0, prune_ratio: float = 0.0) -> list[dict]:
+def train_baim(
+    model: BAIM,
+    images: np.ndarray,
+    tasks: np.ndarray,
+    cfg: Recipe,
+    test_sets: dict[int, np.ndarray] | None = None,
+    label: str = "cloud",
+    trainable: set[str] | None = None,
+    prune_interval: int = 0,
+    prune_ratio: float = 0.0,
+) -> list[dict]:
     """Train in place; returns one log row per epoch (losses, test loss per task, usage,
     surviving connections, parameter count). Every ``prune_interval`` epochs the fraction
     ``prune_ratio`` of surviving connections is deleted (0 for either: never)."""
@@ -65,7 +71,7 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: Recipe,
             t0 = time.perf_counter()
             perm = torch.randperm(len(data), generator=gen)
             for i in range(0, len(perm), cfg.batch_size):
-                b = perm[i:i + cfg.batch_size]
+                b = perm[i : i + cfg.batch_size]
                 x, t = data[b], task_t[b]
                 out = model(x, t)
                 mse = F.mse_loss(out.x_hat, x)
@@ -92,14 +98,22 @@ def train_baim(model: BAIM, images: np.ndarray, tasks: np.ndarray, cfg: Recipe,
             if prune_ratio > 0 and prune_interval > 0 and (epoch + 1) % prune_interval == 0:
                 pruned = model.prune_connections(prune_ratio)
                 opt = _optimizer(model, lr, trainable, old=opt)
-            row = {"epoch": epoch + 1, "lr": lr, "seconds": round(time.perf_counter() - t0, 3),
-                   **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                   "skipped_steps": skipped, "connections": len(model.connections),
-                   "pruned": len(pruned), "parameters": model.num_parameters(),
-                   "usage": {model.task_names[t]: (u / u.sum().clamp_min(1)).tolist() for t, u in usage.items()}}
+            row = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "seconds": round(time.perf_counter() - t0, 3),
+                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+                "skipped_steps": skipped,
+                "connections": len(model.connections),
+                "pruned": len(pruned),
+                "parameters": model.num_parameters(),
+                "usage": {model.task_names[t]: (u / u.sum().clamp_min(1)).tolist() for t, u in usage.items()},
+            }
             if test_sets:
-                ev = {model.task_names[t]: reconstruction_metrics(model, x, t, cfg.kld_weight)["test_loss"]
-                      for t, x in test_sets.items()}
+                ev = {
+                    model.task_names[t]: reconstruction_metrics(model, x, t, cfg.kld_weight)["test_loss"]
+                    for t, x in test_sets.items()
+                }
                 row["test_loss"] = ev
                 row["test_loss_mean"] = float(np.mean(list(ev.values())))
             log.append(row)

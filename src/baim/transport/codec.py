@@ -51,13 +51,13 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE) -> Message:
     if n > MAX_HEADER or 9 + n > len(data):
         raise MessageError(f"message header length {n} is invalid for a {len(data)}-byte message")
     try:
-        header = json.loads(data[9:9 + n])
+        header = json.loads(data[9 : 9 + n])
         kind, meta = header["kind"], header["meta"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise MessageError(f"message header is not valid JSON with kind and meta: {exc}") from exc
     if not isinstance(kind, str) or not isinstance(meta, dict):
         raise MessageError("message header: kind must be a string and meta an object")
-    body = data[9 + n:]
+    body = data[9 + n :]
     try:
         tensors = st_load(body) if body else {}
     except (SafetensorError, Exception) as exc:  # safetensors raises several types on garbage
