@@ -21,7 +21,7 @@ def image_grid(images: np.ndarray, ncol: int = 8, pad: int = 2, scale: int = 2) 
             i
         ].transpose(1, 2, 0)
     img = Image.fromarray(grid[..., 0] if c == 1 else grid, "L" if c == 1 else "RGB")
-    return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
+    return img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
 
 
 def save_png(img: Image.Image, path: str | Path) -> Path:

@@ -9,6 +9,7 @@ Which engine carries the messages is not this module's business: see :mod:`baim.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from .data import DataSet, load_dataset
 from .data.layout import Layout, make_layout
 from .errors import WorkflowError
 from .learners import StagedVAE
-from .models import load_model, save_model, to_parts
+from .models import BAIM, load_model, save_model, to_parts
 from .rundir import RunDir
 from .transport import ByteLedger, Message, Transport, encode
 
@@ -86,7 +87,7 @@ class Workflow:
         self.rd.phase("upload", self.upload)
         self.rd.phase("screening", self.screening)
         for s in self.cfg.strategies:
-            self.rd.phase(f"cloud_{s}", lambda s=s: self.cloud(s))
+            self.rd.phase(f"cloud_{s}", partial(self.cloud, s))
         self.rd.phase("partition", self.partition)
         self.rd.phase("deployment", self.deployment)
         self.rd.phase("personalization", self.personalization)
@@ -166,6 +167,7 @@ class Workflow:
         """Cut the BAIM per task and measure, on real test images, that nothing was lost."""
         strategy = source_strategy(self.cfg.strategies)
         baim = load_model(self.rd.path("cloud", f"baim-{strategy}"), "baim")
+        assert isinstance(baim, BAIM)
         out: dict[str, Any] = {"source_strategy": strategy, "baim_parameters": baim.num_parameters(), "tasks": {}}
         for t, name in enumerate(self.layout.task_names):
             compact = partition(baim, t)
@@ -263,7 +265,7 @@ class Workflow:
         ]
         strategies = {}
         for s in self.cfg.strategies:
-            r = rd.phase(f"cloud_{s}", lambda s=s: self.cloud(s))
+            r = rd.phase(f"cloud_{s}", partial(self.cloud, s))
             strategies[s] = {
                 k: r[k]
                 for k in (

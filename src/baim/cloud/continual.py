@@ -12,6 +12,7 @@ the names of those parameters for :func:`baim.models.train_baim`'s ``trainable``
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,17 +42,17 @@ def _grow_out(lin: nn.Linear, new_out: int) -> nn.Linear:
 
 def _grow_latent(model: BAIM, dim: int) -> None:
     model.adapters = nn.ModuleList(_grow_in(a, dim) if isinstance(a, nn.Linear) else a for a in model.adapters)
-    for g in model.lsgates:
-        g.net[0] = _grow_in(g.net[0], dim)
+    for t in range(len(model.lsgates)):
+        g = model.lsgate(t)
+        g.net[0] = _grow_in(cast(nn.Linear, g.net[0]), dim)
         g.noise = _grow_in(g.noise, dim)
-    for p in model.priors:
-        p.grow(dim)
+        model.prior(t).grow(dim)
     model.latent_dim = dim
 
 
 def _grow_gate(gate: LSGate) -> None:
     n = gate.num_learners + 1
-    gate.net[2] = _grow_out(gate.net[2], n)
+    gate.net[2] = _grow_out(gate.out_layer, n)
     gate.noise = _grow_out(gate.noise, n)
     gate.active = torch.cat([gate.active, torch.ones(1, dtype=torch.bool)])
 
@@ -74,14 +75,16 @@ def add_learners(model: BAIM, newcomers: list[tuple[StagedVAE, str]], height: in
             model.lsgates.append(LSGate(model.latent_dim, 1, model.gate_hidden))
             model.priors.append(LatentPrior(model.latent_dim))
             if model.tsgate is not None:
-                model.tsgate.net[-1] = _grow_out(model.tsgate.net[-1], len(model.task_names))
+                model.tsgate.net[-1] = _grow_out(cast(nn.Linear, model.tsgate.net[-1]), len(model.task_names))
         t = model.task_names.index(task_name)
         model.learners.append(copy.deepcopy(learner))
         model.learner_tasks.append(t)
         model.adapters.append(model._truncation(spec.latent_dim))
         if not new_task:
-            _grow_gate(model.lsgates[t])
-    counts = [(len(l.encoder_stages), len(l.decoder_stages)) for l in model.learners]
+            _grow_gate(model.lsgate(t))
+    counts = [
+        (len(model.learner(l).encoder_stages), len(model.learner(l).decoder_stages)) for l in range(len(model.learners))
+    ]
     for c in candidate_connections(counts, height):
         if (c.src >= first_new or c.dst >= first_new) and c.name not in model.conn_keys:
             model.add_connection(c)

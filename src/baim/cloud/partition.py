@@ -58,7 +58,7 @@ def partition(model: BAIM, task: int) -> BAIM:
     config = BAIMConfig(
         [model.task_names[task]],
         [0 if old in squad else None for old in keep],
-        [model.learners[old].spec for old in keep],
+        [model.learner(old).spec for old in keep],
         conns,
         top_k=model.top_k,
         height=model.height,

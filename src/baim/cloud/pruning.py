@@ -19,9 +19,9 @@ def prune_learners(model: BAIM, usage: dict[int, torch.Tensor], threshold: float
     reads keeps no stages in the execution at all (its connections are deleted). At least
     one learner per squad always stays selectable.
     """
-    dropped = []
+    dropped: list[int] = []
     for t, counts in usage.items():
-        gate = model.lsgates[t]
+        gate = model.lsgate(t)
         total = float(counts.sum())
         if total == 0:
             continue

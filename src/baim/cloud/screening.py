@@ -55,7 +55,9 @@ def validate_upload(
         raise MessageError(f"upload names task {meta.get('task')!r}; known tasks are {task_names}")
     if not isinstance(meta.get("samples"), int) or meta["samples"] <= 0:
         raise MessageError(f"upload sample count {meta.get('samples')!r} must be a positive int")
-    spec = LearnerSpec.from_dict(meta.get("spec"))
+    if not isinstance(meta.get("spec"), dict):
+        raise MessageError("upload carries no learner spec (a JSON object under 'spec')")
+    spec = LearnerSpec.from_dict(meta["spec"])
     if (spec.image_size, spec.channels) != (image_size, channels):
         raise MessageError(
             f"upload is for {spec.channels}×{spec.image_size}² images; this federation uses {channels}×{image_size}²"

@@ -52,11 +52,11 @@ class CelebASource:
         for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
             path = self.image_dir / self.files[i]
             try:
-                with Image.open(path) as im:
-                    im = im.convert("RGB")
+                with Image.open(path) as raw:
+                    im = raw.convert("RGB")
                     w, h = im.size
                     left, top = (w - CROP) // 2, (h - CROP) // 2
-                    im = im.crop((left, top, left + CROP, top + CROP)).resize((SIZE, SIZE), Image.BILINEAR)
+                    im = im.crop((left, top, left + CROP, top + CROP)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
                     out[k] = np.asarray(im).transpose(2, 0, 1)
             except OSError as exc:
                 raise DataError(f"cannot read CelebA image {path}: {exc}") from exc

@@ -50,7 +50,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"{path}: wrong magic number {raw[:4].hex()} (expected 0000 + type code + ndim, "
             "e.g. 00000803 for images); this is not an IDX file"
         )
-    dtype = np.dtype(_DTYPES[raw[2]])
+    dtype: np.dtype = np.dtype(_DTYPES[raw[2]])  # type: ignore[call-overload]
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:

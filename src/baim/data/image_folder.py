@@ -34,7 +34,7 @@ def load_image_folder(
         for f in files:
             try:
                 with Image.open(f) as im:
-                    arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.BILINEAR))
+                    arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR))
             except OSError as exc:
                 raise DataError(f"cannot read image {f}: {exc}") from exc
             images.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))

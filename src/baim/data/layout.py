@@ -108,7 +108,8 @@ def assign_tasks(num_edges: int, task_sizes: list[int]) -> list[int]:
         quota[t] += 1
     while sum(quota) > num_edges:
         quota[max((t for t in range(len(quota)) if quota[t] > 1), key=lambda t: quota[t] - exact[t])] -= 1
-    order, used = [], [0] * len(quota)
+    order: list[int] = []
+    used = [0] * len(quota)
     while len(order) < num_edges:
         for t in range(len(quota)):
             if used[t] < quota[t]:
@@ -168,10 +169,10 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
     test_labels = np.asarray(ds.test.labels)
     test = {}
     for task in ds.tasks:
-        idx = rng.permutation(np.flatnonzero(np.isin(test_labels, task.classes)))
+        chosen = rng.permutation(np.flatnonzero(np.isin(test_labels, task.classes)))
         if preset.test_per_task:
-            idx = idx[: preset.test_per_task]
-        test[task.name] = sorted(int(i) for i in idx)
+            chosen = chosen[: preset.test_per_task]
+        test[task.name] = sorted(int(i) for i in chosen)
 
     layout = Layout(
         ds.name,

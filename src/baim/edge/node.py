@@ -89,7 +89,7 @@ class EdgeNode:
             )
         compact = model_from(msg.meta, msg.tensors, f"deployment to edge {self.edge}", "compact")
         save_model(compact, self.folder / "deployed")  # validated before anything is stored
-        return Message("ack", {"edge": self.edge, "parameters": compact.num_parameters()})
+        return Message("ack", {"edge": self.edge, "parameters": sum(p.numel() for p in compact.parameters())})
 
     def on_train_personalize(self, msg: Message) -> Message:
         out = self.folder / "personalized"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 
 def simulate(run_dir: str | Path, num_edges: int, data_dir: str | None = None) -> None:
@@ -26,7 +27,7 @@ def simulate(run_dir: str | Path, num_edges: int, data_dir: str | None = None) -
     # torch then runs with as many threads as the in-process engine's, which keeps the two
     # engines' results, and so their messages, identical.
     cores = max(1, os.cpu_count() or 1)
-    backend = {
+    backend: dict[str, dict[str, Any]] = {
         "client_resources": {"num_cpus": cores, "num_gpus": 0.0},
         "init_args": {"num_cpus": cores, "include_dashboard": False},
     }

@@ -25,6 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -170,7 +171,7 @@ class BAIM(nn.Module):
         return BAIMConfig(
             self.task_names,
             self.learner_tasks,
-            [lrn.spec for lrn in self.learners],
+            [self.learner(l).spec for l in range(len(self.learners))],
             list(self.conn_keys.values()),
             self.top_k,
             self.height,
@@ -185,9 +186,9 @@ class BAIM(nn.Module):
         """Fix these learners' weights and their normalisation statistics (``freeze`` strategy)."""
         for lrn in learners:
             self.frozen_learners.add(lrn)
-            for p in self.learners[lrn].parameters():
+            for p in self.learner(lrn).parameters():
                 p.requires_grad_(False)
-            self.learners[lrn].eval()
+            self.learner(lrn).eval()
 
     # -- structure ------------------------------------------------------------------------
     def _truncation(self, d: int) -> nn.Linear:
@@ -198,15 +199,25 @@ class BAIM(nn.Module):
             lin.bias.zero_()
         return lin
 
+    # typed views of the module containers (nn.ModuleList items are plain Modules to a type checker)
+    def learner(self, l: int) -> StagedVAE:
+        return cast(StagedVAE, self.learners[l])
+
+    def lsgate(self, task: int) -> LSGate:
+        return cast(LSGate, self.lsgates[task])
+
+    def prior(self, task: int) -> LatentPrior:
+        return cast(LatentPrior, self.priors[task])
+
     def squad(self, task: int) -> list[int]:
         return [l for l, t in enumerate(self.learner_tasks) if t == task]
 
     def stage_modules(self, side: str, learner: int) -> nn.ModuleList:
-        lrn = self.learners[learner]
+        lrn = self.learner(learner)
         return lrn.encoder_stages if side == "enc" else lrn.decoder_stages
 
     def stage_shape(self, side: str, learner: int, stage: int) -> tuple[int, int]:
-        lrn = self.learners[learner]
+        lrn = self.learner(learner)
         return (lrn.encoder_shapes() if side == "enc" else lrn.decoder_shapes())[stage]
 
     def add_connection(self, c: Connection) -> None:
@@ -224,7 +235,7 @@ class BAIM(nn.Module):
         ranking). Deleted means gone from the module and from the parameter count."""
         if not 0 <= ratio <= 1:
             raise ValueError(f"prune ratio must be in [0, 1], got {ratio}")
-        scored = sorted((proj.score(), name) for name, proj in self.connections.items())
+        scored = sorted((cast(Projection, proj).score(), name) for name, proj in self.connections.items())
         victims = [name for _, name in scored[: math.floor(ratio * len(scored))]]
         for name in victims:
             self.remove_connection(name)
@@ -235,15 +246,15 @@ class BAIM(nn.Module):
         produces that side's output itself (a deselected learner, or a feeder in a compact
         model); its head on that side goes too, and with no stage left its latent-in map and
         adapter (decoder side)."""
-        lrn = self.learners[learner]
+        lrn = self.learner(learner)
         if side == "enc":
             lrn.encoder_stages = nn.ModuleList(list(lrn.encoder_stages)[:keep])
-            lrn.posterior_head = None
+            lrn.posterior_head = None  # type: ignore[assignment]  # trimmed: gone from the state too
         else:
             lrn.decoder_stages = nn.ModuleList(list(lrn.decoder_stages)[:keep])
-            lrn.image_head = None
+            lrn.image_head = None  # type: ignore[assignment]
             if keep == 0:
-                lrn.latent_in = None
+                lrn.latent_in = None  # type: ignore[assignment]
                 self.adapters[learner] = nn.Identity()
         self.trimmed.setdefault(learner, {})[side] = keep
 
@@ -338,7 +349,7 @@ class BAIM(nn.Module):
         count = x.new_zeros(n, D)
         for l, h in feats.items():
             rows = targets[l].nonzero().squeeze(1)
-            mu, logvar = self.learners[l].posterior(h)
+            mu, logvar = self.learner(l).posterior(h)
             d = mu.shape[1]
             p = torch.exp(-logvar)
             pad = lambda v: torch.nn.functional.pad(v, (0, D - d))  # noqa: E731
@@ -365,7 +376,7 @@ class BAIM(nn.Module):
         for t in tasks.unique().tolist():
             rows = (tasks == t).nonzero().squeeze(1)
             squad = self.squad(t)
-            r = self.lsgates[t](z[rows], self.top_k, noisy_gate)
+            r = self.lsgate(t)(z[rows], self.top_k, noisy_gate)
             routings[t] = (rows, r)
             for pos, l in enumerate(squad):
                 sel = r.indices == pos  # (m, k)
@@ -378,14 +389,14 @@ class BAIM(nn.Module):
                 w = (r.weights * sel).sum(dim=1)
                 picks.append((l, rows[hit], w[hit]))
         feats = self._execute(
-            "dec", targets, n, lambda l, rows: self.learners[l].latent_to_map(self.adapters[l](z[rows]))
+            "dec", targets, n, lambda l, rows: self.learner(l).latent_to_map(self.adapters[l](z[rows]))
         )
         out = z.new_zeros(n, self.channels, self.image_size, self.image_size)
         for l, rows, w in picks:
-            img = self.learners[l].to_image(feats[l])  # on targets[l] rows, in sample order
+            img = self.learner(l).to_image(feats[l])  # on targets[l] rows, in sample order
             all_rows = targets[l].nonzero().squeeze(1)
-            pos = torch.searchsorted(all_rows, rows)
-            out = out.index_add(0, rows, img[pos] * w.view(-1, 1, 1, 1))
+            where = torch.searchsorted(all_rows, rows)
+            out = out.index_add(0, rows, img[where] * w.view(-1, 1, 1, 1))
         return out, routings
 
     # -- whole model ------------------------------------------------------------------------
@@ -415,7 +426,7 @@ class BAIM(nn.Module):
     def generate(
         self, task: int, n: int, generator: torch.Generator | None = None, standard_prior: bool = False
     ) -> torch.Tensor:
-        z = self.priors[task].sample(n, generator, standard=standard_prior)
+        z = self.prior(task).sample(n, generator, standard=standard_prior)
         return self.decode(z, torch.full((n,), task, dtype=torch.long))[0]
 
     # -- bookkeeping ----------------------------------------------------------------------

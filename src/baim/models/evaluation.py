@@ -89,7 +89,7 @@ def fit_priors(model: BAIM, images: np.ndarray, tasks: np.ndarray, seed: int = 0
     for t in range(len(model.task_names)):
         x = images[np.asarray(tasks) == t]
         if len(x) >= 2:
-            model.priors[t].fit(posterior_codes(model, x, t, seed=seed))
+            model.prior(t).fit(posterior_codes(model, x, t, seed=seed))
 
 
 def learner_prior(model: StagedVAE, images: np.ndarray, seed: int = 0) -> LatentPrior:

@@ -8,6 +8,7 @@ the latent prior).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +27,23 @@ class Routing:
 class LSGate(nn.Module):
     """Shazeer-style noisy top-K gate over a squad, from z."""
 
+    active: torch.Tensor  # bool mask of selectable learners (a buffer)
+
     def __init__(self, latent_dim: int, num_learners: int, hidden: int = 64):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_learners))
         self.noise = nn.Linear(latent_dim, num_learners)
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        nn.init.zeros_(self.out_layer.weight)
+        nn.init.zeros_(self.out_layer.bias)
         nn.init.zeros_(self.noise.weight)
         nn.init.zeros_(self.noise.bias)
         # Learners dropped by learner-level pruning are masked out of selection.
         self.register_buffer("active", torch.ones(num_learners, dtype=torch.bool))
+
+    @property
+    def out_layer(self) -> nn.Linear:
+        """The last layer of the logit network (zero-initialised; grown by continual learning)."""
+        return cast(nn.Linear, self.net[2])
 
     @property
     def num_learners(self) -> int:

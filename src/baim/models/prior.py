@@ -14,6 +14,10 @@ from torch import nn
 
 
 class LatentPrior(nn.Module):
+    mean: torch.Tensor  # buffers, saved with the model
+    scale_tril: torch.Tensor
+    fitted: torch.Tensor
+
     def __init__(self, dim: int):
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))

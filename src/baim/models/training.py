@@ -76,8 +76,8 @@ def train_baim(
                 out = model(x, t)
                 mse = F.mse_loss(out.x_hat, x)
                 kld = out.kl().mean()
-                balance = sum(load_balance_loss(r) for _, r in out.routings.values())
-                zl = sum(router_z_loss(r) for _, r in out.routings.values())
+                balance = sum((load_balance_loss(r) for _, r in out.routings.values()), x.new_zeros(()))
+                zl = sum((router_z_loss(r) for _, r in out.routings.values()), x.new_zeros(()))
                 task_ce = F.cross_entropy(model.tsgate(x), t) if model.tsgate is not None else x.new_zeros(())
                 loss = mse + cfg.kld_weight * kld + BALANCE_WEIGHT * balance + Z_LOSS_WEIGHT * zl
                 total = loss + TASK_WEIGHT * task_ce
