@@ -64,6 +64,7 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     from .atomic import write_json
     from .cloud import common_data, screen_uploads, train_strategy
     from .cloud.uploads import read_uploads
+    from .config import default_extractor
     from .data import load_dataset
     from .data.layout import Layout
 
@@ -84,7 +85,16 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     learners = [screened.accepted[e][0] for e in edges]
     ltasks = [layout.task_names.index(screened.accepted[e][1]["task"]) for e in edges]
     result, _ = train_strategy(
-        learners, ltasks, layout, ds, preset, args.strategy, args.out, seed=args.seed, fid_extractor=args.fid_extractor
+        learners,
+        ltasks,
+        layout,
+        ds,
+        preset,
+        args.strategy,
+        args.out,
+        seed=args.seed,
+        fid_extractor=args.fid_extractor or default_extractor(layout.dataset),
+        screening_losses=[screened.scores[e] for e in edges],
     )
     shown = {
         k: result[k]
@@ -95,7 +105,7 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from .config import RunConfig
+    from .config import RunConfig, default_extractor
     from .engines import run
 
     cfg = RunConfig(
@@ -103,15 +113,42 @@ def _cmd_run(args: argparse.Namespace) -> None:
         seed=args.seed,
         dataset=args.dataset,
         data_dir=args.data_dir,
-        fid_extractor=args.fid_extractor,
+        fid_extractor=args.fid_extractor or default_extractor(args.dataset),
         engine=args.engine,
         strategies=tuple(args.strategies.split(",")),
+        cloud_recipe=args.cloud_recipe,
     )
     summary = run(args.out, cfg)
     console.print(
         f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}, "
         f"report: {Path(args.out) / 'report.html'}"
     )
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from .config import RunConfig, default_extractor
+    from .errors import ConfigError
+    from .sweep import sweep
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ConfigError("a sweep needs at least two distinct seeds, e.g. --seeds 0,1,2")
+    base = RunConfig(
+        preset=args.preset,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        fid_extractor=args.fid_extractor or default_extractor(args.dataset),
+        cloud_recipe=args.cloud_recipe,
+    )
+    summary = sweep(args.out, base, seeds)
+    claims = json.loads((Path(args.out) / "claims.json").read_text())
+    for c in claims:
+        mark = "[green]holds[/green]" if c["holds"] else "[red]does not hold[/red]"
+        console.print(f"{mark} ({c['holds_on_seeds']}/{c['seeds']} seeds): {c['claim']}")
+    console.print(f"sweep of {len(summary['seeds'])} seeds: {Path(args.out) / 'report.html'}")
 
 
 def _cmd_deploy_credentials(args: argparse.Namespace) -> None:
@@ -184,7 +221,7 @@ first steps (from a checkout):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .config import DATASETS, ENGINES, EXTRACTORS, PRESETS, STRATEGIES
+    from .config import CLOUD_RECIPES, DATASETS, ENGINES, EXTRACTORS, PRESETS, STRATEGIES
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(
@@ -209,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     def extractor_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--fid-extractor",
-            default="domain",
+            default=None,
             choices=EXTRACTORS,
-            help="feature network of FID/KID (domain: the committed Fashion-MNIST classifier)",
+            help="feature network of FID/KID; by default the one that fits the data set: domain (the committed "
+            "Fashion-MNIST classifier) for fashion-mnist, lite0 (ImageNet EfficientNet-Lite0) otherwise",
         )
 
     presets = sorted(PRESETS)
@@ -287,8 +325,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, from {', '.join(STRATEGIES)}; the first of finetune or the list is "
         "partitioned and deployed",
     )
-    sp.add_argument("--out", required=True)
+    sp.add_argument(
+        "--cloud-recipe",
+        default="gentle",
+        choices=CLOUD_RECIPES,
+        help="how models that start from trained weights are fine-tuned (BAIM finetune/freeze, personalisation): "
+        "gentle (trained weights and gates at 0.1× the rate, BatchNorm statistics kept, gates start on the "
+        "best-screened upload) or paper (plain Adam 0.005 for everything)",
+    )
+    sp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_run)
+
+    sp = sub.add_parser(
+        "sweep", formatter_class=fmt, help="the workflow over several seeds, with mean ± std and the paper's claims"
+    )
+    data_args(sp)
+    sp.add_argument("--preset", default="fig5", choices=presets)
+    sp.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (at least two)")
+    extractor_arg(sp)
+    sp.add_argument("--cloud-recipe", default="gentle", choices=CLOUD_RECIPES)
+    sp.add_argument("--out", required=True, help="sweep directory (one resumable run per seed inside)")
+    sp.set_defaults(func=_cmd_sweep)
 
     sp = sub.add_parser("deploy", formatter_class=fmt, help="Flower deployment engine: credentials and commands")
     dsub = sp.add_subparsers(dest="deploy_command", required=True)

@@ -184,6 +184,32 @@ def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
             f"<td>{_fmt(r['tsgate_accuracy'])}</td></tr>"
         )
     parts.append("</table>")
+    rec = summary["recipes"]
+    stats = "kept" if rec["cloud"]["keep_norm_stats"] else "updated"
+    gates = "start on the best-screened upload" if rec["gate_init_from_screening"] else "start even"
+    parts.append(
+        f"<p>Recipe for models that start from trained weights: <b>{html.escape(summary['cloud_recipe'])}</b> "
+        f"(trained weights and gates at {rec['cloud']['trained_lr_scale']}× lr {rec['cloud']['lr']}, BatchNorm "
+        f"statistics {stats}, warm-up {rec['cloud']['warmup_steps']} steps, gates {gates}).</p>"
+    )
+    parts.append(
+        "<h2>Fused BAIM at step 0 and after training, against its edges</h2>"
+        "<p>Same test images, same procedures; the best initial edge of each task is the bar to clear.</p>"
+        "<table><tr><th>strategy</th><th>task</th><th>test loss step 0</th><th>after</th>"
+        "<th>best edge</th><th>FID fitted step 0</th><th>after</th><th>edges' mean</th></tr>"
+    )
+    for s, r in summary["strategies"].items():
+        for t in tasks:
+            edges = [e["models"]["initial"] for e in summary["edges"] if e["task"] == t and "initial" in e["models"]]
+            best = min((m["test_loss"] for m in edges), default=None)
+            mean_fid = float(np.mean([m["fid_fitted"] for m in edges])) if edges else None
+            parts.append(
+                f"<tr><td>{s}</td><td>{html.escape(t)}</td><td>{_fmt(r['step0'][t]['test_loss'])}</td>"
+                f"<td>{_fmt(r['per_task'][t]['test_loss'])}</td><td>{_fmt(best)}</td>"
+                f"<td>{_fmt(r['step0'][t]['fid_fitted'])}</td><td>{_fmt(r['per_task'][t]['fid_fitted'])}</td>"
+                f"<td>{_fmt(mean_fid)}</td></tr>"
+            )
+    parts.append("</table>")
     p = summary["partition"]
     parts.append(
         f"<h2>Partition</h2><p>from the {p['source_strategy']} BAIM ({p['baim_parameters']:,} parameters); "

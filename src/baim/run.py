@@ -9,6 +9,7 @@ Which engine carries the messages is not this module's business: see :mod:`baim.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ class Workflow:
             self.rd.path("cloud", f"baim-{strategy}"),
             self.seed,
             self.extractor,
+            screening_losses=[self.rd.phase("screening", self.screening)["scores"][str(e)] for e in edges],
         )
         for task, by_procedure in images.items():
             for procedure, arr in by_procedure.items():
@@ -276,6 +278,8 @@ class Workflow:
                     "candidates",
                     "parameters",
                     "tsgate_accuracy",
+                    "step0",
+                    "recipe",
                 )
             }
         part = rd.phase("partition", self.partition)
@@ -287,6 +291,12 @@ class Workflow:
         }
         summary = {
             "preset": self.p.name,
+            "cloud_recipe": self.cfg.cloud_recipe,
+            "recipes": {
+                "cloud": asdict(self.p.cloud),
+                "personalize": asdict(self.p.personalize),
+                "gate_init_from_screening": self.p.gate_init_from_screening,
+            },
             "engine": self.cfg.engine,
             "dataset": self.ds.name,
             "seed": self.seed,

@@ -1,6 +1,7 @@
 """Fusing uploads into a BAIM, with one of the three strategies (DESIGN.md §3).
 
-- ``finetune``: start from the uploaded weights, train everything.
+- ``finetune``: start from the uploaded weights, train everything (gently: see
+  :class:`baim.config.Recipe`'s ``trained_lr_scale``, ``keep_norm_stats``, ``warmup_steps``).
 - ``freeze``: uploaded weights and normalisation statistics stay fixed; gates, adapters,
   connections (and TSGate's classifier) train.
 - ``scratch``: the same specs with fresh random weights, train everything.
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -27,7 +29,12 @@ def fuse(
     height: int = 3,
     seed: int = 0,
     connections: bool = True,
+    screening_losses: list[float] | None = None,
 ) -> BAIM:
+    """The BAIM of ``learners`` (uploads) for ``strategy``. With ``screening_losses`` (each
+    upload's loss on the cloud's common data), every LSGate starts out preferring its squad's
+    best-screened learner (weight ≈ 0.9 of two), so the fused model begins where the best edge is
+    rather than at an even mix of unrelated decoders; ``scratch`` ignores them (no trained weights)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     missing = [t for t in range(len(task_names)) if t not in learner_tasks]
@@ -41,7 +48,7 @@ def fuse(
     else:
         members = [copy.deepcopy(l) for l in learners]
     counts = [(m.spec.num_stages, m.spec.num_stages) for m in members]
-    return BAIM.from_learners(
+    model = BAIM.from_learners(
         members,
         list(learner_tasks),
         task_names,
@@ -50,3 +57,18 @@ def fuse(
         height=height,
         frozen=list(range(len(members))) if strategy == "freeze" else [],
     )
+    if screening_losses is not None and strategy != "scratch":
+        prefer_best(model, screening_losses)
+    return model
+
+
+GATE_PREFERENCE = math.log(9.0)  # softmax over two kept logits: 0.9 vs 0.1
+
+
+@torch.no_grad()
+def prefer_best(model: BAIM, losses: list[float]) -> None:
+    """Bias each LSGate towards the learner of its squad with the lowest loss."""
+    for t in range(len(model.task_names)):
+        squad = model.squad(t)
+        best = min(range(len(squad)), key=lambda pos: losses[squad[pos]])
+        model.lsgate(t).out_layer.bias[best] = GATE_PREFERENCE

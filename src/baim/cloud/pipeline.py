@@ -7,6 +7,7 @@ Used by ``baim run`` and ``baim cloud train`` alike.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,10 @@ def train_strategy(
     out_dir: str | Path,
     seed: int = 0,
     fid_extractor: str = "domain",
+    screening_losses: list[float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-    """Fuse, train, fit priors, evaluate and save; returns the JSON result and, per task, the
-    generated images behind its FIDs."""
+    """Fuse, measure at step 0, train, fit priors, evaluate and save; returns the JSON result
+    and, per task, the generated images behind its FIDs (step 0 ones under ``step0_*``)."""
     images, tasks = common_data(layout, ds)
     model = fuse(
         learners,
@@ -70,7 +72,11 @@ def train_strategy(
         top_k=preset.top_k,
         height=preset.height,
         seed=seed,
+        screening_losses=screening_losses if preset.gate_init_from_screening else None,
     )
+    # Step 0: the fused model as it starts, its priors fitted the same way as after training.
+    fit_priors(model, images, tasks, seed=seed)
+    step0 = evaluate_tasks(model, layout, ds, preset, fid_extractor, seed)
     n_candidates = len(model.connections)
     curve_sets = {
         t: ds.test.load(layout.test[name][: preset.curve_test_per_task or None])
@@ -85,6 +91,7 @@ def train_strategy(
         label=f"BAIM {strategy}",
         prune_interval=preset.prune_interval,
         prune_ratio=preset.prune_ratio,
+        trained=set() if strategy == "scratch" else set(range(len(learners))),
     )
     fit_priors(model, images, tasks, seed=seed)
     evals = evaluate_tasks(model, layout, ds, preset, fid_extractor, seed)
@@ -97,10 +104,15 @@ def train_strategy(
         "curve": log,
         "final_test_loss": float(np.mean([v["test_loss"] for v in per_task.values()])),
         "per_task": per_task,
+        "step0": {name: ev.metrics for name, ev in step0.items()},
+        "recipe": asdict(preset.cloud) | {"gate_init_from_screening": preset.gate_init_from_screening},
         "tsgate_accuracy": task_accuracy(model, *_test_with_tasks(layout, ds)),
     }
     save_model(model, out_dir, {"log.json": json.dumps(result, indent=2) + "\n"})
-    return result, {name: ev.images for name, ev in evals.items()}
+    images_out = {name: ev.images for name, ev in evals.items()}
+    for name, ev in step0.items():
+        images_out[name] |= {f"step0_{k}": v for k, v in ev.images.items()}
+    return result, images_out
 
 
 def _test_with_tasks(layout: Layout, ds: DataSet) -> tuple[np.ndarray, np.ndarray]:

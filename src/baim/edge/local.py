@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import default_extractor
 from ..data import DataSet, load_dataset
 from ..data.layout import Layout
 from ..errors import ConfigError
@@ -42,7 +43,7 @@ def evaluate_saved_model(
     model_dir: str | Path,
     layout_path: str | Path,
     task: str | int,
-    fid_extractor: str = "domain",
+    fid_extractor: str | None = None,
     fid_count: int = 500,
     seed: int = 0,
 ) -> dict:
@@ -56,6 +57,7 @@ def evaluate_saved_model(
     if not isinstance(model, StagedVAE) and model.tsgate is not None:
         raise ConfigError(f"{model_dir} is a whole BAIM; evaluate its compact models (cloud/compact/TASK)")
     name = layout.task_names[t]
+    fid_extractor = fid_extractor or default_extractor(layout.dataset)
     real, baseline = layout.fid_sets(ds, name, fid_count)
     ev = evaluate(
         model,

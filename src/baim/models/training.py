@@ -28,14 +28,31 @@ from .gates import load_balance_loss, router_z_loss
 BALANCE_WEIGHT, Z_LOSS_WEIGHT, TASK_WEIGHT = 0.01, 0.001, 1.0
 
 
-def _optimizer(model: BAIM, lr: float, trainable: set[str] | None, old: torch.optim.Optimizer | None = None):
-    params = [p for n, p in model.named_parameters() if p.requires_grad and (trainable is None or n in trainable)]
-    opt = torch.optim.Adam(params, lr=lr)
+def _param_groups(model: BAIM, trainable: set[str] | None, trained: set[int], scale: float) -> list[dict]:
+    """Two groups: parameters that start from trained weights (the ``trained`` learners and,
+    when there are any, the LSGates that choose among them) at ``scale`` × the rate, and the
+    new parts (adapters, connections, TSGate) at the full rate."""
+    slow = tuple(f"learners.{l}." for l in sorted(trained)) + (("lsgates.",) if trained else ())
+    groups: dict[str, list] = {"trained": [], "new": []}
+    for n, p in model.named_parameters():
+        if p.requires_grad and (trainable is None or n in trainable):
+            groups["trained" if n.startswith(slow) else "new"].append(p)
+    return [{"params": ps, "scale": scale if k == "trained" else 1.0, "name": k} for k, ps in groups.items() if ps]
+
+
+def _optimizer(model: BAIM, lr: float, groups: list[dict], old: torch.optim.Optimizer | None = None):
+    opt = torch.optim.Adam([dict(g) for g in groups], lr=lr)
     if old is not None:  # keep Adam's moments for parameters that survived pruning
-        for p in params:
-            if p in old.state:
-                opt.state[p] = old.state[p]
+        for g in opt.param_groups:
+            for p in g["params"]:
+                if p in old.state:
+                    opt.state[p] = old.state[p]
     return opt
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = lr * g["scale"]
 
 
 def train_baim(
@@ -48,23 +65,30 @@ def train_baim(
     trainable: set[str] | None = None,
     prune_interval: int = 0,
     prune_ratio: float = 0.0,
+    trained: set[int] | None = None,
 ) -> list[dict]:
     """Train in place; returns one log row per epoch (losses, test loss per task, usage,
     surviving connections, parameter count). Every ``prune_interval`` epochs the fraction
-    ``prune_ratio`` of surviving connections is deleted (0 for either: never)."""
+    ``prune_ratio`` of surviving connections is deleted (0 for either: never). ``trained``:
+    the learners that start from trained weights, which get ``cfg``'s gentler treatment
+    (lower rate, kept normalisation statistics)."""
+    trained = set(trained or ())
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     data, task_t = to_float(images), torch.from_numpy(np.asarray(tasks, dtype=np.int64))
-    opt = _optimizer(model, cfg.lr, trainable)
+    groups = _param_groups(model, trainable, trained, cfg.trained_lr_scale)
+    opt = _optimizer(model, cfg.lr, groups)
+    step = 0
     log = []
     steps = math.ceil(len(data) / cfg.batch_size)
     with make_progress() as progress:
         bar = progress.add_task(label, total=cfg.epochs * steps)
         for epoch in range(cfg.epochs):
             lr = cfg.lr_at(epoch)
-            for g in opt.param_groups:
-                g["lr"] = lr
             model.train()
+            if cfg.keep_norm_stats:  # trained learners keep their BatchNorm statistics (eval mode)
+                for l in trained:
+                    model.learner(l).eval()
             usage = {t: torch.zeros(len(model.squad(t))) for t in range(len(model.task_names))}
             sums = dict(loss=0.0, mse=0.0, kld=0.0, balance=0.0, task_ce=0.0)
             seen = skipped = 0
@@ -73,6 +97,8 @@ def train_baim(
             for i in range(0, len(perm), cfg.batch_size):
                 b = perm[i : i + cfg.batch_size]
                 x, t = data[b], task_t[b]
+                _set_lr(opt, cfg.lr_at(epoch, step))
+                step += 1
                 out = model(x, t)
                 mse = F.mse_loss(out.x_hat, x)
                 kld = out.kl().mean()
@@ -97,7 +123,7 @@ def train_baim(
             pruned = []
             if prune_ratio > 0 and prune_interval > 0 and (epoch + 1) % prune_interval == 0:
                 pruned = model.prune_connections(prune_ratio)
-                opt = _optimizer(model, lr, trainable, old=opt)
+                opt = _optimizer(model, lr, _param_groups(model, trainable, trained, cfg.trained_lr_scale), old=opt)
             row = {
                 "epoch": epoch + 1,
                 "lr": lr,

@@ -1,0 +1,50 @@
+"""The default finetune must not wreck what it starts from; the paper's plain recipe can."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from baim.cloud import fuse
+from baim.config import Recipe, get_preset, with_cloud_recipe
+from baim.edge import train_learner
+from baim.learners import StagedVAE, tier_spec
+from baim.models import reconstruction_metrics, train_baim
+
+
+@pytest.fixture(scope="module")
+def trousers_upload(fmnist):
+    """A converged-ish one-learner squad: a small learner trained on trousers and bags."""
+    labels = np.asarray(fmnist.train.labels)
+    idx = np.flatnonzero(np.isin(labels, [1, 8]))
+    torch.manual_seed(0)
+    learner = StagedVAE(tier_spec("small"))
+    train_learner(learner, fmnist.train.load(idx[:1500]), Recipe(epochs=6, seed=0))
+    cloud = fmnist.train.load(idx[1500:2000])
+    test_idx = np.flatnonzero(np.isin(np.asarray(fmnist.test.labels), [1, 8]))[:300]
+    return learner, cloud, fmnist.test.load(test_idx)
+
+
+def _finetuned_loss(upload, recipe_name: str, steps_epochs: int = 6) -> tuple[float, float]:
+    learner, cloud, test = upload
+    preset = with_cloud_recipe(get_preset("quick"), recipe_name)
+    model = fuse([learner], [0], ["trousers_bags"], "finetune", top_k=2, height=0, seed=0, screening_losses=[0.0])
+    before = reconstruction_metrics(model, test)["test_loss"]
+    cfg = replace(preset.cloud, epochs=steps_epochs, batch_size=64).with_seed(0)  # 8 steps an epoch
+    train_baim(model, cloud, np.zeros(len(cloud), dtype=np.int64), cfg, trained={0})
+    return before, reconstruction_metrics(model, test)["test_loss"]
+
+
+@pytest.mark.integration
+def test_default_finetune_does_not_make_a_one_learner_squad_worse(trousers_upload):
+    before, after = _finetuned_loss(trousers_upload, "gentle")
+    assert after <= before * 1.01, (before, after)
+
+
+@pytest.mark.integration
+def test_paper_recipe_is_what_the_default_protects_against(trousers_upload):
+    """The same check fails for the paper's plain recipe (lr 0.005 on converged weights, fresh
+    Adam moments, BatchNorm statistics overwritten): the test above can fail."""
+    before, after = _finetuned_loss(trousers_upload, "paper")
+    assert after > before * 1.05, (before, after)
