@@ -26,25 +26,26 @@ def trousers_upload(fmnist):
     return learner, cloud, fmnist.test.load(test_idx)
 
 
-def _finetuned_loss(upload, recipe_name: str, steps_epochs: int = 6) -> tuple[float, float]:
+def _finetune_curve(upload, recipe_name: str, epochs: int = 4) -> tuple[float, list[float]]:
+    """Test loss of the fused one-learner squad before training and after every epoch (8 steps each)."""
     learner, cloud, test = upload
     preset = with_cloud_recipe(get_preset("quick"), recipe_name)
     model = fuse([learner], [0], ["trousers_bags"], "finetune", top_k=2, height=0, seed=0, screening_losses=[0.0])
     before = reconstruction_metrics(model, test)["test_loss"]
-    cfg = replace(preset.cloud, epochs=steps_epochs, batch_size=64).with_seed(0)  # 8 steps an epoch
-    train_baim(model, cloud, np.zeros(len(cloud), dtype=np.int64), cfg, trained={0})
-    return before, reconstruction_metrics(model, test)["test_loss"]
+    cfg = replace(preset.cloud, epochs=epochs, batch_size=64).with_seed(0)
+    log = train_baim(model, cloud, np.zeros(len(cloud), dtype=np.int64), cfg, test_sets={0: test}, trained={0})
+    return before, [row["test_loss"]["trousers_bags"] for row in log]
 
 
 @pytest.mark.integration
 def test_default_finetune_does_not_make_a_one_learner_squad_worse(trousers_upload):
-    before, after = _finetuned_loss(trousers_upload, "gentle")
-    assert after <= before * 1.01, (before, after)
+    before, curve = _finetune_curve(trousers_upload, "gentle")
+    assert max(curve) <= before * 1.01, (before, curve)
 
 
 @pytest.mark.integration
 def test_paper_recipe_is_what_the_default_protects_against(trousers_upload):
-    """The same check fails for the paper's plain recipe (lr 0.005 on converged weights, fresh
-    Adam moments, BatchNorm statistics overwritten): the test above can fail."""
-    before, after = _finetuned_loss(trousers_upload, "paper")
-    assert after > before * 1.05, (before, after)
+    """The same check fails for the paper's plain recipe (lr 0.005 on trained weights, fresh
+    Adam moments, BatchNorm statistics overwritten by small batches): the test above can fail."""
+    before, curve = _finetune_curve(trousers_upload, "paper")
+    assert max(curve) > before * 1.05, (before, curve)
