@@ -310,29 +310,64 @@ class BAIM(nn.Module):
         raw: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (mask, f rows)
         mixed: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
-        def rows_of(store: dict, key: tuple[int, int], mask: torch.Tensor) -> torch.Tensor:
-            have, feats = store[key]
+        def rows_of(have: torch.Tensor, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             if torch.equal(have, mask):
                 return feats
             return feats[mask[have].nonzero().squeeze(1)]
+
+        # A source feeds up to h + 1 stages of every other learner: shrink it (area averaging,
+        # one halving at a time) and gather its rows once per (side, sample set), not once per
+        # connection; equal sample sets are recognised by value.
+        shrunk: dict[tuple[int, int, int], torch.Tensor] = {}
+        picked: dict[tuple[int, int, int, int], torch.Tensor] = {}
+        mask_ids: dict[int, int] = {}  # id(mask) -> position of an equal mask in `distinct`
+        distinct: list[torch.Tensor] = []
+
+        def shrink(key: tuple[int, int], px: int) -> torch.Tensor:
+            f = raw[key][1]
+            if px >= f.shape[-1]:
+                return f
+            if (*key, px) not in shrunk:
+                shrunk[(*key, px)] = torch.nn.functional.avg_pool2d(shrink(key, 2 * px), 2)
+            return shrunk[(*key, px)]
+
+        def source_rows(key: tuple[int, int], px: int, mask: torch.Tensor) -> torch.Tensor:
+            if id(mask) not in mask_ids:
+                same = next((i for i, m in enumerate(distinct) if torch.equal(m, mask)), None)
+                if same is None:
+                    same = len(distinct)
+                    distinct.append(mask)
+                mask_ids[id(mask)] = same
+            f = shrink(key, px)
+            pick = (*key, f.shape[-1], mask_ids[id(mask)])
+            if pick not in picked:
+                picked[pick] = rows_of(raw[key][0], f, mask)
+            return picked[pick]
 
         for s in range(max_depth):
             for l in range(len(self.learners)):
                 if s >= depth[l] or not run[(l, s)].any():
                     continue
                 mask = run[(l, s)]
-                h = make_input(l, mask.nonzero().squeeze(1)) if s == 0 else rows_of(mixed, (l, s - 1), mask)
+                h = make_input(l, mask.nonzero().squeeze(1)) if s == 0 else rows_of(*mixed[(l, s - 1)], mask)
                 raw[(l, s)] = (mask, self.stage_modules(side, l)[s](h))
                 self.stage_calls[(side, l, s)] += int(mask.sum())
             for l in range(len(self.learners)):
                 if s >= depth[l] or not used[(l, s)].any():
                     continue
                 mask = used[(l, s)]
-                g = rows_of(raw, (l, s), mask)
-                for name, c in into.get((l, s), []):
-                    g = g + self.connections[name](rows_of(raw, (c.src, c.src_stage), mask))
+                g = rows_of(*raw[(l, s)], mask)
+                if (l, s) in into:
+                    lst = into[(l, s)]
+                    feats = [source_rows((c.src, c.src_stage), g.shape[-1], mask) for _, c in lst]
+                    g = g + self._project([name for name, _ in lst], feats)
                 mixed[(l, s)] = (mask, g)
         return {l: mixed[(l, depth[l] - 1)][1] for l in targets if targets[l].any()}
+
+    def _project(self, names: list[str], feats: list[torch.Tensor]) -> torch.Tensor:
+        """Sum of the named connections' projections of ``feats`` into one target stage, run
+        grouped (:meth:`Projection.summed`) rather than as one small convolution each."""
+        return Projection.summed([cast(Projection, self.connections[name]) for name in names], feats)
 
     # -- encoder side: product of experts ---------------------------------------------------
     def posterior(self, x: torch.Tensor, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

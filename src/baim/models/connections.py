@@ -10,7 +10,9 @@ acyclic by construction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,10 @@ class Projection(nn.Module):
         self.side_in, self.side_out = side_in, side_out
         self.alpha = nn.Parameter(torch.zeros(()))
 
+    @property
+    def bias(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.conv.bias)  # always present: the conv is built with a bias
+
     def _resize(self, h: torch.Tensor) -> torch.Tensor:
         side = h.shape[-1]
         if side > self.side_out:
@@ -74,7 +80,7 @@ class Projection(nn.Module):
         return h
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        w, b = self.conv.weight * self.alpha, self.conv.bias * self.alpha
+        w, b = self.conv.weight * self.alpha, self.bias * self.alpha
         if self.side_out < self.side_in:
             return F.conv2d(self._resize(f), w, b)
         return self._resize(F.conv2d(f, w, b))
@@ -82,3 +88,39 @@ class Projection(nn.Module):
     def score(self) -> float:
         """|α|·‖P‖, the pruning criterion (‖P‖ = Frobenius norm of the 1×1 conv weight)."""
         return float(self.alpha.detach().abs() * self.conv.weight.detach().norm())
+
+    @staticmethod
+    def summed(projections: Sequence[Projection], feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``Σ_k projections[k](feats[k])`` for projections into one target stage, as a few wide
+        convolutions instead of one small one per connection (there are hundreds at h = 3).
+
+        The resizes commute with the 1×1 convolutions, so sources at or above the target's side
+        are shrunk to it (a source may come already shrunk, as the BAIM shares that work between
+        targets) and convolved together; smaller sources are convolved together per side, and
+        those sums grown coarse to fine. Each weight is the concatenation of the α-scaled weights,
+        rebuilt on every call, so gradients reach each connection's own α, weight and bias (which
+        pruning, saving and partition address by connection name).
+        """
+        side_out = projections[0].side_out
+        groups: dict[int, list[int]] = {}  # side the convolution runs at -> source positions
+        xs = list(feats)
+        for k, f in enumerate(feats):
+            if f.shape[-1] > side_out:
+                xs[k] = F.avg_pool2d(f, f.shape[-1] // side_out)
+            groups.setdefault(xs[k].shape[-1], []).append(k)
+        alphas = torch.stack([p.alpha for p in projections])
+        bias = alphas @ torch.stack([p.bias for p in projections])  # a constant survives nearest growth
+        out: torch.Tensor | None = None
+        for side in sorted(groups):
+            ks = groups[side]
+            widths = [projections[k].conv.in_channels for k in ks]
+            scale = alphas[ks].repeat_interleave(torch.tensor(widths, device=alphas.device), output_size=sum(widths))
+            w = torch.cat([projections[k].conv.weight for k in ks], 1) * scale.view(1, -1, 1, 1)
+            x = torch.cat([xs[k] for k in ks], 1) if len(ks) > 1 else xs[ks[0]]
+            y = F.conv2d(x, w, bias if out is None else None)
+            out = y if out is None else F.interpolate(out, scale_factor=side // out.shape[-1], mode="nearest") + y
+        if out is None:
+            raise ValueError("no projections to sum")
+        if out.shape[-1] < side_out:
+            out = F.interpolate(out, scale_factor=side_out // out.shape[-1], mode="nearest")
+        return out

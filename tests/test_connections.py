@@ -1,0 +1,189 @@
+"""Grouped projections: the same function and gradients as one projection per connection,
+and connections still prune, by name, to the model built without them."""
+
+import pytest
+import torch
+
+from baim.cloud import fuse
+from baim.learners import StagedVAE, tier_spec
+from baim.models import BAIM, Connection, Projection
+
+
+def _reference_execute(model, side, targets, n, make_input):
+    """``BAIM._execute`` as it was before grouping: each connection a separate
+    :class:`Projection` on its source's raw rows, gathered for the target's samples."""
+    into = {}
+    for name, c in model.conn_keys.items():
+        if c.side == side:
+            into.setdefault((c.dst, c.dst_stage), []).append((name, c))
+    depth = {l: len(model.stage_modules(side, l)) for l in range(len(model.learners))}
+    empty = torch.zeros(n, dtype=torch.bool)
+    run, used = {}, {}
+    for s in range(max(depth.values()) - 1, -1, -1):
+        for l in range(len(model.learners)):
+            if s < depth[l]:
+                m = run.get((l, s + 1), empty)
+                used[(l, s)] = m | targets[l] if s == depth[l] - 1 and l in targets else m
+        readers = {}
+        for (b, j), lst in into.items():
+            for _, c in lst:
+                if j >= s and (b, j) in used and c.src_stage == s:
+                    readers[(c.src, s)] = readers.get((c.src, s), empty) | used[(b, j)]
+        for l in range(len(model.learners)):
+            if s < depth[l]:
+                run[(l, s)] = used[(l, s)] | readers.get((l, s), empty)
+
+    def rows_of(store, key, mask):
+        have, feats = store[key]
+        return feats if torch.equal(have, mask) else feats[mask[have].nonzero().squeeze(1)]
+
+    raw, mixed = {}, {}
+    for s in range(max(depth.values())):
+        for l in range(len(model.learners)):
+            if s < depth[l] and run[(l, s)].any():
+                mask = run[(l, s)]
+                h = make_input(l, mask.nonzero().squeeze(1)) if s == 0 else rows_of(mixed, (l, s - 1), mask)
+                raw[(l, s)] = (mask, model.stage_modules(side, l)[s](h))
+                model.stage_calls[(side, l, s)] += int(mask.sum())
+        for l in range(len(model.learners)):
+            if s < depth[l] and used[(l, s)].any():
+                mask = used[(l, s)]
+                g = rows_of(raw, (l, s), mask)
+                for name, c in into.get((l, s), []):
+                    g = g + model.connections[name](rows_of(raw, (c.src, c.src_stage), mask))
+                mixed[(l, s)] = (mask, g)
+    return {l: mixed[(l, depth[l] - 1)][1] for l in targets if targets[l].any()}
+
+
+class _OneByOne(BAIM):
+    def _execute(self, side, targets, n, make_input):
+        return _reference_execute(self, side, targets, n, make_input)
+
+
+def _model(dtype=torch.float64, seed=0):
+    """Small and large learners (decoder sides 8/16/32 and 4/8/16/32) over two tasks, every
+    candidate at h = 3 with random α, and gates that spread samples, so targets read several
+    sources of several sizes (shrunk and grown) on differing sample sets."""
+    torch.manual_seed(seed)
+    learners = [StagedVAE(tier_spec(t)) for t in ("small", "large", "medium", "large")]
+    model = fuse(learners, [0, 0, 1, 1], ["a", "b"], top_k=1, height=3, seed=seed).to(dtype)
+    with torch.no_grad():
+        for p in model.connections.values():
+            p.alpha.normal_(0, 0.3)
+            p.conv.bias.normal_(0, 0.1)
+        for g in model.lsgates:
+            g.net[2].weight.normal_(0, 1.0)
+    return model.eval()
+
+
+def _twin(model):
+    twin = _OneByOne(model.config, [StagedVAE(s) for s in model.config.learner_specs]).to(
+        model.adapters[0].weight.dtype
+    )
+    twin.load_state_dict(model.state_dict())
+    return twin.eval()
+
+
+def _run(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    dtype = model.adapters[0].weight.dtype
+    x = torch.rand(12, 1, 32, 32, generator=g).to(dtype)
+    noise = torch.randn(12, model.latent_dim, generator=g).to(dtype)
+    tasks = torch.tensor([0, 1] * 6)
+    model.zero_grad(set_to_none=True)
+    model.stage_calls.clear()
+    out = model(x, tasks, noise=noise)
+    (((out.x_hat - x) ** 2).mean() + 1e-3 * out.kl().mean()).backward()
+    return out
+
+
+def test_a_target_reads_several_sources_of_several_sizes():
+    model = _model()
+    shapes = {}
+    for c in model.conn_keys.values():
+        p = model.connections[c.name]
+        shapes.setdefault((c.side, c.dst, c.dst_stage), set()).add((p.side_in > p.side_out) - (p.side_in < p.side_out))
+    assert any(s == {-1, 0, 1} for s in shapes.values())  # grown, same size and shrunk into one target
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_grouped_execution_equals_one_projection_per_connection(dtype, tol):
+    model = _model(dtype)
+    twin = _twin(model)
+    out, ref = _run(model), _run(twin)
+    assert model.stage_calls == twin.stage_calls  # the same stages on the same samples
+    torch.testing.assert_close(out.x_hat, ref.x_hat, rtol=tol, atol=tol)
+    torch.testing.assert_close(out.mu, ref.mu, rtol=tol, atol=tol)
+    grads = dict(twin.named_parameters())
+    checked = 0
+    for name, p in model.named_parameters():
+        q = grads[name]
+        if p.grad is None:
+            assert q.grad is None or not q.grad.any(), name
+            continue
+        scale = max(float(q.grad.abs().max()), 1e-3)  # a scalar α's gradient is a sum with cancellation
+        torch.testing.assert_close(p.grad / scale, q.grad / scale, rtol=tol, atol=tol * 10, msg=name)
+        checked += name.startswith("connections.")
+    assert checked > 3 * 100  # α, weight and bias of well over a hundred connections
+
+
+def test_summed_matches_projections_for_every_size_and_presized_sources():
+    torch.manual_seed(0)
+    sides = [32, 16, 8, 8, 4, 2]  # into side 8: shrunk ×4 and ×2, equal, grown ×2 and ×4
+    projs = [Projection(3 + k, s, 5, 8).double() for k, s in enumerate(sides)]
+    for p in projs:
+        with torch.no_grad():
+            p.alpha.normal_()
+    feats = [torch.randn(4, 3 + k, s, s, dtype=torch.float64, requires_grad=True) for k, s in enumerate(sides)]
+    ref = sum(p(f) for p, f in zip(projs, feats))
+    presized = [torch.nn.functional.avg_pool2d(f, f.shape[-1] // 8) if f.shape[-1] > 8 else f for f in feats]
+    for inputs in (feats, presized):
+        out = Projection.summed(projs, inputs)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        tangent = torch.randn_like(ref)
+        mine = torch.autograd.grad(
+            out, [*feats] + [q for p in projs for q in p.parameters()], tangent, retain_graph=True
+        )
+        theirs = torch.autograd.grad(
+            ref, [*feats] + [q for p in projs for q in p.parameters()], tangent, retain_graph=True
+        )
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert {n for n, _ in projs[0].named_parameters()} == {"alpha", "conv.weight", "conv.bias"}
+
+
+def test_pruned_connection_gives_the_model_built_without_it():
+    model = _model(torch.float32)
+    victims = model.prune_connections(0.2)
+    assert victims and not any(v in model.connections for v in victims)
+    kept = [c for c in model.conn_keys.values()]
+    rebuilt = BAIM.from_learners(
+        [StagedVAE(s) for s in model.config.learner_specs], [0, 0, 1, 1], ["a", "b"], kept, top_k=1, height=3
+    )
+    rebuilt.load_state_dict(model.state_dict())  # strict: exactly the surviving connections' parameters
+    rebuilt.eval()
+    out, ref = _run(model), _run(rebuilt)
+    assert model.stage_calls == rebuilt.stage_calls
+    torch.testing.assert_close(out.x_hat, ref.x_hat, rtol=0, atol=0)
+    a = model.connections[kept[0].name]
+    assert a.alpha.grad is not None and torch.equal(a.alpha.grad, rebuilt.connections[kept[0].name].alpha.grad)
+
+
+def test_removing_one_of_several_inputs_equals_a_baim_without_it():
+    torch.manual_seed(0)
+    learners = [StagedVAE(tier_spec(t)).eval() for t in ("small", "large", "medium")]
+    conns = [Connection("dec", a, i, 0, 2) for a in (1, 2) for i in (0, 1, 2)]  # six inputs to one stage
+    full = BAIM.from_learners(learners, [0, 0, 0], ["a"], conns, top_k=1).eval()
+    with torch.no_grad():
+        for p in full.connections.values():
+            p.alpha.fill_(0.5)
+        full.lsgates[0].net[2].bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # learner 0 decodes
+    gone = conns[1].name
+    full.remove_connection(gone)
+    without = BAIM.from_learners(learners, [0, 0, 0], ["a"], [c for c in conns if c.name != gone], top_k=1)
+    without.load_state_dict(full.state_dict())
+    z = torch.randn(5, full.latent_dim)
+    tasks = torch.zeros(5, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(full.decode(z, tasks)[0], without.eval().decode(z, tasks)[0], rtol=0, atol=0)
+        assert not torch.equal(full.decode(z, tasks)[0], learners[0].decode(z[:, : learners[0].spec.latent_dim]))
