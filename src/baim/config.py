@@ -205,14 +205,14 @@ PRESETS: dict[str, Preset] = {
         2,
         num_edges=10,
         samples_per_edge=800,
-        cloud_samples=1200,
+        cloud_samples=1000,
         test_per_task=1000,
         alpha=0.5,
         tiers=("small", "medium", "large"),
         fid_count=500,
         height=1,
-        prune_interval=2,
-        prune_ratio=0.3,
+        prune_interval=1,
+        prune_ratio=0.7,  # 966 candidates: the first epoch with all of them costs more than the other seven
         curve_test_per_task=200,
     ),
 }

@@ -45,7 +45,7 @@ def _param_groups(model: BAIM, trainable: set[str] | None, trained: set[int], sc
 
 
 def _optimizer(model: BAIM, lr: float, groups: list[dict], old: torch.optim.Optimizer | None = None):
-    opt = torch.optim.Adam([dict(g) for g in groups], lr=lr)
+    opt = torch.optim.Adam([dict(g) for g in groups], lr=lr, foreach=True)  # one fused update, not one per tensor
     if old is not None:  # keep Adam's moments for parameters that survived pruning
         for g in opt.param_groups:
             for p in g["params"]:
