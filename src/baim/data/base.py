@@ -63,9 +63,6 @@ class DataSet:
     channels: int
     image_size: int
 
-    def task_of_class(self) -> dict[int, int]:
-        return {c: t for t, task in enumerate(self.tasks) for c in task.classes}
-
 
 def to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 N×C×H×W → float32 tensor in [0, 1], the range the learners model."""

@@ -12,7 +12,7 @@ repeatable from the same files and seed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,6 @@ class Layout:
     cloud: list[int]
     test: dict[str, list[int]]  # task name -> indices into the test split
     format: int = FORMAT_VERSION
-    extra: dict = field(default_factory=dict)
 
     @property
     def settings(self) -> Preset:
