@@ -176,3 +176,26 @@ def test_cloud_train_command_from_edge_folders(tmp_path, tiny_preset, capsys):
     assert len(model.learners) == 3 and model.frozen_learners == {0, 1, 2}
     screening = json.loads((tmp_path / "baim" / "screening.json").read_text())
     assert screening["accepted"] == [1, 2, 3] and screening["rejected"][0]["edge"] == 0
+
+
+def test_sweep_needs_two_seeds_and_extractor_follows_the_data(tmp_path, capsys):
+    from baim.config import default_extractor
+
+    assert main(["sweep", "--seeds", "0", "--out", str(tmp_path / "s")]) == 2
+    assert "at least two distinct seeds" in capsys.readouterr().out
+    assert main(["sweep", "--seeds", "0,x", "--out", str(tmp_path / "s")]) == 2
+    assert "comma-separated integers" in capsys.readouterr().out
+    assert not (tmp_path / "s").exists()  # nothing claimed before the arguments are known to be good
+    assert default_extractor("fashion-mnist") == "domain"
+    assert default_extractor("celeba") == default_extractor("image-folder") == "lite0"
+
+
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path):
+    from baim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cloud recipe"):
+        RunConfig(cloud_recipe="fast")
+    with pytest.raises(ConfigError, match="FID extractor"):
+        RunConfig(fid_extractor="vgg")
+    with pytest.raises(ConfigError, match="recipe"):
+        config.Recipe(epochs=-1)

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+        sp.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="data set")
         sp.add_argument(
             "--data-dir",
             default=None,
@@ -257,10 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
         "layout", formatter_class=fmt, help="create a federation layout (edges, cloud, test) as JSON indices"
     )
     data_args(sp)
-    sp.add_argument("--preset", default="quick", choices=presets)
+    sp.add_argument("--preset", default="quick", choices=presets, help="named run settings (see README)")
     sp.add_argument("--edges", type=int, default=None, help="override the preset's number of edges")
     sp.add_argument("--alpha", type=float, default=None, help="override the Dirichlet concentration")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_layout)
 
@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--edge", type=int, required=True)
     tp.add_argument("--out", required=True, help="folder for spec.json + weights.safetensors + metrics.json")
     tp.add_argument("--epochs", type=int, default=None, help="default: the layout's preset")
-    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
     tp.set_defaults(func=_cmd_edge_train)
 
     sp = sub.add_parser(
@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", required=True, help="task name or index")
     extractor_arg(sp)
     sp.add_argument("--fid-count", type=int, default=500, help="generated (and real) images per FID")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
     sp.set_defaults(func=_cmd_evaluate)
 
     sp = sub.add_parser("cloud", formatter_class=fmt, help="cloud-side commands")
@@ -303,14 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--height", type=int, default=None)
     tp.add_argument("--prune-interval", type=int, default=None)
     tp.add_argument("--prune-ratio", type=float, default=None)
-    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
     extractor_arg(tp)
     tp.set_defaults(func=_cmd_cloud_train)
 
     sp = sub.add_parser("run", formatter_class=fmt, help="the workflow end to end into a run directory (resumable)")
     data_args(sp)
-    sp.add_argument("--preset", default="quick", choices=presets)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--preset", default="quick", choices=presets, help="named run settings (see README)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
     extractor_arg(sp)
     sp.add_argument(
         "--engine",
@@ -340,10 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", formatter_class=fmt, help="the workflow over several seeds, with mean ± std and the paper's claims"
     )
     data_args(sp)
-    sp.add_argument("--preset", default="fig5", choices=presets)
+    sp.add_argument("--preset", default="fig5", choices=presets, help="named run settings (see README)")
     sp.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (at least two)")
     extractor_arg(sp)
-    sp.add_argument("--cloud-recipe", default="gentle", choices=CLOUD_RECIPES)
+    sp.add_argument("--cloud-recipe", default="gentle", choices=CLOUD_RECIPES, help="see `baim run --help`")
     sp.add_argument("--out", required=True, help="sweep directory (one resumable run per seed inside)")
     sp.set_defaults(func=_cmd_sweep)
 
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--data-dir", default=None)
     tp.add_argument("--epochs", type=int, default=4)
-    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
     tp.add_argument("--out", default=None, help="default: the package's weights folder")
     tp.set_defaults(func=_cmd_domain_train)
     return p
