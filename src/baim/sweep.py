@@ -108,41 +108,31 @@ def _claims(runs: dict[int, dict], tasks: list[str]) -> list[dict]:
             {s: max(final[s], key=lambda k: final[s][k]) == "freeze" for s in seeds},
         )
     deployed = runs[seeds[0]]["partition"]["source_strategy"]
-    per_seed: dict[int, Any] = {}
-    ok: dict[int, bool] = {}
-    for s in seeds:
-        rows = {
-            t: {
-                "deployed": h[s][f"strategy/{deployed}/{t}/test_loss"],
-                "best_initial_edge": h[s][f"edges/{t}/initial/test_loss/best"],
+
+    def below(metric: str, edges: str, label: str) -> tuple[dict[int, Any], dict[int, bool]]:
+        """Per seed and task: the deployed model's ``metric`` against the initial edges' ``edges`` statistic."""
+        per_seed: dict[int, Any] = {}
+        ok: dict[int, bool] = {}
+        for s in seeds:
+            rows = {
+                t: {"deployed": h[s][f"strategy/{deployed}/{t}/{metric}"], label: h[s][f"edges/{t}/initial/{edges}"]}
+                for t in tasks
             }
-            for t in tasks
-        }
-        per_seed[s], ok[s] = rows, all(r["deployed"] < r["best_initial_edge"] for r in rows.values())
+            per_seed[s], ok[s] = rows, all(r["deployed"] < r[label] for r in rows.values())
+        return per_seed, ok
+
     add(
         "each task's deployed model has a lower test loss than every initial edge model of that task",
         "the BAIM improves on the edges it came from",
-        per_seed,
-        ok,
+        *below("test_loss", "test_loss/best", "best_initial_edge"),
         "test loss on each task's full test set",
     )
     for proc in PROCEDURES:
-        per_seed, ok = {}, {}
-        for s in seeds:
-            rows = {
-                t: {
-                    "deployed": h[s][f"strategy/{deployed}/{t}/fid_{proc}"],
-                    "mean_initial_edges": h[s][f"edges/{t}/initial/fid_{proc}/mean"],
-                }
-                for t in tasks
-            }
-            per_seed[s], ok[s] = rows, all(r["deployed"] < r["mean_initial_edges"] for r in rows.values())
         add(
             f"each task's deployed model has a lower FID ({proc} sampling on both sides) than the mean of that "
             "task's initial edge models",
             "Fig. 5(d)",
-            per_seed,
-            ok,
+            *below(f"fid_{proc}", f"fid_{proc}/mean", "mean_initial_edges"),
         )
     for proc in PROCEDURES:
         frac = {s: h[s].get(f"personalized_beats_initial/{proc}/fraction", float("nan")) for s in seeds}
