@@ -99,3 +99,18 @@ def test_screening_quarantines_outliers_and_reports(fmnist):
     assert [q["edge"] for q in res.quarantined] == [2]
     rep = res.report()
     assert set(rep["scores"]) == {"0", "1", "2"}
+
+
+def test_in_process_edge_failure_is_an_error_reply_like_flower():
+    """An exception inside an edge is that edge's problem: the transport answers with an
+    ``error`` message naming it (as Flower does), and counts no reply bytes."""
+    from baim.transport import ByteLedger, InProcessTransport
+
+    class Broken:
+        def handle(self, msg):
+            raise RuntimeError("disk full")
+
+    ledger = ByteLedger()
+    reply = InProcessTransport({0: Broken()}, ledger).request(0, Message("train.local"), 1.0, "upload")
+    assert reply.kind == "error" and "edge 0 failed: RuntimeError: disk full" in reply.meta["error"]
+    assert [m["direction"] for m in ledger.messages] == ["down"]
