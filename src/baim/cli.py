@@ -275,9 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     tp.set_defaults(func=_cmd_edge_train)
 
     sp = sub.add_parser(
-        "evaluate", formatter_class=fmt, help="test loss, MSE/PSNR and FID of a saved learner on a task"
+        "evaluate",
+        formatter_class=fmt,
+        help="test loss, MSE/PSNR, FID and KID of a saved learner or compact model on a task",
     )
-    sp.add_argument("--model", required=True)
+    sp.add_argument("--model", required=True, help="folder of a saved model (manifest.json + weights.safetensors)")
     sp.add_argument("--layout", required=True)
     sp.add_argument("--task", required=True, help="task name or index")
     extractor_arg(sp)
