@@ -125,20 +125,22 @@ class Workflow:
             self._uploads(), self.layout.task_names, common, self.ds.image_size, self.ds.channels
         ).report()
 
-    def accepted_learners(self) -> tuple[list[StagedVAE], list[int], list[int]]:
-        """The learners screening accepted, their tasks and edges (re-validated from disk)."""
-        accepted = self.rd.phase("screening", self.screening)["accepted"]
+    def accepted_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:
+        """The learners screening accepted, their tasks, edges and screening losses (re-validated
+        from disk)."""
+        screened = self.rd.phase("screening", self.screening)
+        accepted = screened["accepted"]
         uploads = self._uploads()
         learners, tasks = [], []
         for e in accepted:
             model, meta = validate_upload(uploads[e], self.layout.task_names, self.ds.image_size, self.ds.channels)
             learners.append(model)
             tasks.append(self.layout.task_names.index(meta["task"]))
-        return learners, tasks, accepted
+        return learners, tasks, accepted, [screened["scores"][str(e)] for e in accepted]
 
     # -- phase 4 ------------------------------------------------------------------------
     def cloud(self, strategy: str) -> dict:
-        learners, tasks, edges = self.accepted_learners()
+        learners, tasks, edges, losses = self.accepted_learners()
         empty = [n for t, n in enumerate(self.layout.task_names) if t not in tasks]
         if empty:
             raise WorkflowError(
@@ -156,7 +158,7 @@ class Workflow:
             self.rd.path("cloud", f"baim-{strategy}"),
             self.seed,
             self.extractor,
-            screening_losses=[self.rd.phase("screening", self.screening)["scores"][str(e)] for e in edges],
+            screening_losses=losses,
         )
         for task, by_procedure in images.items():
             for procedure, arr in by_procedure.items():

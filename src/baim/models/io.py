@@ -20,7 +20,7 @@ from safetensors.torch import save as save_bytes
 
 from ..atomic import write_bytes, write_text
 from ..errors import ModelFileError, SpecError
-from ..learners import LearnerSpec, StagedVAE, check_state, read_weights, weights_bytes
+from ..learners import LearnerSpec, StagedVAE, check_state, plain_state, read_weights, weights_bytes
 from .baim import BAIM, BAIMConfig
 
 FORMAT_VERSION = 2
@@ -89,8 +89,8 @@ def load_model(folder: str | Path, kind: str | None = None) -> Model:
 
 def to_parts(model: Model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """What a message carries for ``model``: its manifest and its state dict."""
-    weights = weights_bytes(model)
-    return manifest_of(model, weights), read_weights(weights, "model")
+    state = plain_state(model)
+    return manifest_of(model, save_bytes(state)), state
 
 
 def model_from(
