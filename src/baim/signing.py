@@ -1,0 +1,95 @@
+"""Ed25519 identities: who published a model, who sent an upload.
+
+One small wrapper over ``cryptography`` so every signer in baim (the cloud registry signing the
+compact models it publishes, an edge signing its upload) stores keys the same way and verifies
+the same way. Private keys are PKCS#8 PEM files written atomically with mode 0600; public keys
+travel as 32 raw bytes (hex in JSON). ``canonical`` fixes the bytes a JSON document is signed
+as, so a signature does not depend on key order or whitespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .atomic import write_bytes
+from .errors import BaimError
+
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+class SigningError(BaimError):
+    """A key file that cannot be read, or a public key or signature of the wrong form."""
+
+
+def canonical(obj: Any) -> bytes:
+    """The bytes a JSON document is signed as: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def new_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def save_private_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    out = write_bytes(path, pem)
+    os.chmod(out, 0o600)
+    return out
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise SigningError(f"{path}: not a readable Ed25519 private key (PEM, unencrypted): {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningError(f"{path}: holds a {type(key).__name__}, baim signs with Ed25519 keys")
+    return key
+
+
+def load_or_create_key(path: str | Path) -> Ed25519PrivateKey:
+    """The key at ``path``, created on first use (an identity that survives restarts)."""
+    if Path(path).is_file():
+        return load_private_key(path)
+    key = new_key()
+    save_private_key(key, path)
+    return key
+
+
+def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
+    return key.sign(data)
+
+
+def verify(public_key: bytes, data: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``public_key``'s signature of ``data``; False, never an
+    exception, for any malformed key or signature (they come from the network)."""
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def public_from_hex(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise SigningError(f"public key {text[:20]!r}… is not hex: {exc}") from exc
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise SigningError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes, got {len(raw)}")
+    return raw
