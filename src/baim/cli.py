@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
     tp.add_argument("--out", default=None, help="default: the package's weights folder")
     tp.set_defaults(func=_cmd_domain_train)
+
+    from .service.commands import add_service_commands
+
+    add_service_commands(sub, fmt)
     return p
 
 

@@ -77,6 +77,29 @@ def make_credentials(out: str | Path, nodes: int, hosts: list[str] | None = None
         )
         .sign(ca_key, hashes.SHA384())
     )
+    server, server_key = _server_cert(ca, ca_key, hosts, days)
+    write_bytes(out / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
+    _private(out / "ca.key", _pem_key(ca_key))
+    write_bytes(out / "server.pem", server.public_bytes(serialization.Encoding.PEM))
+    _private(out / "server.key", _pem_key(server_key))
+    for i in range(nodes):
+        key = ec.generate_private_key(ec.SECP384R1())
+        _private(
+            out / f"node-{i}",
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ),
+        )
+        write_bytes(
+            out / f"node-{i}.pub",
+            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n",
+        )
+    return {"ca": str(out / "ca.crt"), "nodes": [str(out / f"node-{i}") for i in range(nodes)]}
+
+
+def _server_cert(ca: x509.Certificate, ca_key, hosts: list[str], days: int):
+    """A TLS server certificate for ``hosts`` signed by the CA, and its key."""
+    now = dt.datetime.now(dt.UTC)
     sans: list[x509.GeneralName] = []
     for h in hosts:
         try:
@@ -97,23 +120,27 @@ def make_credentials(out: str | Path, nodes: int, hosts: list[str] | None = None
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    write_bytes(out / "ca.crt", ca.public_bytes(serialization.Encoding.PEM))
-    _private(out / "ca.key", _pem_key(ca_key))
-    write_bytes(out / "server.pem", server.public_bytes(serialization.Encoding.PEM))
-    _private(out / "server.key", _pem_key(server_key))
-    for i in range(nodes):
-        key = ec.generate_private_key(ec.SECP384R1())
-        _private(
-            out / f"node-{i}",
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-            ),
-        )
-        write_bytes(
-            out / f"node-{i}.pub",
-            key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n",
-        )
-    return {"ca": str(out / "ca.crt"), "nodes": [str(out / f"node-{i}") for i in range(nodes)]}
+    return server, server_key
+
+
+def issue_server_cert(creds: str | Path, name: str, hosts: list[str], days: int = 365) -> dict:
+    """``NAME.pem``/``NAME.key``: a TLS certificate for another service (the GenAI registry or an
+    edge service) from the same private CA as the Flower deployment, so one ``ca.crt`` is
+    trusted everywhere."""
+    from ..errors import ConfigError
+
+    creds = Path(creds)
+    try:
+        ca = x509.load_pem_x509_certificate((creds / "ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key((creds / "ca.key").read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{creds}: needs ca.crt and ca.key from `baim deploy credentials` ({exc})") from exc
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"certificate name {name!r}: use a plain file stem such as 'registry'")
+    cert, key = _server_cert(ca, ca_key, hosts, days)
+    write_bytes(creds / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
+    _private(creds / f"{name}.key", _pem_key(key))
+    return {"cert": str(creds / f"{name}.pem"), "key": str(creds / f"{name}.key"), "ca": str(creds / "ca.crt")}
 
 
 def write_flower_config(flwr_home: str | Path, address: str, ca_cert: str | Path, name: str = "baim") -> Path:

@@ -1,0 +1,153 @@
+"""An edge's toolbox on disk: the generative models it can serve without asking the cloud.
+
+The toolbox holds the edge's own model (personalised, else deployed: trusted, it never left the
+edge) and the compact models of other tasks fetched from the cloud registry. A fetched model is
+stored only after it is verified — the weights' sha256 against the manifest, the registry's
+Ed25519 signature over (task, version, manifest), the manifest's kind and task — so a tampered
+or unsigned model never enters the toolbox and the version already held keeps being served.
+Entries are verified again when loaded (``load_model`` checks the hash and every tensor).
+
+Layout under ``EDGE/toolbox/``::
+
+    registry.pub            the registry's public key this toolbox trusts (pinned)
+    TASK/VERSION/           manifest.json + weights.safetensors + entry.json (written last)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_bytes, write_json
+from ..errors import BaimError
+from ..models.io import MANIFEST, WEIGHTS, Model, is_saved, load_model
+from ..signing import canonical, verify
+
+OWN = "own"  # version label of the edge's own model
+
+
+class ToolboxError(BaimError):
+    """A model refused by the toolbox (tampered, unsigned, wrong task) or an unusable toolbox."""
+
+
+@dataclass(frozen=True)
+class Held:
+    """One model version the toolbox holds on disk."""
+
+    task: str
+    version: str  # "own" or the registry's version number
+    folder: Path
+    bytes: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}@{self.version}"
+
+
+def check_signed(task: str, version: int, manifest: Any, weights: bytes, signature: str, public_key: bytes) -> None:
+    """Refuse a fetched model unless it is exactly what the registry signed for ``task``."""
+    if not isinstance(manifest, dict):
+        raise ToolboxError(f"{task}@{version}: the manifest is not a JSON object")
+    if manifest.get("kind") != "compact" or manifest.get("task") != task:
+        raise ToolboxError(
+            f"{task}@{version}: the manifest describes a {manifest.get('kind')!r} model of task "
+            f"{manifest.get('task')!r}, not the compact model of {task!r}"
+        )
+    digest = hashlib.sha256(weights).hexdigest()
+    if digest != manifest.get("weights_sha256"):
+        raise ToolboxError(
+            f"{task}@{version}: weights sha256 {digest[:12]}… does not match the signed manifest's "
+            f"{str(manifest.get('weights_sha256'))[:12]}…; the weights were altered in transit or at rest"
+        )
+    try:
+        sig = bytes.fromhex(signature)
+    except (TypeError, ValueError):
+        sig = b""
+    payload = canonical({"task": task, "version": version, "manifest": manifest})
+    if not verify(public_key, payload, sig):
+        raise ToolboxError(
+            f"{task}@{version}: the registry's signature does not verify with the pinned public key "
+            f"{public_key.hex()[:16]}…; refused (is the edge pointed at the right registry?)"
+        )
+
+
+class ToolboxStore:
+    def __init__(self, root: str | Path, public_key: bytes | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.public_key = public_key
+        pin = self.root / "registry.pub"
+        if public_key is not None:
+            if pin.is_file() and pin.read_text().strip() != public_key.hex():
+                raise ToolboxError(
+                    f"{pin} pins registry key {pin.read_text().strip()[:16]}…, but {public_key.hex()[:16]}… was "
+                    "given; a registry does not change its key. Delete the pin only if you trust the new one"
+                )
+            write_bytes(pin, (public_key.hex() + "\n").encode())
+        elif pin.is_file():
+            self.public_key = bytes.fromhex(pin.read_text().strip())
+
+    def _folder(self, task: str, version: str) -> Path:
+        if not task or "/" in task or task.startswith("."):
+            raise ToolboxError(f"task name {task!r} cannot name a toolbox folder")
+        return self.root / task / version
+
+    def add_own(self, folder: str | Path, task: str) -> Held:
+        """Hold the edge's own model (copied from ``folder``) as ``task@own``."""
+        load_model(folder, "compact")  # verified before it is trusted
+        dest = self._folder(task, OWN)
+        if (dest / "entry.json").is_file():
+            shutil.rmtree(dest)
+        for name in (WEIGHTS, MANIFEST):
+            write_bytes(dest / name, (Path(folder) / name).read_bytes())
+        write_json(dest / "entry.json", {"task": task, "version": OWN, "source": str(folder)})
+        return self._held(dest)
+
+    def add_fetched(self, task: str, version: int, manifest: Any, weights: bytes, signature: str) -> Held:
+        """Verify and store a model fetched from the registry; refused models leave no trace."""
+        if self.public_key is None:
+            raise ToolboxError("this toolbox has no registry public key pinned; it cannot verify fetched models")
+        check_signed(task, version, manifest, weights, signature, self.public_key)
+        dest = self._folder(task, str(version))
+        if dest.exists():
+            shutil.rmtree(dest)
+        write_bytes(dest / WEIGHTS, weights)
+        write_bytes(dest / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+        write_json(dest / "entry.json", {"task": task, "version": version, "signature": signature})
+        return self._held(dest)
+
+    def _held(self, folder: Path) -> Held:
+        entry = json.loads((folder / "entry.json").read_text())
+        return Held(str(entry["task"]), str(entry["version"]), folder, (folder / WEIGHTS).stat().st_size)
+
+    def held(self) -> list[Held]:
+        """Every complete entry (``entry.json`` is written last)."""
+        out = []
+        for entry in sorted(self.root.glob("*/*/entry.json")):
+            if not entry.parent.parent.name.startswith(".") and is_saved(entry.parent):
+                out.append(self._held(entry.parent))
+        return out
+
+    def best(self, task: str) -> Held | None:
+        """What to serve for ``task``: the edge's own model, else the newest fetched version."""
+        candidates = [h for h in self.held() if h.task == task]
+        own = [h for h in candidates if h.version == OWN]
+        if own:
+            return own[0]
+        fetched = sorted((h for h in candidates if h.version.isdigit()), key=lambda h: int(h.version))
+        return fetched[-1] if fetched else None
+
+    def load(self, held: Held) -> Model:
+        """Load a held model; fetched ones are re-verified against the pinned key first."""
+        if held.version != OWN:
+            if self.public_key is None:
+                raise ToolboxError(f"{held.folder}: no registry key pinned to verify it against")
+            entry = json.loads((held.folder / "entry.json").read_text())
+            manifest = json.loads((held.folder / MANIFEST).read_text())
+            weights = (held.folder / WEIGHTS).read_bytes()
+            check_signed(held.task, int(held.version), manifest, weights, entry.get("signature", ""), self.public_key)
+        return load_model(held.folder, "compact")

@@ -1,0 +1,221 @@
+"""``baim serve edge``: generation requests answered from the edge's toolbox.
+
+The paper's service lifecycle: a user asks the nearest edge; on a toolbox hit the edge answers
+at once, on a miss it fetches the task's compact model from the cloud registry, verifies and
+stores it, and answers. ``/v1/reconstruct`` is the path where the user brings data (their
+images are encoded and decoded by the task's model; they never leave the edge).
+"""
+
+import asyncio
+import io
+import secrets
+import time
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.responses import HTMLResponse, Response
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field, field_validator
+
+from .. import __version__
+from ..edge.toolbox import ToolboxError
+from ..figures import image_grid
+from ..models.baim import BAIM
+from ..models.evaluation import generate
+from .client import RegistryRefused, RegistryUnavailable, UnknownTask
+from .http import Metrics, error, install_common
+from .toolbox import Loaded, Toolbox
+
+MAX_IMAGES = 256
+MAX_UPLOAD_FILES = 64
+MAX_UPLOAD_BYTES = 8 << 20  # per file
+MAX_PIXELS = 4096 * 4096
+
+
+class GenerateRequest(BaseModel):
+    task: str = Field(min_length=1, max_length=128)
+    n: int = Field(16, description=f"number of images, 1..{MAX_IMAGES}")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="sampling seed (random when absent)")
+    format: Literal["png", "npy"] = "png"
+    procedure: Literal["fitted", "standard"] = Field(
+        "fitted", description="z from the model's fitted prior (what the run's FID uses) or from N(0, I)"
+    )
+
+    @field_validator("n")
+    @classmethod
+    def _n_in_range(cls, n: int) -> int:
+        if not 1 <= n <= MAX_IMAGES:
+            raise ValueError(f"n must be between 1 and {MAX_IMAGES} images per request, got {n}")
+        return n
+
+
+class BadImage(ValueError):
+    pass
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def encode(images: np.ndarray, fmt: str, ncol: int = 8) -> tuple[bytes, str]:
+    buf = io.BytesIO()
+    if fmt == "npy":
+        np.save(buf, images, allow_pickle=False)
+        return buf.getvalue(), "application/x-npy"
+    image_grid(images, ncol=min(ncol, len(images))).save(buf, format="PNG")
+    return buf.getvalue(), "image/png"
+
+
+def read_image(data: bytes, name: str, model: BAIM) -> np.ndarray:
+    """One uploaded image (PNG/JPEG/... or a .npy of uint8 images) → N×C×H×W uint8 at the
+    model's geometry (resized, converted to its channel count)."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadImage(f"{name}: {len(data)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes per file")
+    size, channels = model.image_size, model.channels
+    if name.endswith(".npy"):
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise BadImage(f"{name}: not a readable .npy array ({exc})") from exc
+        if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != size or arr.shape[-2] != size:
+            raise BadImage(f"{name}: a .npy upload must be uint8 N×H×W or N×C×H×W with H = W = {size}")
+        arr = arr[:, None] if arr.ndim == 3 else arr
+        if arr.shape[1] != channels or len(arr) > MAX_IMAGES:
+            raise BadImage(f"{name}: needs {channels} channel(s) and at most {MAX_IMAGES} images")
+        return arr
+    try:
+        opened = Image.open(io.BytesIO(data))
+        if opened.width * opened.height > MAX_PIXELS:
+            raise BadImage(f"{name}: {opened.width}×{opened.height} pixels; the limit is {MAX_PIXELS} pixels")
+        img = opened.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise BadImage(f"{name}: not an image baim can read (PNG, JPEG, ... or .npy): {exc}") from exc
+    arr = np.asarray(img, dtype=np.uint8)
+    return (arr[None] if channels == 1 else arr.transpose(2, 0, 1))[None]
+
+
+def create_edge_app(toolbox: Toolbox, edge: str) -> FastAPI:
+    app = FastAPI(title=f"baim edge service ({edge})", version=__version__, docs_url="/docs", redoc_url=None)
+    metrics = Metrics("baim_edge")
+    install_common(app, metrics)
+    app.state.toolbox = toolbox
+    page = resources.files("baim.service").joinpath("page.html").read_text()
+
+    async def model_for(task: str) -> tuple[Loaded, str] | Response:
+        try:
+            return await toolbox.get(task)
+        except UnknownTask as exc:
+            known = sorted(set(exc.known) | {h.task for h in toolbox.store.held()})
+            return error(404, f"unknown task {task!r}; known tasks: {', '.join(known)}", known_tasks=known)
+        except RegistryUnavailable as exc:
+            held = sorted({h.task for h in toolbox.store.held()})
+            return error(
+                503,
+                f"task {task!r} is not in this edge's toolbox and the cloud registry cannot be reached "
+                f"({exc}); tasks served without the cloud: {', '.join(held) or '(none)'}",
+                toolbox=held,
+            )
+        except (ToolboxError, RegistryRefused) as exc:
+            return error(502, f"the cloud's model for {task!r} was refused: {exc}")
+
+    def headers(loaded: Loaded, status: str, t0: float, **extra: Any) -> dict[str, str]:
+        return {
+            "X-Baim-Toolbox": status,
+            "X-Baim-Model": loaded.label,
+            "X-Baim-Edge": edge,
+            "X-Baim-Latency-Ms": f"{(time.perf_counter() - t0) * 1000:.1f}",
+            **{k: str(v) for k, v in extra.items()},
+        }
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page.replace("{{edge}}", edge))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "edge": edge, "models_on_disk": len(toolbox.store.held())}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return metrics.render()
+
+    @app.get("/v1/toolbox")
+    def toolbox_state() -> dict[str, Any]:
+        return {"edge": edge, **toolbox.summary()}
+
+    @app.get("/v1/tasks")
+    async def tasks() -> dict[str, Any]:
+        held = sorted({h.task for h in toolbox.store.held()})
+        cloud: list[str] | None = None
+        if toolbox.client is not None:
+            try:
+                cloud = sorted(m["task"] for m in await toolbox.client.models())
+            except (RegistryUnavailable, RegistryRefused):
+                cloud = None
+        return {"toolbox": held, "cloud": cloud, "tasks": sorted(set(held) | set(cloud or []))}
+
+    @app.post("/v1/toolbox/refresh")
+    async def refresh(task: str) -> dict[str, Any]:
+        return await toolbox.refresh(task)
+
+    @app.post("/v1/generate")
+    async def generate_images(req: GenerateRequest) -> Response:
+        t0 = time.perf_counter()
+        found = await model_for(req.task)
+        if isinstance(found, Response):
+            return found
+        loaded, status = found
+        seed = secrets.randbelow(2**31) if req.seed is None else req.seed
+
+        def run() -> np.ndarray:
+            return to_uint8(generate(loaded.model, req.n, seed, standard=req.procedure == "standard"))
+
+        images = await asyncio.to_thread(run)
+        body, media = encode(images, req.format)
+        return Response(body, media_type=media, headers=headers(loaded, status, t0, **{"X-Baim-Seed": seed}))
+
+    @app.post("/v1/reconstruct")
+    async def reconstruct(
+        task: Annotated[str, Form(min_length=1, max_length=128)],
+        files: Annotated[list[UploadFile], File(description="images (PNG, JPEG, ...) or .npy uint8 arrays")],
+        format: Annotated[Literal["png", "npy"], Form()] = "png",
+    ) -> Response:
+        t0 = time.perf_counter()
+        if len(files) > MAX_UPLOAD_FILES:
+            return error(422, f"{len(files)} files; the limit is {MAX_UPLOAD_FILES} per request")
+        found = await model_for(task)
+        if isinstance(found, Response):
+            return found
+        loaded, status = found
+        model = loaded.model
+        assert isinstance(model, BAIM)
+        try:
+            parts = [read_image(await f.read(MAX_UPLOAD_BYTES + 1), f.filename or "upload", model) for f in files]
+        except BadImage as exc:
+            return error(422, str(exc))
+        x = np.concatenate(parts)
+        if len(x) > MAX_IMAGES:
+            return error(422, f"{len(x)} images; the limit is {MAX_IMAGES} per request")
+
+        @torch.no_grad()
+        def run() -> tuple[np.ndarray, float]:
+            xt = torch.from_numpy(x).float() / 255.0
+            out = model(xt, torch.zeros(len(xt), dtype=torch.long), sample=False).x_hat
+            return to_uint8(out), float(((out - xt) ** 2).mean())
+
+        recon, mse = await asyncio.to_thread(run)
+        if format == "npy":
+            body, media = encode(recon, "npy")
+        else:  # inputs above, reconstructions below, column by column
+            ncol = min(8, len(x))
+            rows = []
+            for i in range(0, len(x), ncol):
+                rows += [x[i : i + ncol], recon[i : i + ncol]]
+            pad = [np.pad(r, ((0, ncol - len(r)), (0, 0), (0, 0), (0, 0)), constant_values=255) for r in rows]
+            body, media = encode(np.concatenate(pad), "png", ncol=ncol)
+        return Response(body, media_type=media, headers=headers(loaded, status, t0, **{"X-Baim-MSE": f"{mse:.6f}"}))
+
+    return app

@@ -1,0 +1,197 @@
+"""Building the two services from a run directory, and the local ``pull`` / ``generate``.
+
+A finished ``baim run`` can be served as is: the registry publishes the run's compact models
+(``cloud/compact/*``) into ``RUN/registry/``; an edge's toolbox lives in
+``RUN/edges/edge-E/toolbox/`` and starts with the edge's own model (personalised, else
+deployed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+
+from ..atomic import write_bytes
+from ..cloud.registry import Registry
+from ..edge.toolbox import ToolboxStore
+from ..errors import ConfigError
+from ..figures import image_grid, save_png
+from ..models.baim import BAIM
+from ..models.evaluation import generate
+from ..models.io import MANIFEST, WEIGHTS, is_saved, load_model
+from ..signing import SigningError, public_from_hex
+from .client import RegistryClient
+from .cloud_app import create_cloud_app
+from .edge_app import create_edge_app, to_uint8
+from .http import server_config
+from .toolbox import Toolbox
+
+OWN_MODELS = ("personalized", "deployed")
+
+
+def open_registry(run_dir: str | Path, publish: bool = True) -> Registry:
+    """The run's registry, with the run's compact models published (idempotent)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory; run `baim run --out {run_dir}` first")
+    registry = Registry(run_dir / "registry")
+    if publish:
+        registry.publish_run(run_dir)
+    return registry
+
+
+def read_token(path: str | Path) -> str:
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the token file ({exc}); create it from `baim serve token`") from exc
+    if not token:
+        raise ConfigError(f"{path}: the token file is empty")
+    return token
+
+
+def registry_key(run_dir: Path | None, key_file: str | None) -> bytes | None:
+    """The registry public key an edge trusts: ``--registry-key``, else the run's own registry
+    (same machine), else None (the toolbox's pin, or first use)."""
+    try:
+        if key_file:
+            return public_from_hex(Path(key_file).read_text())
+        if run_dir is not None and (run_dir / "registry" / "registry.pub").is_file():
+            return public_from_hex((run_dir / "registry" / "registry.pub").read_text())
+    except (OSError, SigningError) as exc:
+        raise ConfigError(f"registry public key: {exc}") from exc
+    return None
+
+
+def own_model(edge_dir: Path) -> Path | None:
+    for name in OWN_MODELS:
+        if is_saved(edge_dir / name):
+            return edge_dir / name
+    return None
+
+
+async def edge_toolbox(
+    run_dir: str | Path,
+    edge: int,
+    cloud: str | None,
+    token: str | None,
+    budget_mb: float = 256.0,
+    ca_file: str | None = None,
+    key_file: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Toolbox:
+    """Edge ``edge``'s toolbox, seeded with its own model, pinned to the registry's key."""
+    run_dir = Path(run_dir)
+    edge_dir = run_dir / "edges" / f"edge-{edge}"
+    if not edge_dir.is_dir():
+        raise ConfigError(f"{edge_dir}: no such edge in this run (edges are numbered from 0)")
+    client = RegistryClient(cloud, token or "", ca_file, transport=transport) if cloud else None
+    key = registry_key(run_dir, key_file)
+    store = ToolboxStore(edge_dir / "toolbox", key)
+    if store.public_key is None and client is not None:
+        key = await client.public_key()
+        print(
+            f"baim: trusting registry key {key.hex()[:16]}… on first use (pinned in {store.root}/registry.pub); "
+            "pass --registry-key to check it instead",
+            file=sys.stderr,
+        )
+        store = ToolboxStore(edge_dir / "toolbox", key)
+    own = own_model(edge_dir)
+    if own is not None:
+        task = json.loads((own / MANIFEST).read_text()).get("task")
+        current = store.best(task)
+        if (
+            current is None
+            or current.version != "own"
+            or (current.folder / WEIGHTS).read_bytes() != (own / WEIGHTS).read_bytes()
+        ):
+            store.add_own(own, task)
+    return Toolbox(store, client, int(budget_mb * (1 << 20)))
+
+
+def serve_cloud(run_dir: str, host: str, port: int, tls_cert: str | None, tls_key: str | None) -> None:
+    registry = open_registry(run_dir)
+    entries = registry.entries()
+    scheme = "https" if tls_cert else "http"
+    print(f"baim registry: {len(entries)} models ({', '.join(e.task for e in entries)}) at {scheme}://{host}:{port}")
+    print(f"baim registry: public key {registry.public_key.hex()} ({registry.root / 'registry.pub'})")
+    uvicorn.Server(server_config(create_cloud_app(registry), host, port, tls_cert, tls_key)).run()
+
+
+def serve_edge(
+    run_dir: str,
+    edge: int,
+    cloud: str | None,
+    token_file: str | None,
+    host: str,
+    port: int,
+    budget_mb: float,
+    ca_file: str | None,
+    key_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
+    token = read_token(token_file) if token_file else None
+    if cloud and not token:
+        raise ConfigError("--cloud needs --token-file (issue a token with `baim serve token --run RUN --name NAME`)")
+    toolbox = asyncio.run(edge_toolbox(run_dir, edge, cloud, token, budget_mb, ca_file, key_file))
+    app = create_edge_app(toolbox, f"edge-{edge}")
+    held = ", ".join(h.label for h in toolbox.store.held()) or "(empty)"
+    scheme = "https" if tls_cert else "http"
+    print(f"baim edge-{edge}: toolbox {held}; page at {scheme}://{host}:{port}/")
+    uvicorn.Server(server_config(app, host, port, tls_cert, tls_key)).run()
+
+
+async def _pull(cloud: str, token: str, task: str, out: Path, ca_file: str | None, key_file: str | None) -> dict:
+    client = RegistryClient(cloud, token, ca_file)
+    try:
+        key = registry_key(None, key_file) or await client.public_key()
+        entry = await client.model(task)
+        version = int(entry["version"])
+        weights = await client.weights(task, version, str(entry["manifest"].get("weights_sha256")))
+    finally:
+        await client.aclose()
+    store = ToolboxStore(out.parent / f".{out.name}.pull", key)
+    held = store.add_fetched(task, version, entry["manifest"], weights, str(entry.get("signature", "")))
+    write_bytes(out / WEIGHTS, (held.folder / WEIGHTS).read_bytes())
+    write_bytes(out / "signature.json", json.dumps({k: entry[k] for k in ("task", "version", "signature")}).encode())
+    write_bytes(out / MANIFEST, (held.folder / MANIFEST).read_bytes())  # last: marks a complete pull
+    return {"task": task, "version": version, "bytes": len(weights), "out": str(out), "registry_key": key.hex()}
+
+
+def pull(cloud: str, token_file: str, task: str, out: str, ca_file: str | None, key_file: str | None) -> dict:
+    """Fetch a task's compact model from the registry into ``out``, verified like a toolbox
+    fetch (for a user who runs the model on their own machine)."""
+    out_path = Path(out)
+    scratch = out_path.parent / f".{out_path.name}.pull"
+    try:
+        result = asyncio.run(_pull(cloud, read_token(token_file), task, out_path, ca_file, key_file))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    load_model(out_path, "compact")  # verified once more, as a user would load it
+    return result
+
+
+def generate_grid(model_dir: str, n: int, seed: int, out: str, standard: bool = False) -> dict[str, Any]:
+    """Generate ``n`` images with a saved compact model: a PNG grid, or ``.npy`` uint8."""
+    if not 1 <= n <= 4096:
+        raise ConfigError(f"--n {n}: generate between 1 and 4096 images")
+    model = load_model(model_dir, "compact")
+    assert isinstance(model, BAIM)
+    images = to_uint8(generate(model, n, seed, standard=standard))
+    if out.endswith(".npy"):
+        buf = io.BytesIO()
+        np.save(buf, images, allow_pickle=False)
+        write_bytes(out, buf.getvalue())
+    else:
+        save_png(image_grid(images), out)
+    return {"model": model_dir, "task": model.task_names[0], "n": n, "seed": seed, "out": out}

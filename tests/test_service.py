@@ -1,0 +1,436 @@
+"""The GenAI service: the cloud registry and an edge's toolbox, over real HTTP on 127.0.0.1.
+
+The run directory here is built directly (three tasks of small learners, fused and partitioned)
+so that every path of the service is exercised in seconds; ``test_service_page.py`` drives the
+web page in a real browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sqlite3
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from baim.cli import main
+from baim.cloud import fuse, partition
+from baim.cloud.registry import Registry, signed_payload
+from baim.edge.toolbox import ToolboxError, ToolboxStore
+from baim.learners import StagedVAE, tier_spec
+from baim.models import load_model, save_model
+from baim.service.cloud_app import create_cloud_app
+from baim.service.edge_app import create_edge_app
+from baim.service.http import BackgroundServer
+from baim.service.serve import edge_toolbox
+from baim.signing import verify
+
+TASKS = ["tops", "trousers", "bags"]
+
+
+def _compacts(seed: int = 0):
+    torch.manual_seed(seed)
+    learners = []
+    for _ in TASKS:
+        m = StagedVAE(tier_spec("small"))
+        m.train()
+        m(torch.rand(8, 1, 32, 32))
+        learners.append(m.eval())
+    baim = fuse(learners, [0, 1, 2], TASKS, top_k=1, height=2)
+    return [partition(baim, t) for t in range(len(TASKS))]
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    compacts = _compacts()
+    for t, compact in zip(TASKS, compacts):
+        save_model(compact, run / "cloud" / "compact" / t)
+    save_model(compacts[0], run / "edges" / "edge-0" / "deployed")  # edge 0 serves "tops"
+    return run
+
+
+@pytest.fixture()
+def cloud(run_dir: Path):
+    registry = Registry(run_dir / "registry")
+    registry.publish_run(run_dir)
+    token = registry.issue_token("edge-0")
+    server = BackgroundServer(create_cloud_app(registry))
+    url = server.start()
+    yield registry, url, token, server
+    server.stop()
+
+
+def _edge(run_dir: Path, url: str | None, token: str | None, budget_mb: float = 64.0, transport=None):
+    async def build():
+        tb = await edge_toolbox(run_dir, 0, url, token, budget_mb, transport=transport)
+        return tb, create_edge_app(tb, "edge-0")
+
+    return build
+
+
+async def _client(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge", timeout=60)
+
+
+def gen(client: httpx.AsyncClient, task: str, n: int = 16, **kw):
+    return client.post("/v1/generate", json={"task": task, "n": n, "format": kw.pop("format", "npy"), **kw})
+
+
+# -- registry --------------------------------------------------------------------------------
+
+
+def test_registry_publishes_signed_versions_and_keeps_tokens_hashed(run_dir: Path):
+    registry = Registry(run_dir / "registry")
+    first = registry.publish_run(run_dir)
+    assert [e.version for e in first] == [1, 1, 1]
+    assert registry.publish_run(run_dir) == first  # idempotent: the same models are not new versions
+    for e in first:
+        payload = signed_payload(e.task, e.version, registry.manifest(e))
+        assert verify(registry.public_key, payload, bytes.fromhex(e.signature))
+        assert not verify(registry.public_key, signed_payload(e.task, e.version + 1, registry.manifest(e)), b"x" * 64)
+    newer = _compacts(seed=1)[1]
+    save_model(newer, run_dir / "cloud" / "compact" / "trousers")
+    assert registry.publish(run_dir / "cloud" / "compact" / "trousers").version == 2
+    assert registry.latest("trousers").version == 2 and len(registry.entries()) == 3
+    token = registry.issue_token("alice")
+    assert registry.client_of(token) == "alice" and registry.client_of(token + "x") is None
+    raw = (run_dir / "registry" / "registry.db").read_bytes()
+    assert token.encode() not in raw  # only its sha256 is stored
+
+
+def test_cloud_api_needs_a_token_and_serves_weights_with_etag(cloud):
+    registry, url, token, _ = cloud
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=url, timeout=30) as c:
+        assert c.get("/healthz").json()["models"] == 3
+        for path in ("/v1/models", "/v1/models/tops", "/v1/models/tops/weights", "/metrics"):
+            r = c.get(path)
+            assert r.status_code == 401 and "token" in r.json()["error"]
+            assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert sorted(m["task"] for m in c.get("/v1/models", headers=auth).json()["models"]) == sorted(TASKS)
+        r = c.get("/v1/models/shoes", headers=auth)
+        assert r.status_code == 404 and r.json()["known_tasks"] == sorted(TASKS)
+        entry = c.get("/v1/models/tops", headers=auth).json()
+        assert entry["version"] == 1 and entry["manifest"]["task"] == "tops"
+        w = c.get("/v1/models/tops/weights", headers=auth)
+        assert w.status_code == 200 and w.headers["etag"] == f'"{entry["sha256"]}"'
+        assert w.content == registry.weights_path(registry.latest("tops")).read_bytes()
+        again = c.get("/v1/models/tops/weights", headers={**auth, "If-None-Match": w.headers["etag"]})
+        assert again.status_code == 304 and again.content == b""
+        part = c.get("/v1/models/tops/weights", headers={**auth, "Range": "bytes=100-199"})
+        assert part.status_code == 206 and part.content == w.content[100:200]
+        metrics = c.get("/metrics", headers=auth).text
+        assert 'baim_registry_requests_total{path="/v1/models/{task}/weights",status="200"}' in metrics
+
+
+# -- edge: hits, misses, single flight, LRU -------------------------------------------------------
+
+
+def test_edge_hit_on_its_own_model_and_miss_then_hit_for_another_task(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            r = await gen(c, "tops", seed=3)
+            assert r.status_code == 200
+            assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("hit", "tops@own")
+            images = np.load(io.BytesIO(r.content))
+            assert images.shape == (16, 1, 32, 32) and images.dtype == np.uint8
+            assert (await gen(c, "tops", seed=3)).content == r.content  # same seed, same images
+            r = await gen(c, "bags", n=4, format="png")
+            assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("miss", "bags@1")
+            assert Image.open(io.BytesIO(r.content)).format == "PNG"
+            r = await gen(c, "bags", n=4)
+            assert r.headers["x-baim-toolbox"] == "hit"
+            state = (await c.get("/v1/toolbox")).json()
+        assert (state["hits"], state["misses"], state["fetches"]) == (3, 1, 1)
+        assert sorted(m["model"] for m in state["on_disk"]) == ["bags@1", "tops@own"]
+
+    asyncio.run(scenario())
+
+
+def test_sixteen_concurrent_misses_fetch_once_and_other_tasks_do_not_wait(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+
+    class SlowBags(httpx.AsyncBaseTransport):
+        """The registry as seen through a slow link for one task's weights."""
+
+        def __init__(self):
+            self.inner = httpx.AsyncHTTPTransport()
+            self.weights_requests: list[str] = []
+
+        async def handle_async_request(self, request):
+            if request.url.path.endswith("/weights"):
+                self.weights_requests.append(request.url.path)
+                if "/bags/" in request.url.path:
+                    await asyncio.sleep(1.5)
+            return await self.inner.handle_async_request(request)
+
+    async def scenario():
+        transport = SlowBags()
+        tb, app = await _edge(run_dir, url, token, transport=transport)()
+        done: dict[str, float] = {}
+
+        async def timed(task):
+            r = await gen(c, task, n=2)
+            done.setdefault(task, asyncio.get_running_loop().time())
+            return r
+
+        async with await _client(app) as c:
+            replies = await asyncio.gather(*[timed("bags") for _ in range(16)], timed("trousers"))
+        assert all(r.status_code == 200 for r in replies)
+        assert transport.weights_requests.count("/v1/models/bags/weights") == 1  # single flight
+        assert [r.headers["x-baim-toolbox"] for r in replies[:16]] == ["miss"] * 16
+        assert tb.stats.fetches == 2 and tb.stats.misses == 17
+        assert done["trousers"] < done["bags"]  # the slow fetch did not hold the other task back
+
+    asyncio.run(scenario())
+
+
+def test_lru_eviction_under_a_byte_budget(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+    one = sum(
+        t.numel() * t.element_size() for t in load_model(run_dir / "cloud" / "compact" / "tops").state_dict().values()
+    )
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token, budget_mb=2.5 * one / (1 << 20))()  # room for two models
+        async with await _client(app) as c:
+            for task in ("tops", "trousers", "bags"):
+                assert (await gen(c, task, n=1)).status_code == 200
+            assert [x.held.task for x in tb.memory.values()] == ["trousers", "bags"]
+            assert tb.stats.evictions == 1 and tb.memory_bytes <= tb.budget
+            r = await gen(c, "tops", n=1)  # evicted from memory, still on disk: a hit, no fetch
+            assert r.headers["x-baim-toolbox"] == "hit" and tb.stats.fetches == 2
+            assert [x.held.task for x in tb.memory.values()] == ["bags", "tops"]
+            await gen(c, "bags", n=1)  # recently used moves to the end
+            await gen(c, "trousers", n=1)
+            assert [x.held.task for x in tb.memory.values()] == ["bags", "trousers"]
+
+    asyncio.run(scenario())
+
+
+# -- verification: tampered, unsigned, wrong key --------------------------------------------------
+
+
+def test_tampered_weights_and_wrong_signature_are_refused_and_the_old_version_served(run_dir: Path, cloud):
+    registry, url, token, _ = cloud
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            assert (await gen(c, "bags", n=2)).headers["x-baim-model"] == "bags@1"
+            # a new version whose weights are altered after signing
+            save_model(_compacts(seed=2)[2], run_dir / "cloud" / "compact" / "bags")
+            v2 = registry.publish(run_dir / "cloud" / "compact" / "bags")
+            data = bytearray(registry.weights_path(v2).read_bytes())
+            data[-5] ^= 0xFF
+            registry.weights_path(v2).write_bytes(bytes(data))
+            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).json()
+            assert out["updated"] is False and "sha256" in out["reason"] and out["serving"] == "bags@1"
+            assert (await gen(c, "bags", n=2)).headers["x-baim-model"] == "bags@1"
+            assert not (tb.store.root / "bags" / "2").exists()  # never cached
+            # a version with intact weights but a signature that is not the registry's
+            save_model(_compacts(seed=3)[2], run_dir / "cloud" / "compact" / "bags")
+            v3 = registry.publish(run_dir / "cloud" / "compact" / "bags")
+            with sqlite3.connect(registry.root / "registry.db") as db:
+                db.execute("UPDATE models SET signature = ? WHERE version = ?", ("ab" * 64, v3.version))
+            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).json()
+            assert out["updated"] is False and "signature" in out["reason"]
+            assert (await gen(c, "bags", n=2)).headers["x-baim-model"] == "bags@1"
+            assert tb.stats.refused == 2
+            # the registry re-signs v3 correctly: the refresh now switches
+            with sqlite3.connect(registry.root / "registry.db") as db:
+                db.execute("UPDATE models SET signature = ? WHERE version = ?", (v3.signature, v3.version))
+            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).json()
+            assert out["updated"] is True and out["serving"] == "bags@3"
+            assert (await gen(c, "bags", n=2)).headers["x-baim-model"] == "bags@3"
+
+    asyncio.run(scenario())
+
+
+def test_a_tampered_first_fetch_is_a_clear_error_and_leaves_nothing(run_dir: Path, cloud):
+    registry, url, token, _ = cloud
+    path = registry.weights_path(registry.latest("trousers"))
+    data = bytearray(path.read_bytes())
+    data[200] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            r = await gen(c, "trousers", n=2)
+        assert r.status_code == 502 and "refused" in r.json()["error"]
+        assert not (tb.store.root / "trousers").exists()
+
+    asyncio.run(scenario())
+
+
+def test_toolbox_store_refuses_a_model_signed_by_another_key(run_dir: Path, tmp_path: Path):
+    registry = Registry(run_dir / "registry")
+    entry = registry.publish_run(run_dir)[0]
+    other = Registry(tmp_path / "other")
+    store = ToolboxStore(tmp_path / "toolbox", other.public_key)
+    manifest = registry.manifest(entry)
+    weights = registry.weights_path(entry).read_bytes()
+    with pytest.raises(ToolboxError, match="signature"):
+        store.add_fetched(entry.task, entry.version, manifest, weights, entry.signature)
+    with pytest.raises(ToolboxError, match="not the compact model"):  # a valid model passed off as another task
+        store.add_fetched(next(t for t in TASKS if t != entry.task), entry.version, manifest, weights, entry.signature)
+    with pytest.raises(ToolboxError, match="pins registry key"):
+        ToolboxStore(tmp_path / "toolbox", registry.public_key)  # a pinned key does not silently change
+    assert store.held() == []
+
+
+# -- outages and bad requests -------------------------------------------------------------------
+
+
+def test_cloud_down_hits_still_served_and_misses_get_503(run_dir: Path, cloud):
+    _, url, token, server = cloud
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            assert (await gen(c, "bags", n=1)).status_code == 200  # fetched while the cloud is up
+            server.stop()
+            assert (await gen(c, "tops", n=1)).headers["x-baim-toolbox"] == "hit"
+            assert (await gen(c, "bags", n=1)).headers["x-baim-toolbox"] == "hit"
+            r = await gen(c, "trousers", n=1)
+            assert r.status_code == 503
+            assert "cannot be reached" in r.json()["error"] and r.json()["toolbox"] == ["bags", "tops"]
+            assert (await c.get("/v1/tasks")).json() == {
+                "toolbox": ["bags", "tops"],
+                "cloud": None,
+                "tasks": ["bags", "tops"],
+            }
+            server.start()  # back on the same port: the miss is served
+            assert (await gen(c, "trousers", n=1)).headers["x-baim-toolbox"] == "miss"
+
+    asyncio.run(scenario())
+
+
+def test_bad_requests_get_json_errors_that_say_the_limit(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            for n in (0, 257):
+                r = await gen(c, "tops", n=n)
+                assert r.status_code == 422 and "n:" in r.json()["error"] and "256" in r.json()["error"]
+            r = await gen(c, "shoes")
+            assert r.status_code == 404 and r.json()["known_tasks"] == sorted(TASKS)
+            r = await c.post("/v1/generate", content=b"{not json", headers={"content-type": "application/json"})
+            assert r.status_code == 422 and "error" in r.json()
+            r = await c.post("/v1/generate", json={"task": "tops", "format": "gif"})
+            assert r.status_code == 422 and "format" in r.json()["error"]
+            files = {"files": ("x.png", b"definitely not a png", "image/png")}
+            r = await c.post("/v1/reconstruct", data={"task": "tops"}, files=files)
+            assert r.status_code == 422 and "x.png" in r.json()["error"]
+            bad = io.BytesIO()
+            np.save(bad, np.zeros((2, 28, 28), dtype=np.uint8))
+            r = await c.post("/v1/reconstruct", data={"task": "tops"}, files={"files": ("x.npy", bad.getvalue())})
+            assert r.status_code == 422 and "H = W = 32" in r.json()["error"]
+            r = await c.post("/v1/reconstruct", data={"task": "tops"})
+            assert r.status_code == 422 and "files" in r.json()["error"]
+
+    asyncio.run(scenario())
+
+
+def test_reconstruct_returns_the_users_images_through_the_model(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+    img = Image.fromarray((np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8), "L")
+    png = io.BytesIO()
+    img.save(png, format="PNG")
+    arr = io.BytesIO()
+    np.save(arr, np.random.default_rng(1).integers(0, 255, (3, 1, 32, 32), dtype=np.uint8))
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            r = await c.post(
+                "/v1/reconstruct",
+                data={"task": "tops", "format": "npy"},
+                files=[("files", ("a.png", png.getvalue(), "image/png")), ("files", ("b.npy", arr.getvalue()))],
+            )
+            assert r.status_code == 200 and r.headers["x-baim-toolbox"] == "hit"
+            out = np.load(io.BytesIO(r.content))
+            assert out.shape == (4, 1, 32, 32) and float(r.headers["x-baim-mse"]) > 0
+            r = await c.post("/v1/reconstruct", data={"task": "bags"}, files={"files": ("a.png", png.getvalue())})
+            assert r.status_code == 200 and r.headers["x-baim-toolbox"] == "miss"
+            assert Image.open(io.BytesIO(r.content)).format == "PNG"
+
+    asyncio.run(scenario())
+
+
+def test_edge_metrics_and_healthz(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            await gen(c, "tops", n=1)
+            assert (await c.get("/healthz")).json()["status"] == "ok"
+            text = (await c.get("/metrics")).text
+            assert 'baim_edge_requests_total{path="/v1/generate",status="200"} 1.0' in text
+            page = (await c.get("/")).text
+            assert "edge-0" in page and "/v1/generate" in page
+
+    asyncio.run(scenario())
+
+
+# -- command line: token, pull, generate, HTTPS -----------------------------------------------------
+
+
+def test_cli_token_pull_and_generate(run_dir: Path, cloud, tmp_path: Path, capsys):
+    registry, url, _, _ = cloud
+    assert main(["serve", "token", "--run", str(run_dir), "--name", "laptop"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert registry.client_of(token) == "laptop"
+    (tmp_path / "token").write_text(token + "\n")
+    key = run_dir / "registry" / "registry.pub"
+    out = tmp_path / "pulled"
+    args = ["--cloud", url, "--token-file", str(tmp_path / "token"), "--registry-key", str(key)]
+    assert main(["pull", *args, "--task", "bags", "--out", str(out)]) == 0
+    pulled = json.loads(capsys.readouterr().out)
+    assert pulled["version"] == 1 and load_model(out, "compact").task_names == ["bags"]
+    assert main(["generate", "--model", str(out), "--n", "9", "--out", str(tmp_path / "grid.png")]) == 0
+    assert Image.open(tmp_path / "grid.png").size[0] > 32
+    assert main(["pull", *args, "--task", "shoes", "--out", str(tmp_path / "x")]) == 2
+    assert "known tasks" in capsys.readouterr().out
+    (tmp_path / "bad").write_text("nope\n")
+    bad = ["--cloud", url, "--token-file", str(tmp_path / "bad"), "--task", "bags", "--out", str(tmp_path / "y")]
+    assert main(["pull", *bad]) == 2
+    assert "refused the token" in capsys.readouterr().out
+    assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
+
+
+def test_registry_and_edge_over_https_with_the_deployment_ca(run_dir: Path, tmp_path: Path):
+    from baim.federation.deploy import issue_server_cert, make_credentials
+
+    creds = tmp_path / "creds"
+    make_credentials(creds, nodes=0)
+    cert = issue_server_cert(creds, "registry", ["127.0.0.1"])
+    registry = Registry(run_dir / "registry")
+    registry.publish_run(run_dir)
+    token = registry.issue_token("edge-0")
+    with BackgroundServer(create_cloud_app(registry), tls_cert=cert["cert"], tls_key=cert["key"]) as url:
+        assert url.startswith("https://")
+
+        async def scenario():
+            tb = await edge_toolbox(run_dir, 0, url, token, ca_file=cert["ca"])
+            async with await _client(create_edge_app(tb, "edge-0")) as c:
+                assert (await gen(c, "trousers", n=1)).headers["x-baim-toolbox"] == "miss"
+            with pytest.raises(httpx.ConnectError):  # without the CA the registry is not trusted
+                async with httpx.AsyncClient() as plain:
+                    await plain.get(url + "/healthz")
+
+        asyncio.run(scenario())
