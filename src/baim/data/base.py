@@ -44,7 +44,21 @@ class ArraySource:
         return len(self.labels)
 
     def load(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        return self.images[np.asarray(indices, dtype=np.int64)]
+        return self.images[checked_indices(indices, len(self))]
+
+
+def checked_indices(indices: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """``indices`` as int64, each in 0..n-1. A negative index would silently wrap around to
+    another slice's images and one past the end would fail deep inside numpy, so both are
+    refused here, for every source."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        bad = int(idx.min()) if idx.min() < 0 else int(idx.max())
+        raise DataError(
+            f"image index {bad} is outside this split (0..{n - 1}): the layout does not belong to this "
+            "data set or was edited; recreate it with `baim layout`"
+        )
+    return idx
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import DataError, DataSet, Task
+from .base import DataError, DataSet, Task, checked_indices
 
 CLASS_ATTRIBUTES = ("Male", "Smiling", "Young")
 CROP, SIZE = 148, 64
@@ -49,7 +49,7 @@ class CelebASource:
 
     def load(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         out = np.empty((len(indices), 3, SIZE, SIZE), dtype=np.uint8)
-        for k, i in enumerate(np.asarray(indices, dtype=np.int64)):
+        for k, i in enumerate(checked_indices(indices, len(self))):
             path = self.image_dir / self.files[i]
             try:
                 with Image.open(path) as raw:

@@ -8,6 +8,7 @@ otherwise very hard to tell apart.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,38 +29,49 @@ class IDXError(DataError):
     """An IDX file is missing, truncated or not an IDX file at all."""
 
 
+MAX_BYTES = 4 << 30  # the largest IDX payload baim reads (Fashion-MNIST's training images: 47 MB)
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (``.gz`` or raw) into a numpy array of its declared shape."""
+    """Read an IDX file (``.gz`` or raw) into a numpy array of its declared shape.
+
+    The header is read first and the declared size checked against :data:`MAX_BYTES` before
+    the payload is read, so a header (or a gzip stream) claiming terabytes costs nothing."""
     path = Path(path)
     if not path.is_file():
         raise IDXError(f"IDX file not found: {path}")
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                raw = fh.read()
-        else:
-            raw = path.read_bytes()
-    except (OSError, EOFError) as exc:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as fh:
+            magic = fh.read(4)
+            if len(magic) < 4:
+                raise IDXError(f"{path}: only {len(magic)} bytes, too short for an IDX header")
+            if magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
+                raise IDXError(
+                    f"{path}: wrong magic number {magic.hex()} (expected 0000 + type code + ndim, "
+                    "e.g. 00000803 for images); this is not an IDX file"
+                )
+            dtype: np.dtype = np.dtype(_DTYPES[magic[2]])  # type: ignore[call-overload]
+            ndim = magic[3]
+            dims = fh.read(4 * ndim)
+            header = 4 + 4 * ndim
+            if len(dims) < 4 * ndim:
+                raise IDXError(f"{path}: truncated header (needs {header} bytes, has {4 + len(dims)})")
+            shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+            size = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if size > MAX_BYTES:
+                raise IDXError(
+                    f"{path}: header declares shape {shape} ({size:,} bytes), over baim's limit of "
+                    f"{MAX_BYTES:,}; the file is damaged or not a data set baim can hold in memory"
+                )
+            raw = fh.read(size + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise IDXError(
             f"cannot read IDX file {path}: {exc} (the file is damaged or truncated; reinstall or re-copy it)"
         ) from exc
-    if len(raw) < 4:
-        raise IDXError(f"{path}: only {len(raw)} bytes, too short for an IDX header")
-    if raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
-        raise IDXError(
-            f"{path}: wrong magic number {raw[:4].hex()} (expected 0000 + type code + ndim, "
-            "e.g. 00000803 for images); this is not an IDX file"
-        )
-    dtype: np.dtype = np.dtype(_DTYPES[raw[2]])  # type: ignore[call-overload]
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise IDXError(f"{path}: truncated header (needs {header} bytes, has {len(raw)})")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
+    if len(raw) != size:
         raise IDXError(
             f"{path}: truncated or oversized file: header declares shape {shape} "
-            f"({expected} bytes) but the file has {len(raw)} bytes"
+            f"({header + size} bytes) but the file has {'more than ' if len(raw) > size else ''}"
+            f"{header + len(raw)} bytes"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

@@ -1,7 +1,8 @@
 """A user's own images: one subfolder per task under ``root`` (``root/<task>/*.png|jpg``).
 
-Each task is a single class. A seeded 20 % of every task is held out as its test split, so
-the same folder and seed always give the same split.
+Each task is a single class. Hidden entries (names starting with a dot) are ignored. A seeded
+20 % of every task is held out as its test split, so the same folder and seed always give the
+same split.
 """
 
 from __future__ import annotations
@@ -16,27 +17,32 @@ from .base import ArraySource, DataError, DataSet, Task
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
+def _hidden(p: Path) -> bool:
+    """Hidden entries (``.git``, ``.ipynb_checkpoints``, macOS ``._x.png``) are never tasks or images."""
+    return p.name.startswith(".")
+
+
 def load_image_folder(
     root: str | Path, image_size: int = 32, channels: int = 3, test_fraction: float = 0.2, seed: int = 0
 ) -> DataSet:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} not found; give a folder with one subfolder per task")
-    task_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    task_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p))
     if not task_dirs:
         raise DataError(f"{root} has no subfolders; put each task's images in root/<task>/")
     mode = {1: "L", 3: "RGB"}[channels]
     images, labels = [], []
     for t, d in enumerate(task_dirs):
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in d.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file() and not _hidden(p))
         if not files:
             raise DataError(f"task folder {d} holds no images ({', '.join(sorted(EXTENSIONS))})")
         for f in files:
             try:
                 with Image.open(f) as im:
                     arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR))
-            except OSError as exc:
-                raise DataError(f"cannot read image {f}: {exc}") from exc
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise DataError(f"cannot read image {f}: {exc} (replace or remove the file)") from exc
             images.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
             labels.append(t)
     images_np, labels_np = np.stack(images).astype(np.uint8), np.array(labels, dtype=np.int64)

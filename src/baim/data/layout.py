@@ -62,13 +62,23 @@ class Layout:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"layout {path} not found; create one with `baim layout --out DIR`")
-        raw = json.loads(path.read_text())
-        if raw.get("format") != FORMAT_VERSION:
-            raise DataError(f"{path}: layout format {raw.get('format')!r}, this baim reads {FORMAT_VERSION}")
-        raw["edges"] = [EdgeSlice(**e) for e in raw["edges"]]
-        Preset.from_dict(raw["preset"])  # fail here, naming the file, rather than on first use
-        layout = cls(**raw)
-        layout.check_disjoint()
+        try:
+            raw = json.loads(path.read_text())
+            if not isinstance(raw, dict) or raw.get("format") != FORMAT_VERSION:
+                found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+                raise DataError(f"{path}: layout format {found!r}, this baim reads {FORMAT_VERSION}")
+            raw["edges"] = [EdgeSlice(**e) for e in raw["edges"]]
+            Preset.from_dict(raw["preset"])  # fail here, naming the file, rather than on first use
+            layout = cls(**raw)
+            layout.check_disjoint()
+        except DataError as exc:
+            if str(path) in str(exc):
+                raise
+            raise DataError(f"{path}: {exc}") from exc
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            raise DataError(
+                f"{path}: not a valid layout ({type(exc).__name__}: {exc}); recreate it with `baim layout`"
+            ) from exc
         return layout
 
     def fid_sets(self, ds: DataSet, task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +89,21 @@ class Layout:
         return ds.test.load(idx[:n]), ds.test.load(idx[n : 2 * n])
 
     def check_disjoint(self) -> None:
+        """Indices are non-negative ints, edges are numbered 0..N-1 in order and name known
+        tasks, and no image is in two slices (or twice in one)."""
+        n_tasks = len(self.tasks)
+        for pos, e in enumerate(self.edges):
+            if e.edge != pos or not _is_index(e.task, n_tasks) or not isinstance(e.tier, str):
+                raise DataError(f"layout: edge entry {pos} ({e.edge!r}, task {e.task!r}) is malformed")
+        if sorted(self.test) != sorted(t["name"] for t in self.tasks):
+            raise DataError(f"layout: test sets {sorted(self.test)} do not match the tasks")
+        for name, idx in [
+            ("cloud", self.cloud),
+            *[(f"edge {e.edge}", e.indices) for e in self.edges],
+            *[(f"test set of {k}", v) for k, v in self.test.items()],
+        ]:
+            if not isinstance(idx, list) or any(not _is_index(i, 1 << 62) for i in idx):
+                raise DataError(f"layout: {name} must list non-negative integer image indices")
         seen: set[int] = set()
         for name, idx in [("cloud", self.cloud)] + [(f"edge {e.edge}", e.indices) for e in self.edges]:
             s = set(idx)
@@ -91,6 +116,10 @@ class Layout:
             if len(s) != len(idx) or s & test_seen:
                 raise DataError(f"layout: test set of {name} overlaps another task's")
             test_seen |= s
+
+
+def _is_index(v: object, n: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n
 
 
 def assign_tasks(num_edges: int, task_sizes: list[int]) -> list[int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
@@ -40,15 +39,24 @@ def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: 
             raise ModelFileError(
                 f"{source}: tensor {k} has shape {tuple(v.shape)}, the spec needs {tuple(expected[k].shape)}"
             )
+        if v.dtype != expected[k].dtype:
+            raise ModelFileError(f"{source}: tensor {k} is {v.dtype}, the spec needs {expected[k].dtype}")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ModelFileError(f"{source}: tensor {k} holds NaN or infinite values")
 
 
 def read_weights(data: bytes, source: str) -> dict[str, torch.Tensor]:
-    """Parse a safetensors blob, or raise ModelFileError naming where it came from."""
+    """Parse a safetensors blob, or raise ModelFileError naming where it came from. The header
+    length (the first 8 bytes) is checked against the blob before the header is read."""
+    if len(data) < 8 or int.from_bytes(data[:8], "little") > len(data) - 8:
+        claimed = int.from_bytes(data[:8], "little") if len(data) >= 8 else None
+        raise ModelFileError(
+            f"{source}: not a readable safetensors file: its header claims {claimed!r} bytes, "
+            f"the file has {len(data)} (truncated or not safetensors)"
+        )
     try:
         return load_bytes(data)
-    except (SafetensorError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the parser raises several types on garbage; all mean "unreadable"
         raise ModelFileError(f"{source}: not a readable safetensors file: {exc}") from exc
 
 

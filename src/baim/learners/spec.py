@@ -15,6 +15,15 @@ from ..errors import SpecError
 
 FAMILIES = ("conv_vae",)
 SPEC_VERSION = 1
+# Limits checked before any module is built, so that a hostile or mistyped spec is refused
+# rather than allocated: images up to 1024 px, and at most 100 M numbers in a learner's state
+# (400 MB of float32; the large tier at 32 px holds 1.3 M).
+MAX_IMAGE_SIZE = 1024
+MAX_STATE_ELEMENTS = 100_000_000
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -48,13 +57,19 @@ class LearnerSpec:
             raise bad("version", f"{self.version!r} is not supported (this baim reads {SPEC_VERSION})")
         if self.family not in FAMILIES:
             raise bad("family", f"{self.family!r} is unknown; choose one of {FAMILIES}")
-        if not isinstance(self.channels, int) or self.channels not in (1, 3):
+        if not isinstance(self.tier, str) or len(self.tier) > 64:
+            raise bad("tier", f"{self.tier!r}; must be a name of at most 64 characters")
+        if not _is_int(self.channels) or self.channels not in (1, 3):
             raise bad("channels", f"{self.channels!r}; must be 1 (grey) or 3 (RGB)")
-        if not isinstance(self.image_size, int) or self.image_size < 4 or self.image_size & (self.image_size - 1):
-            raise bad("image_size", f"{self.image_size!r}; must be a power of two ≥ 4")
+        if (
+            not _is_int(self.image_size)
+            or not 4 <= self.image_size <= MAX_IMAGE_SIZE
+            or self.image_size & (self.image_size - 1)
+        ):
+            raise bad("image_size", f"{self.image_size!r}; must be a power of two in 4..{MAX_IMAGE_SIZE}")
         if not self.stage_widths:
             raise bad("stage_widths", "empty; a learner needs at least one stage")
-        if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 or w > 4096 for w in self.stage_widths):
+        if any(not _is_int(w) or w < 1 or w > 4096 for w in self.stage_widths):
             raise bad("stage_widths", f"{list(self.stage_widths)}; every width must be an int in 1..4096")
         if self.image_size >> self.num_stages < 1:
             raise bad(
@@ -68,6 +83,27 @@ class LearnerSpec:
             or not 1 <= self.latent_dim <= 4096
         ):
             raise bad("latent_dim", f"{self.latent_dim!r}; must be an int in 1..4096")
+        n = self.state_elements()
+        if n > MAX_STATE_ELEMENTS:
+            raise SpecError(
+                f"learner spec describes {n:,} weights, over the limit of {MAX_STATE_ELEMENTS:,}; "
+                "use fewer or narrower stages, a smaller latent or smaller images"
+            )
+
+    def state_elements(self) -> int:
+        """How many numbers the learner's state dict holds (parameters and BatchNorm buffers),
+        computed from the spec alone: what building it would allocate."""
+        w, c, d = list(self.stage_widths), self.channels, self.latent_dim
+        flat = w[-1] * self.bottleneck_size**2
+
+        def stage(cin: int, cout: int) -> int:  # 3×3 conv + bias, BatchNorm (2 params, 2 stats, 1 count)
+            return cin * cout * 9 + cout + 4 * cout + 1
+
+        n = sum(stage(a, b) for a, b in zip([c] + w[:-1], w))
+        n += flat * 2 * d + 2 * d + d * flat + flat  # posterior head, latent-in map
+        dec = w[::-1] + [w[0]]
+        n += sum(stage(a, b) for a, b in zip(dec[:-1], dec[1:]))
+        return n + w[0] * c * 9 + c  # image head
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,8 +124,8 @@ class LearnerSpec:
         missing = sorted({"image_size", "channels", "stage_widths", "latent_dim"} - set(d))
         if missing:
             raise SpecError(f"learner spec is missing required fields {missing}")
-        if not isinstance(d["stage_widths"], (list, tuple)):
-            raise SpecError("learner spec field 'stage_widths': must be a list of ints")
+        if not isinstance(d["stage_widths"], (list, tuple)) or len(d["stage_widths"]) > 16:
+            raise SpecError("learner spec field 'stage_widths': must be a list of at most 16 ints")
         return cls(**d)
 
 

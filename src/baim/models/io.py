@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from .baim import BAIM, BAIMConfig
 
 FORMAT_VERSION = 2
 MANIFEST, WEIGHTS = "manifest.json", "weights.safetensors"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; checked before it is read
+MAX_WEIGHTS_BYTES = 8 << 30  # checked (with the manifest's own count) before the weights are read
 KINDS = ("learner", "baim", "compact")
 Model = StagedVAE | BAIM
 
@@ -54,9 +57,14 @@ def manifest_of(model: Model, weights: bytes) -> dict[str, Any]:
 
 
 def save_model(model: Model, folder: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """Write ``model`` (and any small text files beside it) into ``folder``, manifest last."""
+    """Write ``model`` (and any small text files beside it) into ``folder``, manifest last.
+
+    A manifest left by an earlier save is removed first: until the new one is written the
+    folder is an unfinished save (``is_saved`` is false), never an old manifest beside new
+    weights or files, whatever moment a kill comes at."""
     folder = Path(folder)
     weights = weights_bytes(model)
+    (folder / MANIFEST).unlink(missing_ok=True)
     write_bytes(folder / WEIGHTS, weights)
     for name, text in (extra_files or {}).items():
         write_text(folder / name, text)
@@ -80,10 +88,23 @@ def load_model(folder: str | Path, kind: str | None = None) -> Model:
             "incomplete (a save that was interrupted leaves no manifest)"
         )
     try:
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ModelFileError(
+                f"{mpath}: {mpath.stat().st_size:,} bytes, over {MAX_MANIFEST_BYTES:,}; not a manifest"
+            )
         manifest = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+    except (ValueError, RecursionError, OSError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ModelFileError(f"{mpath}: not valid JSON: {exc}") from exc
-    data = wpath.read_bytes()
+    size, claimed = wpath.stat().st_size, manifest.get("weights_bytes") if isinstance(manifest, dict) else None
+    if size > MAX_WEIGHTS_BYTES or (claimed is not None and claimed != size):
+        raise ModelFileError(
+            f"{wpath}: {size:,} bytes, but the manifest says {claimed!r} (limit {MAX_WEIGHTS_BYTES:,}); "
+            "the file is truncated, altered or belongs to another model"
+        )
+    try:
+        data = wpath.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{wpath}: cannot read weights: {exc}") from exc
     return model_from(manifest, read_weights(data, str(wpath)), str(folder), kind, sha_of=data)
 
 
@@ -116,17 +137,26 @@ def model_from(
             f"{str(manifest.get('weights_sha256'))[:12]}…; the weights were altered or belong "
             "to another model"
         )
-    model: Model
+    # The config is checked against the weights on a skeleton without storage: a config that
+    # describes more than the weights hold is refused before anything is allocated.
     try:
-        if found_kind == "learner":
-            model = StagedVAE(LearnerSpec.from_dict(manifest["config"]))
-        else:
-            cfg = BAIMConfig.from_dict(manifest["config"])
-            if found_kind == "compact" and (len(cfg.task_names) != 1 or cfg.has_tsgate):
-                raise ValueError("a compact model describes exactly one task and has no TSGate")
-            model = BAIM(cfg)
-    except (KeyError, TypeError, IndexError, ValueError, SpecError) as exc:
+        build = _builder(found_kind, manifest["config"])
+        with torch.device("meta"):
+            skeleton = build()
+    except (KeyError, TypeError, ValueError, SpecError) as exc:
         raise ModelFileError(f"{source}: model config is malformed: {exc}") from exc
-    check_state(model, state, source)
+    check_state(skeleton, state, source)
+    model = build()
     model.load_state_dict(state)
     return model.eval()
+
+
+def _builder(kind: str, config: Any) -> Callable[[], Model]:
+    """A function that builds the module ``config`` describes (checked here, built later)."""
+    if kind == "learner":
+        spec = LearnerSpec.from_dict(config)
+        return lambda: StagedVAE(spec)
+    cfg = BAIMConfig.from_dict(config)
+    if kind == "compact" and (len(cfg.task_names) != 1 or cfg.has_tsgate):
+        raise ValueError("a compact model describes exactly one task and has no TSGate")
+    return lambda: BAIM(cfg)

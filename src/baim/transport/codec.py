@@ -23,6 +23,7 @@ from ..errors import MessageError
 MAGIC, VERSION = b"BAIM", 1
 MAX_HEADER = 1 << 20  # 1 MiB of JSON
 MAX_MESSAGE = 512 << 20  # 512 MiB in all
+MAX_DEPTH = 32  # JSON nesting of a header; baim's own messages nest at most a handful of levels
 
 
 @dataclass
@@ -50,10 +51,13 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE) -> Message:
     n = int.from_bytes(data[5:9], "big")
     if n > MAX_HEADER or 9 + n > len(data):
         raise MessageError(f"message header length {n} is invalid for a {len(data)}-byte message")
+    raw = data[9 : 9 + n]
+    if _nesting(raw) > MAX_DEPTH:  # before parsing: json's recursion would escape as RecursionError
+        raise MessageError(f"message header nests deeper than {MAX_DEPTH} levels; not a baim message")
     try:
-        header = json.loads(data[9 : 9 + n])
+        header = json.loads(raw)
         kind, meta = header["kind"], header["meta"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise MessageError(f"message header is not valid JSON with kind and meta: {exc}") from exc
     if not isinstance(kind, str) or not isinstance(meta, dict):
         raise MessageError("message header: kind must be a string and meta an object")
@@ -63,3 +67,27 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE) -> Message:
     except (SafetensorError, Exception) as exc:  # safetensors raises several types on garbage
         raise MessageError(f"message body is not a valid safetensors blob: {exc}") from exc
     return Message(kind, meta, tensors)
+
+
+def _nesting(raw: bytes) -> int:
+    """The deepest bracket nesting of a JSON text, outside strings (an upper bound for garbage)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:  # the usual case, at C speed
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:  # quote
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest

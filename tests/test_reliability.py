@@ -1,0 +1,203 @@
+"""Faults baim must survive with a clear BaimError, nothing half-written and nothing lost
+(docs/reliability.md cites these tests row by row)."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save as save_bytes
+
+from baim.data import load_dataset, read_idx
+from baim.data.base import ArraySource
+from baim.data.layout import Layout
+from baim.errors import DataError, MessageError, ModelFileError, SpecError
+from baim.learners import LearnerSpec, StagedVAE, read_weights, tier_spec
+from baim.models import BAIM, BAIMConfig, is_saved, load_model, model_from, save_model
+from baim.models import io as model_io
+from baim.models.io import manifest_of
+from baim.transport import Message, decode, encode
+
+
+def _header_message(header: bytes) -> bytes:
+    return b"BAIM\x01" + len(header).to_bytes(4, "big") + header
+
+
+# -- messages -----------------------------------------------------------------------------
+def test_deeply_nested_header_is_a_message_error_not_a_recursion_error():
+    for header in (b"[" * 100_000 + b"]" * 100_000, b'{"kind": "x", "meta": ' + b'{"a":' * 40 + b"1" + b"}" * 41):
+        with pytest.raises(MessageError, match="nests deeper"):
+            decode(_header_message(header))
+    # brackets inside strings are text, not nesting: a real message with them decodes
+    msg = Message("upload", {"note": "[[[[" * 50 + "{{{{" * 50})
+    assert decode(encode(msg)).meta == msg.meta
+
+
+# -- limits before building ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"image_size": 1 << 40, "stage_widths": [4096], "latent_dim": 4096}, "image_size"),
+        ({"image_size": 1024, "stage_widths": [4096], "latent_dim": 4096}, "limit"),
+        ({"image_size": 32, "stage_widths": [16], "latent_dim": 8, "tier": ["x"]}, "tier"),
+        ({"image_size": 32, "stage_widths": [16] * 40, "latent_dim": 8}, "stage_widths"),
+        ({"image_size": 32, "stage_widths": [16], "latent_dim": 8, "channels": True}, "channels"),
+    ],
+)
+def test_spec_limits_are_checked_before_anything_is_built(spec, match):
+    with pytest.raises(SpecError, match=match):
+        LearnerSpec.from_dict({"channels": 1} | spec)
+
+
+def test_spec_state_size_is_what_building_allocates():
+    for tier in ("small", "medium", "large"):
+        for size, channels in ((32, 1), (64, 3)):
+            spec = tier_spec(tier, size, channels)
+            assert spec.state_elements() == sum(v.numel() for v in StagedVAE(spec).state_dict().values())
+
+
+def _two_task_baim() -> BAIM:
+    torch.manual_seed(0)
+    learners = [StagedVAE(tier_spec("small")), StagedVAE(tier_spec("small"))]
+    from baim.models import Connection
+
+    return BAIM.from_learners(learners, [0, 1], ["a", "b"], [Connection("dec", 0, 0, 1, 1)], top_k=1)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda c: c.update(learner_tasks=[0, 5]), "learner_tasks"),
+        (lambda c: c.update(learner_tasks=[0, 0]), "no learner"),
+        (lambda c: c["connections"][0].update(dst_stage=9), "stages"),
+        (lambda c: c["connections"][0].update(src=1), "distinct"),
+        (lambda c: c["connections"].append(dict(c["connections"][0])), "twice"),
+        (lambda c: c.update(trimmed={"7": {"enc": 1}}), "trimmed"),
+        (lambda c: c.update(trimmed={"0": {"enc": 99}}), "trimmed"),
+        (lambda c: c.update(top_k=0), "top_k"),
+        (lambda c: c.update(has_tsgate="false"), "has_tsgate"),
+        (lambda c: c.update(learner_specs=[c["learner_specs"][0]] * 300, learner_tasks=[0] * 300), "at most"),
+        (lambda c: c.pop("frozen"), "missing"),
+        (lambda c: c.update(latent_dim=4), "smaller"),
+    ],
+)
+def test_malformed_baim_config_is_a_spec_error(mutate, match):
+    cfg = _two_task_baim().config.to_dict()
+    BAIMConfig.from_dict(json.loads(json.dumps(cfg)))  # the unmutated config is fine
+    mutate(cfg)
+    with pytest.raises(SpecError, match=match):
+        BAIMConfig.from_dict(cfg)
+
+
+def test_a_manifest_describing_more_than_its_weights_is_refused_before_allocating(monkeypatch):
+    """A tampered manifest (here a deployment to an edge) must not make the receiver build the
+    module it describes: the config is checked against the weights on a storage-less skeleton."""
+    small = StagedVAE(tier_spec("small"))
+    manifest, state = model_io.to_parts(small)
+    manifest["config"] = LearnerSpec(
+        image_size=256, channels=1, stage_widths=(64, 64, 64), latent_dim=256
+    ).to_dict()  # 200 MB
+    devices = []
+    real_init = StagedVAE.__init__
+
+    def recording(self, spec):
+        devices.append(torch.empty(0).device.type)
+        real_init(self, spec)
+
+    monkeypatch.setattr(StagedVAE, "__init__", recording)
+    with pytest.raises(ModelFileError, match="shape"):
+        model_from(manifest, state, "deployment to edge 0", "learner")
+    assert devices == ["meta"]  # only the skeleton was built, and it holds no storage
+
+
+def test_weights_of_the_right_shape_but_another_dtype_are_refused():
+    model = StagedVAE(tier_spec("small"))
+    state = {k: (v.double() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    with pytest.raises(ModelFileError, match="float64"):
+        model_from(manifest_of(model, save_bytes(state)), state, "upload")
+
+
+def test_weights_file_size_and_safetensors_header_are_checked_before_reading(tmp_path):
+    save_model(StagedVAE(tier_spec("small")), tmp_path / "m")
+    w = tmp_path / "m" / "weights.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="manifest says"):
+        load_model(tmp_path / "m")
+    terabytes = (1 << 40).to_bytes(8, "little") + b"{}"
+    with pytest.raises(ModelFileError, match="claims 1099511627776 bytes"):
+        read_weights(terabytes, "upload")
+
+
+def test_a_resave_interrupted_after_its_weights_is_never_marked_saved(tmp_path, monkeypatch):
+    """Re-saving into a folder that holds a save (a deployment resent after a kill, a phase
+    redone) must not leave the old manifest beside new weights: that folder would look saved
+    and fail its sha256 on every rerun."""
+    torch.manual_seed(0)
+    a, b = StagedVAE(tier_spec("small")), StagedVAE(tier_spec("small"))
+    save_model(a, tmp_path / "m", {"log.json": "[1]"})
+    real_write_text = model_io.write_text
+
+    def killed_at_manifest(path, text):
+        if os.path.basename(path) == "manifest.json":
+            raise KeyboardInterrupt
+        return real_write_text(path, text)
+
+    monkeypatch.setattr(model_io, "write_text", killed_at_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(b, tmp_path / "m", {"log.json": "[2]"})
+    assert not is_saved(tmp_path / "m")  # a rerun redoes the save instead of failing for good
+    monkeypatch.setattr(model_io, "write_text", real_write_text)
+    save_model(b, tmp_path / "m", {"log.json": "[2]"})
+    back = load_model(tmp_path / "m", "learner")
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+# -- data ---------------------------------------------------------------------------------
+def test_negative_or_out_of_range_image_indices_are_refused():
+    src = ArraySource(np.zeros((5, 1, 4, 4), np.uint8), np.zeros(5, np.int64))
+    assert src.load([0, 4]).shape == (2, 1, 4, 4)
+    for bad in ([-1], [5]):
+        with pytest.raises(DataError, match="outside this split"):
+            src.load(bad)
+
+
+def test_layout_with_negative_or_non_integer_indices_is_refused(tmp_path, fmnist):
+    from baim.config import get_preset
+    from baim.data.layout import make_layout
+
+    path = make_layout(fmnist, get_preset("smoke"), seed=0).save(tmp_path / "layout.json")
+    raw = json.loads(path.read_text())
+    for edit, match in (
+        (lambda r: r["edges"][0]["indices"].__setitem__(0, -3), "non-negative"),
+        (lambda r: r["cloud"].__setitem__(0, "7"), "non-negative"),
+        (lambda r: r["edges"][0].__setitem__("task", -1), "malformed"),
+        (lambda r: r.__setitem__("edges", [{"edge": 0}]), "not a valid layout"),
+    ):
+        bad = json.loads(json.dumps(raw))
+        edit(bad)
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=match) as err:
+            Layout.load(path)
+        assert str(path) in str(err.value)
+
+
+def test_hidden_entries_of_an_image_folder_are_not_tasks_or_images(tmp_path):
+    for task in ("cats", "dogs", ".ipynb_checkpoints"):
+        (tmp_path / task).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(tmp_path / task / f"{i}.png")
+    (tmp_path / "cats" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not an image")
+    ds = load_dataset("image-folder", str(tmp_path), image_size=8)
+    assert [t.name for t in ds.tasks] == ["cats", "dogs"] and len(ds.train) + len(ds.test) == 6
+
+
+def test_idx_header_claiming_terabytes_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\xff\xff\xff\xff" * 3 + b"\x00" * 100))
+    with pytest.raises(DataError, match="over baim's limit") as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
