@@ -201,3 +201,88 @@ def test_idx_header_claiming_terabytes_is_refused_before_reading(tmp_path):
     with pytest.raises(DataError, match="over baim's limit") as err:
         read_idx(path)
     assert str(path) in str(err.value)
+
+
+# -- training that diverges ---------------------------------------------------------------
+def _noise_images(n: int = 64) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (n, 1, 32, 32), dtype=np.uint8)
+
+
+def test_a_diverging_learner_is_an_error_not_nan_metrics():
+    from baim.config import Recipe
+    from baim.edge.train import train_learner
+    from baim.errors import TrainingDiverged
+
+    x = _noise_images()
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged, match="edge 0 diverged in epoch 1: test_loss not finite"):
+        train_learner(StagedVAE(tier_spec("small")), x, Recipe(3, batch_size=32, lr=1e12), "edge 0", x[:8])
+    with pytest.raises(TrainingDiverged, match=r"all 2 steps' losses were NaN"):  # no test set: caught at epoch 2
+        train_learner(StagedVAE(tier_spec("small")), x, Recipe(3, batch_size=32, lr=1e12), "edge 0")
+
+
+def test_a_diverging_baim_is_an_error_not_nan_metrics():
+    from baim.config import Recipe
+    from baim.errors import TrainingDiverged
+    from baim.models import train_baim
+
+    x = _noise_images()
+    model = _two_task_baim()
+    with pytest.raises(TrainingDiverged, match="BAIM finetune diverged"):
+        train_baim(
+            model, x, np.arange(64) % 2, Recipe(3, batch_size=32, lr=1e12), {0: x[:8], 1: x[8:16]}, "BAIM finetune"
+        )
+
+
+def test_edge_train_command_exits_non_zero_on_divergence_and_saves_nothing(tmp_path, capsys):
+    from baim.cli import main
+
+    assert main(["layout", "--preset", "smoke", "--out", str(tmp_path)]) == 0
+    layout = json.loads((tmp_path / "layout.json").read_text())
+    layout["preset"]["edge"]["lr"] = 1e12
+    (tmp_path / "layout.json").write_text(json.dumps(layout))
+    capsys.readouterr()
+    args = ["edge", "train", "--layout", str(tmp_path / "layout.json"), "--edge", "0", "--out", str(tmp_path / "e0")]
+    assert main(args) == 2
+    assert "diverged in epoch 1" in capsys.readouterr().out
+    assert not is_saved(tmp_path / "e0")
+
+
+# -- run directories -----------------------------------------------------------------------
+def test_a_second_process_on_a_run_directory_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from baim.rundir import RunDir
+
+    held = RunDir(tmp_path, {"preset": "smoke"})
+    code = f"from baim.rundir import RunDir; RunDir({str(tmp_path)!r}, {{'preset': 'smoke'}})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "RunDirBusy" in r.stderr and f"pid {os.getpid()}" in r.stderr
+    again = RunDir(tmp_path, {"preset": "smoke"})  # this process may open it again (Flower's ServerApp does)
+    assert again.config == held.config
+    del held, again  # the lock goes with the last RunDir of the folder (and with the process, however it dies)
+    r = subprocess.run([sys.executable, "-c", code + "; print('ok')"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_resume_with_another_thread_count_is_refused_saying_how_to_match(tmp_path):
+    from baim.errors import RunConfigMismatch
+    from baim.rundir import RunDir
+
+    RunDir(tmp_path, {"preset": "smoke"})
+    recorded = json.loads((tmp_path / "threads.json").read_text())["torch_threads"]
+    assert recorded == torch.get_num_threads()
+    (tmp_path / "threads.json").write_text(json.dumps({"torch_threads": recorded + 3}))
+    with pytest.raises(RunConfigMismatch, match=f"OMP_NUM_THREADS={recorded + 3}"):
+        RunDir(tmp_path, {"preset": "smoke"})
+
+
+def test_an_unavailable_fid_extractor_is_refused_before_the_run_directory_is_claimed(tmp_path, monkeypatch, capsys):
+    from baim.cli import main
+
+    monkeypatch.delenv("BAIM_INCEPTION_WEIGHTS", raising=False)
+    out = tmp_path / "run"
+    assert main(["run", "--preset", "smoke", "--fid-extractor", "inception", "--out", str(out)]) == 2
+    assert "inception extractor needs" in capsys.readouterr().out
+    assert not (out / "config.json").exists()  # the corrected command is not refused as another run

@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import RunConfig
 from .edge import EdgeNode
 from .errors import ConfigError, WorkflowError
+from .metrics import get_extractor
 from .run import Workflow, prepare
 from .transport import ByteLedger, InProcessTransport
 
@@ -30,6 +31,9 @@ def run(out: str | Path, cfg: RunConfig | None = None) -> dict:
             "the deployment engine is started with `flwr run` (see README, 'Deployment'); "
             "baim run takes --engine inprocess or flower-sim"
         )
+    # The FID network is needed only at the end, but a missing one must stop the run before its
+    # folder records this configuration (the corrected command would then be refused as another run).
+    get_extractor(cfg.fid_extractor)
     rd, layout, ds, _ = prepare(out, cfg)
     if cfg.engine == "inprocess":
         ledger = ByteLedger()

@@ -39,3 +39,11 @@ class WorkflowError(BaimError):
 
 class RunConfigMismatch(BaimError):
     """The run directory belongs to a run with another configuration."""
+
+
+class TrainingDiverged(BaimError):
+    """Training produced NaN or infinite losses or metrics; says which model and epoch."""
+
+
+class RunDirBusy(BaimError):
+    """Another baim process holds the run directory's lock; names its pid."""

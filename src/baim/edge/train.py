@@ -18,7 +18,7 @@ import torch
 from ..config import Recipe
 from ..data import to_float
 from ..learners import StagedVAE, vae_loss
-from ..models import reconstruction_metrics
+from ..models import check_epoch, reconstruction_metrics
 from ..progress import make_progress
 
 
@@ -50,7 +50,7 @@ def train_learner(
             model.train()
             perm = torch.randperm(len(data), generator=gen)
             tot = tot_mse = tot_kld = 0.0
-            seen = 0
+            seen, skipped_before = 0, hist.skipped_steps
             for i in range(0, len(perm), cfg.batch_size):
                 x = data[perm[i : i + cfg.batch_size]]
                 x_hat, mu, logvar = model(x)
@@ -77,6 +77,7 @@ def train_learner(
             }
             if eval_images is not None:
                 row["test_loss"] = reconstruction_metrics(model, eval_images, kld_weight=cfg.kld_weight)["test_loss"]
+            check_epoch(label, row, seen, hist.skipped_steps - skipped_before)
             hist.epochs.append(row)
             progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
     hist.seconds = time.perf_counter() - start

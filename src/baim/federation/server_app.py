@@ -16,6 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import STRATEGIES, RunConfig
+from ..metrics import get_extractor
 from ..run import Workflow, prepare
 from .transport import FlowerTransport
 
@@ -29,6 +30,7 @@ def run_workflow_on(
     cfg_path = Path(run_dir) / "config.json"
     if cfg_path.is_file():
         cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
+    get_extractor(cfg.fid_extractor)  # a missing FID network stops the run before it starts, not after training
     rd, layout, ds, _ = prepare(run_dir, cfg)
     transport = FlowerTransport(grid, expected_edges=expected_edges or len(layout.edges))
     return Workflow(rd, layout, ds, transport, transport.ledger, cfg, timeout=timeout).run()

@@ -8,7 +8,7 @@ from .evaluation import Evaluation, evaluate, fit_priors, generate, reconstructi
 from .gates import LSGate, TaskClassifier
 from .io import is_saved, load_model, model_from, save_model, to_parts
 from .prior import LatentPrior
-from .training import train_baim
+from .training import check_epoch, train_baim
 
 __all__ = [
     "BAIM",
@@ -21,6 +21,7 @@ __all__ = [
     "Projection",
     "TaskClassifier",
     "candidate_connections",
+    "check_epoch",
     "evaluate",
     "fit_priors",
     "generate",

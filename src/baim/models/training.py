@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..config import Recipe
 from ..data import to_float
+from ..errors import TrainingDiverged
 from ..progress import make_progress
 from .baim import BAIM
 from .evaluation import reconstruction_metrics
@@ -26,6 +27,26 @@ from .gates import load_balance_loss, router_z_loss
 
 # Weights of the auxiliary losses: small enough not to fight the reconstruction objective.
 BALANCE_WEIGHT, Z_LOSS_WEIGHT, TASK_WEIGHT = 0.01, 0.001, 1.0
+
+
+def check_epoch(label: str, row: dict, seen: int, skipped: int) -> None:
+    """Raise TrainingDiverged if an epoch trained on nothing (every step's loss was NaN or
+    infinite, so every step was skipped) or ended with a loss that is not finite. Skipping a
+    few bad steps is the numeric guard; a whole epoch of them is divergence, and its numbers
+    must not be reported as results."""
+    losses = {k: v for k, v in row.items() if k.startswith(("train_", "test_loss"))}
+    flat = {
+        f"{k} {t}".strip(): float(x)
+        for k, v in losses.items()
+        for t, x in (v.items() if isinstance(v, dict) else [("", v)])
+    }
+    bad = sorted(k for k, x in flat.items() if not math.isfinite(x))
+    if (seen == 0 and skipped) or bad:
+        why = f"{', '.join(bad)} not finite" if bad else f"all {skipped} steps' losses were NaN or infinite"
+        raise TrainingDiverged(
+            f"{label} diverged in epoch {row.get('epoch')}: {why}. Lower the learning rate or check the "
+            "data (and the model it started from); nothing from this training was kept"
+        )
 
 
 def _param_groups(model: BAIM, trainable: set[str] | None, trained: set[int], scale: float) -> list[dict]:
@@ -146,6 +167,7 @@ def train_baim(
                 }
                 row["test_loss"] = ev
                 row["test_loss_mean"] = float(np.mean(list(ev.values())))
+            check_epoch(label, row, seen, skipped)
             log.append(row)
             progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
     model.eval()
