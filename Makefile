@@ -1,14 +1,17 @@
 # The two commands of the README. Both set everything up first (idempotent).
-.PHONY: setup demo test lint bench
+.PHONY: setup setup-test demo test lint bench
 
 setup:
 	bash scripts/setup.sh
+
+setup-test:
+	bash scripts/setup.sh --test
 
 demo: setup
 	BAIM_QUIET=$${BAIM_QUIET:-0} .venv/bin/baim run --preset quick --out runs/quick
 
 # Lint, types and layering are part of the test command, so CI checks them on every change.
-lint: setup
+lint: setup-test
 	.venv/bin/ruff check src tests benchmarks
 	.venv/bin/ruff format --check src tests benchmarks
 	.venv/bin/mypy
@@ -21,3 +24,4 @@ bench: setup
 	.venv/bin/python benchmarks/edge_training.py
 	.venv/bin/python benchmarks/connections.py
 	.venv/bin/python benchmarks/baim_sparsity.py
+	.venv/bin/python benchmarks/service.py

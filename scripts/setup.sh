@@ -2,8 +2,20 @@
 # Idempotent setup: Debian's Fashion-MNIST package, a .venv with torch 2.13.0 (CPU) and baim.
 # Runs as root on Debian; without root, install dataset-fashion-mnist yourself (or pass
 # --data-dir to a folder holding the four IDX files) and run this script again.
+# `--test` also installs Debian's chromium, which the web page's browser test drives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "setup: installing Debian package chromium (for the web page's browser test)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: the browser test needs Debian's chromium. As root run: apt-get install chromium" >&2
+    exit 1
+  fi
+fi
 
 PY=${PYTHON:-python3.11}
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz

@@ -14,3 +14,39 @@ def fmnist():
     from baim.data import load_fashion_mnist
 
     return load_fashion_mnist(FMNIST_DIR)
+
+
+# -- the GenAI service: a run directory built directly (three small tasks) -------------------------
+
+SERVICE_TASKS = ["tops", "trousers", "bags"]
+
+
+def compact_models(seed: int = 0):
+    """One compact model per task, from three small learners fused and partitioned."""
+    import torch
+
+    from baim.cloud import fuse, partition
+    from baim.learners import StagedVAE, tier_spec
+
+    torch.manual_seed(seed)
+    learners = []
+    for _ in SERVICE_TASKS:
+        m = StagedVAE(tier_spec("small"))
+        m.train()
+        m(torch.rand(8, 1, 32, 32))
+        learners.append(m.eval())
+    baim = fuse(learners, [0, 1, 2], SERVICE_TASKS, top_k=1, height=2)
+    return [partition(baim, t) for t in range(len(SERVICE_TASKS))]
+
+
+@pytest.fixture()
+def run_dir(tmp_path: Path) -> Path:
+    """A finished-looking run for the service: three tasks' compact models, edge 0 deployed."""
+    from baim.models import save_model
+
+    run = tmp_path / "run"
+    compacts = compact_models()
+    for t, compact in zip(SERVICE_TASKS, compacts):
+        save_model(compact, run / "cloud" / "compact" / t)
+    save_model(compacts[0], run / "edges" / "edge-0" / "deployed")  # edge 0 serves "tops"
+    return run

@@ -16,44 +16,21 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from baim.cli import main
-from baim.cloud import fuse, partition
 from baim.cloud.registry import Registry, signed_payload
 from baim.edge.toolbox import ToolboxError, ToolboxStore
-from baim.learners import StagedVAE, tier_spec
 from baim.models import load_model, save_model
 from baim.service.cloud_app import create_cloud_app
 from baim.service.edge_app import create_edge_app
 from baim.service.http import BackgroundServer
 from baim.service.serve import edge_toolbox
 from baim.signing import verify
+from conftest import SERVICE_TASKS
+from conftest import compact_models as _compacts
 
-TASKS = ["tops", "trousers", "bags"]
-
-
-def _compacts(seed: int = 0):
-    torch.manual_seed(seed)
-    learners = []
-    for _ in TASKS:
-        m = StagedVAE(tier_spec("small"))
-        m.train()
-        m(torch.rand(8, 1, 32, 32))
-        learners.append(m.eval())
-    baim = fuse(learners, [0, 1, 2], TASKS, top_k=1, height=2)
-    return [partition(baim, t) for t in range(len(TASKS))]
-
-
-@pytest.fixture()
-def run_dir(tmp_path: Path) -> Path:
-    run = tmp_path / "run"
-    compacts = _compacts()
-    for t, compact in zip(TASKS, compacts):
-        save_model(compact, run / "cloud" / "compact" / t)
-    save_model(compacts[0], run / "edges" / "edge-0" / "deployed")  # edge 0 serves "tops"
-    return run
+TASKS = SERVICE_TASKS
 
 
 @pytest.fixture()
@@ -151,8 +128,11 @@ def test_edge_hit_on_its_own_model_and_miss_then_hit_for_another_task(run_dir: P
             r = await gen(c, "bags", n=4)
             assert r.headers["x-baim-toolbox"] == "hit"
             state = (await c.get("/v1/toolbox")).json()
-        assert (state["hits"], state["misses"], state["fetches"]) == (3, 1, 1)
-        assert sorted(m["model"] for m in state["on_disk"]) == ["bags@1", "tops@own"]
+            assert (state["hits"], state["misses"], state["fetches"]) == (3, 1, 1)
+            assert sorted(m["model"] for m in state["on_disk"]) == ["bags@1", "tops@own"]
+            assert (await c.delete("/v1/toolbox/bags")).json()["dropped"] == ["bags@1"]
+            assert (await c.delete("/v1/toolbox/tops")).json()["dropped"] == []  # its own model stays
+            assert (await gen(c, "bags", n=1)).headers["x-baim-toolbox"] == "miss"
 
     asyncio.run(scenario())
 

@@ -132,6 +132,11 @@ class ToolboxStore:
                 out.append(self._held(entry.parent))
         return out
 
+    def remove(self, held: Held) -> None:
+        """Delete a held model, its completion marker first (a kill midway leaves no entry)."""
+        (held.folder / "entry.json").unlink(missing_ok=True)
+        shutil.rmtree(held.folder, ignore_errors=True)
+
     def best(self, task: str) -> Held | None:
         """What to serve for ``task``: the edge's own model, else the newest fetched version."""
         candidates = [h for h in self.held() if h.task == task]

@@ -97,12 +97,20 @@ def read_image(data: bytes, name: str, model: BAIM) -> np.ndarray:
     return (arr[None] if channels == 1 else arr.transpose(2, 0, 1))[None]
 
 
-def create_edge_app(toolbox: Toolbox, edge: str) -> FastAPI:
+def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1) -> FastAPI:
+    """``inference_slots`` forwards run at once; each already uses all of torch's intra-op
+    threads, so more slots on a small CPU only make the forwards fight (measured in
+    ``benchmarks/service.py``); HTTP parsing and encoding still overlap with them."""
     app = FastAPI(title=f"baim edge service ({edge})", version=__version__, docs_url="/docs", redoc_url=None)
     metrics = Metrics("baim_edge")
     install_common(app, metrics)
     app.state.toolbox = toolbox
     page = resources.files("baim.service").joinpath("page.html").read_text()
+    slots = asyncio.Semaphore(inference_slots)
+
+    async def compute(fn: Any) -> Any:
+        async with slots:
+            return await asyncio.to_thread(fn)
 
     async def model_for(task: str) -> tuple[Loaded, str] | Response:
         try:
@@ -161,6 +169,11 @@ def create_edge_app(toolbox: Toolbox, edge: str) -> FastAPI:
     async def refresh(task: str) -> dict[str, Any]:
         return await toolbox.refresh(task)
 
+    @app.delete("/v1/toolbox/{task}")
+    def drop(task: str) -> dict[str, Any]:
+        """Forget a fetched model (the next request for it is a miss); the edge's own stays."""
+        return {"task": task, "dropped": toolbox.drop(task)}
+
     @app.post("/v1/generate")
     async def generate_images(req: GenerateRequest) -> Response:
         t0 = time.perf_counter()
@@ -173,7 +186,7 @@ def create_edge_app(toolbox: Toolbox, edge: str) -> FastAPI:
         def run() -> np.ndarray:
             return to_uint8(generate(loaded.model, req.n, seed, standard=req.procedure == "standard"))
 
-        images = await asyncio.to_thread(run)
+        images = await compute(run)
         body, media = encode(images, req.format)
         return Response(body, media_type=media, headers=headers(loaded, status, t0, **{"X-Baim-Seed": seed}))
 
@@ -206,7 +219,7 @@ def create_edge_app(toolbox: Toolbox, edge: str) -> FastAPI:
             out = model(xt, torch.zeros(len(xt), dtype=torch.long), sample=False).x_hat
             return to_uint8(out), float(((out - xt) ** 2).mean())
 
-        recon, mse = await asyncio.to_thread(run)
+        recon, mse = await compute(run)
         if format == "npy":
             body, media = encode(recon, "npy")
         else:  # inputs above, reconstructions below, column by column

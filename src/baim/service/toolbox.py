@@ -21,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ..edge.toolbox import Held, ToolboxError, ToolboxStore
+from ..edge.toolbox import OWN, Held, ToolboxError, ToolboxStore
 from ..models.io import Model
 from .client import RegistryClient, RegistryUnavailable, UnknownTask
 
@@ -44,6 +44,7 @@ class Loaded:
 @dataclass
 class Stats:
     hits: int = 0  # served without the network (memory or disk)
+    memory_hits: int = 0  # served from memory (no load)
     misses: int = 0  # needed the cloud
     fetches: int = 0  # models downloaded and verified
     disk_loads: int = 0  # loads from the disk store into memory
@@ -71,6 +72,7 @@ class Toolbox:
         if loaded is not None:
             self.memory.move_to_end(task)
             self.stats.hits += 1
+            self.stats.memory_hits += 1
             return loaded, "hit"
         flight = self.flights.get(task)
         if flight is None:
@@ -160,6 +162,18 @@ class Toolbox:
         model = await asyncio.to_thread(self.store.load, new)
         self._admit(task, Loaded(new, model, model_bytes(model)))
         return {"task": task, "serving": new.label, "updated": True}
+
+    def drop(self, task: str) -> list[str]:
+        """Forget the fetched versions of ``task`` (memory and disk); the edge's own model stays."""
+        dropped = []
+        loaded = self.memory.get(task)
+        if loaded is not None and loaded.held.version != OWN:
+            del self.memory[task]
+        for held in self.store.held():
+            if held.task == task and held.version != OWN:
+                self.store.remove(held)
+                dropped.append(held.label)
+        return dropped
 
     def summary(self) -> dict[str, Any]:
         held = self.store.held()

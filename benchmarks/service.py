@@ -1,0 +1,271 @@
+"""Load test of the GenAI service on loopback: latency, throughput, Zipf hit ratio, memory.
+
+Starts a real cloud registry and a real edge service (``baim serve cloud`` / ``baim serve
+edge``, each its own process, as a user would) over a synthetic run of ``--tasks`` compact
+models of the quick preset's tiers, and drives them with an asyncio httpx client. Bounded:
+every phase has a fixed request count, and the servers are stopped at the end.
+
+Measured (16-image ``.npy`` requests unless said otherwise):
+- ``hit_p50_ms``/``hit_p99_ms``: the edge's own model, served from memory;
+- ``miss_p50_ms``/``miss_p99_ms``: a task dropped from the toolbox first, so each request
+  fetches, verifies, stores and loads it; ``miss_hit_ratio`` = miss p50 / hit p50;
+- ``throughput_ratio``: hits per second (``--concurrency`` clients) over raw
+  ``generate`` calls per second of the same model in this process (goal ≥ 0.8);
+- ``hit_ratio``: toolbox hits (no network) under a Zipf(``--zipf``) mix over all tasks with a
+  memory budget of ``--budget-models`` models (< the task count), and ``memory_hit_ratio``;
+- ``rss_growth``: the edge's resident memory after 100 evict/load cycles (budget of one
+  model, two tasks alternating) relative to after the first 10 (goal < 0.10).
+
+Prints the figures and, last, one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from baim.cloud import fuse, partition
+from baim.cloud.registry import Registry
+from baim.learners import StagedVAE, tier_spec
+from baim.models import load_model, save_model
+from baim.models.evaluation import generate
+
+N = 16
+
+
+def build_run(root: Path, tasks: int, seed: int = 0) -> list[str]:
+    """``tasks`` compact models, each a squad of a small, a medium and a large learner (the
+    quick preset's tiers), fused and partitioned one task at a time."""
+    torch.manual_seed(seed)
+    names = [f"task{t}" for t in range(tasks)]
+    for t, name in enumerate(names):
+        learners = []
+        for tier in ("small", "medium", "large"):
+            m = StagedVAE(tier_spec(tier))
+            m.train()
+            m(torch.rand(16, 1, 32, 32))
+            learners.append(m.eval())
+        compact = partition(fuse(learners, [0, 0, 0], [name], top_k=2, height=3, seed=seed + t), 0)
+        save_model(compact, root / "cloud" / "compact" / name)
+        if t == 0:
+            save_model(compact, root / "edges" / "edge-0" / "deployed")
+    return names
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(args: list[str], url: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "BAIM_QUIET": "1"}
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "baim.cli", *args], env=env, stdout=fh, stderr=fh)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{args[:2]} exited: {log.read_text()[-2000:]}")
+    proc.kill()
+    raise RuntimeError(f"{args[:2]} did not start within 120 s")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+async def request(c: httpx.AsyncClient, task: str, seed: int) -> tuple[float, httpx.Response]:
+    t0 = time.perf_counter()
+    r = await c.post("/v1/generate", json={"task": task, "n": N, "seed": seed, "format": "npy"})
+    dt = (time.perf_counter() - t0) * 1000
+    if r.status_code != 200:
+        raise RuntimeError(f"{task}: {r.status_code} {r.text[:200]}")
+    return dt, r
+
+
+async def drive(edge_url: str, names: list[str], args: argparse.Namespace, own_model_dir: Path) -> dict:
+    out: dict = {}
+    async with httpx.AsyncClient(base_url=edge_url, timeout=120) as c:
+        # hits: the edge's own model
+        for i in range(5):
+            await request(c, names[0], i)
+        hits = [(await request(c, names[0], i))[0] for i in range(args.requests)]
+        # misses: drop, then fetch + verify + store + load, every time
+        misses = []
+        for i in range(args.misses):
+            await c.delete(f"/v1/toolbox/{names[1]}")
+            dt, r = await request(c, names[1], i)
+            assert r.headers["x-baim-toolbox"] == "miss", r.headers
+            misses.append(dt)
+        out.update(
+            hit_p50_ms=pct(hits, 50),
+            hit_p99_ms=pct(hits, 99),
+            miss_p50_ms=pct(misses, 50),
+            miss_p99_ms=pct(misses, 99),
+        )
+        out["miss_hit_ratio"] = out["miss_p50_ms"] / out["hit_p50_ms"]
+
+        # throughput on hits against raw generate() of the same model in this process, in
+        # alternating blocks so that a change in machine load hits both sides alike
+        sem = asyncio.Semaphore(args.concurrency)
+
+        async def one(i: int) -> None:
+            async with sem:
+                await request(c, names[0], i)
+
+        model = load_model(own_model_dir, "compact")
+        for i in range(5):
+            generate(model, N, i)
+        block = max(1, args.requests // 4)
+        service_s = raw_s = 0.0
+        for _ in range(4):
+            t0 = time.perf_counter()
+            await asyncio.gather(*[one(i) for i in range(block)])
+            service_s += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for i in range(block):
+                (generate(model, N, i).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+            raw_s += time.perf_counter() - t0
+        service_rps, raw_rps = 4 * block / service_s, 4 * block / raw_s
+        out.update(service_rps=service_rps, raw_rps=raw_rps, throughput_ratio=service_rps / raw_rps)
+    return out
+
+
+async def zipf_mix(edge_url: str, names: list[str], args: argparse.Namespace) -> dict:
+    rng = np.random.default_rng(args.seed)
+    weights = 1.0 / np.arange(1, len(names) + 1) ** args.zipf
+    picks = rng.choice(len(names), size=args.zipf_requests, p=weights / weights.sum())
+    async with httpx.AsyncClient(base_url=edge_url, timeout=120) as c:
+        before = (await c.get("/v1/toolbox")).json()
+        for i, k in enumerate(picks):
+            await request(c, names[int(k)], i)
+        after = (await c.get("/v1/toolbox")).json()
+    hits, mem = after["hits"] - before["hits"], after["memory_hits"] - before["memory_hits"]
+    return {"hit_ratio": hits / len(picks), "memory_hit_ratio": mem / len(picks), "zipf_fetches": after["fetches"]}
+
+
+async def cycles(edge_url: str, names: list[str], pid: int, n: int) -> dict:
+    async with httpx.AsyncClient(base_url=edge_url, timeout=120) as c:
+        rss = []
+        for i in range(n):
+            await request(c, names[2 + (i % 2)], i)
+            if i == 9:
+                rss.append(rss_bytes(pid))
+        rss.append(rss_bytes(pid))
+        state = (await c.get("/v1/toolbox")).json()
+    return {
+        "rss_after_10_mb": rss[0] / 2**20,
+        f"rss_after_{n}_mb": rss[1] / 2**20,
+        "rss_growth": (rss[1] - rss[0]) / rss[0],
+        "cycle_evictions": state["evictions"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=200, help="requests per latency/throughput phase")
+    ap.add_argument("--misses", type=int, default=30)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--zipf", type=float, default=1.1)
+    ap.add_argument("--zipf-requests", type=int, default=400)
+    ap.add_argument("--budget-models", type=int, default=3)
+    ap.add_argument("--cycles", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="baim-service-bench-") as tmp:
+        run = Path(tmp) / "run"
+        t0 = time.perf_counter()
+        names = build_run(run, args.tasks, args.seed)
+        registry = Registry(run / "registry")
+        registry.publish_run(run)
+        token_file = Path(tmp) / "token"
+        token_file.write_text(registry.issue_token("bench"))
+        model_bytes = sum(e.bytes for e in registry.entries()) / len(names)
+        built = time.perf_counter() - t0
+        print(f"{len(names)} compact models, {model_bytes / 2**20:.1f} MiB each on average (built in {built:.0f} s)")
+
+        cloud_port = free_port()
+        cloud_url = f"http://127.0.0.1:{cloud_port}"
+        procs = [
+            start(["serve", "cloud", "--run", str(run), "--port", str(cloud_port)], cloud_url, Path(tmp) / "cloud.log")
+        ]
+        try:
+
+            def edge(budget_mb: float, sub: str) -> tuple[subprocess.Popen, str]:
+                # a fresh toolbox per phase: its own copy of the edge folder
+                edge_run = Path(tmp) / sub
+                (edge_run / "edges").mkdir(parents=True)
+                (edge_run / "edges" / "edge-0").mkdir()
+                os.symlink(run / "edges" / "edge-0" / "deployed", edge_run / "edges" / "edge-0" / "deployed")
+                port = free_port()
+                key = str(run / "registry" / "registry.pub")
+                cmd = ["serve", "edge", "--run", str(edge_run), "--edge", "0", "--cloud", cloud_url]
+                cmd += ["--token-file", str(token_file), "--port", str(port), "--toolbox-mb", str(budget_mb)]
+                procs.append(start([*cmd, "--registry-key", key], f"http://127.0.0.1:{port}", Path(tmp) / f"{sub}.log"))
+                return procs[-1], f"http://127.0.0.1:{port}"
+
+            mem_model = 4 * sum(
+                p.numel() for p in load_model(run / "cloud" / "compact" / names[0]).state_dict().values()
+            )
+            proc, url = edge(4096, "edge-a")
+            figures = asyncio.run(drive(url, names, args, run / "edges" / "edge-0" / "deployed"))
+            proc.terminate()
+            proc, url = edge(args.budget_models * 1.1 * mem_model / 2**20, "edge-b")
+            figures.update(asyncio.run(zipf_mix(url, names, args)))
+            proc.terminate()
+            proc, url = edge(1.5 * mem_model / 2**20, "edge-c")
+            figures.update(asyncio.run(cycles(url, names, proc.pid, args.cycles)))
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    figures.update(
+        tasks=len(names),
+        model_mib=model_bytes / 2**20,
+        images_per_request=N,
+        requests=args.requests,
+        misses=args.misses,
+        concurrency=args.concurrency,
+        zipf_s=args.zipf,
+        budget_models=args.budget_models,
+        cycles=args.cycles,
+        cpu_count=os.cpu_count(),
+    )
+    for k, v in figures.items():
+        print(f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {v}")
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}))
+
+
+if __name__ == "__main__":
+    main()
