@@ -414,3 +414,34 @@ def test_registry_and_edge_over_https_with_the_deployment_ca(run_dir: Path, tmp_
                     await plain.get(url + "/healthz")
 
         asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_a_finished_run_is_served_as_is(tmp_path: Path):
+    """`baim run` leaves each edge's toolbox holding its own model; the registry publishes the
+    run's compact models; an edge serves its own task as a hit and another task as a miss."""
+    from baim import engines
+    from baim.config import RunConfig
+    from baim.service.serve import open_registry
+
+    summary = engines.run(tmp_path, RunConfig(preset="smoke", strategies=("finetune",)))
+    edge = summary["edges"][0]
+    own = tmp_path / "edges" / "edge-0" / "toolbox" / edge["task"] / "own"
+    assert (own / "entry.json").is_file()
+    assert (own / "manifest.json").read_bytes() == (tmp_path / "edges/edge-0/personalized/manifest.json").read_bytes()
+    registry = open_registry(tmp_path)
+    tasks = sorted({e["task"] for e in summary["edges"]})
+    assert sorted(registry.tasks()) == tasks
+    other = next(t for t in tasks if t != edge["task"])
+    with BackgroundServer(create_cloud_app(registry)) as url:
+
+        async def scenario():
+            tb, app = await _edge(tmp_path, url, registry.issue_token("edge-0"))()
+            async with await _client(app) as c:
+                r = await gen(c, edge["task"], n=4)
+                assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("hit", f"{edge['task']}@own")
+                r = await gen(c, other, n=4)
+                assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("miss", f"{other}@1")
+                assert np.load(io.BytesIO(r.content)).std() > 0  # trained models draw varied images
+
+        asyncio.run(scenario())

@@ -7,7 +7,8 @@ Message kinds (cloud → edge, and the reply):
   local metrics.
 - ``train.deploy`` → ``ack``: the compact model of the edge's task (manifest + weights), validated
   and stored.
-- ``train.personalize`` → ``metrics``: fine-tunes the deployed model on the local slice.
+- ``train.personalize`` → ``metrics``: fine-tunes the deployed model on the local slice and
+  puts it in the edge's toolbox (what ``baim serve edge`` serves).
 - ``evaluate`` → ``metrics``: test loss, reconstruction and FID of one of the edge's models
   (``initial``, ``deployed`` or ``personalized``), with the generated images.
 """
@@ -27,6 +28,7 @@ from ..models import BAIM, evaluate, is_saved, load_model, model_from, save_mode
 from ..transport import Message
 from .local import train_edge
 from .personalize import personalize
+from .toolbox import ToolboxStore
 
 MODELS = ("initial", "deployed", "personalized")
 
@@ -100,6 +102,7 @@ class EdgeNode:
             curve = self.ds.test.load(self.layout.test[self.task_name][: preset.curve_test_per_task or None])
             log = personalize(compact, self.local_images(), preset.personalize.with_seed(self.seed), curve)
             save_model(compact, out, {"log.json": json.dumps(log, indent=2) + "\n"})  # log before the manifest
+        ToolboxStore(self.folder / "toolbox").add_own(out, self.task_name)  # what `baim serve edge` serves
         return Message("metrics", {"edge": self.edge, "log": json.loads((out / "log.json").read_text())})
 
     def on_evaluate(self, msg: Message) -> Message:

@@ -97,11 +97,14 @@ class ToolboxStore:
         return self.root / task / version
 
     def add_own(self, folder: str | Path, task: str) -> Held:
-        """Hold the edge's own model (copied from ``folder``) as ``task@own``."""
-        load_model(folder, "compact")  # verified before it is trusted
+        """Hold the edge's own model (copied from ``folder``) as ``task@own``; nothing to do
+        when that exact model is already held."""
         dest = self._folder(task, OWN)
         if (dest / "entry.json").is_file():
-            shutil.rmtree(dest)
+            if (dest / MANIFEST).read_bytes() == (Path(folder) / MANIFEST).read_bytes():
+                return self._held(dest)  # the manifest carries the weights' sha256
+            self.remove(self._held(dest))
+        load_model(folder, "compact")  # verified before it is trusted
         for name in (WEIGHTS, MANIFEST):
             write_bytes(dest / name, (Path(folder) / name).read_bytes())
         write_json(dest / "entry.json", {"task": task, "version": OWN, "source": str(folder)})

@@ -106,15 +106,8 @@ async def edge_toolbox(
         )
         store = ToolboxStore(edge_dir / "toolbox", key)
     own = own_model(edge_dir)
-    if own is not None:
-        task = json.loads((own / MANIFEST).read_text()).get("task")
-        current = store.best(task)
-        if (
-            current is None
-            or current.version != "own"
-            or (current.folder / WEIGHTS).read_bytes() != (own / WEIGHTS).read_bytes()
-        ):
-            store.add_own(own, task)
+    if own is not None:  # the newest of the edge's own models (a later personalisation replaces it)
+        store.add_own(own, json.loads((own / MANIFEST).read_text()).get("task"))
     return Toolbox(store, client, int(budget_mb * (1 << 20)))
 
 
