@@ -6,6 +6,8 @@ models of the quick preset's tiers, and drives them with an asyncio httpx client
 every phase has a fixed request count, and the servers are stopped at the end.
 
 Measured (16-image ``.npy`` requests unless said otherwise):
+- ``edge_start_s``: from launching ``baim serve edge`` to its ``/healthz`` answering (the cold
+  start: Python, torch, the toolbox check), and ``first_request_ms``: its first request;
 - ``hit_p50_ms``/``hit_p99_ms``: the edge's own model, served from memory;
 - ``miss_p50_ms``/``miss_p99_ms``: a task dropped from the toolbox first, so each request
   fetches, verifies, stores and loads it; ``miss_hit_ratio`` = miss p50 / hit p50;
@@ -110,6 +112,8 @@ async def request(c: httpx.AsyncClient, task: str, seed: int) -> tuple[float, ht
 async def drive(edge_url: str, names: list[str], args: argparse.Namespace, own_model_dir: Path) -> dict:
     out: dict = {}
     async with httpx.AsyncClient(base_url=edge_url, timeout=120) as c:
+        # cold start: the first request after the process is up loads the model from disk
+        out["first_request_ms"] = (await request(c, names[0], 0))[0]
         # hits: the edge's own model
         for i in range(5):
             await request(c, names[0], i)
@@ -233,8 +237,11 @@ def main() -> None:
             mem_model = 4 * sum(
                 p.numel() for p in load_model(run / "cloud" / "compact" / names[0]).state_dict().values()
             )
+            t0 = time.perf_counter()
             proc, url = edge(4096, "edge-a")
+            started = time.perf_counter() - t0
             figures = asyncio.run(drive(url, names, args, run / "edges" / "edge-0" / "deployed"))
+            figures["edge_start_s"] = started
             proc.terminate()
             proc, url = edge(args.budget_models * 1.1 * mem_model / 2**20, "edge-b")
             figures.update(asyncio.run(zipf_mix(url, names, args)))
