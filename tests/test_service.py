@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -445,3 +446,25 @@ def test_a_finished_run_is_served_as_is(tmp_path: Path):
                 assert np.load(io.BytesIO(r.content)).std() > 0  # trained models draw varied images
 
         asyncio.run(scenario())
+
+
+def test_published_versions_reach_an_edge_that_refreshes(run_dir: Path, cloud, capsys):
+    """`baim serve publish` adds a version to a running registry; an edge started with a
+    refresh interval switches to it by itself."""
+    registry, url, token, _ = cloud
+    toolbox = asyncio.run(edge_toolbox(run_dir, 0, url, token))
+    with BackgroundServer(create_edge_app(toolbox, "edge-0", refresh_s=0.2)) as edge_url:
+        with httpx.Client(base_url=edge_url, timeout=60) as c:
+            r = c.post("/v1/generate", json={"task": "bags", "n": 1})
+            assert r.headers["x-baim-model"] == "bags@1"
+            save_model(_compacts(seed=4)[2], run_dir / "cloud" / "compact" / "bags")
+            assert main(["serve", "publish", "--run", str(run_dir)]) == 0
+            published = json.loads(capsys.readouterr().out)
+            assert {(p["task"], p["version"]) for p in published} == {("tops", 1), ("trousers", 1), ("bags", 2)}
+            for _ in range(100):
+                if c.post("/v1/generate", json={"task": "bags", "n": 1}).headers["x-baim-model"] == "bags@2":
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError("the edge did not switch to bags@2 within 10 s")
+            assert c.post("/v1/generate", json={"task": "tops", "n": 1}).headers["x-baim-model"] == "tops@own"

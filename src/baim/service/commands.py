@@ -38,6 +38,7 @@ def _serve_edge(args: argparse.Namespace) -> None:
         args.registry_key,
         args.tls_cert,
         args.tls_key,
+        args.refresh_s,
     )
 
 
@@ -45,6 +46,14 @@ def _serve_token(args: argparse.Namespace) -> None:
     from .serve import open_registry
 
     print(open_registry(args.run, publish=False).issue_token(args.name))
+
+
+def _serve_publish(args: argparse.Namespace) -> None:
+    from .serve import open_registry
+
+    registry = open_registry(args.run, publish=False)
+    entries = [registry.publish(m) for m in args.model] if args.model else registry.publish_run(args.run)
+    print(json.dumps([{"task": e.task, "version": e.version, "sha256": e.sha256} for e in entries], indent=2))
 
 
 def _serve_cert(args: argparse.Namespace) -> None:
@@ -95,6 +104,20 @@ def add_service_commands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--name", required=True, help="client name (a new token replaces its old one)")
     p.set_defaults(func=_serve_token)
 
+    p = ssub.add_parser(
+        "publish",
+        formatter_class=fmt,
+        help="publish new versions into a run's registry (a running `serve cloud` serves them at once)",
+    )
+    p.add_argument("--run", required=True)
+    p.add_argument(
+        "--model",
+        action="append",
+        help="a compact model folder to publish (repeatable); default: the run's cloud/compact/* "
+        "(unchanged models are not new versions)",
+    )
+    p.set_defaults(func=_serve_publish)
+
     p = ssub.add_parser("edge", formatter_class=fmt, help="serve generation requests from an edge's toolbox")
     p.add_argument("--run", required=True, help="run directory holding edges/edge-E/")
     p.add_argument("--edge", type=int, required=True)
@@ -104,6 +127,13 @@ def add_service_commands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--port", type=int, default=8701)
     p.add_argument("--toolbox-mb", type=float, default=256.0, help="memory budget of loaded models (MiB)")
     p.add_argument("--ca-file", default=None, help="CA certificate to trust for an HTTPS registry")
+    p.add_argument(
+        "--refresh-s",
+        type=float,
+        default=0.0,
+        help="ask the registry for newer versions of fetched tasks every this many seconds (0: only on "
+        "POST /v1/toolbox/refresh)",
+    )
     p.add_argument(
         "--registry-key",
         default=None,

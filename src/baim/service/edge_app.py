@@ -10,6 +10,8 @@ import asyncio
 import io
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal
 
@@ -21,12 +23,13 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, field_validator
 
 from .. import __version__
-from ..edge.toolbox import ToolboxError
+from ..edge.toolbox import OWN, ToolboxError
+from ..errors import BaimError
 from ..figures import image_grid
 from ..models.baim import BAIM
 from ..models.evaluation import generate
 from .client import RegistryRefused, RegistryUnavailable, UnknownTask
-from .http import Metrics, error, install_common
+from .http import Metrics, error, install_common, log
 from .toolbox import Loaded, Toolbox
 
 MAX_IMAGES = 256
@@ -97,11 +100,32 @@ def read_image(data: bytes, name: str, model: BAIM) -> np.ndarray:
     return (arr[None] if channels == 1 else arr.transpose(2, 0, 1))[None]
 
 
-def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1) -> FastAPI:
+def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refresh_s: float = 0.0) -> FastAPI:
     """``inference_slots`` forwards run at once; each already uses all of torch's intra-op
     threads, so more slots on a small CPU only make the forwards fight (measured in
-    ``benchmarks/service.py``); HTTP parsing and encoding still overlap with them."""
-    app = FastAPI(title=f"baim edge service ({edge})", version=__version__, docs_url="/docs", redoc_url=None)
+    ``benchmarks/service.py``); HTTP parsing and encoding still overlap with them. With
+    ``refresh_s`` > 0 the edge asks the registry for newer versions of the tasks it fetched
+    every ``refresh_s`` seconds (a refused version changes nothing)."""
+
+    async def refresher() -> None:
+        while True:
+            await asyncio.sleep(refresh_s)
+            for task in sorted({h.task for h in toolbox.store.held() if h.version != OWN}):
+                try:
+                    await toolbox.refresh(task)
+                except BaimError as exc:  # the registry's problem, not the edge's: log and go on
+                    log.warning("refresh of %s failed: %s", task, exc)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        job = asyncio.create_task(refresher()) if refresh_s > 0 else None
+        yield
+        if job is not None:
+            job.cancel()
+
+    app = FastAPI(
+        title=f"baim edge service ({edge})", version=__version__, docs_url="/docs", redoc_url=None, lifespan=lifespan
+    )
     metrics = Metrics("baim_edge")
     install_common(app, metrics)
     app.state.toolbox = toolbox

@@ -132,12 +132,13 @@ def serve_edge(
     key_file: str | None,
     tls_cert: str | None,
     tls_key: str | None,
+    refresh_s: float = 0.0,
 ) -> None:
     token = read_token(token_file) if token_file else None
     if cloud and not token:
         raise ConfigError("--cloud needs --token-file (issue a token with `baim serve token --run RUN --name NAME`)")
     toolbox = asyncio.run(edge_toolbox(run_dir, edge, cloud, token, budget_mb, ca_file, key_file))
-    app = create_edge_app(toolbox, f"edge-{edge}")
+    app = create_edge_app(toolbox, f"edge-{edge}", refresh_s=refresh_s)
     held = ", ".join(h.label for h in toolbox.store.held()) or "(empty)"
     scheme = "https" if tls_cert else "http"
     print(f"baim edge-{edge}: toolbox {held}; page at {scheme}://{host}:{port}/")
