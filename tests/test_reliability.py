@@ -286,3 +286,40 @@ def test_an_unavailable_fid_extractor_is_refused_before_the_run_directory_is_cla
     assert main(["run", "--preset", "smoke", "--fid-extractor", "inception", "--out", str(out)]) == 2
     assert "inception extractor needs" in capsys.readouterr().out
     assert not (out / "config.json").exists()  # the corrected command is not refused as another run
+
+
+# -- command-line arguments ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["edge", "train", "--layout", "L", "--edge", "0", "--out", "O", "--epochs", "-1"], "--epochs: must be ≥ 1"),
+        (["edge", "train", "--layout", "L", "--edge", "0", "--out", "O", "--epochs", "0"], "--epochs: must be ≥ 1"),
+        (["edge", "train", "--layout", "L", "--edge", "-1", "--out", "O"], "--edge: must be ≥ 0"),
+        (["cloud", "train", "--layout", "L", "--uploads", "U", "--out", "O", "--epochs", "0"], "--epochs"),
+        (["cloud", "train", "--layout", "L", "--uploads", "U", "--out", "O", "--top-k", "0"], "--top-k"),
+        (["cloud", "train", "--layout", "L", "--uploads", "U", "--out", "O", "--height", "-2"], "--height"),
+        (["cloud", "train", "--layout", "L", "--uploads", "U", "--out", "O", "--prune-ratio", "nan"], "--prune-ratio"),
+        (["cloud", "train", "--layout", "L", "--uploads", "U", "--out", "O", "--prune-ratio", "1.5"], "--prune-ratio"),
+        (["layout", "--out", "O", "--edges", "0"], "--edges"),
+        (["layout", "--out", "O", "--alpha", "-0.5"], "--alpha"),
+        (["run", "--out", "O", "--seed", "-1"], "--seed: must be ≥ 0"),
+        (["evaluate", "--model", "M", "--layout", "L", "--task", "0", "--fid-count", "1"], "--fid-count"),
+        (["domain", "train", "--epochs", "0"], "--epochs"),
+        (["deploy", "credentials", "--out", "O", "--nodes", "0"], "--nodes"),
+    ],
+)
+def test_negative_and_zero_numeric_arguments_are_refused_at_parse_time(argv, match, capsys, tmp_path, monkeypatch):
+    from baim.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and match in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_negative_sweep_seeds_are_refused(tmp_path, capsys):
+    from baim.cli import main
+
+    assert main(["sweep", "--seeds", "0,-1", "--out", str(tmp_path / "s")]) == 2
+    assert "non-negative" in capsys.readouterr().out and not (tmp_path / "s").exists()

@@ -6,13 +6,50 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 console = Console()
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in lo..hi, refused at parse time (``--epochs 0`` would
+    save an untrained model, a negative seed fails deep inside numpy)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"must be {'≥ ' + str(lo) if hi is None else f'in {lo}..{hi}'}, got {value}"
+            )
+        return value
+
+    return parse
+
+
+def _float_in(lo: float, hi: float | None = None, closed: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number between ``lo`` and ``hi`` (ends included if ``closed``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = (lo <= value if closed else lo < value) and (hi is None or (value <= hi if closed else value < hi))
+        if not math.isfinite(value) or not inside:
+            wanted = f"{'≥' if closed else '>'} {lo}" + ("" if hi is None else f" and {'≤' if closed else '<'} {hi}")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    return parse
 
 
 def _cmd_layout(args: argparse.Namespace) -> None:
@@ -67,8 +104,11 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     from .config import default_extractor
     from .data import load_dataset
     from .data.layout import Layout
+    from .metrics import get_extractor
 
     layout = Layout.load(args.layout)
+    extractor = args.fid_extractor or default_extractor(layout.dataset)
+    get_extractor(extractor)  # an unavailable FID network is refused before training, not after
     ds = load_dataset(layout.dataset, layout.data_dir)
     preset = layout.settings.with_overrides(
         top_k=args.top_k, height=args.height, prune_interval=args.prune_interval, prune_ratio=args.prune_ratio
@@ -93,7 +133,7 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
         args.strategy,
         args.out,
         seed=args.seed,
-        fid_extractor=args.fid_extractor or default_extractor(layout.dataset),
+        fid_extractor=extractor,
         screening_losses=[screened.scores[e] for e in edges],
     )
     shown = {
@@ -134,6 +174,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ConfigError(f"--seeds takes comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})") from None
+    if any(s < 0 for s in seeds):
+        raise ConfigError(f"--seeds must be non-negative integers (got {args.seeds!r})")
     if len(seeds) < 2 or len(set(seeds)) != len(seeds):
         raise ConfigError("a sweep needs at least two distinct seeds, e.g. --seeds 0,1,2")
     base = RunConfig(
@@ -258,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_args(sp)
     sp.add_argument("--preset", default="quick", choices=presets, help="named run settings (see README)")
-    sp.add_argument("--edges", type=int, default=None, help="override the preset's number of edges")
-    sp.add_argument("--alpha", type=float, default=None, help="override the Dirichlet concentration")
-    sp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
+    sp.add_argument("--edges", type=_int_in(1), default=None, help="override the preset's number of edges")
+    sp.add_argument("--alpha", type=_float_in(0), default=None, help="override the Dirichlet concentration")
+    sp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_layout)
 
@@ -268,10 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     esub = sp.add_subparsers(dest="edge_command", required=True)
     tp = esub.add_parser("train", formatter_class=fmt, help="train one edge's learner on its local slice")
     tp.add_argument("--layout", required=True)
-    tp.add_argument("--edge", type=int, required=True)
+    tp.add_argument("--edge", type=_int_in(0), required=True)
     tp.add_argument("--out", required=True, help="folder for spec.json + weights.safetensors + metrics.json")
-    tp.add_argument("--epochs", type=int, default=None, help="default: the layout's preset")
-    tp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
+    tp.add_argument("--epochs", type=_int_in(1), default=None, help="default: the layout's preset")
+    tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     tp.set_defaults(func=_cmd_edge_train)
 
     sp = sub.add_parser(
@@ -283,8 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--layout", required=True)
     sp.add_argument("--task", required=True, help="task name or index")
     extractor_arg(sp)
-    sp.add_argument("--fid-count", type=int, default=500, help="generated (and real) images per FID")
-    sp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
+    sp.add_argument("--fid-count", type=_int_in(2), default=500, help="generated (and real) images per FID")
+    sp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     sp.set_defaults(func=_cmd_evaluate)
 
     sp = sub.add_parser("cloud", formatter_class=fmt, help="cloud-side commands")
@@ -300,19 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--strategy", default="finetune", choices=STRATEGIES)
     tp.add_argument("--out", required=True)
-    tp.add_argument("--epochs", type=int, default=None, help="default: the layout's preset")
-    tp.add_argument("--top-k", type=int, default=None)
-    tp.add_argument("--height", type=int, default=None)
-    tp.add_argument("--prune-interval", type=int, default=None)
-    tp.add_argument("--prune-ratio", type=float, default=None)
-    tp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
+    tp.add_argument("--epochs", type=_int_in(1), default=None, help="default: the layout's preset")
+    tp.add_argument("--top-k", type=_int_in(1), default=None)
+    tp.add_argument("--height", type=_int_in(0), default=None)
+    tp.add_argument("--prune-interval", type=_int_in(0), default=None)
+    tp.add_argument("--prune-ratio", type=_float_in(0, 1, closed=True), default=None)
+    tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     extractor_arg(tp)
     tp.set_defaults(func=_cmd_cloud_train)
 
     sp = sub.add_parser("run", formatter_class=fmt, help="the workflow end to end into a run directory (resumable)")
     data_args(sp)
     sp.add_argument("--preset", default="quick", choices=presets, help="named run settings (see README)")
-    sp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
+    sp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     extractor_arg(sp)
     sp.add_argument(
         "--engine",
@@ -353,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = sp.add_subparsers(dest="deploy_command", required=True)
     tp = dsub.add_parser("credentials", formatter_class=fmt, help="CA, SuperLink TLS certificate, SuperNode key pairs")
     tp.add_argument("--out", required=True)
-    tp.add_argument("--nodes", type=int, required=True)
+    tp.add_argument("--nodes", type=_int_in(1), required=True)
     tp.add_argument(
         "--host",
         action="append",
@@ -364,11 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         "commands", formatter_class=fmt, help="write the flwr connection file and print every command to run"
     )
     tp.add_argument("--credentials", required=True)
-    tp.add_argument("--nodes", type=int, required=True)
+    tp.add_argument("--nodes", type=_int_in(1), required=True)
     tp.add_argument("--run-dir", required=True, help="the run directory (holds layout.json)")
     tp.add_argument("--superlink-host", default="127.0.0.1", help="address SuperNodes and flwr use")
     tp.add_argument("--listen", default="127.0.0.1", help="address the SuperLink listens on")
-    tp.add_argument("--port", type=int, default=9093)
+    tp.add_argument("--port", type=_int_in(1, 65535), default=9093)
     tp.add_argument("--flwr-home", default=str(Path.home() / ".flwr"))
     tp.set_defaults(func=_cmd_deploy_commands)
 
@@ -378,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train", formatter_class=fmt, help="train the Fashion-MNIST classifier and write its weights + card"
     )
     tp.add_argument("--data-dir", default=None)
-    tp.add_argument("--epochs", type=int, default=4)
-    tp.add_argument("--seed", type=int, default=0, help="seed of layout, training and sampling")
+    tp.add_argument("--epochs", type=_int_in(1), default=4)
+    tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     tp.add_argument("--out", default=None, help="default: the package's weights folder")
     tp.set_defaults(func=_cmd_domain_train)
 
