@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -72,7 +73,8 @@ def test_registry_publishes_signed_versions_and_keeps_tokens_hashed(run_dir: Pat
     for e in first:
         payload = signed_payload(e.task, e.version, registry.manifest(e))
         assert verify(registry.public_key, payload, bytes.fromhex(e.signature))
-        assert not verify(registry.public_key, signed_payload(e.task, e.version + 1, registry.manifest(e)), b"x" * 64)
+        sig = bytes.fromhex(e.signature)  # bound to its version: not valid for another
+        assert not verify(registry.public_key, signed_payload(e.task, e.version + 1, registry.manifest(e)), sig)
     newer = _compacts(seed=1)[1]
     save_model(newer, run_dir / "cloud" / "compact" / "trousers")
     assert registry.publish(run_dir / "cloud" / "compact" / "trousers").version == 2
@@ -141,37 +143,37 @@ def test_edge_hit_on_its_own_model_and_miss_then_hit_for_another_task(run_dir: P
 def test_sixteen_concurrent_misses_fetch_once_and_other_tasks_do_not_wait(run_dir: Path, cloud):
     _, url, token, _ = cloud
 
-    class SlowBags(httpx.AsyncBaseTransport):
-        """The registry as seen through a slow link for one task's weights."""
+    class HeldBags(httpx.AsyncBaseTransport):
+        """The registry as seen through a link that holds bags' weights back until trousers'
+        reply has arrived: a miss that waited behind bags would never finish."""
 
         def __init__(self):
             self.inner = httpx.AsyncHTTPTransport()
             self.weights_requests: list[str] = []
+            self.trousers_done = asyncio.Event()
 
         async def handle_async_request(self, request):
             if request.url.path.endswith("/weights"):
                 self.weights_requests.append(request.url.path)
                 if "/bags/" in request.url.path:
-                    await asyncio.sleep(1.5)
+                    await asyncio.wait_for(self.trousers_done.wait(), timeout=60)
             return await self.inner.handle_async_request(request)
 
     async def scenario():
-        transport = SlowBags()
+        transport = HeldBags()
         tb, app = await _edge(run_dir, url, token, transport=transport)()
-        done: dict[str, float] = {}
 
-        async def timed(task):
-            r = await gen(c, task, n=2)
-            done.setdefault(task, asyncio.get_running_loop().time())
+        async def trousers():
+            r = await gen(c, "trousers", n=2)
+            transport.trousers_done.set()
             return r
 
         async with await _client(app) as c:
-            replies = await asyncio.gather(*[timed("bags") for _ in range(16)], timed("trousers"))
+            replies = await asyncio.gather(*[gen(c, "bags", n=2) for _ in range(16)], trousers())
         assert all(r.status_code == 200 for r in replies)
         assert transport.weights_requests.count("/v1/models/bags/weights") == 1  # single flight
         assert [r.headers["x-baim-toolbox"] for r in replies[:16]] == ["miss"] * 16
         assert tb.stats.fetches == 2 and tb.stats.misses == 17
-        assert done["trousers"] < done["bags"]  # the slow fetch did not hold the other task back
 
     asyncio.run(scenario())
 
@@ -468,3 +470,110 @@ def test_published_versions_reach_an_edge_that_refreshes(run_dir: Path, cloud, c
             else:
                 raise AssertionError("the edge did not switch to bags@2 within 10 s")
             assert c.post("/v1/generate", json={"task": "tops", "n": 1}).headers["x-baim-model"] == "tops@own"
+
+
+def test_a_failed_fetch_fails_its_waiters_once_and_a_retry_succeeds(run_dir: Path, cloud):
+    _, url, token, server = cloud
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            server.stop()
+            replies = await asyncio.gather(*[gen(c, "bags", n=1) for _ in range(16)])
+            assert [r.status_code for r in replies] == [503] * 16 and tb.flights == {}
+            server.start()
+            r = await gen(c, "bags", n=1)
+            assert r.status_code == 200 and r.headers["x-baim-toolbox"] == "miss" and tb.stats.fetches == 1
+
+    asyncio.run(scenario())
+
+
+def test_bad_task_names_empty_uploads_and_oversized_bodies_are_4xx(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+    empty = io.BytesIO()
+    np.save(empty, np.zeros((0, 32, 32), dtype=np.uint8))
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            for task in ("../models", "bags/weights", "a\x00b", ".hidden", "x" * 200):
+                r = await gen(c, task)
+                assert r.status_code == 422 and "task name" in r.json()["error"], task
+            r = await c.post("/v1/toolbox/refresh", params={"task": "../x"})
+            assert r.status_code == 422
+            for name, data in (("e.npy", b""), ("z.npy", empty.getvalue()), ("t.png", b"\x89PNG\r\n\x1a\n")):
+                r = await c.post("/v1/reconstruct", data={"task": "tops"}, files={"files": (name, data)})
+                assert r.status_code == 422 and name in r.json()["error"], name
+            r = await c.post("/v1/generate", content=b"{" + b" " * (70 << 10) + b"}")
+            assert r.status_code == 413 and "limit" in r.json()["error"]
+        other = httpx.ASGITransport(app=app, client=("10.1.2.3", 5000))  # not the edge machine
+        async with httpx.AsyncClient(transport=other, base_url="http://edge") as c:
+            assert (await c.delete("/v1/toolbox/bags")).status_code == 403
+            assert (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).status_code == 403
+            assert (await gen(c, "tops", n=1)).status_code == 200  # users may generate from anywhere
+        assert [h.label for h in tb.store.held()] == ["tops@own"]  # no bad request left anything behind
+
+    asyncio.run(scenario())
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.get("/v1/models/tops", params={"version": 10**20}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 422
+
+
+def test_a_corrupt_fetched_model_on_disk_is_fetched_again_and_a_too_big_one_served_not_kept(run_dir: Path, cloud):
+    _, url, token, _ = cloud
+
+    async def scenario():
+        tb, app = await _edge(run_dir, url, token)()
+        async with await _client(app) as c:
+            assert (await gen(c, "bags", n=1)).headers["x-baim-toolbox"] == "miss"
+            weights = tb.store.root / "bags" / "1" / "weights.safetensors"
+            weights.write_bytes(weights.read_bytes()[:-10])  # truncated at rest
+            tb.memory.clear()
+            r = await gen(c, "bags", n=1)
+            assert r.status_code == 200 and r.headers["x-baim-toolbox"] == "miss" and tb.stats.fetches == 2
+            tb.budget = 1000  # smaller than any model
+            tb.memory.clear()
+            r = await gen(c, "trousers", n=1)
+            assert r.status_code == 200 and "trousers" not in tb.memory and tb.memory_bytes == 0
+
+    asyncio.run(scenario())
+
+
+def test_an_edge_without_a_key_pins_the_registrys_on_first_miss_in_its_serving_loop(tmp_path: Path, run_dir: Path):
+    """No --registry-key and no run registry on the edge's machine: the edge starts without the
+    cloud, then trusts and pins the registry's key on its first miss (served by uvicorn)."""
+    registry = Registry(tmp_path / "cloud-side")
+    registry.publish_run(run_dir)
+    token = registry.issue_token("edge-0")
+    edge_run = tmp_path / "edge-side"
+    (edge_run / "edges").mkdir(parents=True)
+    shutil.copytree(run_dir / "edges" / "edge-0", edge_run / "edges" / "edge-0")
+    with BackgroundServer(create_cloud_app(registry)) as cloud_url:
+        toolbox = asyncio.run(edge_toolbox(edge_run, 0, cloud_url, token))
+        assert toolbox.store.public_key is None
+        with BackgroundServer(create_edge_app(toolbox, "edge-0")) as edge_url, httpx.Client(base_url=edge_url) as c:
+            r = c.post("/v1/generate", json={"task": "bags", "n": 1}, timeout=60)
+            assert r.status_code == 200 and r.headers["x-baim-toolbox"] == "miss"
+            assert c.post("/v1/generate", json={"task": "trousers", "n": 1}, timeout=60).status_code == 200
+    pin = edge_run / "edges" / "edge-0" / "toolbox" / "registry.pub"
+    assert pin.read_text().strip() == registry.public_key.hex()
+    with pytest.raises(ToolboxError, match="pins registry key"):
+        ToolboxStore(pin.parent, Registry(tmp_path / "impostor").public_key)
+
+
+def test_a_pull_of_tampered_weights_leaves_nothing(run_dir: Path, cloud, tmp_path: Path, capsys):
+    registry, url, token, _ = cloud
+    path = registry.weights_path(registry.latest("bags"))
+    data = bytearray(path.read_bytes())
+    data[300] ^= 0x01
+    path.write_bytes(bytes(data))
+    (tmp_path / "token").write_text(token)
+    out = tmp_path / "pulled"
+    key = str(run_dir / "registry" / "registry.pub")
+    args = ["pull", "--cloud", url, "--token-file", str(tmp_path / "token"), "--registry-key", key]
+    assert main([*args, "--task", "bags", "--out", str(out)]) == 2
+    assert "sha256" in capsys.readouterr().out
+    assert not out.exists() and not list(tmp_path.glob(".pulled*"))
+    assert main([*args, "--task", "tops", "--out", str(out)]) == 0
+    assert main([*args, "--task", "trousers", "--out", str(out)]) == 2  # never mixed into an existing model
+    assert "not empty" in capsys.readouterr().out and load_model(out).task_names == ["tops"]

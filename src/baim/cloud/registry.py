@@ -17,6 +17,7 @@ Layout under ``RUN/registry/``::
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import secrets
@@ -32,6 +33,7 @@ from typing import Any
 from ..atomic import write_bytes, write_text
 from ..errors import BaimError, ConfigError
 from ..models.io import MANIFEST, WEIGHTS, load_model
+from ..names import check_task_name
 from ..signing import canonical, load_or_create_key, public_bytes, sign
 
 SCHEMA = """
@@ -105,13 +107,20 @@ class Registry:
 
     def publish(self, folder: str | Path) -> Entry:
         """Publish the compact model saved in ``folder`` as its task's next version (the
-        latest entry again if it is the same model: publishing is idempotent)."""
+        latest entry again if it is the same model: publishing is idempotent). Publishers in
+        other processes (``serve publish`` beside a running ``serve cloud``) take turns."""
+        with open(self.root / ".publish.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._publish(Path(folder))
+
+    def _publish(self, folder: Path) -> Entry:
         model = load_model(folder, "compact")  # verified: manifest, sha256, every tensor
         manifest = json.loads((Path(folder) / MANIFEST).read_text())
         weights = (Path(folder) / WEIGHTS).read_bytes()
-        task = str(manifest["task"])
-        if not task or "/" in task or task.startswith("."):
-            raise RegistryError(f"{folder}: task name {task!r} cannot name a registry folder")
+        try:
+            task = check_task_name(manifest["task"])
+        except ConfigError as exc:
+            raise RegistryError(f"{folder}: {exc}") from exc
         latest = self.latest(task)
         if latest is not None and latest.sha256 == manifest["weights_sha256"]:
             return latest

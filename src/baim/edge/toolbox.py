@@ -25,9 +25,14 @@ from typing import Any
 from ..atomic import write_bytes, write_json
 from ..errors import BaimError
 from ..models.io import MANIFEST, WEIGHTS, Model, is_saved, load_model
+from ..names import is_task_name
 from ..signing import canonical, verify
 
 OWN = "own"  # version label of the edge's own model
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 class ToolboxError(BaimError):
@@ -79,21 +84,28 @@ class ToolboxStore:
     def __init__(self, root: str | Path, public_key: bytes | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.public_key = public_key
+        self.public_key: bytes | None = None
         pin = self.root / "registry.pub"
-        if public_key is not None:
-            if pin.is_file() and pin.read_text().strip() != public_key.hex():
-                raise ToolboxError(
-                    f"{pin} pins registry key {pin.read_text().strip()[:16]}…, but {public_key.hex()[:16]}… was "
-                    "given; a registry does not change its key. Delete the pin only if you trust the new one"
-                )
-            write_bytes(pin, (public_key.hex() + "\n").encode())
-        elif pin.is_file():
+        if pin.is_file():
             self.public_key = bytes.fromhex(pin.read_text().strip())
+        if public_key is not None:
+            self.pin(public_key)
+
+    def pin(self, public_key: bytes) -> None:
+        """Trust ``public_key`` from now on; a different key than the one pinned is refused."""
+        if self.public_key is not None and self.public_key != public_key:
+            raise ToolboxError(
+                f"{self.root / 'registry.pub'} pins registry key {self.public_key.hex()[:16]}…, but "
+                f"{public_key.hex()[:16]}… was given; a registry does not change its key. Delete the pin only "
+                "if you trust the new one"
+            )
+        if self.public_key is None:
+            write_bytes(self.root / "registry.pub", (public_key.hex() + "\n").encode())
+        self.public_key = public_key
 
     def _folder(self, task: str, version: str) -> Path:
-        if not task or "/" in task or task.startswith("."):
-            raise ToolboxError(f"task name {task!r} cannot name a toolbox folder")
+        if not is_task_name(task):
+            raise ToolboxError(f"task name {task[:60]!r} cannot name a toolbox folder")
         return self.root / task / version
 
     def add_own(self, folder: str | Path, task: str) -> Held:
@@ -101,8 +113,9 @@ class ToolboxStore:
         when that exact model is already held."""
         dest = self._folder(task, OWN)
         if (dest / "entry.json").is_file():
-            if (dest / MANIFEST).read_bytes() == (Path(folder) / MANIFEST).read_bytes():
-                return self._held(dest)  # the manifest carries the weights' sha256
+            same = (dest / MANIFEST).read_bytes() == (Path(folder) / MANIFEST).read_bytes()
+            if same and _sha256(dest / WEIGHTS) == json.loads((dest / MANIFEST).read_text()).get("weights_sha256"):
+                return self._held(dest)  # that exact model, intact
             self.remove(self._held(dest))
         load_model(folder, "compact")  # verified before it is trusted
         for name in (WEIGHTS, MANIFEST):
@@ -153,7 +166,7 @@ class ToolboxStore:
         """Load a held model; fetched ones are re-verified against the pinned key first."""
         if held.version != OWN:
             if self.public_key is None:
-                raise ToolboxError(f"{held.folder}: no registry key pinned to verify it against")
+                raise ToolboxError(f"{held.label}: no registry key pinned to verify it against")
             entry = json.loads((held.folder / "entry.json").read_text())
             manifest = json.loads((held.folder / MANIFEST).read_text())
             weights = (held.folder / WEIGHTS).read_bytes()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from ..errors import BaimError
+from ..signing import SigningError, public_from_hex
 
 MAX_WEIGHTS_BYTES = 2 << 30  # a compact model larger than 2 GiB is not one baim made
 
@@ -70,38 +72,57 @@ class RegistryClient:
             raise RegistryUnavailable(f"cloud registry at {self.url} answered {resp.status_code}: {resp.text[:200]}")
         return resp
 
+    def _json(self, resp: httpx.Response, what: str) -> Any:
+        if resp.status_code != 200:
+            raise RegistryRefused(f"cloud registry answered {resp.status_code} for {what}: {resp.text[:200]}")
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise RegistryRefused(f"cloud registry sent something that is not JSON for {what}") from exc
+
     async def public_key(self) -> bytes:
-        resp = await self._get("/v1/public-key")
-        resp.raise_for_status()
-        return bytes.fromhex(resp.json()["public_key"])
+        body = self._json(await self._get("/v1/public-key"), "its public key")
+        try:
+            return public_from_hex(str(body["public_key"]))
+        except (KeyError, TypeError, SigningError) as exc:
+            raise RegistryRefused(f"cloud registry sent an unusable public key: {exc}") from exc
 
     async def models(self) -> list[dict[str, Any]]:
-        resp = await self._get("/v1/models")
-        resp.raise_for_status()
-        return list(resp.json()["models"])
+        return list(self._json(await self._get("/v1/models"), "the model list")["models"])
 
     async def model(self, task: str) -> dict[str, Any]:
         """The latest version's entry: task, version, manifest, signature, sha256, bytes."""
-        resp = await self._get(f"/v1/models/{task}")
+        resp = await self._get(f"/v1/models/{quote(task, safe='')}")
         if resp.status_code == 404:
-            body = resp.json()
-            raise UnknownTask(task, list(body.get("known_tasks", [])))
-        if resp.status_code != 200:
-            raise RegistryRefused(f"cloud registry answered {resp.status_code} for {task!r}: {resp.text[:200]}")
-        return dict(resp.json())
+            try:
+                known = list(resp.json().get("known_tasks", []))
+            except ValueError:
+                known = []
+            raise UnknownTask(task, known)
+        return dict(self._json(resp, repr(task)))
 
-    async def weights(self, task: str, version: int, sha256: str) -> bytes:
-        """The weights of one version. The ETag must name ``sha256`` (the manifest's); the
+    async def weights(self, task: str, version: int, sha256: str, size: int = 0) -> bytes:
+        """The weights of one version, streamed and cut off past ``size`` (the manifest's
+        ``weights_bytes``) or :data:`MAX_WEIGHTS_BYTES`. The ETag must name ``sha256``; the
         toolbox then checks the bytes themselves against the signed manifest."""
-        resp = await self._get(f"/v1/models/{task}/weights", params={"version": version})
-        if resp.status_code != 200:
-            raise RegistryRefused(f"cloud registry answered {resp.status_code} for {task}@{version} weights")
-        data = resp.content
-        if len(data) > MAX_WEIGHTS_BYTES:
-            raise RegistryRefused(
-                f"{task}@{version}: {len(data)} bytes of weights exceed the {MAX_WEIGHTS_BYTES} limit"
-            )
-        etag = resp.headers.get("etag", "").strip('"')
-        if etag and etag != sha256:
-            raise RegistryRefused(f"{task}@{version}: the registry's ETag {etag[:12]}… is not the manifest's sha256")
-        return data
+        limit = size if 0 < size <= MAX_WEIGHTS_BYTES else MAX_WEIGHTS_BYTES
+        path = f"/v1/models/{quote(task, safe='')}/weights"
+        try:
+            async with self._client.stream("GET", path, params={"version": version}) as resp:
+                if resp.status_code != 200:
+                    raise RegistryRefused(f"cloud registry answered {resp.status_code} for {task}@{version} weights")
+                etag = resp.headers.get("etag", "").strip('"')
+                if etag and etag != sha256:
+                    raise RegistryRefused(
+                        f"{task}@{version}: the registry's ETag {etag[:12]}… is not the manifest's sha256"
+                    )
+                if int(resp.headers.get("content-length", 0)) > limit:
+                    raise RegistryRefused(f"{task}@{version}: {resp.headers['content-length']} bytes exceed {limit}")
+                data = bytearray()
+                async for chunk in resp.aiter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise RegistryRefused(f"{task}@{version}: the weights exceed the {limit} bytes announced")
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailable(f"cloud registry at {self.url}: {type(exc).__name__}: {exc}") from exc
+        return bytes(data)

@@ -7,7 +7,7 @@ are served with their sha256 as a strong ETag, so a client can re-validate (If-N
 
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from .. import __version__
@@ -34,6 +34,7 @@ def create_cloud_app(registry: Registry) -> FastAPI:
         return name
 
     Client = Annotated[str, Depends(client)]
+    Version = Annotated[int | None, Query(ge=1, le=2**31 - 1, description="default: the latest")]
 
     def find(task: str, version: int | None) -> Any:
         entry = registry.entry(task, version)
@@ -60,19 +61,20 @@ def create_cloud_app(registry: Registry) -> FastAPI:
         return {"models": [e.to_dict() for e in registry.entries()]}
 
     @app.get("/v1/models/{task}")
-    def model(task: str, _: Client, version: int | None = None) -> Any:
+    def model(task: str, _: Client, version: Version = None) -> Any:
         entry, missing = find(task, version)
         if missing is not None:
             return missing
         return {**entry.to_dict(), "manifest": registry.manifest(entry), "public_key": registry.public_key.hex()}
 
     @app.get("/v1/models/{task}/weights")
-    def weights(task: str, request: Request, _: Client, version: int | None = None) -> Any:
+    def weights(task: str, request: Request, _: Client, version: Version = None) -> Any:
         entry, missing = find(task, version)
         if missing is not None:
             return missing
         etag = f'"{entry.sha256}"'
-        if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        wanted = [t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")]
+        if etag in wanted or "*" in wanted:
             return Response(status_code=304, headers={"ETag": etag})
         return FileResponse(
             registry.weights_path(entry),

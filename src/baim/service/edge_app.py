@@ -11,23 +11,23 @@ import io
 import secrets
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from importlib import resources
 from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import FastAPI, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, Response
-from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, Field, field_validator
+from PIL import Image
+from pydantic import AfterValidator, BaseModel, Field, field_validator
 
 from .. import __version__
 from ..edge.toolbox import OWN, ToolboxError
-from ..errors import BaimError
 from ..figures import image_grid
 from ..models.baim import BAIM
 from ..models.evaluation import generate
+from ..names import is_task_name
 from .client import RegistryRefused, RegistryUnavailable, UnknownTask
 from .http import Metrics, error, install_common, log
 from .toolbox import Loaded, Toolbox
@@ -36,10 +36,22 @@ MAX_IMAGES = 256
 MAX_UPLOAD_FILES = 64
 MAX_UPLOAD_BYTES = 8 << 20  # per file
 MAX_PIXELS = 4096 * 4096
+MAX_JSON_BYTES = 64 << 10
+
+
+def _task_name(task: str) -> str:
+    if not is_task_name(task):
+        raise ValueError("a task name is 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    return task
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+TaskQuery = Annotated[str, Query(), AfterValidator(_task_name)]
+TaskPath = Annotated[str, Path(), AfterValidator(_task_name)]
 
 
 class GenerateRequest(BaseModel):
-    task: str = Field(min_length=1, max_length=128)
+    task: TaskName
     n: int = Field(16, description=f"number of images, 1..{MAX_IMAGES}")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="sampling seed (random when absent)")
     format: Literal["png", "npy"] = "png"
@@ -72,6 +84,18 @@ def encode(images: np.ndarray, fmt: str, ncol: int = 8) -> tuple[bytes, str]:
     return buf.getvalue(), "image/png"
 
 
+def side_by_side(x: np.ndarray, recon: np.ndarray, fmt: str) -> tuple[bytes, str]:
+    """The reconstructions (``npy``), or a PNG of inputs above reconstructions, 8 per row."""
+    if fmt == "npy":
+        return encode(recon, "npy")
+    ncol = min(8, len(x))
+    rows = []
+    for i in range(0, len(x), ncol):
+        rows += [x[i : i + ncol], recon[i : i + ncol]]
+    pad = [np.pad(r, ((0, ncol - len(r)), (0, 0), (0, 0), (0, 0)), constant_values=255) for r in rows]
+    return encode(np.concatenate(pad), "png", ncol=ncol)
+
+
 def read_image(data: bytes, name: str, model: BAIM) -> np.ndarray:
     """One uploaded image (PNG/JPEG/... or a .npy of uint8 images) → N×C×H×W uint8 at the
     model's geometry (resized, converted to its channel count)."""
@@ -81,20 +105,22 @@ def read_image(data: bytes, name: str, model: BAIM) -> np.ndarray:
     if name.endswith(".npy"):
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise BadImage(f"{name}: not a readable .npy array ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - whatever numpy makes of the bytes, it is the user's file
+            raise BadImage(f"{name}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
         if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != size or arr.shape[-2] != size:
             raise BadImage(f"{name}: a .npy upload must be uint8 N×H×W or N×C×H×W with H = W = {size}")
         arr = arr[:, None] if arr.ndim == 3 else arr
-        if arr.shape[1] != channels or len(arr) > MAX_IMAGES:
-            raise BadImage(f"{name}: needs {channels} channel(s) and at most {MAX_IMAGES} images")
+        if arr.shape[1] != channels or not 1 <= len(arr) <= MAX_IMAGES:
+            raise BadImage(f"{name}: needs {channels} channel(s) and 1 to {MAX_IMAGES} images")
         return arr
     try:
         opened = Image.open(io.BytesIO(data))
         if opened.width * opened.height > MAX_PIXELS:
             raise BadImage(f"{name}: {opened.width}×{opened.height} pixels; the limit is {MAX_PIXELS} pixels")
         img = opened.convert("L" if channels == 1 else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+    except BadImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes; all are the file's fault
         raise BadImage(f"{name}: not an image baim can read (PNG, JPEG, ... or .npy): {exc}") from exc
     arr = np.asarray(img, dtype=np.uint8)
     return (arr[None] if channels == 1 else arr.transpose(2, 0, 1))[None]
@@ -113,8 +139,8 @@ def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refre
             for task in sorted({h.task for h in toolbox.store.held() if h.version != OWN}):
                 try:
                     await toolbox.refresh(task)
-                except BaimError as exc:  # the registry's problem, not the edge's: log and go on
-                    log.warning("refresh of %s failed: %s", task, exc)
+                except Exception:  # noqa: BLE001 - a failed refresh must not end the refresher
+                    log.exception("refresh of %s failed", task)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,12 +148,25 @@ def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refre
         yield
         if job is not None:
             job.cancel()
+            with suppress(asyncio.CancelledError):
+                await job
+        await toolbox.aclose()
 
     app = FastAPI(
         title=f"baim edge service ({edge})", version=__version__, docs_url="/docs", redoc_url=None, lifespan=lifespan
     )
     metrics = Metrics("baim_edge")
     install_common(app, metrics)
+
+    @app.middleware("http")
+    async def body_limit(request: Request, call_next: Any) -> Response:
+        """Refuse oversized bodies before parsing them (JSON is tiny; uploads have a cap)."""
+        limit = MAX_UPLOAD_FILES * MAX_UPLOAD_BYTES if request.url.path == "/v1/reconstruct" else MAX_JSON_BYTES
+        declared = request.headers.get("content-length", "0")
+        if not declared.isdigit() or int(declared) > limit:
+            return error(413, f"request body of {declared} bytes; the limit here is {limit} bytes")
+        return await call_next(request)
+
     app.state.toolbox = toolbox
     page = resources.files("baim.service").joinpath("page.html").read_text()
     slots = asyncio.Semaphore(inference_slots)
@@ -175,7 +214,7 @@ def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refre
         return metrics.render()
 
     @app.get("/v1/toolbox")
-    def toolbox_state() -> dict[str, Any]:
+    async def toolbox_state() -> dict[str, Any]:  # async: reads the LRU on the loop that changes it
         return {"edge": edge, **toolbox.summary()}
 
     @app.get("/v1/tasks")
@@ -189,14 +228,21 @@ def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refre
                 cloud = None
         return {"toolbox": held, "cloud": cloud, "tasks": sorted(set(held) | set(cloud or []))}
 
+    def local_only(request: Request) -> Response | None:
+        """Toolbox administration is for the edge's operator: from this machine only."""
+        host = request.client.host if request.client else ""
+        if host not in ("127.0.0.1", "::1", "localhost", "testclient"):
+            return error(403, "toolbox administration is only allowed from the edge machine itself (loopback)")
+        return None
+
     @app.post("/v1/toolbox/refresh")
-    async def refresh(task: str) -> dict[str, Any]:
-        return await toolbox.refresh(task)
+    async def refresh(request: Request, task: TaskQuery) -> Any:
+        return local_only(request) or await toolbox.refresh(task)
 
     @app.delete("/v1/toolbox/{task}")
-    def drop(task: str) -> dict[str, Any]:
+    async def drop(request: Request, task: TaskPath) -> Any:
         """Forget a fetched model (the next request for it is a miss); the edge's own stays."""
-        return {"task": task, "dropped": toolbox.drop(task)}
+        return local_only(request) or {"task": task, "dropped": await toolbox.drop(task)}
 
     @app.post("/v1/generate")
     async def generate_images(req: GenerateRequest) -> Response:
@@ -211,12 +257,12 @@ def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refre
             return to_uint8(generate(loaded.model, req.n, seed, standard=req.procedure == "standard"))
 
         images = await compute(run)
-        body, media = encode(images, req.format)
+        body, media = await asyncio.to_thread(encode, images, req.format)
         return Response(body, media_type=media, headers=headers(loaded, status, t0, **{"X-Baim-Seed": seed}))
 
     @app.post("/v1/reconstruct")
     async def reconstruct(
-        task: Annotated[str, Form(min_length=1, max_length=128)],
+        task: Annotated[TaskName, Form()],
         files: Annotated[list[UploadFile], File(description="images (PNG, JPEG, ...) or .npy uint8 arrays")],
         format: Annotated[Literal["png", "npy"], Form()] = "png",
     ) -> Response:
@@ -229,8 +275,9 @@ def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refre
         loaded, status = found
         model = loaded.model
         assert isinstance(model, BAIM)
-        try:
-            parts = [read_image(await f.read(MAX_UPLOAD_BYTES + 1), f.filename or "upload", model) for f in files]
+        raw = [(await f.read(MAX_UPLOAD_BYTES + 1), f.filename or "upload") for f in files]
+        try:  # decoding is CPU work: off the loop, so other requests go on
+            parts = await asyncio.to_thread(lambda: [read_image(data, name, model) for data, name in raw])
         except BadImage as exc:
             return error(422, str(exc))
         x = np.concatenate(parts)
@@ -244,15 +291,7 @@ def create_edge_app(toolbox: Toolbox, edge: str, inference_slots: int = 1, refre
             return to_uint8(out), float(((out - xt) ** 2).mean())
 
         recon, mse = await compute(run)
-        if format == "npy":
-            body, media = encode(recon, "npy")
-        else:  # inputs above, reconstructions below, column by column
-            ncol = min(8, len(x))
-            rows = []
-            for i in range(0, len(x), ncol):
-                rows += [x[i : i + ncol], recon[i : i + ncol]]
-            pad = [np.pad(r, ((0, ncol - len(r)), (0, 0), (0, 0), (0, 0)), constant_values=255) for r in rows]
-            body, media = encode(np.concatenate(pad), "png", ncol=ncol)
+        body, media = await asyncio.to_thread(side_by_side, x, recon, format)
         return Response(body, media_type=media, headers=headers(loaded, status, t0, **{"X-Baim-MSE": f"{mse:.6f}"}))
 
     return app

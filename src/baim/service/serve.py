@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +91,9 @@ async def edge_toolbox(
     key_file: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Toolbox:
-    """Edge ``edge``'s toolbox, seeded with its own model, pinned to the registry's key."""
+    """Edge ``edge``'s toolbox, seeded with its own model. No network here: without a
+    registry key (given, the run's own, or pinned before) the toolbox pins the registry's key
+    on its first miss, so an edge starts and serves its own model while the cloud is down."""
     run_dir = Path(run_dir)
     edge_dir = run_dir / "edges" / f"edge-{edge}"
     if not edge_dir.is_dir():
@@ -98,13 +102,11 @@ async def edge_toolbox(
     key = registry_key(run_dir, key_file)
     store = ToolboxStore(edge_dir / "toolbox", key)
     if store.public_key is None and client is not None:
-        key = await client.public_key()
         print(
-            f"baim: trusting registry key {key.hex()[:16]}… on first use (pinned in {store.root}/registry.pub); "
-            "pass --registry-key to check it instead",
+            f"baim: no registry key given; the key the registry presents on the first miss will be trusted and "
+            f"pinned in {store.root}/registry.pub (pass --registry-key to check it instead)",
             file=sys.stderr,
         )
-        store = ToolboxStore(edge_dir / "toolbox", key)
     own = own_model(edge_dir)
     if own is not None:  # the newest of the edge's own models (a later personalisation replaces it)
         store.add_own(own, json.loads((own / MANIFEST).read_text()).get("task"))
@@ -145,34 +147,57 @@ def serve_edge(
     uvicorn.Server(server_config(app, host, port, tls_cert, tls_key)).run()
 
 
-async def _pull(cloud: str, token: str, task: str, out: Path, ca_file: str | None, key_file: str | None) -> dict:
+async def _fetch_verified(
+    cloud: str, token: str, task: str, scratch: Path, ca_file: str | None, key_file: str | None
+) -> dict:
     client = RegistryClient(cloud, token, ca_file)
     try:
-        key = registry_key(None, key_file) or await client.public_key()
+        key = registry_key(None, key_file)
+        if key is None:
+            key = await client.public_key()
+            print(
+                f"baim: trusting the key the registry presents ({key.hex()[:16]}…); pass --registry-key "
+                "(RUN/registry/registry.pub on the cloud) to check it instead",
+                file=sys.stderr,
+            )
         entry = await client.model(task)
         version = int(entry["version"])
-        weights = await client.weights(task, version, str(entry["manifest"].get("weights_sha256")))
+        manifest = entry["manifest"]
+        weights = await client.weights(
+            task, version, str(manifest.get("weights_sha256")), int(manifest.get("weights_bytes", 0))
+        )
     finally:
         await client.aclose()
-    store = ToolboxStore(out.parent / f".{out.name}.pull", key)
-    held = store.add_fetched(task, version, entry["manifest"], weights, str(entry.get("signature", "")))
-    write_bytes(out / WEIGHTS, (held.folder / WEIGHTS).read_bytes())
-    write_bytes(out / "signature.json", json.dumps({k: entry[k] for k in ("task", "version", "signature")}).encode())
-    write_bytes(out / MANIFEST, (held.folder / MANIFEST).read_bytes())  # last: marks a complete pull
-    return {"task": task, "version": version, "bytes": len(weights), "out": str(out), "registry_key": key.hex()}
+    held = ToolboxStore(scratch / "toolbox", key).add_fetched(
+        task, version, manifest, weights, str(entry.get("signature", ""))
+    )
+    model = scratch / "model"
+    write_bytes(model / WEIGHTS, (held.folder / WEIGHTS).read_bytes())
+    write_bytes(model / "signature.json", json.dumps({k: entry[k] for k in ("task", "version", "signature")}).encode())
+    write_bytes(model / MANIFEST, (held.folder / MANIFEST).read_bytes())
+    load_model(model, "compact")  # verified once more, as a user would load it
+    return {"task": task, "version": version, "bytes": len(weights), "registry_key": key.hex()}
 
 
 def pull(cloud: str, token_file: str, task: str, out: str, ca_file: str | None, key_file: str | None) -> dict:
     """Fetch a task's compact model from the registry into ``out``, verified like a toolbox
-    fetch (for a user who runs the model on their own machine)."""
+    fetch (for a user who runs the model on their own machine). Everything happens in a
+    scratch folder beside ``out`` that is renamed onto it once verified: a failed pull leaves
+    nothing, and an existing ``out`` is never mixed with another model."""
     out_path = Path(out)
-    scratch = out_path.parent / f".{out_path.name}.pull"
+    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
+        raise ConfigError(f"{out_path} exists and is not empty; choose another --out or delete it")
+    token = read_token(token_file)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.pull-", dir=out_path.parent))
     try:
-        result = asyncio.run(_pull(cloud, read_token(token_file), task, out_path, ca_file, key_file))
+        result = asyncio.run(_fetch_verified(cloud, token, task, scratch, ca_file, key_file))
+        if out_path.is_dir():
+            out_path.rmdir()  # empty (checked above)
+        os.replace(scratch / "model", out_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    load_model(out_path, "compact")  # verified once more, as a user would load it
-    return result
+    return {**result, "out": str(out_path)}
 
 
 def generate_grid(model_dir: str, n: int, seed: int, out: str, standard: bool = False) -> dict[str, Any]:

@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..edge.toolbox import OWN, Held, ToolboxError, ToolboxStore
+from ..errors import BaimError
 from ..models.io import Model
-from .client import RegistryClient, RegistryUnavailable, UnknownTask
+from .client import RegistryClient, RegistryRefused, RegistryUnavailable, UnknownTask
+from .http import log
 
 
 def model_bytes(model: Model) -> int:
@@ -57,7 +59,8 @@ class Toolbox:
     def __init__(self, store: ToolboxStore, client: RegistryClient | None, budget_bytes: int):
         self.store, self.client, self.budget = store, client, int(budget_bytes)
         self.memory: OrderedDict[str, Loaded] = OrderedDict()
-        self.flights: dict[str, asyncio.Future[tuple[Loaded, str]]] = {}
+        self.flights: dict[str, asyncio.Task[tuple[Loaded, str]]] = {}
+        self.locks: dict[str, asyncio.Lock] = {}  # one per task: bring, refresh and drop never interleave
         self.stats = Stats()
         self.last_error: dict[str, str] = {}
 
@@ -65,9 +68,15 @@ class Toolbox:
     def memory_bytes(self) -> int:
         return sum(x.nbytes for x in self.memory.values())
 
+    def _lock(self, task: str) -> asyncio.Lock:
+        return self.locks.setdefault(task, asyncio.Lock())
+
     async def get(self, task: str) -> tuple[Loaded, str]:
         """The model serving ``task`` and ``"hit"`` or ``"miss"``. Raises UnknownTask,
-        RegistryUnavailable (cloud down on a miss) or ToolboxError (refused model)."""
+        RegistryUnavailable (cloud down on a miss) or ToolboxError (refused model).
+
+        Every request waits on the task's one flight (a task of its own, shielded), so a
+        client that goes away cancels only its own wait, never the fetch others wait for."""
         loaded = self.memory.get(task)
         if loaded is not None:
             self.memory.move_to_end(task)
@@ -76,20 +85,21 @@ class Toolbox:
             return loaded, "hit"
         flight = self.flights.get(task)
         if flight is None:
-            flight = asyncio.get_running_loop().create_future()
+            flight = asyncio.create_task(self._bring(task))
             self.flights[task] = flight
-            try:
-                result = await self._bring(task)
-            except BaseException as exc:
-                flight.set_exception(exc)
-                flight.exception()  # followers may be none: mark it retrieved
-                raise
-            else:
-                flight.set_result(result)
-            finally:
-                del self.flights[task]
-            return result
-        shared, status = await asyncio.shield(flight)
+
+            def landed(t: asyncio.Task, task: str = task) -> None:
+                if self.flights.get(task) is t:
+                    del self.flights[task]
+                if not t.cancelled():
+                    t.exception()  # retrieved here, so an unawaited failure is not logged as lost
+
+            flight.add_done_callback(landed)
+        try:
+            shared, status = await asyncio.shield(flight)
+        except (RegistryUnavailable, UnknownTask, ToolboxError, RegistryRefused):
+            self.stats.misses += 1  # it needed the network, whatever the network said
+            raise
         if status == "hit":  # every request counts once, whoever did the work
             self.stats.hits += 1
         else:
@@ -97,32 +107,50 @@ class Toolbox:
         return shared, status
 
     async def _bring(self, task: str) -> tuple[Loaded, str]:
-        held = await asyncio.to_thread(self.store.best, task)
-        status = "hit"
-        if held is None:
-            self.stats.misses += 1
-            held = await self._fetch(task)
-            status = "miss"
-        else:
-            self.stats.hits += 1
-        model = await asyncio.to_thread(self.store.load, held)
-        self.stats.disk_loads += 1
-        loaded = Loaded(held, model, model_bytes(model))
-        self._admit(task, loaded)
-        return loaded, status
+        async with self._lock(task):
+            if task in self.memory:  # a refresh admitted it meanwhile
+                return self.memory[task], "hit"
+            held = await asyncio.to_thread(self.store.best, task)
+            status = "hit"
+            model: Model | None = None
+            if held is not None:
+                try:
+                    model = await asyncio.to_thread(self.store.load, held)
+                except BaimError as exc:  # altered or corrupt at rest: drop it and fetch again
+                    log.warning("toolbox entry %s failed verification, fetching it again: %s", held.label, exc)
+                    self.last_error[task] = str(exc)
+                    if held.version == OWN:
+                        raise
+                    await asyncio.to_thread(self.store.remove, held)
+                    held = None
+            if held is None or model is None:
+                held = await self._fetch(task)
+                status = "miss"
+                model = await asyncio.to_thread(self.store.load, held)
+            self.stats.disk_loads += 1
+            loaded = Loaded(held, model, model_bytes(model))
+            self._admit(task, loaded)
+            return loaded, status
 
     async def _fetch(self, task: str, newer_than: int = 0) -> Held:
         if self.client is None:
             raise RegistryUnavailable(f"task {task!r} is not in this edge's toolbox and no cloud registry is set")
         t0 = time.perf_counter()
+        if self.store.public_key is None:  # trust on first use, pinned from then on
+            key = await self.client.public_key()
+            log.warning("trusting registry key %s… on first use (pinned in %s)", key.hex()[:16], self.store.root)
+            await asyncio.to_thread(self.store.pin, key)
         entry = await self.client.model(task)
         version = int(entry["version"])
         if version <= newer_than:
             raise _NothingNewer(version)
-        weights = await self.client.weights(task, version, str(entry["manifest"].get("weights_sha256")))
+        manifest = entry["manifest"]
+        weights = await self.client.weights(
+            task, version, str(manifest.get("weights_sha256")), int(manifest.get("weights_bytes", 0))
+        )
         try:
             held = await asyncio.to_thread(
-                self.store.add_fetched, task, version, entry["manifest"], weights, str(entry.get("signature", ""))
+                self.store.add_fetched, task, version, manifest, weights, str(entry.get("signature", ""))
             )
         except ToolboxError as exc:
             self.stats.refused += 1
@@ -135,11 +163,8 @@ class Toolbox:
     def _admit(self, task: str, loaded: Loaded) -> None:
         """Keep ``loaded`` in memory, evicting least recently used models to fit the budget.
         A model larger than the whole budget is served but not kept."""
-        old = self.memory.pop(task, None)
-        if old is not None and old is not loaded:
-            self.stats.evictions += 1
+        self.memory.pop(task, None)  # a version replaced by a newer one is not an eviction
         if loaded.nbytes > self.budget:
-            self.stats.evictions += 1
             return
         while self.memory and self.memory_bytes + loaded.nbytes > self.budget:
             self.memory.popitem(last=False)
@@ -148,32 +173,38 @@ class Toolbox:
 
     async def refresh(self, task: str) -> dict[str, Any]:
         """Ask the registry for a newer version of a fetched task and switch to it once it is
-        verified; a refused version changes nothing (the version held is still served)."""
-        held = await asyncio.to_thread(self.store.best, task)
-        current = int(held.version) if held is not None and held.version.isdigit() else 0
-        if held is not None and not held.version.isdigit():
-            return {"task": task, "serving": held.label, "updated": False, "reason": "the edge's own model"}
-        try:
-            new = await self._fetch(task, newer_than=current)
-        except _NothingNewer:
-            return {"task": task, "serving": held.label if held else None, "updated": False, "reason": "up to date"}
-        except (ToolboxError, RegistryUnavailable, UnknownTask) as exc:
-            return {"task": task, "serving": held.label if held else None, "updated": False, "reason": str(exc)}
-        model = await asyncio.to_thread(self.store.load, new)
-        self._admit(task, Loaded(new, model, model_bytes(model)))
-        return {"task": task, "serving": new.label, "updated": True}
+        verified; a refused version changes nothing (the version held is still served). The
+        superseded version is removed from disk."""
+        async with self._lock(task):
+            held = await asyncio.to_thread(self.store.best, task)
+            serving = held.label if held else None
+            if held is not None and held.version == OWN:
+                return {"task": task, "serving": serving, "updated": False, "reason": "the edge's own model"}
+            current = int(held.version) if held is not None else 0
+            try:
+                new = await self._fetch(task, newer_than=current)
+                model = await asyncio.to_thread(self.store.load, new)
+            except _NothingNewer:
+                return {"task": task, "serving": serving, "updated": False, "reason": "up to date"}
+            except BaimError as exc:
+                return {"task": task, "serving": serving, "updated": False, "reason": str(exc)}
+            self._admit(task, Loaded(new, model, model_bytes(model)))
+            if held is not None:
+                await asyncio.to_thread(self.store.remove, held)
+            return {"task": task, "serving": new.label, "updated": True}
 
-    def drop(self, task: str) -> list[str]:
+    async def drop(self, task: str) -> list[str]:
         """Forget the fetched versions of ``task`` (memory and disk); the edge's own model stays."""
-        dropped = []
-        loaded = self.memory.get(task)
-        if loaded is not None and loaded.held.version != OWN:
-            del self.memory[task]
-        for held in self.store.held():
-            if held.task == task and held.version != OWN:
-                self.store.remove(held)
-                dropped.append(held.label)
-        return dropped
+        async with self._lock(task):
+            loaded = self.memory.get(task)
+            if loaded is not None and loaded.held.version != OWN:
+                del self.memory[task]
+            dropped = []
+            for held in await asyncio.to_thread(self.store.held):
+                if held.task == task and held.version != OWN:
+                    await asyncio.to_thread(self.store.remove, held)
+                    dropped.append(held.label)
+            return dropped
 
     def summary(self) -> dict[str, Any]:
         held = self.store.held()
@@ -186,6 +217,10 @@ class Toolbox:
             **{k: round(v, 4) if isinstance(v, float) else v for k, v in vars(self.stats).items()},
             "last_error": dict(self.last_error),
         }
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
 
 
 class _NothingNewer(Exception):
