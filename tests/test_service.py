@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import shutil
 import sqlite3
 import time
@@ -577,3 +578,26 @@ def test_a_pull_of_tampered_weights_leaves_nothing(run_dir: Path, cloud, tmp_pat
     assert main([*args, "--task", "tops", "--out", str(out)]) == 0
     assert main([*args, "--task", "trousers", "--out", str(out)]) == 2  # never mixed into an existing model
     assert "not empty" in capsys.readouterr().out and load_model(out).task_names == ["tops"]
+
+
+def test_private_keys_are_never_readable_by_others_not_even_while_written(tmp_path: Path, monkeypatch):
+    import os
+    import stat
+
+    import baim.atomic as atomic
+    from baim.federation.deploy import make_credentials
+
+    modes: dict[str, int] = {}
+    real_fsync = atomic.os.fsync
+
+    def spy(fd: int) -> None:  # the mode of each file at the moment its bytes are complete
+        modes[os.readlink(f"/proc/self/fd/{fd}")] = stat.S_IMODE(os.fstat(fd).st_mode)
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", spy)
+    make_credentials(tmp_path / "creds", nodes=1)
+    registry = Registry(tmp_path / "registry")
+    secret = re.compile(r"\.(ca\.key|server\.key|registry\.key|node-0)\.[^.]+\.tmp$")
+    keys = {k: m for k, m in modes.items() if secret.search(k)}
+    assert len(keys) == 4 and set(keys.values()) == {0o600}, modes
+    assert stat.S_IMODE((registry.root / "registry.key").stat().st_mode) == 0o600

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], mode: int | None = None) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
     The temporary file lives in the destination folder so that the rename is atomic (same
     file system). On any error the temporary file is removed and ``path`` is untouched.
+    ``mode`` (e.g. 0o600 for a private key) is set before anything is written, so a secret is
+    never readable by others, not even for a moment; by default artifacts get normal permissions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,7 +29,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     umask = os.umask(0)
     os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; artifacts get normal permissions
+        os.chmod(tmp, 0o666 & ~umask if mode is None else mode)  # mkstemp creates 0600
         write(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
@@ -39,12 +41,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None) -> Path:
     def _w(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(data)
 
-    return atomic_write(path, _w)
+    return atomic_write(path, _w, mode)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -10,7 +10,6 @@ as, so a signature does not depend on key order or whitespace.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +39,7 @@ def new_key() -> Ed25519PrivateKey:
 
 def save_private_key(key: Ed25519PrivateKey, path: str | Path) -> Path:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    out = write_bytes(path, pem)
-    os.chmod(out, 0o600)
-    return out
+    return write_bytes(path, pem, mode=0o600)  # 0600 before the key is written, never after
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -42,8 +41,7 @@ def _pem_key(key) -> bytes:
 
 
 def _private(path: Path, data: bytes) -> None:
-    write_bytes(path, data)
-    os.chmod(path, 0o600)
+    write_bytes(path, data, mode=0o600)  # 0600 before the key is written, never after
 
 
 def make_credentials(out: str | Path, nodes: int, hosts: list[str] | None = None, days: int = 365) -> dict:
