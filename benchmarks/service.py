@@ -11,12 +11,14 @@ Measured (16-image ``.npy`` requests unless said otherwise):
 - ``hit_p50_ms``/``hit_p99_ms``: the edge's own model, served from memory;
 - ``miss_p50_ms``/``miss_p99_ms``: a task dropped from the toolbox first, so each request
   fetches, verifies, stores and loads it; ``miss_hit_ratio`` = miss p50 / hit p50;
-- ``throughput_ratio``: hits per second (``--concurrency`` clients) over raw
-  ``generate`` calls per second of the same model in this process (goal ≥ 0.8);
+- ``throughput_ratio``: hits per second (``--concurrency`` clients; the edge runs one
+  forward at a time and overlaps HTTP and encoding with it) over raw ``generate`` calls per
+  second of the same model, one after another, in this process (goal ≥ 0.8);
 - ``hit_ratio``: toolbox hits (no network) under a Zipf(``--zipf``) mix over all tasks with a
   memory budget of ``--budget-models`` models (< the task count), and ``memory_hit_ratio``;
 - ``rss_growth``: the edge's resident memory after 100 evict/load cycles (budget of one
-  model, two tasks alternating) relative to after the first 10 (goal < 0.10).
+  model, two tasks alternating) relative to after the first 10 (goal < 0.10), with the
+  samples every 10 cycles (a slope, not two points, tells growth from allocator noise).
 
 Prints the figures and, last, one JSON object.
 """
@@ -43,6 +45,7 @@ from baim.cloud.registry import Registry
 from baim.learners import StagedVAE, tier_spec
 from baim.models import load_model, save_model
 from baim.models.evaluation import generate
+from baim.service.toolbox import model_bytes
 
 N = 16
 
@@ -173,19 +176,25 @@ async def zipf_mix(edge_url: str, names: list[str], args: argparse.Namespace) ->
 
 
 async def cycles(edge_url: str, names: list[str], pid: int, n: int) -> dict:
+    """Two tasks alternating through a one-model budget: every request evicts one model and
+    loads the other from disk. RSS is sampled every 10 cycles."""
     async with httpx.AsyncClient(base_url=edge_url, timeout=120) as c:
+        before = (await c.get("/v1/toolbox")).json()
         rss = []
         for i in range(n):
             await request(c, names[2 + (i % 2)], i)
-            if i == 9:
+            if (i + 1) % 10 == 0:
                 rss.append(rss_bytes(pid))
-        rss.append(rss_bytes(pid))
         state = (await c.get("/v1/toolbox")).json()
+    evictions = state["evictions"] - before["evictions"]
+    if evictions < n - 2:
+        raise RuntimeError(f"only {evictions} evictions in {n} cycles: the budget holds both models")
     return {
         "rss_after_10_mb": rss[0] / 2**20,
-        f"rss_after_{n}_mb": rss[1] / 2**20,
-        "rss_growth": (rss[1] - rss[0]) / rss[0],
-        "cycle_evictions": state["evictions"],
+        f"rss_after_{n}_mb": rss[-1] / 2**20,
+        "rss_samples_mb": [round(r / 2**20, 1) for r in rss],
+        "rss_growth": (rss[-1] - rss[0]) / rss[0],
+        "cycle_evictions": evictions,
     }
 
 
@@ -210,9 +219,9 @@ def main() -> None:
         registry.publish_run(run)
         token_file = Path(tmp) / "token"
         token_file.write_text(registry.issue_token("bench"))
-        model_bytes = sum(e.bytes for e in registry.entries()) / len(names)
+        file_bytes = sum(e.bytes for e in registry.entries()) / len(names)
         built = time.perf_counter() - t0
-        print(f"{len(names)} compact models, {model_bytes / 2**20:.1f} MiB each on average (built in {built:.0f} s)")
+        print(f"{len(names)} compact models, {file_bytes / 2**20:.1f} MiB each on average (built in {built:.0f} s)")
 
         cloud_port = free_port()
         cloud_url = f"http://127.0.0.1:{cloud_port}"
@@ -234,9 +243,7 @@ def main() -> None:
                 procs.append(start([*cmd, "--registry-key", key], f"http://127.0.0.1:{port}", Path(tmp) / f"{sub}.log"))
                 return procs[-1], f"http://127.0.0.1:{port}"
 
-            mem_model = 4 * sum(
-                p.numel() for p in load_model(run / "cloud" / "compact" / names[0]).state_dict().values()
-            )
+            mem_model = max(model_bytes(load_model(run / "cloud" / "compact" / t)) for t in names)
             t0 = time.perf_counter()
             proc, url = edge(4096, "edge-a")
             started = time.perf_counter() - t0
@@ -259,7 +266,7 @@ def main() -> None:
 
     figures.update(
         tasks=len(names),
-        model_mib=model_bytes / 2**20,
+        model_mib=file_bytes / 2**20,
         images_per_request=N,
         requests=args.requests,
         misses=args.misses,
