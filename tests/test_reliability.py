@@ -323,3 +323,130 @@ def test_negative_sweep_seeds_are_refused(tmp_path, capsys):
 
     assert main(["sweep", "--seeds", "0,-1", "--out", str(tmp_path / "s")]) == 2
     assert "non-negative" in capsys.readouterr().out and not (tmp_path / "s").exists()
+
+
+# -- edges that answer wrongly ---------------------------------------------------------------
+class _Impostor:
+    def handle(self, msg: Message) -> Message:
+        return Message("upload", {"edge": 5, "task": "a"})
+
+
+def test_an_in_process_edge_answering_as_another_edge_is_reported_missing():
+    from baim.transport import InProcessTransport
+
+    reply = InProcessTransport({0: _Impostor()}).request(0, Message("train.local"), 10, "upload")
+    assert reply.kind == "error" and "edge 0 answered as edge 5" in reply.meta["error"]
+
+
+class _TamperingGrid:
+    """A Flower grid whose nodes answer with what ``answers[node]`` returns (bytes), from the
+    node ``sender.get(node, node)``."""
+
+    def __init__(self, answers: dict, sender: dict | None = None):
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        self.answers, self.sender, self.sent = answers, sender or {}, 0
+        self.twice: set[int] = set()  # nodes that answer every message twice
+
+    def get_node_ids(self):
+        return list(self.answers)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import Message as FlowerMessage
+
+        from baim.federation.transport import to_record
+
+        replies = []
+        for m in messages:
+            self.sent += 1
+            m.metadata.__dict__["_message_id"] = f"m{self.sent}"
+            node = m.metadata.dst_node_id
+            reply = FlowerMessage(to_record(self.answers[node](m.metadata.message_type)), reply_to=m)
+            reply.metadata.__dict__["_src_node_id"] = self.sender.get(node, node)
+            replies.append(reply)
+            if node in self.twice:
+                again = FlowerMessage(to_record(encode(Message("error", {"error": "second answer"}))), reply_to=m)
+                again.metadata.__dict__["_src_node_id"] = node
+                replies.append(again)
+        return replies
+
+
+def _info(edge):
+    return lambda kind: encode(
+        Message("info", {"edge": edge}) if kind == "query.info" else Message("ack", {"edge": edge})
+    )
+
+
+def test_flower_edges_that_lie_or_send_garbage_are_reported_not_fatal():
+    from baim.federation.transport import FlowerTransport
+
+    garbage = lambda kind: b"BAIM\x01\x00\x00\x00\x05[[[[["  # noqa: E731
+    answers = {1: _info(0), 2: _info(1), 3: _info(1), 4: garbage, 5: _info(2), 6: _info(3)}
+    grid = _TamperingGrid(answers)
+    t = FlowerTransport(grid, expected_edges=6, discovery_timeout=5)
+    assert t.edges() == [0, 2, 3]  # two nodes claiming edge 1: neither; garbage: not an edge
+    assert {r.get("edge") for r in t.refused} >= {1} and any("unreadable" in r["reason"] for r in t.refused)
+    assert t.request(0, Message("train.deploy"), 5, "deployment").kind == "ack"
+    grid.answers[5] = garbage  # edge 2 now answers with bytes that are not a message
+    reply = t.request(2, Message("train.deploy"), 5, "deployment")
+    assert reply.kind == "error" and "unreadable reply" in reply.meta["error"]
+    grid.answers[5] = _info(0)  # edge 2 answers as edge 0
+    assert "answered as edge 0" in t.request(2, Message("train.deploy"), 5, "deployment").meta["error"]
+    grid.twice.add(1)  # edge 0 answers twice: the first answer counts, once
+    before = len(t.ledger.messages)
+    assert t.request(0, Message("train.deploy"), 5, "deployment").kind == "ack"
+    assert [m["direction"] for m in t.ledger.messages[before:]] == ["down", "up"]
+    grid.sender = {6: 1}  # edge 3's request is answered by node 1
+    reply = t.request(3, Message("train.deploy"), 5, "deployment")
+    assert reply.kind == "error" and "from node 1" in reply.meta["error"]
+
+
+# -- artifacts: pickles, full disks, unreadable images -------------------------------------------
+def test_pickled_weights_are_never_unpickled(tmp_path):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    for payload in (pickle.dumps(Boom()), _torch_save_bytes({"w": torch.ones(2)})):
+        with pytest.raises(ModelFileError, match="not a readable safetensors"):
+            read_weights(payload, "upload")
+        with pytest.raises(MessageError):
+            decode(encode(Message("upload", {})) + payload)
+    assert not (tmp_path / "pwned").exists()
+
+
+def _torch_save_bytes(obj) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_a_full_disk_mid_write_leaves_the_old_artifact_and_no_temporary_file(tmp_path):
+    import errno
+
+    from baim.atomic import atomic_write, write_json
+
+    target = write_json(tmp_path / "state.json", {"phase": "old"})
+
+    def half_then_enospc(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(b'{"phase": "ne')
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, half_then_enospc)
+    assert json.loads(target.read_text()) == {"phase": "old"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no .tmp left behind
+
+
+def test_an_unreadable_image_in_an_image_folder_is_named(tmp_path):
+    (tmp_path / "cats").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cats" / "0.png")
+    (tmp_path / "cats" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(DataError, match="1.png"):
+        load_dataset("image-folder", str(tmp_path), image_size=8)

@@ -1,6 +1,15 @@
 """How cloud and edges talk: one codec, a transport interface, an in-process engine."""
 
-from .base import ByteLedger, InProcessTransport, Transport
+from .base import ByteLedger, InProcessTransport, Transport, checked_reply
 from .codec import Message, MessageError, decode, encode
 
-__all__ = ["ByteLedger", "InProcessTransport", "Message", "MessageError", "Transport", "decode", "encode"]
+__all__ = [
+    "ByteLedger",
+    "InProcessTransport",
+    "Message",
+    "MessageError",
+    "Transport",
+    "checked_reply",
+    "decode",
+    "encode",
+]

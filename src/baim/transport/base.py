@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..errors import MessageError
 from .codec import Message, decode, encode
 
 
@@ -58,4 +59,17 @@ class InProcessTransport:
             return Message("error", {"error": f"edge {edge} failed: {type(exc).__name__}: {exc}"})
         reply = encode(answer)
         self.ledger.record(phase, "up", edge, msg.kind, len(reply))
-        return decode(reply)
+        return checked_reply(edge, reply)
+
+
+def checked_reply(edge: int, data: bytes) -> Message:
+    """Decode an edge's reply; bytes that are not a baim message, or a reply that names
+    another edge, become an ``error`` reply (that edge is reported missing, the run goes on)."""
+    try:
+        reply = decode(data)
+    except MessageError as exc:
+        return Message("error", {"error": f"edge {edge} sent an unreadable reply: {exc}"})
+    claimed = reply.meta.get("edge", edge)
+    if claimed != edge:
+        return Message("error", {"error": f"edge {edge} answered as edge {claimed!r}"})
+    return reply
