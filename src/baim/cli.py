@@ -428,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .service.commands import add_service_commands
 
     add_service_commands(sub, fmt)
+    from .compare.commands import add_compare_command
+
+    add_compare_command(sub, fmt)
     return p
 
 

@@ -1,0 +1,201 @@
+"""What every method of ``baim compare`` shares: the run's layout and data, one training loop
+for staged VAEs, and the workflow's like-for-like evaluation at the edges."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Preset, Recipe, RunConfig
+from ..data import DataSet, to_float
+from ..data.layout import Layout
+from ..errors import WorkflowError
+from ..learners import TIERS, StagedVAE, tier_spec, vae_loss
+from ..models import evaluate, generate
+from ..models.evaluation import learner_prior
+from ..models.prior import LatentPrior
+from .measure import Meter, Wire
+
+FID_SAMPLING = "fitted"  # z from a Gaussian fitted to the model's posterior codes of its own training data
+QUALITY_KEYS = (
+    "test_loss",
+    "mse",
+    "psnr",
+    "fid_fitted",
+    "kid_fitted",
+    "fid_standard",
+    "fid_reconstruction",
+    "fid_real_vs_real",
+)
+
+
+@dataclass
+class Settings:
+    """Rounds and epochs of the round-based methods (stored in compare.json)."""
+
+    rounds: int  # FedAvg and FD rounds
+    local_epochs: int  # local epochs per round
+    sl_epochs: int
+    central_epochs: int
+    distill_weight: float = 1.0  # FD and KD: weight of the distillation term
+
+
+@dataclass
+class Context:
+    cfg: RunConfig
+    layout: Layout
+    ds: DataSet
+    preset: Preset
+    settings: Settings
+    keep_messages: bool = False
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    @property
+    def edges(self) -> list[int]:
+        return [e.edge for e in self.layout.edges]
+
+    def task_of(self, edge: int) -> int:
+        return self.layout.edges[edge].task
+
+    def tier_of(self, edge: int) -> str:
+        return self.layout.edges[edge].tier
+
+    def edges_of(self, task: int) -> list[int]:
+        return [e.edge for e in self.layout.edges if e.task == task]
+
+    def local_images(self, edge: int) -> np.ndarray:
+        return self.ds.train.load(self.layout.edges[edge].indices)
+
+    def common(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cloud's common images and their tasks (as the workflow's cloud sees them)."""
+        images = self.ds.train.load(self.layout.cloud)
+        cls_task = {c: t for t, task in enumerate(self.layout.tasks) for c in task["classes"]}
+        tasks = np.array([cls_task[int(c)] for c in np.asarray(self.ds.train.labels)[self.layout.cloud]])
+        return images, tasks
+
+    def wire(self) -> Wire:
+        return Wire(keep=self.keep_messages)
+
+    def recipe(self, seed_offset: int = 0) -> Recipe:
+        return self.preset.edge.with_seed(self.seed + seed_offset)
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate_edge(self, edge: int, model: StagedVAE, prior_images: np.ndarray | None = None) -> dict:
+        """The workflow's evaluation of one edge's model (``EdgeNode.on_evaluate``): the edge's
+        task test set, the layout's FID sets, the run's extractor, count and seed; the fitted
+        prior from ``prior_images`` (default: the edge's own images)."""
+        name = self.layout.task_names[self.task_of(edge)]
+        real, baseline = self.layout.fid_sets(self.ds, name, self.preset.fid_count)
+        ev = evaluate(
+            model,
+            self.ds.test.load(self.layout.test[name]),
+            real,
+            baseline,
+            self.cfg.fid_extractor,
+            kld_weight=self.preset.edge.kld_weight,
+            seed=self.seed,
+            prior_images=self.local_images(edge) if prior_images is None else prior_images,
+        )
+        return {"edge": edge, "task": name, **{k: ev.metrics[k] for k in QUALITY_KEYS}}
+
+
+def largest_tier(tiers: tuple[str, ...]) -> str:
+    return max(tiers, key=lambda t: tier_spec(t).state_elements())
+
+
+def smallest_tier(tiers: list[str]) -> str:
+    return min(tiers, key=lambda t: tier_spec(t).state_elements())
+
+
+def build(tier: str, ds: DataSet, seed: int) -> StagedVAE:
+    if tier not in TIERS:
+        raise WorkflowError(f"unknown tier {tier!r}")
+    torch.manual_seed(seed)
+    return StagedVAE(tier_spec(tier, ds.image_size, ds.channels))
+
+
+def quality(rows: list[dict]) -> dict[str, float]:
+    """Mean over edges of every quality number."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in QUALITY_KEYS}
+
+
+Extra = Callable[[StagedVAE, torch.Tensor, int], torch.Tensor]
+
+
+def train_vae(
+    model: StagedVAE,
+    images: np.ndarray,
+    recipe: Recipe,
+    epochs: int,
+    first_epoch: int = 0,
+    extra: Extra | None = None,
+    opt: torch.optim.Optimizer | None = None,
+    recon_weight: float = 1.0,
+    target: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.optim.Optimizer:
+    """The edges' recipe (Adam, lr × decay per epoch, MSE + β·KL, clipping, non-finite steps
+    skipped) for ``epochs`` epochs counted from ``first_epoch`` (the schedule's position).
+    ``extra(model, x, step)`` adds a term to each step's loss (distillation); ``target(x)`` is a
+    second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output)."""
+    gen = torch.Generator().manual_seed(recipe.seed + 7919 * first_epoch)
+    data = to_float(images)
+    opt = opt if opt is not None else torch.optim.Adam(model.parameters(), lr=recipe.lr)
+    step = 0
+    for epoch in range(first_epoch, first_epoch + epochs):
+        for g in opt.param_groups:
+            g["lr"] = recipe.lr_at(epoch)
+        model.train()
+        perm = torch.randperm(len(data), generator=gen)
+        for i in range(0, len(perm), recipe.batch_size):
+            x = data[perm[i : i + recipe.batch_size]]
+            x_hat, mu, logvar = model(x)
+            loss, _, _ = vae_loss(x_hat, x, mu, logvar, recipe.kld_weight)
+            if target is not None:
+                loss = recon_weight * loss + (1 - recon_weight) * torch.nn.functional.mse_loss(x_hat, target(x))
+            if extra is not None:
+                loss = loss + extra(model, x, step)
+            step += 1
+            opt.zero_grad(set_to_none=True)
+            if not torch.isfinite(loss):
+                continue
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            opt.step()
+    model.eval()
+    return opt
+
+
+def steps(n: int, batch: int) -> int:
+    return math.ceil(n / batch)
+
+
+def generation_fn(model: StagedVAE, prior: LatentPrior | None, seed: int) -> Callable[[], torch.Tensor]:
+    """A 16-image generation from the fitted prior (what latency measures)."""
+    return lambda: generate(model, 16, seed, prior=prior)
+
+
+def fitted_prior(model: StagedVAE, images: np.ndarray, seed: int) -> LatentPrior:
+    return learner_prior(model, images, seed)
+
+
+def meter_fields(meter: Meter) -> dict[str, Any]:
+    """A method's compute columns: every side's CPU seconds and FLOPs (measurement excluded:
+    evaluation is never inside a side), and the per-phase breakdown."""
+    ecpu, eflops = meter.totals("edge")
+    ccpu, cflops = meter.totals("cloud")
+    return {
+        "edge_cpu_s": round(ecpu, 3),
+        "cloud_cpu_s": round(ccpu, 3),
+        "edge_flops": int(eflops),
+        "cloud_flops": int(cflops),
+        "meter": meter.to_dict(),
+    }

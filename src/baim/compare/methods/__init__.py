@@ -1,0 +1,1 @@
+"""The methods ``baim compare`` runs: each ``run(ctx) -> dict`` (the measured row)."""

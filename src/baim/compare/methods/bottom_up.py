@@ -1,0 +1,232 @@
+"""``baim``: the workflow as it is (one upload, one download, personalisation), run in process
+with every phase metered: the edges' work (local training, receiving the compact model,
+personalisation) on the edge side, screening, BAIM training, partition on the cloud side.
+
+Only the strategy that is deployed (finetune) is trained: the other two are the paper's
+comparison of strategies, not part of what reaching the edges costs. The cloud's own
+evaluations (the BAIM's FIDs at step 0 and at the end) are measurement, metered apart and left
+out of its compute; the per-epoch test-loss curves the workflow logs stay in.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ...atomic import write_json
+from ...cloud import pipeline
+from ...config import RunConfig
+from ...data.layout import Layout
+from ...edge import EdgeNode
+from ...errors import WorkflowError
+from ...learners import StagedVAE
+from ...models import BAIM, generate, load_model
+from ...models.evaluation import learner_prior
+from ...run import Workflow, prepare
+from ...transport import ByteLedger, InProcessTransport, Message
+from ..common import QUALITY_KEYS, Context, quality
+from ..measure import Meter, latency_ms, ledger_totals
+
+EDGE_PHASES = ("upload", "deployment", "personalization")
+CLOUD_PHASES = ("screening", "cloud_finetune", "partition")
+
+
+class MeteredTransport:
+    def __init__(self, inner: InProcessTransport, meter: Meter):
+        self.inner, self.meter = inner, meter
+
+    def edges(self) -> list[int]:
+        return self.inner.edges()
+
+    def request(self, edge: int, msg: Message, timeout: float, phase: str) -> Message:
+        if phase not in EDGE_PHASES:
+            return self.inner.request(edge, msg, timeout, phase)
+        with self.meter.edge(phase):
+            return self.inner.request(edge, msg, timeout, phase)
+
+
+class MeteredWorkflow(Workflow):
+    meter: Meter
+
+    def screening(self) -> dict:
+        with self.meter.cloud("screening"):
+            return super().screening()
+
+    def cloud(self, strategy: str) -> dict:
+        with self.meter.cloud(f"cloud_{strategy}"):
+            return super().cloud(strategy)
+
+    def partition(self) -> dict:
+        with self.meter.cloud("partition"):
+            return super().partition()
+
+    def deployment(self) -> dict:
+        with self.meter.cloud("deployment"):
+            return super().deployment()
+
+
+@contextmanager
+def _cloud_evaluations_apart(meter: Meter):
+    """The cloud pipeline's FID evaluations of the BAIM are measurement, not training."""
+    original = pipeline.evaluate_tasks
+
+    def metered(*args: Any, **kw: Any) -> Any:
+        with meter.cloud("evaluation"):
+            return original(*args, **kw)
+
+    pipeline.evaluate_tasks = metered
+    try:
+        yield
+    finally:
+        pipeline.evaluate_tasks = original
+
+
+def run_workflow(out: Path, cfg: RunConfig) -> dict:
+    """Run (or reuse) the workflow in ``out`` with the meters on; returns what was measured."""
+    measured = out / "compare_measure.json"
+    if measured.is_file():
+        return json.loads(measured.read_text())
+    rd, layout, ds, _ = prepare(out, cfg)
+    if rd.done("summary"):
+        raise WorkflowError(f"{out} holds a finished run without its measurements; delete it to re-measure")
+    meter, ledger = Meter(), ByteLedger()
+    nodes = {e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), cfg.seed) for e in layout.edges}
+    wf = MeteredWorkflow(rd, layout, ds, MeteredTransport(InProcessTransport(nodes, ledger), meter), ledger, cfg)
+    wf.meter = meter
+    t0 = time.perf_counter()
+    with meter.counting(), _cloud_evaluations_apart(meter):
+        wf.run()
+    summary = json.loads(rd.path("summary.json").read_text())
+    secs = summary["phase_seconds"]
+    result = {
+        "meter": meter.to_dict(),
+        "messages": ledger.messages,
+        "wall_s": round(sum(secs.get(p, 0.0) for p in ("layout", *EDGE_PHASES, *CLOUD_PHASES)), 2),
+        "workflow_wall_s": round(time.perf_counter() - t0, 2),
+    }
+    write_json(measured, result)
+    return result
+
+
+def _same_layout(ctx: Context, out: Path) -> None:
+    """The workflow's layout is the one every other method uses (same edges, slices, tests)."""
+    theirs = Layout.load(out / "layout.json")
+    if theirs.edges != ctx.layout.edges or theirs.cloud != ctx.layout.cloud or theirs.test != ctx.layout.test:
+        raise WorkflowError(f"{out}/layout.json differs from the comparison's layout; use a fresh folder")
+
+
+def _meter_sums(meter: dict, side: str, phases: tuple[str, ...]) -> tuple[float, int]:
+    rows = [v for k, v in meter.items() if k.split("/")[0] == side and k.split("/")[1] in phases]
+    return sum(r["cpu_s"] for r in rows), sum(r["flops"] for r in rows)
+
+
+def _dir_bytes(folder: Path, pattern: str = "**/*") -> int:
+    return sum(f.stat().st_size for f in folder.glob(pattern) if f.is_file())
+
+
+def run(ctx: Context, out: Path) -> dict:
+    cfg = RunConfig.from_dict(ctx.cfg.to_dict() | {"strategies": ["finetune"]})
+    m = run_workflow(out, cfg)
+    _same_layout(ctx, out)
+    summary = json.loads((out / "summary.json").read_text())
+    ecpu, eflops = _meter_sums(m["meter"], "edge", EDGE_PHASES)
+    ccpu, cflops = _meter_sums(m["meter"], "cloud", ("screening", "cloud_finetune", "partition", "deployment"))
+    rows = [
+        {"edge": e["edge"], "task": e["task"], **{k: e["models"]["personalized"][k] for k in QUALITY_KEYS}}
+        for e in summary["edges"]
+        if "personalized" in e["models"]
+    ]
+    latency, storage_edge = [], 0
+    for e in ctx.edges:
+        folder = out / "edges" / f"edge-{e}" / "personalized"
+        storage_edge += (folder / "weights.safetensors").stat().st_size
+        model = load_model(folder, "compact")
+        assert isinstance(model, BAIM)
+        latency.append(latency_ms(partial(generate, model, 16, ctx.seed)))
+    bytes_ = ledger_totals(m["messages"])
+    cloud = out / "cloud"
+    per_task = summary["partition"]["tasks"]
+    return {
+        "method": "baim",
+        "description": "edges train their tier's learner, upload it once; the cloud screens, fuses, trains the "
+        "BAIM (finetune) on common data, partitions it; each edge downloads its task's compact model once "
+        "and personalises it",
+        "settings": {
+            "edge_epochs": ctx.preset.edge.epochs,
+            "cloud_epochs": ctx.preset.cloud.epochs,
+            "personalize_epochs": ctx.preset.personalize.epochs,
+            "strategy": "finetune",
+            "run_dir": str(out),
+        },
+        "bytes_up": bytes_["up"],
+        "bytes_down": bytes_["down"],
+        "messages": bytes_["messages"],
+        "bytes_per_edge": bytes_["per_edge"],
+        "raw_data_bytes": 0,  # no message of the workflow carries an image of an edge's slice
+        "edge_cpu_s": round(ecpu, 3),
+        "cloud_cpu_s": round(ccpu, 3),
+        "edge_flops": int(eflops),
+        "cloud_flops": int(cflops),
+        "edge_storage_bytes": storage_edge,
+        "cloud_storage_bytes": _dir_bytes(cloud / "uploads")
+        + _dir_bytes(cloud / "baim-finetune", "weights.safetensors")
+        + _dir_bytes(cloud / "compact", "*/weights.safetensors"),
+        "latency_ms": round(sum(latency) / len(latency), 3),
+        "round_trips": 0,
+        "wall_s": m["wall_s"],
+        **quality(rows),
+        "per_edge": rows,
+        "scaling_inputs": {
+            "compact": {t: {"bytes": v["bytes"], "learners": v["learners"]} for t, v in per_task.items()},
+            "edges_per_task": [len(ctx.edges_of(t)) for t in range(len(ctx.layout.tasks))],
+            "edge_cpu_per_phase": {k: v for k, v in m["meter"].items() if k.startswith("edge/")},
+            "cloud_cpu_per_phase": {k: v for k, v in m["meter"].items() if k.startswith("cloud/")},
+        },
+    }
+
+
+def run_local(ctx: Context, out: Path) -> dict:
+    """``local``: the workflow's initial learners, trained by the same code on the same slices
+    (the ``upload`` phase's edge work), that never leave their edge."""
+    m = run_workflow(out, RunConfig.from_dict(ctx.cfg.to_dict() | {"strategies": ["finetune"]}))
+    _same_layout(ctx, out)
+    summary = json.loads((out / "summary.json").read_text())
+    ecpu, eflops = _meter_sums(m["meter"], "edge", ("upload",))
+    rows = [
+        {"edge": e["edge"], "task": e["task"], **{k: e["models"]["initial"][k] for k in QUALITY_KEYS}}
+        for e in summary["edges"]
+    ]
+    latency, storage = [], 0
+    for e in ctx.edges:
+        folder = out / "edges" / f"edge-{e}" / "initial"
+        storage += (folder / "weights.safetensors").stat().st_size
+        model = load_model(folder, "learner")
+        assert isinstance(model, StagedVAE)
+        prior = learner_prior(model, ctx.local_images(e), ctx.seed)
+        latency.append(latency_ms(partial(generate, model, 16, ctx.seed, prior=prior)))
+    return {
+        "method": "local",
+        "description": "each edge trains its tier's learner on its own slice and never communicates (the "
+        "workflow's initial models)",
+        "settings": {"edge_epochs": ctx.preset.edge.epochs},
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "messages": 0,
+        "bytes_per_edge": {},
+        "raw_data_bytes": 0,
+        "edge_cpu_s": round(ecpu, 3),
+        "cloud_cpu_s": 0.0,
+        "edge_flops": int(eflops),
+        "cloud_flops": 0,
+        "edge_storage_bytes": storage,
+        "cloud_storage_bytes": 0,
+        "latency_ms": round(sum(latency) / len(latency), 3),
+        "round_trips": 0,
+        "wall_s": round(summary["phase_seconds"].get("upload", 0.0), 2),
+        **quality(rows),
+        "per_edge": rows,
+    }

@@ -1,0 +1,225 @@
+"""``fedavg`` and ``fd``: round-based federated training, quality recorded after every round.
+
+- ``fedavg``: per task, one shared architecture (the smallest tier among the task's edges:
+  FedAvg averages weights, so every participant must hold the same one). Each round the cloud
+  sends the task's global model to each of its edges; each trains ``local_epochs`` epochs on
+  its slice with the edges' recipe (a fresh Adam per round, the learning rate decayed by the
+  epoch count so far) and sends its weights back; the cloud averages them weighted by sample
+  count (BatchNorm statistics included).
+- ``fd`` (federated distillation): edges keep their own tier's architecture and never send
+  weights. The cloud sends each edge its task's public images (the cloud's common images of the
+  task) once. Each round an edge trains ``local_epochs`` epochs on its slice, plus (from round
+  two) ``distill_weight`` × MSE between its reconstruction of a public batch and the consensus;
+  then it uploads its reconstructions (z = μ, as uint8 images) of every public image; the cloud
+  averages them per task into the consensus and sends that down.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...data import to_float, to_uint8
+from ...learners import StagedVAE, plain_state
+from ...models import generate
+from ...models.evaluation import learner_prior
+from ...transport import Message
+from ..common import Context, build, meter_fields, quality, smallest_tier, train_vae
+from ..measure import Meter, latency_ms, ledger_totals, model_bytes
+
+
+def _average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
+    total = float(sum(weights))
+    out: dict[str, torch.Tensor] = {}
+    for k, v in states[0].items():
+        if v.is_floating_point():
+            out[k] = torch.stack([s[k] * (w / total) for s, w in zip(states, weights)]).sum(0)
+        else:  # BatchNorm's step counter
+            out[k] = torch.stack([s[k] for s in states]).max()
+    return out
+
+
+def _round_row(ctx: Context, r: int, wire: Any, models: dict[int, StagedVAE]) -> tuple[dict, list[dict]]:
+    rows = [ctx.evaluate_edge(e, models[e]) for e in ctx.edges]
+    q = quality(rows)
+    b = ledger_totals(wire.ledger.messages)
+    return {
+        "round": r,
+        "bytes_cum": b["up"] + b["down"],
+        "test_loss": q["test_loss"],
+        "fid": q["fid_fitted"],
+        "kid": q["kid_fitted"],
+    }, rows
+
+
+def _latency(ctx: Context, models: dict[int, StagedVAE]) -> float:
+    lat = []
+    for e, m in models.items():
+        prior = learner_prior(m, ctx.local_images(e), ctx.seed)
+        lat.append(latency_ms(partial(generate, m, 16, ctx.seed, prior=prior)))
+    return round(float(np.mean(lat)), 3)
+
+
+def run_fedavg(ctx: Context) -> dict:
+    wire, meter = ctx.wire(), Meter()
+    R, E = ctx.settings.rounds, ctx.settings.local_epochs
+    tasks = sorted({ctx.task_of(e) for e in ctx.edges})
+    tiers = {t: smallest_tier([ctx.tier_of(e) for e in ctx.edges_of(t)]) for t in tasks}
+    global_models = {t: build(tiers[t], ctx.ds, ctx.seed + 700 + t) for t in tasks}
+    local = {e: build(tiers[ctx.task_of(e)], ctx.ds, ctx.seed + 1000 * e) for e in ctx.edges}
+    rounds: list[dict] = []
+    rows: list[dict] = []
+    train_wall = 0.0
+    with meter.counting():
+        for r in range(R):
+            t0 = time.perf_counter()
+            for t in tasks:
+                states, weights = [], []
+                for e in ctx.edges_of(t):
+                    with meter.cloud("rounds"):
+                        msg = Message("fedavg.model", {"round": r, "task": t}, plain_state(global_models[t]))
+                    got = wire.down(e, msg, "rounds")
+                    with meter.edge("rounds"):
+                        local[e].load_state_dict(got.tensors)
+                        x = ctx.local_images(e)
+                        train_vae(local[e], x, ctx.recipe(1000 * e + r), E, first_epoch=r * E)
+                        up = Message("fedavg.update", {"round": r, "samples": len(x)}, plain_state(local[e]))
+                    got = wire.up(e, up, "rounds")
+                    with meter.cloud("rounds"):
+                        states.append(got.tensors)
+                        weights.append(int(got.meta["samples"]))
+                with meter.cloud("rounds"):
+                    global_models[t].load_state_dict(_average(states, weights))
+                    global_models[t].eval()
+            train_wall += time.perf_counter() - t0
+            row, rows = _round_row(ctx, r + 1, wire, {e: global_models[ctx.task_of(e)] for e in ctx.edges})
+            rounds.append(row)
+    # after the last round each edge holds the task's global model
+    final = {e: global_models[ctx.task_of(e)] for e in ctx.edges}
+    ctx.cache.setdefault("wires", {})["fedavg"] = wire
+    b = ledger_totals(wire.ledger.messages)
+    return {
+        "method": "fedavg",
+        "description": "per task, FedAvg over the task's edges with one shared architecture (the task's "
+        f"smallest tier), {R} rounds × {E} local epochs, weighted by sample count",
+        "settings": {"rounds": R, "local_epochs": E, "tiers": {ctx.layout.task_names[t]: v for t, v in tiers.items()}},
+        "bytes_up": b["up"],
+        "bytes_down": b["down"],
+        "messages": b["messages"],
+        "bytes_per_edge": b["per_edge"],
+        "raw_data_bytes": wire.raw_data_bytes,
+        **meter_fields(meter),
+        "edge_storage_bytes": sum(model_bytes(m) for m in final.values()),
+        "cloud_storage_bytes": sum(model_bytes(m) for m in global_models.values()),
+        "latency_ms": _latency(ctx, final),
+        "round_trips": 0,
+        "wall_s": round(train_wall, 2),
+        **quality(rows),
+        "per_edge": rows,
+        "rounds": rounds,
+    }
+
+
+def run_fd(ctx: Context) -> dict:
+    wire, meter = ctx.wire(), Meter()
+    R, E, lam = ctx.settings.rounds, ctx.settings.local_epochs, ctx.settings.distill_weight
+    common, common_tasks = ctx.common()
+    models = {e: build(ctx.tier_of(e), ctx.ds, ctx.seed + 1000 * e) for e in ctx.edges}
+    opts: dict[int, Any] = {}
+    public: dict[int, np.ndarray] = {}
+    consensus: dict[int, torch.Tensor | None] = {e: None for e in ctx.edges}
+    cloud_consensus: dict[int, torch.Tensor] = {}
+    rounds: list[dict] = []
+    rows: list[dict] = []
+    train_wall = 0.0
+    t0 = time.perf_counter()
+    with meter.counting():
+        for e in ctx.edges:  # the task's public images, once
+            t = ctx.task_of(e)
+            got = wire.down(
+                e, Message("fd.public", {"task": t}, {"images": torch.from_numpy(common[common_tasks == t])}), "setup"
+            )
+            public[e] = got.tensors["images"].numpy()
+        train_wall += time.perf_counter() - t0
+        for r in range(R):
+            t0 = time.perf_counter()
+            outputs: dict[int, dict[int, torch.Tensor]] = {}
+            for e in ctx.edges:
+                with meter.edge("rounds"):
+                    pub = to_float(public[e])
+                    gen = torch.Generator().manual_seed(ctx.seed + 1000 * e + r)
+                    target = consensus[e]
+                    bs = ctx.preset.edge.batch_size
+
+                    def extra(
+                        model: StagedVAE,
+                        x: torch.Tensor,
+                        step: int,
+                        pub: Any = pub,
+                        target: Any = target,
+                        gen: Any = gen,
+                        bs: int = bs,
+                    ) -> torch.Tensor:
+                        if target is None:
+                            return torch.zeros(())
+                        idx = torch.randint(len(pub), (min(bs, len(pub)),), generator=gen)
+                        return lam * F.mse_loss(model.decode(model.encode(pub[idx])[0]), target[idx])
+
+                    opts[e] = train_vae(
+                        models[e],
+                        ctx.local_images(e),
+                        ctx.recipe(1000 * e),
+                        E,
+                        first_epoch=r * E,
+                        extra=extra,
+                        opt=opts.get(e),
+                    )
+                    with torch.no_grad():
+                        out = to_uint8(models[e].decode(models[e].encode(pub)[0]))
+                got = wire.up(
+                    e, Message("fd.outputs", {"round": r}, {"reconstructions": torch.from_numpy(out)}), "rounds"
+                )
+                outputs.setdefault(ctx.task_of(e), {})[e] = got.tensors["reconstructions"]
+            for t, by_edge in outputs.items():
+                with meter.cloud("rounds"):
+                    mean = torch.stack([v.float() for v in by_edge.values()]).mean(0)
+                    cons = mean.round().clamp(0, 255).to(torch.uint8)
+                    cloud_consensus[t] = cons
+                for e in by_edge:
+                    got = wire.down(e, Message("fd.consensus", {"round": r}, {"consensus": cons}), "rounds")
+                    consensus[e] = got.tensors["consensus"].float() / 255
+            train_wall += time.perf_counter() - t0
+            row, rows = _round_row(ctx, r + 1, wire, models)
+            rounds.append(row)
+    ctx.cache.setdefault("wires", {})["fd"] = wire
+    b = ledger_totals(wire.ledger.messages)
+    return {
+        "method": "fd",
+        "description": "federated distillation: edges keep their own tiers and exchange reconstructions of "
+        f"the cloud's public images (uint8), never weights; {R} rounds × {E} local epochs",
+        "settings": {
+            "rounds": R,
+            "local_epochs": E,
+            "distill_weight": lam,
+            "outputs": "uint8 reconstructions (z = mu)",
+        },
+        "bytes_up": b["up"],
+        "bytes_down": b["down"],
+        "messages": b["messages"],
+        "bytes_per_edge": b["per_edge"],
+        "raw_data_bytes": wire.raw_data_bytes,
+        **meter_fields(meter),
+        "edge_storage_bytes": sum(model_bytes(m) for m in models.values()) + sum(p.nbytes for p in public.values()),
+        "cloud_storage_bytes": sum(int(c.numel()) for c in cloud_consensus.values()),
+        "latency_ms": _latency(ctx, models),
+        "round_trips": 0,
+        "wall_s": round(train_wall, 2),
+        **quality(rows),
+        "per_edge": rows,
+        "rounds": rounds,
+    }

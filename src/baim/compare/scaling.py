@@ -1,0 +1,218 @@
+"""Toward internet scale, on paper from measurements: each method's measured per-edge and
+per-round costs extrapolated to N edges, with the formula said next to every number; and one
+real run with many edges that checks the extrapolation at one point.
+
+Assumptions (stated in the output): edges work in parallel; the cloud is one machine of the
+measuring machine's speed; every edge has a 100 Mbit/s link and the cloud a 10 Gbit/s one;
+tasks keep the measured run's number M, and an N-edge federation puts N/M edges on each task.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EDGE_BPS = 100e6 / 8  # bytes per second of one edge's link
+CLOUD_BPS = 10e9 / 8
+SCALES = (10, 100, 1000, 10_000)
+ASSUMPTIONS = (
+    "edges work in parallel; the cloud is one machine as fast as the measuring one (its CPU seconds are its "
+    "time); links: 100 Mbit/s per edge, 10 Gbit/s at the cloud; M tasks as measured, N/M edges per task; "
+    "time to a deployed model = edge compute per edge + per-edge bytes / edge link + all bytes / cloud link + "
+    "cloud compute (a serial sum: an upper estimate)"
+)
+
+
+def _num(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def inputs(row: dict, n0: int) -> dict[str, float]:
+    """Per-edge (and per-round) quantities of one measured method."""
+    R = len(row.get("rounds") or []) or 1
+    return {
+        "up_e": row["bytes_up"] / n0,
+        "down_e": row["bytes_down"] / n0,
+        "raw_e": row["raw_data_bytes"] / n0,
+        "edge_s": row["edge_cpu_s"] / n0,
+        "cloud_s": row["cloud_cpu_s"],
+        "cloud_store": row["cloud_storage_bytes"],
+        "rounds": R,
+    }
+
+
+def compact_model(compact: dict[str, dict], per_task_edges: list[int], n0: int, b: float) -> tuple[float, float]:
+    """From a measured run: φ, the fraction of the other tasks' learners a compact model keeps as
+    feeders (their stages feed its squad through connections), and c, a compact model's bytes
+    besides its learners (gates, priors, projections), with b bytes per learner."""
+    phis, cs = [], []
+    for (_, v), n_t in zip(compact.items(), per_task_edges):
+        others = n0 - n_t
+        phis.append((v["learners"] - n_t) / others if others else 0.0)
+        cs.append(v["bytes"] - v["learners"] * b)
+    return float(np.mean(phis)), float(np.mean(cs))
+
+
+def compact_download(n_per_task: list[float], phi: float, b: float, c: float) -> float:
+    """Σ_t n_t · (L_t·b + c) with L_t = n_t + φ·(N − n_t) learners in task t's compact model."""
+    n = sum(n_per_task)
+    return sum(nt * ((nt + phi * (n - nt)) * b + c) for nt in n_per_task)
+
+
+def predict(
+    row: dict,
+    n0: int,
+    m_tasks: int,
+    n: int,
+    measured_per_task: list[int],
+    per_task: list[int] | None = None,
+) -> dict[str, Any]:
+    """One method's cloud bytes in/out, cloud compute, cloud storage and time at ``n`` edges
+    (``measured_per_task``: edges per task in the measured run; ``per_task``: at ``n``, default
+    N/M each)."""
+    q = inputs(row, n0)
+    k = n / n0
+    method = row["method"]
+    shares: list[float] = [float(x) for x in per_task] if per_task else [n / m_tasks] * m_tasks
+    if method == "local":
+        p = {"in": 0.0, "out": 0.0, "cloud_s": 0.0, "store": 0.0}
+        f = {"in": "0", "out": "0", "cloud_s": "0", "store": "0"}
+    elif method == "baim":
+        b = q["up_e"]
+        si = row["scaling_inputs"]
+        compact = si.get("compact") or {
+            t: {"bytes": si["compact_bytes"][t], "learners": si["compact_learners"][t]} for t in si["compact_bytes"]
+        }
+        phi, c = compact_model(compact, measured_per_task, n0, b)
+        out = compact_download(shares, phi, b, c)
+        p = {"in": n * q["up_e"], "out": out, "cloud_s": q["cloud_s"] * k, "store": q["cloud_store"] * k}
+        f = {
+            "in": "N·u (u: one upload)",
+            "out": "Σ_t n_t·(L_t·b + c), L_t = n_t + φ·(N − n_t): each edge downloads its task's compact "
+            "model, which holds its squad's n_t learners, a fraction φ of the other learners as feeders (b bytes "
+            "per learner; φ and c measured) and c bytes of gates, priors and projections; ∝ N² when φ > 0",
+            "cloud_s": "C0·N/N0 (screening and BAIM training grow with the number of learners)",
+            "store": "S0·N/N0 (uploads, the BAIM, the compact models)",
+        }
+        p["b"], p["c"], p["phi"] = b, c, phi
+    elif method == "central":
+        p = {"in": n * q["up_e"], "out": n * q["down_e"], "cloud_s": q["cloud_s"] * k, "store": q["cloud_store"] * k}
+        f = {
+            "in": "N·r (r: one edge's raw slice, encoded)",
+            "out": "0 until served (one round trip per generation)",
+            "cloud_s": "C0·N/N0 (training epochs over pooled data ∝ N)",
+            "store": "S0·N/N0 (raw images ∝ N)",
+        }
+    elif method == "kd":
+        meter = row.get("meter", {})
+        teacher = sum(v["cpu_s"] for key, v in meter.items() if key in ("cloud/teacher", "cloud/upload"))
+        distill = sum(v["cpu_s"] for key, v in meter.items() if key == "cloud/distill")
+        p = {
+            "in": n * q["up_e"],
+            "out": n * q["down_e"],
+            "cloud_s": teacher * k + distill * k * k,
+            "store": q["cloud_store"] * k,
+        }
+        f = {
+            "in": "N·r",
+            "out": "N·s (s: one student)",
+            "cloud_s": "T0·N/N0 + D0·(N/N0)² (teachers on pooled data ∝ N; N students, each distilled on its "
+            "task's pooled data ∝ N/M)",
+            "store": "S0·N/N0",
+        }
+    elif method in ("fedavg", "fd"):
+        p = {"in": n * q["up_e"], "out": n * q["down_e"], "cloud_s": q["cloud_s"] * k, "store": q["cloud_store"]}
+        f = {
+            "in": f"N·R·w (R = {q['rounds']} rounds, w: one update)",
+            "out": "N·R·w" if method == "fedavg" else "N·(p + R·w) (p: the public images, once)",
+            "cloud_s": "C0·N/N0 (averaging)",
+            "store": "S0 (one model or consensus per task)",
+        }
+    else:  # sl
+        p = {"in": n * q["up_e"], "out": n * q["down_e"], "cloud_s": q["cloud_s"] * k, "store": q["cloud_store"] * k}
+        f = {
+            "in": "N·a (a: one edge's activations and gradients, every step)",
+            "out": "N·a",
+            "cloud_s": "C0·N/N0 (one middle per edge)",
+            "store": "S0·N/N0 (one middle per edge)",
+        }
+    per_edge = (p["in"] + p["out"]) / n
+    p["time_s"] = q["edge_s"] + per_edge / EDGE_BPS + (p["in"] + p["out"]) / CLOUD_BPS + p["cloud_s"]
+    f["time_s"] = "t_edge + (in+out)/N / edge link + (in+out) / cloud link + cloud_s"
+    return {"values": {key: _num(v) for key, v in p.items()}, "formulas": f}
+
+
+def table(rows: list[dict], n0: int, m_tasks: int, per_task: list[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"assumptions": ASSUMPTIONS, "measured_edges": n0, "tasks": m_tasks, "methods": {}}
+    for row in rows:
+        by_n = {str(n): predict(row, n0, m_tasks, n, per_task)["values"] for n in SCALES}
+        out["methods"][row["method"]] = {
+            "formulas": predict(row, n0, m_tasks, n0, per_task)["formulas"],
+            "by_edges": by_n,
+        }
+    return out
+
+
+def _dir_bytes(folder: Path, pattern: str = "**/*") -> int:
+    return sum(f.stat().st_size for f in folder.glob(pattern) if f.is_file())
+
+
+def run_facts(run_dir: Path) -> dict[str, Any]:
+    """What a finished workflow run measured: model bytes up and down, cloud storage, cloud time."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    cloud = run_dir / "cloud"
+    ps = s["phase_seconds"]
+    return {
+        "edges": len(s["edges"]),
+        "upload_bytes": s["bytes"]["upload"],
+        "download_bytes": s["bytes"]["download"],
+        "cloud_storage_bytes": _dir_bytes(cloud / "uploads")
+        + _dir_bytes(cloud / "baim-finetune", "weights.safetensors")
+        + _dir_bytes(cloud / "compact", "*/weights.safetensors"),
+        "cloud_wall_s": sum(ps.get(p, 0.0) for p in ("screening", "cloud_finetune", "partition")),
+        "compact": s["partition"]["tasks"],
+    }
+
+
+def check(small_dir: Path, big_dir: Path) -> dict[str, Any]:
+    """The extrapolation from ``small_dir`` (a baim run with N0 edges) to ``big_dir`` (the same
+    preset with N edges), against what ``big_dir`` measured."""
+    small, big = run_facts(small_dir), run_facts(big_dir)
+    n0, n = small["edges"], big["edges"]
+    layout = json.loads((big_dir / "layout.json").read_text())
+    m = len(layout["tasks"])
+    per_task = [sum(1 for e in layout["edges"] if e["task"] == t) for t in range(m)]
+    u = small["upload_bytes"] / n0
+    small_layout = json.loads((small_dir / "layout.json").read_text())
+    small_per_task = [sum(1 for e in small_layout["edges"] if e["task"] == t) for t in range(m)]
+    phi, c = compact_model(small["compact"], small_per_task, n0, u)
+    predicted = {
+        "upload_bytes": n * u,
+        "download_bytes": compact_download([float(x) for x in per_task], phi, u, c),
+        "cloud_storage_bytes": small["cloud_storage_bytes"] * n / n0,
+        "cloud_wall_s": small["cloud_wall_s"] * n / n0,
+    }
+    rows = {}
+    for key, pred in predicted.items():
+        meas = big[key]
+        rows[key] = {"predicted": _num(pred), "measured": _num(meas), "relative_error": _num((pred - meas) / meas)}
+    return {
+        "small_run": str(small_dir),
+        "big_run": str(big_dir),
+        "edges": {"small": n0, "big": n},
+        "edges_per_task": per_task,
+        "formulas": {
+            "upload_bytes": "N·u, u = upload bytes per edge of the small run",
+            "download_bytes": "Σ_t n_t·(L_t·b + c), L_t = n_t + φ·(N − n_t); b = u; φ (feeder fraction) and c "
+            "(compact bytes besides learners) from the small run",
+            "cloud_storage_bytes": "S0·N/N0",
+            "cloud_wall_s": "C0·N/N0 (wall seconds of screening + BAIM training + partition)",
+        },
+        "phi": phi,
+        "c": c,
+        "measured_compact_learners": {k: v["learners"] for k, v in big["compact"].items()},
+        "checks": rows,
+    }
