@@ -9,6 +9,8 @@ Which engine carries the messages is not this module's business: see :mod:`baim.
 
 from __future__ import annotations
 
+import json
+import secrets
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 
 from .atomic import atomic_write, write_bytes, write_json
 from .cloud import common_data, partition, screen_uploads, train_strategy, validate_upload
+from .cloud.uploads import Expected
 from .config import Preset, RunConfig
 from .data import DataSet, load_dataset
 from .data.layout import Layout, make_layout
@@ -26,6 +29,7 @@ from .errors import WorkflowError
 from .learners import StagedVAE
 from .models import BAIM, load_model, save_model, to_parts
 from .rundir import RunDir
+from .signing import SigningError, public_from_hex
 from .transport import ByteLedger, Message, Transport, encode
 
 EDGE_MODELS = ("initial", "deployed", "personalized")
@@ -96,20 +100,50 @@ class Workflow:
         return self.rd.phase("summary", self.summary)
 
     # -- phases 1-2: local training on each edge, then one upload each ---------------------
+    def register(self, edge: int) -> str:
+        """The edge's public key, pinned in ``cloud/identities.json`` the first time it is
+        seen (``query.info``); an edge that later presents another key is refused."""
+        path = self.rd.path("cloud", "identities.json")
+        pinned = json.loads(path.read_text()) if path.is_file() else {}
+        reply = self.transport.request(edge, Message("query.info"), self.timeout, "upload")
+        if reply.kind != "info":
+            raise WorkflowError(str(reply.meta.get("error", f"unexpected reply {reply.kind!r} to query.info")))
+        key = str(reply.meta.get("public_key", ""))
+        try:
+            public_from_hex(key)
+        except SigningError as exc:
+            raise WorkflowError(f"edge {edge} registered no usable public key: {exc}") from exc
+        if pinned.get(str(edge), key) != key:
+            raise WorkflowError(f"edge {edge} presents a different key from the one it registered: refused")
+        if str(edge) not in pinned:
+            write_json(path, pinned | {str(edge): key})
+        return key
+
     def upload(self) -> dict:
+        """Register each edge, then ask it for its signed upload with a fresh nonce; what screening
+        needs to check the signatures (keys, run, nonces) is this phase's result."""
         mark = len(self.ledger.messages)
         edges, missing = [], []
+        auth: dict[str, Any] = {"run": secrets.token_hex(16), "edges": {}}
         for e in self.transport.edges():
-            reply = self.transport.request(e, Message("train.local"), self.timeout, "upload")
+            try:
+                key = self.register(e)
+            except WorkflowError as exc:
+                missing.append({"edge": e, "reason": str(exc)})
+                continue
+            nonce = secrets.token_hex(16)
+            auth["edges"][str(e)] = {"public_key": key, "nonce": nonce}
+            request = Message("train.local", {"run": auth["run"], "nonce": nonce})
+            reply = self.transport.request(e, request, self.timeout, "upload")
             if reply.kind != "upload":
                 missing.append(_missing(e, reply))
                 continue
             write_bytes(self.rd.path("cloud", "uploads", f"edge-{e}.msg"), encode(reply))
             edges.append(
-                {k: reply.meta[k] for k in ("edge", "task", "samples")}
-                | {"tier": reply.meta["spec"]["tier"], "metrics": reply.meta["metrics"]}
+                {k: reply.meta.get(k) for k in ("edge", "task", "samples")}
+                | {"tier": (reply.meta.get("spec") or {}).get("tier"), "metrics": reply.meta.get("metrics")}
             )
-        return {"edges": edges, "missing": missing, "bytes": self.ledger.totals_since(mark)}
+        return {"edges": edges, "missing": missing, "bytes": self.ledger.totals_since(mark), "auth": auth}
 
     def _uploads(self) -> dict[int, bytes]:
         return {
@@ -119,10 +153,24 @@ class Workflow:
 
     # -- phase 3 ------------------------------------------------------------------------
     def screening(self) -> dict:
+        """Every stored upload, checked against what the upload phase sent each edge (its pinned
+        key, the round's run id, its nonce) and the data the layout gave it."""
         images, tasks = common_data(self.layout, self.ds)
         common = {t: images[tasks == t] for t in range(len(self.layout.tasks))}
+        auth = self.rd.phase("upload", self.upload)["auth"]
+        expected = {
+            int(e): Expected(public_key=a["public_key"], run=auth["run"], nonce=a["nonce"])
+            for e, a in auth["edges"].items()
+        }
         return screen_uploads(
-            self._uploads(), self.layout.task_names, common, self.ds.image_size, self.ds.channels
+            self._uploads(),
+            self.layout.task_names,
+            common,
+            self.ds.image_size,
+            self.ds.channels,
+            expected=expected,
+            assigned={s.edge: len(s.indices) for s in self.layout.edges},
+            max_samples=len(self.ds.train),
         ).report()
 
     def accepted_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:

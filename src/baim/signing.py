@@ -90,3 +90,22 @@ def public_from_hex(text: str) -> bytes:
     if len(raw) != PUBLIC_KEY_BYTES:
         raise SigningError(f"an Ed25519 public key is {PUBLIC_KEY_BYTES} bytes, got {len(raw)}")
     return raw
+
+
+def sign_document(key: Ed25519PrivateKey, doc: dict[str, Any], field: str = "signature") -> dict[str, Any]:
+    """``doc`` with ``field`` set to the hex signature of the rest of it (canonical JSON)."""
+    body = {k: v for k, v in doc.items() if k != field}
+    return body | {field: sign(key, canonical(body)).hex()}
+
+
+def verify_document(public_key: bytes, doc: dict[str, Any], field: str = "signature") -> bool:
+    """Whether ``doc[field]`` is ``public_key``'s signature of the rest of ``doc``; False for a
+    missing or malformed signature."""
+    sig = doc.get(field)
+    if not isinstance(sig, str):
+        return False
+    try:
+        raw = bytes.fromhex(sig)
+    except ValueError:
+        return False
+    return verify(public_key, canonical({k: v for k, v in doc.items() if k != field}), raw)

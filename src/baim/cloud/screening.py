@@ -1,30 +1,74 @@
 """Phase 3: every upload is validated and scored before it may be fused.
 
-Validation (reject): the message decodes, says it is an upload, names a known task and a
-positive sample count, carries a valid spec of the right image geometry under the size
-limit, and tensors that match that spec exactly with finite values.
+Uploads come from edges the cloud does not control, so nothing in them is trusted.
 
-Scoring (quarantine): the learner's test loss on the cloud's common data of its task. A
-learner that cannot beat the trivial predictor (the task's mean image), or whose loss is
-over ``outlier_factor`` × the median of its task's uploads, is quarantined: kept for
-inspection, never fused.
+Validation (reject): the message decodes, says it is an upload, names a known task, a sample
+count no training set could exceed (and, where the cloud assigned the edge's data, the count it
+assigned), its local test loss, a valid spec of the right image geometry under the size limit,
+and tensors that match that spec exactly with finite values. Where the cloud knows the edges'
+keys (:mod:`baim.cloud.uploads`), the upload must also be signed by the edge it claims to come
+from, for this run and this request. An upload whose weights are byte-identical to an earlier
+one's is rejected as a duplicate.
+
+Scoring (quarantine: kept for inspection, never fused), each on the cloud's common data:
+
+- **exploding**: its loss on its task is over ``LOSS_CAP`` × the loss of the task's mean image
+  (boosted or corrupted weights; an honest learner after a few steps is far below);
+- **weights out of range**: a tensor's norm is over ``NORM_CAP`` × that tensor's norm in a freshly
+  initialised learner of the same spec (honest training moves norms by 1–2.3× here);
+- **never saw the task's images**: the first encoder stage's BatchNorm running statistics do not
+  match what the task's common images produce through that stage (random weights, weights
+  trained on noise or on something else, weights shuffled under a stolen spec). This needs no
+  well-trained model: an honest learner matches after a handful of steps;
+- **claims a loss it does not have**: its loss on common data is over ``CLAIM_FACTOR`` × the
+  test loss it reports (a stolen header with other weights, a model that lies about itself);
+- **mislabelled**: it reconstructs another task's common images, relative to that task's
+  mean image, clearly better than its own task's (``MISLABEL_RATIO``) while being good at that
+  other task (``MISLABEL_SKILL``); an undertrained learner, good at nothing yet, is not judged;
+- **near-duplicate**: its weights are within ``COPY_DISTANCE`` (relative) of an earlier upload
+  of the same spec (a noisy copy of another edge's learner; independent learners are ~1.4 apart);
+  the first one received is kept;
+- **trigger**: its N(0, I) samples show a flat bright block, at a fixed place, where the task's
+  real images are dark and the learner's own reconstructions of them are dark too (a backdoor
+  trigger its training data carried), in over ``TRIGGER_RATE`` of the samples.
+
+``benchmarks/screening.py`` measures what these catch and what they refuse (true- and
+false-positive rates per attack, seconds per upload). Every threshold is a module constant, so
+that it is visible and the benchmark can be rerun after changing one. Costs per upload: one
+reconstruction pass over each task's common data, 256 samples, and a weight distance to each
+earlier upload of the same spec.
 """
 
 from __future__ import annotations
 
-import statistics
+import math
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data import to_float
 from ..errors import BaimError, MessageError
-from ..learners import LearnerSpec, StagedVAE, check_state
+from ..learners import LearnerSpec, StagedVAE, check_state, weights_bytes
 from ..models import reconstruction_metrics
-from ..transport import decode
+from ..transport import Message, decode
+from .uploads import Expected, authenticate, weights_sha256
 
 MAX_PARAMS = 50_000_000
+LOSS_CAP = 8.0
+NORM_CAP = 6.0
+STATS_ERROR = 0.2
+CLAIM_FACTOR = 1.5
+MISLABEL_RATIO = 1.15
+MISLABEL_SKILL = 0.9
+COPY_DISTANCE = 0.3
+TRIGGER_RATE = 0.15
+TRIGGER_SAMPLES = 256
+TRIGGER_SIZES = (3, 5)
+BN_MOMENTUM = 0.1  # PyTorch's default, which the learners use
 
 
 @dataclass
@@ -32,7 +76,9 @@ class Screened:
     accepted: dict[int, tuple[StagedVAE, dict]] = field(default_factory=dict)  # edge -> (learner, meta)
     rejected: list[dict] = field(default_factory=list)
     quarantined: list[dict] = field(default_factory=list)
-    scores: dict[int, float] = field(default_factory=dict)
+    scores: dict[int, float] = field(default_factory=dict)  # loss on the common data of the claimed task
+    features: dict[int, dict[str, Any]] = field(default_factory=dict)  # what each check measured
+    seconds: float = 0.0
 
     def report(self) -> dict:
         return {
@@ -40,24 +86,35 @@ class Screened:
             "rejected": self.rejected,
             "quarantined": self.quarantined,
             "scores": {str(k): v for k, v in self.scores.items()},
+            "features": {str(k): v for k, v in self.features.items()},
+            "seconds": round(self.seconds, 3),
         }
 
 
-def validate_upload(
-    data: bytes, task_names: list[str], image_size: int, channels: int, max_params: int = MAX_PARAMS
-) -> tuple[StagedVAE, dict]:
-    """Decode and check one upload; raise a BaimError naming what is wrong."""
-    msg = decode(data)
-    if msg.kind != "upload":
-        raise MessageError(f"expected an 'upload' message, got {msg.kind!r}")
-    meta = msg.meta
+def _finite_positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def check_meta(meta: dict, task_names: list[str], max_samples: int | None = None) -> None:
+    """The header of an upload: task, sample count, reported test loss, spec present."""
     if meta.get("task") not in task_names:
         raise MessageError(f"upload names task {meta.get('task')!r}; known tasks are {task_names}")
-    if not isinstance(meta.get("samples"), int) or meta["samples"] <= 0:
-        raise MessageError(f"upload sample count {meta.get('samples')!r} must be a positive int")
+    samples = meta.get("samples")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples <= 0:
+        raise MessageError(f"upload sample count {samples!r} must be a positive int")
+    if max_samples is not None and samples > max_samples:
+        raise MessageError(
+            f"upload claims {samples:,} training samples; the data set's training split holds {max_samples:,}"
+        )
+    metrics = meta.get("metrics")
+    if not isinstance(metrics, dict) or not _finite_positive(metrics.get("test_loss")):
+        raise MessageError("upload reports no local test loss (a positive number under metrics.test_loss)")
     if not isinstance(meta.get("spec"), dict):
         raise MessageError("upload carries no learner spec (a JSON object under 'spec')")
-    spec = LearnerSpec.from_dict(meta["spec"])
+
+
+def model_of(msg: Message, image_size: int, channels: int, max_params: int = MAX_PARAMS) -> StagedVAE:
+    spec = LearnerSpec.from_dict(msg.meta["spec"])
     if (spec.image_size, spec.channels) != (image_size, channels):
         raise MessageError(
             f"upload is for {spec.channels}×{spec.image_size}² images; this federation uses {channels}×{image_size}²"
@@ -69,40 +126,207 @@ def validate_upload(
     model = StagedVAE(spec)
     check_state(model, msg.tensors, "upload")
     model.load_state_dict(msg.tensors)
-    return model.eval(), meta
+    return model.eval()
 
 
+def validate_upload(
+    data: bytes,
+    task_names: list[str],
+    image_size: int,
+    channels: int,
+    max_params: int = MAX_PARAMS,
+    max_samples: int | None = None,
+) -> tuple[StagedVAE, dict]:
+    """Decode and check one upload; raise a BaimError naming what is wrong."""
+    msg = decode(data)
+    if msg.kind != "upload":
+        raise MessageError(f"expected an 'upload' message, got {msg.kind!r}")
+    check_meta(msg.meta, task_names, max_samples)
+    return model_of(msg, image_size, channels, max_params), msg.meta
+
+
+# -- the measurements ------------------------------------------------------------------------
+def _init_norms(spec: LearnerSpec, cache: dict) -> dict[str, float]:
+    key = tuple(sorted(spec.to_dict().items(), key=lambda kv: kv[0]).__repr__())
+    if key not in cache:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            fresh = StagedVAE(spec)
+        cache[key] = {k: float(p.detach().norm()) for k, p in fresh.named_parameters()}
+    return cache[key]
+
+
+def norm_ratio(model: StagedVAE, init: dict[str, float]) -> float:
+    """The largest ‖W‖ / ‖W_init‖ over weight tensors (biases and BatchNorm shifts start at
+    zero, so they have no scale to compare with)."""
+    ratios = [float(p.detach().norm()) / init[k] for k, p in model.named_parameters() if init.get(k, 0) > 1e-6]
+    return max(ratios, default=0.0)
+
+
+@torch.no_grad()
+def input_stats_error(model: StagedVAE, x: torch.Tensor) -> float:
+    """How far the first encoder stage's BatchNorm running statistics are from what the task's
+    images produce through that stage, given how many batches they were averaged over: mean
+    relative error of the means plus mean squared log-ratio of the variances."""
+    first = model.encoder_stages[0]
+    assert isinstance(first, torch.nn.Sequential)
+    conv, bn = first[0], first[1]
+    assert isinstance(bn, torch.nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+    n = int(bn.num_batches_tracked) if bn.num_batches_tracked is not None else 0
+    if n <= 0:
+        return math.inf
+    c = 1.0 - (1.0 - BN_MOMENTUM) ** min(n, 10_000)
+    h = conv(x)
+    mean = c * h.mean((0, 2, 3))
+    var = (1.0 - c) + c * h.var((0, 2, 3))
+    e_mean = float((bn.running_mean - mean).pow(2).sum() / mean.pow(2).sum().clamp_min(1e-8))
+    rv = bn.running_var.clamp_min(1e-12)
+    e_var = float((rv.log() - var.clamp_min(1e-12).log()).pow(2).mean())
+    return e_mean + e_var
+
+
+def _min_pool(x: torch.Tensor, k: int) -> torch.Tensor:
+    return -F.max_pool2d(-x, k, stride=1)
+
+
+@torch.no_grad()
+def trigger_rate(model: StagedVAE, x: torch.Tensor, n: int = TRIGGER_SAMPLES) -> float:
+    """The largest fraction of N(0, I) samples that hold a flat bright block (every pixel over
+    0.5, ``k``×``k`` for k in TRIGGER_SIZES) at one place where at most 2 % of the task's real
+    images are bright and the learner's reconstructions of them are not bright either."""
+    s = model.sample(n, torch.Generator().manual_seed(0))
+    mu, _ = model.encode(x)
+    r = model.decode(mu)
+    best = 0.0
+    for k in TRIGGER_SIZES:
+        dark = (F.avg_pool2d(x, k, stride=1) > 0.25).float().mean(0) <= 0.02
+        lit = (_min_pool(s, k) > 0.5).float().mean(0) - (_min_pool(r, k) > 0.5).float().mean(0)
+        best = max(best, float((lit * dark).max()))
+    return best
+
+
+def _weights_vector(model: StagedVAE) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+# -- screening --------------------------------------------------------------------------------
 def screen_uploads(
     uploads: dict[int, bytes],
     task_names: list[str],
     common: dict[int, np.ndarray],
     image_size: int,
     channels: int,
-    outlier_factor: float = 3.0,
+    *,
+    expected: dict[int, Expected] | None = None,
+    assigned: dict[int, int] | None = None,
+    max_samples: int | None = None,
 ) -> Screened:
+    """Validate and score every upload (``uploads`` in the order received: of two copies, the
+    first is kept). ``expected``: what the cloud knows of each edge before its upload (its
+    registered key, the round and request it answers); given, every upload must be signed
+    (:func:`baim.cloud.uploads.authenticate`). ``assigned``: the sample count the cloud's
+    layout gave each edge. ``max_samples``: the size of the training split, which no honest
+    sample count exceeds."""
+    started = time.perf_counter()
     out = Screened()
-    for edge, data in sorted(uploads.items()):
+    digests: dict[str, int] = {}
+    for edge, data in uploads.items():
         try:
-            out.accepted[edge] = validate_upload(data, task_names, image_size, channels)
+            msg = decode(data)
+            if msg.kind != "upload":
+                raise MessageError(f"expected an 'upload' message, got {msg.kind!r}")
+            check_meta(msg.meta, task_names, max_samples)
+            model = model_of(msg, image_size, channels)
+            digest = weights_sha256(weights_bytes(model))
+            if expected is not None:
+                authenticate(edge, msg, expected.get(edge), digest)
+            if assigned is not None and edge in assigned and msg.meta["samples"] != assigned[edge]:
+                raise MessageError(
+                    f"upload claims {msg.meta['samples']:,} training samples; this edge was given {assigned[edge]:,}"
+                )
+            if digest in digests:
+                raise MessageError(f"its weights are identical to edge {digests[digest]}'s upload (a duplicate)")
+            digests[digest] = edge
+            out.accepted[edge] = (model, msg.meta)
         except (BaimError, ValueError, TypeError) as exc:
             out.rejected.append({"edge": edge, "reason": str(exc)})
-    by_task: dict[int, list[int]] = {}
+
+    x = {t: to_float(common[t]) for t in common}
+    trivial = {t: float((v - v.mean(0, keepdim=True)).pow(2).mean()) for t, v in x.items()}
+    norms: dict = {}
+    vectors: dict[int, tuple[LearnerSpec, torch.Tensor]] = {}
+    why: dict[int, str] = {}
     for edge, (model, meta) in out.accepted.items():
         t = task_names.index(meta["task"])
-        out.scores[edge] = reconstruction_metrics(model, common[t])["test_loss"]
-        by_task.setdefault(t, []).append(edge)
-    for t, edges in by_task.items():
-        x = to_float(common[t])
-        trivial = float((x - x.mean(0, keepdim=True)).pow(2).mean())
-        median = statistics.median(out.scores[e] for e in edges)
-        for e in edges:
-            s = out.scores[e]
-            why = None
-            if not np.isfinite(s) or s >= trivial:
-                why = f"loss {s:.4g} on common data does not beat the task's mean image ({trivial:.4g})"
-            elif s > outlier_factor * median:
-                why = f"loss {s:.4g} is over {outlier_factor}× the median of task {task_names[t]} ({median:.4g})"
-            if why:
-                out.quarantined.append({"edge": e, "reason": why, "score": s})
-                del out.accepted[e]
+        losses = {o: reconstruction_metrics(model, common[o])["test_loss"] for o in x}
+        rel = {o: losses[o] / trivial[o] for o in x}
+        out.scores[edge] = losses[t]
+        others = [o for o in x if o != t]
+        best_other = min(others, key=lambda o: rel[o]) if others else t
+        f: dict[str, Any] = {
+            "loss": losses[t],
+            "loss_vs_mean_image": rel[t],
+            "best_other_task": task_names[best_other],
+            "best_other_vs_mean_image": rel[best_other],
+            "norm_ratio": norm_ratio(model, _init_norms(model.spec, norms)),
+            "input_stats_error": input_stats_error(model, x[t]),
+            "claimed_loss": float(meta["metrics"]["test_loss"]),
+        }
+        f["claim_ratio"] = losses[t] / f["claimed_loss"]
+        f["trigger_rate"] = trigger_rate(model, x[t]) if math.isfinite(rel[t]) and rel[t] <= LOSS_CAP else None
+        out.features[edge] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in f.items()}
+        reason = _verdict(f, task_names[t])
+        if reason is None:
+            vec = _weights_vector(model)
+            for other, (spec, w) in vectors.items():
+                if spec == model.spec:
+                    d = float((vec - w).norm() / w.norm().clamp_min(1e-12))
+                    if d < COPY_DISTANCE:
+                        reason = (
+                            f"its weights are within {d:.3g} (relative) of edge {other}'s upload, "
+                            f"under {COPY_DISTANCE}: a near-copy (independent learners are ~1.4 apart)"
+                        )
+                        out.features[edge]["copy_distance"] = round(d, 5)
+                        break
+            if reason is None:
+                vectors[edge] = (model.spec, vec)
+        if reason is not None:
+            why[edge] = reason
+    for edge, reason in why.items():
+        out.quarantined.append({"edge": edge, "reason": reason, "score": out.scores[edge]})
+        del out.accepted[edge]
+    out.seconds = time.perf_counter() - started
     return out
+
+
+def _verdict(f: dict[str, Any], task: str) -> str | None:
+    """The first check an upload fails, in words, or None."""
+    rel = f["loss_vs_mean_image"]
+    if not math.isfinite(rel) or rel > LOSS_CAP:
+        return f"loss {f['loss']:.4g} on common data is over {LOSS_CAP}× the task's mean image's (exploding weights)"
+    if f["norm_ratio"] > NORM_CAP:
+        return (
+            f"a weight tensor's norm is {f['norm_ratio']:.3g}× its norm at initialisation, "
+            f"over {NORM_CAP}× (boosted weights)"
+        )
+    if not f["input_stats_error"] <= STATS_ERROR:
+        return (
+            f"its BatchNorm statistics do not match the {task} images (error {f['input_stats_error']:.3g}, "
+            f"limit {STATS_ERROR}): it was not trained on this task's images"
+        )
+    if f["claim_ratio"] > CLAIM_FACTOR:
+        return (
+            f"it reports a test loss of {f['claimed_loss']:.4g} but scores {f['loss']:.4g} on the {task} "
+            f"common data, over {CLAIM_FACTOR}× (the weights are not the model it describes)"
+        )
+    if f["best_other_vs_mean_image"] < MISLABEL_SKILL and rel > MISLABEL_RATIO * f["best_other_vs_mean_image"]:
+        return (
+            f"it reconstructs {f['best_other_task']} ({f['best_other_vs_mean_image']:.3g} of the mean image's "
+            f"loss) better than {task} ({rel:.3g}): trained on another task"
+        )
+    if f["trigger_rate"] is not None and f["trigger_rate"] > TRIGGER_RATE:
+        return (
+            f"{f['trigger_rate']:.0%} of its samples show a flat bright block where {task} images are dark "
+            f"(over {TRIGGER_RATE:.0%}): a trigger patch, a likely backdoor"
+        )
+    return None

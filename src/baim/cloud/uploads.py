@@ -1,17 +1,77 @@
 """Reading uploads from disk for ``baim cloud train``: upload messages (``*.msg``, as the
 workflow stores them) or folders saved by ``baim edge train`` (``manifest.json`` +
 ``weights.safetensors`` + ``metrics.json``), which are wrapped into the same message so that
-both go through the same screening (which validates everything; nothing here is trusted)."""
+both go through the same screening (which validates everything; nothing here is trusted).
+
+Attribution (:func:`authenticate`): in the workflow each edge signs its upload with its own
+Ed25519 key (:mod:`baim.signing`), whose public half the cloud pinned when the edge registered
+(``query.info``). The signed header names the edge, the run and the one-time nonce of the
+``train.local`` request it answers, and the sha256 of its weights; the cloud refuses an
+unsigned upload, a signature that does not verify with the registered key of the edge it came
+from, an upload naming another edge, one signed for another run or request (a replay), and one
+whose weights are not the ones signed. Uploads read from folders by ``baim cloud train`` carry
+no signature: that command has no registry of edge keys, and says so.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, MessageError
 from ..learners import load_weights
 from ..models.io import MANIFEST, WEIGHTS
+from ..signing import public_from_hex, verify_document
 from ..transport import Message, encode
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the cloud knows of an edge before its upload arrives."""
+
+    public_key: str  # hex, pinned when the edge registered
+    run: str  # the upload round the cloud opened
+    nonce: str  # sent with this edge's train.local request, once
+
+
+def weights_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def authenticate(edge: int, msg: Message, expected: Expected | None, weights_digest: str) -> None:
+    """Raise MessageError unless ``msg`` is an upload signed by ``edge``'s registered key for
+    this round and request, over exactly these weights (``weights_digest``: sha256 of the
+    safetensors blob of the weights as received)."""
+    meta = msg.meta
+    if expected is None:
+        raise MessageError(f"edge {edge} is not registered with this cloud (no public key): upload refused")
+    if "signature" not in meta:
+        raise MessageError(f"unsigned upload from edge {edge}: every upload must carry its edge's signature")
+    if meta.get("edge") != edge:
+        raise MessageError(
+            f"identity mismatch: the upload received from edge {edge} claims to be from edge {meta.get('edge')!r}"
+        )
+    if not verify_document(public_from_hex(expected.public_key), meta):
+        raise MessageError(
+            f"wrong signature: the upload is not signed by edge {edge}'s registered key "
+            "(another edge's key, or altered after signing)"
+        )
+    auth = meta.get("auth")
+    if not isinstance(auth, dict):
+        raise MessageError(f"the upload from edge {edge} has no 'auth' header (run, nonce, weights_sha256)")
+    if auth.get("run") != expected.run:
+        raise MessageError(
+            f"replay: the upload from edge {edge} was signed for run {auth.get('run')!r}, this is run {expected.run!r}"
+        )
+    if auth.get("nonce") != expected.nonce:
+        raise MessageError(
+            f"replay: the upload from edge {edge} answers request {auth.get('nonce')!r}, "
+            f"not this round's request {expected.nonce!r}"
+        )
+    if auth.get("weights_sha256") != weights_digest:
+        raise MessageError(f"the weights from edge {edge} are not the ones its signature covers")
 
 
 def read_uploads(folder: str | Path) -> dict[int, bytes]:

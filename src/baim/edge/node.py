@@ -1,10 +1,13 @@
 """An edge node as a message handler: the same object serves both engines.
 
 Message kinds (cloud → edge, and the reply):
-- ``query.info`` → ``info``: edge id, task, tier, local sample count.
+- ``query.info`` → ``info``: edge id, task, tier, local sample count, and the public half of the
+  edge's Ed25519 identity (``identity.pem`` in its folder, created on first use), which the
+  cloud pins.
 - ``train.local`` → ``upload``: trains the tier's learner on the local slice (or reuses the
   one already trained: a rerun resumes) and uploads spec + weights + task + sample count +
-  local metrics.
+  local metrics, signed with the edge's key over the request's run and nonce and the weights'
+  sha256 (:func:`baim.cloud.uploads.authenticate` says what the cloud checks).
 - ``train.deploy`` → ``ack``: the compact model of the edge's task (manifest + weights), validated
   and stored.
 - ``train.personalize`` → ``metrics``: fine-tunes the deployed model on the local slice and
@@ -15,6 +18,7 @@ Message kinds (cloud → edge, and the reply):
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -23,14 +27,16 @@ import torch
 from ..data import DataSet
 from ..data.layout import Layout
 from ..errors import BaimError
-from ..learners import StagedVAE
+from ..learners import StagedVAE, weights_bytes
 from ..models import BAIM, evaluate, is_saved, load_model, model_from, save_model
+from ..signing import load_or_create_key, public_bytes, sign_document
 from ..transport import Message
 from .local import train_edge
 from .personalize import personalize
 from .toolbox import ToolboxStore
 
 MODELS = ("initial", "deployed", "personalized")
+IDENTITY = "identity.pem"
 
 
 class EdgeNode:
@@ -39,6 +45,7 @@ class EdgeNode:
         self.folder = Path(folder)
         self.slice = layout.edges[edge]
         self.task_name = layout.task_names[self.slice.task]
+        self.key = load_or_create_key(self.folder / IDENTITY)
 
     def handle(self, msg: Message) -> Message:
         """Answer one message. A failure the edge can explain becomes an ``error`` reply, which
@@ -55,7 +62,13 @@ class EdgeNode:
     def on_query_info(self, msg: Message) -> Message:
         return Message(
             "info",
-            {"edge": self.edge, "task": self.task_name, "tier": self.slice.tier, "samples": len(self.slice.indices)},
+            {
+                "edge": self.edge,
+                "task": self.task_name,
+                "tier": self.slice.tier,
+                "samples": len(self.slice.indices),
+                "public_key": public_bytes(self.key).hex(),
+            },
         )
 
     def on_train_local(self, msg: Message) -> Message:
@@ -72,17 +85,19 @@ class EdgeNode:
         # would make two identical uploads differ in size
         local = {k: v for k, v in metrics.items() if k != "train"}
         local["train_epochs"] = metrics["train"]["epochs"]
-        return Message(
-            "upload",
-            {
-                "edge": self.edge,
-                "task": self.task_name,
-                "samples": len(self.slice.indices),
-                "spec": model.spec.to_dict(),
-                "metrics": local,
+        header = {
+            "edge": self.edge,
+            "task": self.task_name,
+            "samples": len(self.slice.indices),
+            "spec": model.spec.to_dict(),
+            "metrics": local,
+            "auth": {
+                "run": msg.meta.get("run"),
+                "nonce": msg.meta.get("nonce"),
+                "weights_sha256": hashlib.sha256(weights_bytes(model)).hexdigest(),
             },
-            {k: v for k, v in model.state_dict().items()},
-        )
+        }
+        return Message("upload", sign_document(self.key, header), {k: v for k, v in model.state_dict().items()})
 
     def on_train_deploy(self, msg: Message) -> Message:
         if msg.meta.get("task") != self.task_name:
