@@ -60,9 +60,9 @@ def test_wire_counts_encoded_bytes_and_raw_data():
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """All seven methods once on the smoke preset, with tiny round and epoch counts."""
+    """All seven methods once on the smoke preset (smaller slices), with tiny round and epoch counts."""
     out = tmp_path_factory.mktemp("compare")
-    cfg = RunConfig(preset="smoke")
+    cfg = RunConfig(preset="smoke", overrides={"samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32})
     ctx = make_context(out, cfg, Settings(rounds=2, local_epochs=1, sl_epochs=1, central_epochs=1), keep_messages=True)
     result = compare(out, cfg, METHODS, ctx=ctx)
     return out, result, ctx
@@ -77,8 +77,10 @@ def test_every_method_runs_and_is_measured(smoke):
         missing = [k for k in REQUIRED if k not in r]
         assert not missing, (name, missing)
         assert r["fid"] > 0 and r["test_loss"] > 0 and r["latency_ms"] > 0 and r["fid_sampling"].startswith("fitted")
-    for name in ("baim", "central", "kd", "fedavg", "fd", "sl"):
+    for name in ("baim", "kd", "fedavg", "fd", "sl"):
         assert rows[name]["bytes_up"] > 0 and rows[name]["bytes_down"] > 0, name
+    assert rows["central"]["bytes_up"] > 0 and rows["central"]["bytes_down"] == 0  # served from the cloud
+    assert rows["central"]["round_trips"] == rows["sl"]["round_trips"] == 1
     assert rows["local"]["bytes_up"] == rows["local"]["bytes_down"] == 0
     for name in ("baim", "local", "fedavg", "fd", "sl"):
         assert rows[name]["edge_flops"] > 0, name

@@ -9,11 +9,12 @@
   :class:`~baim.transport.ByteLedger`, exactly as the workflow's do, so bytes are the encoded
   sizes and comparable with a run's ``summary["bytes"]``. Raw training images that leave an edge
   are counted apart (``raw_data_bytes``).
-- :func:`latency_ms`: best wall time of a 16-image generation.
+- :func:`latency_ms`: median wall time of a 16-image generation.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -145,15 +146,14 @@ def model_bytes(module: torch.nn.Module) -> int:
 
 
 def latency_ms(fn: Callable[[], Any], repeats: int = 7) -> float:
-    """Best wall milliseconds of ``repeats`` calls of ``fn()`` after one warm-up call (the best,
-    not the median: other processes' load on a shared machine only ever adds time)."""
+    """Median wall milliseconds of ``repeats`` calls of ``fn()`` after one warm-up call."""
     fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
-    return round(min(times), 3)
+    return round(statistics.median(times), 3)
 
 
 def tensor_bytes(t: torch.Tensor) -> int:

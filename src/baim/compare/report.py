@@ -125,14 +125,21 @@ def markdown(result: dict) -> str:
 
 
 def _score(values: list[float], quality: bool) -> list[float]:
-    """Higher is better, in [0, 1]: quality as best/value; a cost as 1 − log(1+v)/log(1+max)."""
+    """Higher is better, in [0, 1]. Quality: best FID / FID. A cost: its place between the best
+    (1) and the worst (0) method on a log scale, zero counted as a tenth of the smallest non-zero
+    value (so "none at all" scores 1, not infinitely better)."""
     if quality:
         best = min(values)
         return [best / v if v > 0 else 1.0 for v in values]
-    top = max(values)
-    if top <= 0:
+    positive = [v for v in values if v > 0]
+    if not positive:
         return [1.0] * len(values)
-    return [1 - math.log1p(v) / math.log1p(top) for v in values]
+    floor = min(positive) / 10
+    logs = [math.log10(max(v, floor)) for v in values]
+    lo, hi = min(logs), max(logs)
+    if hi - lo < 1e-12:
+        return [1.0] * len(values)
+    return [1 - (x - lo) / (hi - lo) for x in logs]
 
 
 def radar(result: dict, path: Path) -> Path:
@@ -155,10 +162,11 @@ def radar(result: dict, path: Path) -> Path:
     ax.set_xticklabels(labels, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title(
-        "KPIs measured (outer = better): costs scored 1 − log(1+v)/log(1+max),\nquality scored best FID / FID",
+        "KPIs measured (outer = better): each cost placed between the best (1) and worst (0) method on a "
+        "log scale\n(zero = a tenth of the smallest non-zero value); quality scored best FID / FID",
         fontsize=9,
     )
-    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=8)
+    ax.legend(loc="upper right", bbox_to_anchor=(0.0, 1.12), fontsize=8)
     tab = fig.add_subplot(1, 2, 2)
     tab.axis("off")
     cols = ("method", "up+down MB", "raw MB", "edge GFLOP", "cloud GFLOP", "storage MB", "lat. ms (RT)", "FID")
@@ -226,15 +234,21 @@ def scaling_figure(result: dict, path: Path) -> Path:
         ("time to a deployed model (s)", lambda p: p["time_s"]),
     )
     for ax, (label, fn) in zip(axes, panels):
+        zero = []
         for m, v in sc["methods"].items():
             ns = [int(n) for n in v["by_edges"]]
-            ys = [max(fn(p), 1e-6) for p in v["by_edges"].values()]
+            ys = [fn(p) for p in v["by_edges"].values()]
+            if all(y <= 0 for y in ys):
+                zero.append(m)
+                continue
             ax.plot(ns, ys, marker="o", label=m)
+        if zero:
+            ax.text(0.02, 0.98, "zero: " + ", ".join(zero), transform=ax.transAxes, va="top", fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("edges")
         ax.set_title(label, fontsize=9)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Extrapolated from measured per-edge / per-round costs (formulas in compare.md)", fontsize=10)
     return save_figure(fig, path)
 

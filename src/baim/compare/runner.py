@@ -128,7 +128,7 @@ def compare(
             "flops": "torch.utils.flop_counter (matmul/conv forward and backward)",
             "storage": "bytes each side keeps after the method (safetensors weights, received raw images; "
             "edges' own slices and the cloud's common data, held in every method, are left out)",
-            "latency_ms": "best of 7 wall ms (after a warm-up) of one 16-image generation from the fitted "
+            "latency_ms": "median of 7 wall ms (after a warm-up) of one 16-image generation from the fitted "
             "prior where the model runs (codec included for round trips; network transit not simulated); "
             "round_trips: network round trips a generation needs",
             "wall_s": "wall seconds to deployed models on this machine, evaluation left out",
