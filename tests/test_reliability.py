@@ -450,3 +450,25 @@ def test_an_unreadable_image_in_an_image_folder_is_named(tmp_path):
     (tmp_path / "cats" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DataError, match="1.png"):
         load_dataset("image-folder", str(tmp_path), image_size=8)
+
+
+@pytest.mark.parametrize(
+    "name, damage",
+    [
+        ("manifest is a list", lambda f: (f / "manifest.json").write_text("[]")),
+        ("metrics is a list", lambda f: (f / "metrics.json").write_text("[1]")),
+        ("metrics nests deep", lambda f: (f / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)),
+        ("manifest not UTF-8", lambda f: (f / "manifest.json").write_bytes(b"\xff\xfe\x00")),
+        ("metrics missing", lambda f: (f / "metrics.json").unlink()),
+        ("weights truncated", lambda f: (f / "weights.safetensors").write_bytes(b"\x08" + b"\x00" * 20)),
+    ],
+)
+def test_cloud_train_names_a_corrupt_saved_learner_instead_of_a_traceback(tmp_path, name, damage):
+    from baim.cloud.uploads import read_uploads
+    from baim.errors import BaimError
+
+    folder = tmp_path / "uploads" / "edge-0"
+    save_model(StagedVAE(tier_spec("small")), folder, {"metrics.json": json.dumps({"task": "tops", "samples": 10})})
+    damage(folder)
+    with pytest.raises(BaimError, match="edge-0"):
+        read_uploads(tmp_path / "uploads")

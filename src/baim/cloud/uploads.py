@@ -85,15 +85,18 @@ def read_uploads(folder: str | Path) -> dict[int, bytes]:
         k = len(out)
         try:
             metrics = json.loads((d / "metrics.json").read_text())
+            manifest = json.loads((d / MANIFEST).read_text())
+            if not isinstance(metrics, dict) or not isinstance(manifest, dict):
+                raise TypeError("metrics.json and manifest.json must each hold a JSON object")
             meta = {
                 "edge": metrics.get("edge", k),
                 "task": metrics["task"],
                 "samples": metrics["samples"],
-                "spec": json.loads((d / MANIFEST).read_text())["config"],
+                "spec": manifest["config"],
                 "metrics": metrics,
             }
             out[k] = encode(Message("upload", meta, load_weights(d / WEIGHTS)))
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, KeyError, TypeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, not UTF-8
             raise DataError(
                 f"unreadable upload folder {d}: {exc} (it needs {MANIFEST}, "
                 f"{WEIGHTS} and metrics.json with task and samples)"
