@@ -151,3 +151,14 @@ def test_fedavg_average_is_sample_weighted():
     avg = _average([sa, sb], [1, 3])
     k = "posterior_head.weight"
     assert torch.allclose(avg[k], 0.25 * sa[k] + 0.75 * sb[k])
+
+
+@pytest.mark.integration
+def test_scale_check_of_a_run_against_itself(smoke):
+    """The check's plumbing: extrapolating a run to its own size reproduces what it measured."""
+    out, _, _ = smoke
+    chk = scaling.check(out / "baim", out / "baim")["checks"]
+    assert chk["upload_bytes"]["relative_error"] == 0
+    assert chk["cloud_storage_bytes"]["relative_error"] == 0
+    assert chk["cloud_wall_s"]["relative_error"] == 0
+    assert abs(chk["download_bytes"]["relative_error"]) < 0.5

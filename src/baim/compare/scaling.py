@@ -161,19 +161,23 @@ def _dir_bytes(folder: Path, pattern: str = "**/*") -> int:
 
 
 def run_facts(run_dir: Path) -> dict[str, Any]:
-    """What a finished workflow run measured: model bytes up and down, cloud storage, cloud time."""
-    s = json.loads((run_dir / "summary.json").read_text())
+    """What a workflow run measured up to its deployment (read from its phase records, so a run
+    stopped after deployment serves): model bytes up and down, cloud storage, cloud time."""
+
+    def phase(name: str) -> dict[str, Any]:
+        return json.loads((run_dir / "state" / f"{name}.json").read_text())
+
     cloud = run_dir / "cloud"
-    ps = s["phase_seconds"]
+    up, dep, part = phase("upload"), phase("deployment"), phase("partition")
     return {
-        "edges": len(s["edges"]),
-        "upload_bytes": s["bytes"]["upload"],
-        "download_bytes": s["bytes"]["download"],
+        "edges": len(up["result"]["edges"]),
+        "upload_bytes": up["result"]["bytes"]["up"],
+        "download_bytes": dep["result"]["bytes"]["down"],
         "cloud_storage_bytes": _dir_bytes(cloud / "uploads")
         + _dir_bytes(cloud / "baim-finetune", "weights.safetensors")
         + _dir_bytes(cloud / "compact", "*/weights.safetensors"),
-        "cloud_wall_s": sum(ps.get(p, 0.0) for p in ("screening", "cloud_finetune", "partition")),
-        "compact": s["partition"]["tasks"],
+        "cloud_wall_s": sum(phase(p)["seconds"] for p in ("screening", "cloud_finetune", "partition")),
+        "compact": part["result"]["tasks"],
     }
 
 
