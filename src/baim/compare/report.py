@@ -121,6 +121,12 @@ def markdown(result: dict) -> str:
         ]
         for k, v in chk["checks"].items():
             lines.append(f"| {k} | {v['predicted']:.6g} | {v['measured']:.6g} | {v['relative_error']:+.1%} |")
+        lines += [
+            "",
+            f"φ = {chk['phi']:.3g} (feeder fraction), c = {chk['c']:.4g} bytes; learners in the big run's compact "
+            f"models: {chk['measured_compact_learners']}. "
+            f"Download bytes from {chk.get('download_source', 'the ledger')}. " + chk.get("notes", ""),
+        ]
     return "\n".join(lines) + "\n"
 
 

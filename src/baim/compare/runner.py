@@ -227,7 +227,7 @@ def scale_check(
         (small, RunConfig(**base)),  # type: ignore[arg-type]
         (big, RunConfig(**base, overrides={"num_edges": big_edges})),  # type: ignore[arg-type]
     ):
-        if not (folder / "state" / "deployment.json").is_file():  # a run deployed (metered or not) is reused
+        if not (folder / "state" / "partition.json").is_file():  # a run partitioned (metered or not) is reused
             run_workflow(folder, cfg)
     result = json.loads((out / "compare.json").read_text())
     result["scale_check"] = scaling.check(small, big)
