@@ -80,9 +80,19 @@ def _cmd_layout(args: argparse.Namespace) -> None:
 
 
 def _cmd_edge_train(args: argparse.Namespace) -> None:
-    from .edge import train_edge_cli
+    from .edge import train_edge_cli, train_on_images
+    from .errors import ConfigError
 
-    result = train_edge_cli(args.layout, args.edge, args.out, epochs=args.epochs, seed=args.seed)
+    if args.images is not None:
+        if args.layout is not None or args.edge is not None:
+            raise ConfigError("give either --images (your own folder) or --layout with --edge, not both")
+        result = train_on_images(
+            args.images, args.out, args.tier, args.image_size, args.channels, args.epochs or 4, args.seed
+        )
+    elif args.layout is None or args.edge is None:
+        raise ConfigError("give --layout and --edge (an edge of a layout) or --images DIR (your own images)")
+    else:
+        result = train_edge_cli(args.layout, args.edge, args.out, epochs=args.epochs, seed=args.seed)
     console.print_json(json.dumps(result))
 
 
@@ -141,6 +151,39 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
         for k in ("strategy", "final_test_loss", "connections", "candidates", "parameters", "tsgate_accuracy")
     }
     shown["fid_fitted"] = {t: m["fid_fitted"] for t, m in result["per_task"].items()}
+    console.print_json(json.dumps(shown))
+
+
+def _cmd_cloud_add(args: argparse.Namespace) -> None:
+    from .cloud.add import add_to_run
+
+    report = add_to_run(
+        args.run,
+        args.learner,
+        args.task,
+        images_dir=args.images,
+        strategy=args.strategy,
+        epochs=args.epochs,
+        train_old=args.train_old,
+        out=args.out,
+        seed=args.seed,
+    )
+    shown = {
+        k: report[k]
+        for k in (
+            "saved",
+            "touched_tasks",
+            "new_tasks",
+            "parameters_before",
+            "parameters_after",
+            "trained_parameters",
+            "test_loss_before",
+            "test_loss_after",
+            "untouched_max_abs_diff",
+            "compact_bytes",
+            "seconds",
+        )
+    }
     console.print_json(json.dumps(shown))
 
 
@@ -264,6 +307,7 @@ first steps (from a checkout):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import CLOUD_RECIPES, DATASETS, ENGINES, EXTRACTORS, PRESETS, STRATEGIES
+    from .learners.spec import TIERS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(
@@ -309,10 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("edge", formatter_class=fmt, help="edge-side commands")
     esub = sp.add_subparsers(dest="edge_command", required=True)
     tp = esub.add_parser("train", formatter_class=fmt, help="train one edge's learner on its local slice")
-    tp.add_argument("--layout", required=True)
-    tp.add_argument("--edge", type=_int_in(0), required=True)
-    tp.add_argument("--out", required=True, help="folder for spec.json + weights.safetensors + metrics.json")
-    tp.add_argument("--epochs", type=_int_in(1), default=None, help="default: the layout's preset")
+    tp.add_argument("--layout", default=None, help="the federation layout (with --edge)")
+    tp.add_argument("--edge", type=_int_in(0), default=None, help="which edge of the layout")
+    tp.add_argument("--images", default=None, help="instead of a layout: a folder of your own images")
+    tp.add_argument("--tier", default="small", choices=TIERS, help="with --images: the learner's tier")
+    tp.add_argument("--image-size", type=_int_in(8, 1024), default=32, help="with --images: side in pixels")
+    tp.add_argument("--channels", type=int, choices=(1, 3), default=1, help="with --images: 1 grey, 3 RGB")
+    tp.add_argument("--out", required=True, help="folder for manifest.json + weights.safetensors + metrics.json")
+    tp.add_argument("--epochs", type=_int_in(1), default=None, help="default: the layout's preset (--images: 4)")
     tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     tp.set_defaults(func=_cmd_edge_train)
 
@@ -350,6 +398,25 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     extractor_arg(tp)
     tp.set_defaults(func=_cmd_cloud_train)
+    tp = csub.add_parser(
+        "add",
+        formatter_class=fmt,
+        help="a late learner joins a finished run's BAIM (its task's squad, or a new task): continual learning",
+    )
+    tp.add_argument("--run", required=True, help="a run directory with a trained BAIM")
+    tp.add_argument("--learner", required=True, help="folder of a saved learner (an upload, or `baim edge train`)")
+    tp.add_argument("--task", required=True, help="the task it serves: one of the BAIM's, or a new name")
+    tp.add_argument("--images", default=None, help="a new task's common images (folder; 20%% held out to measure)")
+    tp.add_argument("--strategy", default="finetune", choices=STRATEGIES, help="which of the run's BAIMs grows")
+    tp.add_argument("--epochs", type=_int_in(1), default=None, help="default: the run's cloud recipe")
+    tp.add_argument(
+        "--train-old",
+        action="store_true",
+        help="also train the old learners and gates (old tasks then change; by default they stay identical)",
+    )
+    tp.add_argument("--out", default=None, help="default: RUN/cloud/baim-STRATEGY-added-TASK")
+    tp.add_argument("--seed", type=_int_in(0), default=0)
+    tp.set_defaults(func=_cmd_cloud_add)
 
     sp = sub.add_parser("run", formatter_class=fmt, help="the workflow end to end into a run directory (resumable)")
     data_args(sp)

@@ -31,21 +31,12 @@ def load_image_folder(
     task_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p))
     if not task_dirs:
         raise DataError(f"{root} has no subfolders; put each task's images in root/<task>/")
-    mode = {1: "L", 3: "RGB"}[channels]
     images, labels = [], []
     for t, d in enumerate(task_dirs):
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file() and not _hidden(p))
-        if not files:
-            raise DataError(f"task folder {d} holds no images ({', '.join(sorted(EXTENSIONS))})")
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR))
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise DataError(f"cannot read image {f}: {exc} (replace or remove the file)") from exc
-            images.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
-            labels.append(t)
-    images_np, labels_np = np.stack(images).astype(np.uint8), np.array(labels, dtype=np.int64)
+        arr = read_images(d, image_size, channels)
+        images.append(arr)
+        labels += [t] * len(arr)
+    images_np, labels_np = np.concatenate(images), np.array(labels, dtype=np.int64)
     rng = np.random.default_rng(seed)
     test_mask = np.zeros(len(labels_np), dtype=bool)
     for t in range(len(task_dirs)):
@@ -61,3 +52,26 @@ def load_image_folder(
         channels,
         image_size,
     )
+
+
+def read_images(folder: str | Path, image_size: int = 32, channels: int = 3) -> np.ndarray:
+    """Every image directly in ``folder`` (sorted by name), resized to ``image_size`` and
+    converted to ``channels``: uint8 (N, C, H, W)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} not found")
+    if channels not in (1, 3):
+        raise DataError(f"images have 1 (grey) or 3 (RGB) channels, not {channels}")
+    mode = {1: "L", 3: "RGB"}[channels]
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file() and not _hidden(p))
+    if not files:
+        raise DataError(f"folder {folder} holds no images ({', '.join(sorted(EXTENSIONS))})")
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                arr = np.asarray(im.convert(mode).resize((image_size, image_size), Image.Resampling.BILINEAR))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {f}: {exc} (replace or remove the file)") from exc
+        out.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+    return np.stack(out).astype(np.uint8)

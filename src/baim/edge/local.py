@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..config import default_extractor
@@ -103,3 +104,39 @@ def train_edge_cli(
 ) -> dict:
     layout = Layout.load(layout_path)
     return train_edge(layout, load_dataset(layout.dataset, layout.data_dir), edge, out_dir, epochs, seed)[1]
+
+
+def train_on_images(
+    images_dir: str | Path,
+    out_dir: str | Path,
+    tier: str = "small",
+    image_size: int = 32,
+    channels: int = 1,
+    epochs: int = 4,
+    seed: int = 0,
+) -> dict:
+    """A learner trained on a folder of a user's own images (no layout: the user's data is the
+    slice), with the edge recipe; a seeded 20 % is held out for its test loss. The saved folder
+    can join a BAIM of the same geometry as a new task (``baim cloud add``)."""
+    from ..config import Recipe
+    from ..data.image_folder import read_images
+
+    images = read_images(images_dir, image_size, channels)
+    if len(images) < 10:
+        raise ConfigError(f"{images_dir} holds {len(images)} images; train on at least 10")
+    order = np.random.default_rng(seed).permutation(len(images))
+    cut = max(1, len(images) // 5)
+    test, train = images[order[:cut]], images[order[cut:]]
+    torch.manual_seed(seed)
+    model = StagedVAE(tier_spec(tier, image_size, channels))
+    cfg = Recipe(epochs, seed=seed)
+    hist = train_learner(model, train, cfg, label=f"learner ({tier}) on {images_dir}")
+    metrics = {
+        "images": str(images_dir),
+        "tier": tier,
+        "samples": len(train),
+        "train": asdict(hist),
+        **reconstruction_metrics(model, test, kld_weight=cfg.kld_weight),
+    }
+    save_model(model, out_dir, {"metrics.json": json.dumps(metrics, indent=2) + "\n"})
+    return metrics

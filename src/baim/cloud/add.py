@@ -1,0 +1,117 @@
+"""``baim cloud add``: a learner that arrives after a run joins its BAIM (continual learning).
+
+The learner (a saved learner folder: an edge's upload, or one a user trained on their own
+images with ``baim edge train --images``) joins the squad of a task the BAIM knows, or opens a
+new task. A new task brings the cloud's common images for it (``images``, a folder of images
+of the BAIM's geometry after resizing): a seeded 80 % trains the new parts, 20 % is held out to
+measure it. :func:`baim.cloud.continual.integrate` does the growing and training; this module
+reads the run, checks the newcomer, and writes the grown BAIM and the touched tasks' compact
+models beside the old ones (the old BAIM is never overwritten), with a report of what changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import write_json
+from ..data import load_dataset
+from ..data.image_folder import read_images
+from ..data.layout import Layout
+from ..errors import ConfigError
+from ..learners import StagedVAE
+from ..models import BAIM, load_model, save_model
+from ..names import check_task_name
+from .continual import integrate
+from .partition import partition
+from .pipeline import common_data
+
+HELD_OUT = 0.2
+
+
+def _load_learner(folder: Path) -> StagedVAE:
+    model = load_model(folder, "learner")
+    assert isinstance(model, StagedVAE)
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
+        raise ConfigError(f"learner {folder} holds weights that are not finite; it cannot join a BAIM")
+    return model
+
+
+def add_to_run(
+    run_dir: str | Path,
+    learner_dir: str | Path,
+    task: str,
+    images_dir: str | Path | None = None,
+    strategy: str = "finetune",
+    epochs: int | None = None,
+    train_old: bool = False,
+    out: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Grow the run's ``strategy`` BAIM by the learner in ``learner_dir`` for ``task`` and save
+    it (default ``RUN/cloud/baim-STRATEGY-added-TASK``), with compact models of the touched
+    tasks under ``OUT/compact/``; returns the report (also written to ``OUT/add.json``)."""
+    run = Path(run_dir)
+    source = run / "cloud" / f"baim-{strategy}"
+    if not (run / "layout.json").is_file() or not source.is_dir():
+        raise ConfigError(f"{run} holds no trained {strategy} BAIM (expected {source}); run `baim run` first")
+    check_task_name(task)
+    layout = Layout.load(run / "layout.json")
+    ds = load_dataset(layout.dataset, layout.data_dir)
+    model = load_model(source, "baim")
+    assert isinstance(model, BAIM)
+    learner = _load_learner(Path(learner_dir))
+    spec = learner.spec
+    if (spec.image_size, spec.channels) != (model.image_size, model.channels):
+        raise ConfigError(
+            f"learner {learner_dir} works on {spec.channels}×{spec.image_size}² images, the BAIM on "
+            f"{model.channels}×{model.image_size}²: train it on images of the BAIM's geometry "
+            f"(`baim edge train --images DIR --image-size {model.image_size} --channels {model.channels}`)"
+        )
+    images, tasks = common_data(layout, ds)
+    names = [layout.task_names[t] for t in tasks]
+    test_sets = {name: ds.test.load(layout.test[name][:256]) for name in layout.task_names}
+    if task not in model.task_names:
+        if images_dir is None:
+            raise ConfigError(
+                f"task {task!r} is new to this BAIM (it knows {', '.join(model.task_names)}): give the cloud's "
+                "common images of it with --images DIR"
+            )
+        own = read_images(images_dir, model.image_size, model.channels)
+        if len(own) < 10:
+            raise ConfigError(f"{images_dir} holds {len(own)} images; a new task needs at least 10 common images")
+        order = np.random.default_rng(seed).permutation(len(own))
+        cut = max(1, int(round(HELD_OUT * len(own))))
+        test_sets[task] = own[order[:cut]]
+        images = np.concatenate([images, own[order[cut:]]])
+        names += [task] * (len(own) - cut)
+    elif images_dir is not None:
+        raise ConfigError(f"task {task!r} is one of the BAIM's: its common data is the run's; leave out --images")
+    recipe = layout.settings.cloud
+    if epochs is not None:
+        recipe = replace(recipe, epochs=epochs)
+    report = integrate(
+        model, [(learner, task)], images, names, recipe, train_old=train_old, test_sets=test_sets, seed=seed
+    )
+    target = Path(out) if out is not None else run / "cloud" / f"baim-{strategy}-added-{task}"
+    save_model(model, target)
+    compact = {}
+    for name in report["touched_tasks"] if not train_old else model.task_names:
+        folder = save_model(partition(model, model.task_names.index(name)), target / "compact" / name)
+        compact[name] = (folder / "weights.safetensors").stat().st_size
+    report |= {
+        "run": str(run),
+        "source": str(source),
+        "saved": str(target),
+        "learner": str(learner_dir),
+        "compact_bytes": compact,
+        "learner_bytes": (Path(learner_dir) / "weights.safetensors").stat().st_size,
+    }
+    report["log"] = [{k: v for k, v in row.items() if k != "usage"} for row in report["log"]]
+    write_json(target / "add.json", report)
+    return json.loads(json.dumps(report))
