@@ -29,6 +29,7 @@ from torch import nn
 from ..config import Recipe
 from ..learners import StagedVAE
 from ..models import BAIM, LatentPrior, LSGate, candidate_connections, fit_priors, reconstruction_metrics, train_baim
+from .partition import closure
 
 
 @torch.no_grad()
@@ -72,9 +73,19 @@ def add_learners(
 ) -> set[str]:
     """Add learners (with their task names) to ``model`` in place; return the names of the
     parameters that should train by default (new learners, adapters, connections, gates).
-    With ``into_old=False`` no connection ends in a learner of a task no newcomer belongs to."""
+    With ``into_old=False`` no connection ends in a learner that a task no newcomer belongs to
+    executes (its squad or a feeder of it), so those tasks compute exactly what they did."""
     height = model.height if height is None else height
     touched = {name for _, name in newcomers}
+    # learners whose stages an untouched task executes (its squad and, transitively, its feeders):
+    # a connection into one of those would change that task's outputs
+    protected: dict[str, set[int]] = {"enc": set(), "dec": set()}
+    if not into_old:
+        for t, name in enumerate(model.task_names):
+            if name not in touched:
+                need, _ = closure(model, t)
+                for side in protected:
+                    protected[side] |= set(need[side])
     before = {n for n, _ in model.named_parameters()}
     first_new = len(model.learners)
     for learner, task_name in newcomers:
@@ -101,8 +112,7 @@ def add_learners(
     ]
     for c in candidate_connections(counts, height):
         if (c.src >= first_new or c.dst >= first_new) and c.name not in model.conn_keys:
-            dst_task = model.learner_tasks[c.dst]
-            if into_old or (dst_task is not None and model.task_names[dst_task] in touched):
+            if c.dst not in protected[c.side]:
                 model.add_connection(c)
     new = {n for n, _ in model.named_parameters()} - before
     gates = {n for n, _ in model.named_parameters() if n.startswith(("lsgates.", "tsgate."))}
