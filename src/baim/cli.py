@@ -52,6 +52,12 @@ def _float_in(lo: float, hi: float | None = None, closed: bool = False) -> Calla
     return parse
 
 
+def _edges(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated edge indices (``1,4``)."""
+    parse = _int_in(0)
+    return tuple(sorted({parse(part) for part in text.split(",") if part.strip()}))
+
+
 def _cmd_layout(args: argparse.Namespace) -> None:
     from .config import get_preset
     from .data import load_dataset
@@ -200,6 +206,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
         engine=args.engine,
         strategies=tuple(args.strategies.split(",")),
         cloud_recipe=args.cloud_recipe,
+        schedule=args.schedule,
+        staleness=args.staleness,
+        leave=args.leave,
+        join_late=args.join_late,
     )
     summary = run(args.out, cfg)
     console.print(
@@ -306,7 +316,7 @@ first steps (from a checkout):
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .config import CLOUD_RECIPES, DATASETS, ENGINES, EXTRACTORS, PRESETS, STRATEGIES
+    from .config import CLOUD_RECIPES, DATASETS, ENGINES, EXTRACTORS, PRESETS, SCHEDULES, STRATEGIES
     from .learners.spec import TIERS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -443,6 +453,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="how models that start from trained weights are fine-tuned (BAIM finetune/freeze, personalisation): "
         "gentle (trained weights and gates at 0.1× the rate, BatchNorm statistics kept, gates start on the "
         "best-screened upload) or paper (plain Adam 0.005 for everything)",
+    )
+    sp.add_argument(
+        "--schedule",
+        default="sync",
+        choices=SCHEDULES,
+        help="sync: fuse once every upload is in (the paper); async: fuse at the first quorum (every task one "
+        "upload, simulated arrival times), integrate later uploads by continual learning and redeploy",
+    )
+    sp.add_argument(
+        "--staleness",
+        type=_int_in(0),
+        default=0,
+        help="async: BAIM versions an edge's model may lag its task's newest before it is redeployed",
+    )
+    sp.add_argument("--leave", type=_edges, default=(), help="edges (e.g. 1,4) that leave right after uploading")
+    sp.add_argument(
+        "--join-late", type=_edges, default=(), help="async: edges (e.g. 2) that join after the first deployment"
     )
     sp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_run)

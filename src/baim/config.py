@@ -18,6 +18,8 @@ from typing import Any
 from .errors import ConfigError
 
 STRATEGIES = ("finetune", "freeze", "scratch")
+SCHEDULES = ("sync", "async")
+LIFECYCLE_DEFAULTS: dict[str, Any] = {"schedule": "sync", "staleness": 0, "leave": (), "join_late": ()}
 ENGINES = ("inprocess", "flower-sim", "flower")  # "flower", the deployment engine, starts with `flwr run`
 DATASETS = ("fashion-mnist", "celeba", "image-folder")
 EXTRACTORS = ("domain", "lite0", "inception")
@@ -79,11 +81,24 @@ class Preset:
     prune_interval: int = 10
     prune_ratio: float = 0.1
     gate_init_from_screening: bool = True  # LSGates start preferring each squad's best-screened upload
+    cross_task_connections: bool = True  # False: candidate connections only within a squad
     # evaluation
     fid_count: int = 500  # generated (and real) images per FID
     curve_test_per_task: int | None = None  # test images per task for per-epoch curves (None: all)
     # network: seconds an edge may take to answer one request before it is reported missing
     timeout_s: float = 3600.0
+    # few-shot tasks: task name -> how many of its cloud common images the cloud keeps (the
+    # rest are dropped, not handed to edges); measures what the other tasks' learners add
+    few_shot: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.few_shot, dict) or any(
+            not isinstance(k, str) or not _is_count(v) for k, v in self.few_shot.items()
+        ):
+            raise ConfigError(f"few_shot maps task names to image counts ≥ 1, got {self.few_shot!r}")
+        object.__setattr__(self, "few_shot", dict(self.few_shot))  # a copy: the preset stays frozen
+        if not isinstance(self.cross_task_connections, bool):
+            raise ConfigError(f"cross_task_connections is true or false, got {self.cross_task_connections!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (a saved and reloaded preset compares equal)."""
@@ -105,6 +120,43 @@ class Preset:
     def with_overrides(self, **kw: Any) -> Preset:
         """A copy with the given top-level fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def _is_count(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def parse_few_shot(texts: str | list[str]) -> dict[str, int]:
+    """``baim run --few-shot``: ``"tops=10"``, ``"tops=10,footwear=50"`` or a list of those
+    (the option repeated) → ``{"tops": 10, "footwear": 50}``. Task names are checked against
+    the data set when the layout is made."""
+    items = [texts] if isinstance(texts, str) else list(texts)
+    out: dict[str, int] = {}
+    for part in (p.strip() for text in items for p in text.split(",")):
+        if not part:
+            continue
+        name, eq, count = (s.strip() for s in part.partition("="))
+        try:
+            n = int(count)
+        except ValueError:
+            n = 0
+        if not eq or not name or n < 1:
+            raise ConfigError(f"--few-shot takes TASK=N with N ≥ 1 cloud images, e.g. tops=10 (got {part!r})")
+        if out.get(name, n) != n:
+            raise ConfigError(f"--few-shot names task {name!r} twice with different counts ({out[name]} and {n})")
+        out[name] = n
+    return out
+
+
+def run_overrides(few_shot: list[str] | None = None, cross_task_connections: bool = True) -> dict[str, Any]:
+    """The preset overrides of ``baim run --few-shot … --no-cross-task-connections``; only
+    settings that differ from the preset's defaults, so a plain run's config stays as it was."""
+    out: dict[str, Any] = {}
+    if few_shot and (parsed := parse_few_shot(few_shot)):
+        out["few_shot"] = parsed
+    if not cross_task_connections:
+        out["cross_task_connections"] = False
+    return out
 
 
 CLOUD_RECIPES = ("gentle", "paper")
@@ -246,6 +298,11 @@ class RunConfig:
     strategies: tuple[str, ...] = STRATEGIES
     cloud_recipe: str = "gentle"
     overrides: dict[str, Any] = field(default_factory=dict)
+    # the lifecycle (baim.schedule): when uploads are fused, who leaves and joins
+    schedule: str = "sync"  # "async": fuse at the first quorum, integrate later uploads continually
+    staleness: int = 0  # BAIM versions an edge's deployed model may lag before it is redeployed
+    leave: tuple[int, ...] = ()  # edges that leave right after uploading (their learners stay)
+    join_late: tuple[int, ...] = ()  # edges that join after the first deployment (async only)
 
     def __post_init__(self) -> None:
         for value, allowed, what in (
@@ -258,14 +315,38 @@ class RunConfig:
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad or not self.strategies:
             raise ConfigError(f"unknown strategies {bad}; choose from {', '.join(STRATEGIES)}")
-        with_cloud_recipe(get_preset(self.preset), self.cloud_recipe)
+        self.resolved_preset()  # a bad override stops here, before a run folder records it
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not isinstance(self.staleness, int) or self.staleness < 0:
+            raise ConfigError(f"staleness is a number of BAIM versions ≥ 0, got {self.staleness!r}")
+        if self.join_late and self.schedule != "async":
+            raise ConfigError("edges can join after the first deployment only with --schedule async")
+        n = self.resolved_preset().num_edges
+        outside = sorted(e for e in (*self.leave, *self.join_late) if not isinstance(e, int) or not 0 <= e < n)
+        if outside:
+            raise ConfigError(f"edges {outside} named by --leave/--join-late are not in the layout (edges 0..{n - 1})")
+        both = sorted(set(self.leave) & set(self.join_late))
+        if both:
+            raise ConfigError(f"edges {both} cannot both leave after uploading and join late")
 
     def resolved_preset(self) -> Preset:
+        known = {f.name for f in fields(Preset)}
+        unknown = sorted(set(self.overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown preset settings {unknown} in overrides; presets have {sorted(known)}")
         return with_cloud_recipe(get_preset(self.preset), self.cloud_recipe).with_overrides(**self.overrides)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON; lifecycle settings only where they differ from the defaults, so the
+        config of a plain run reads (and resumes) as it did before they existed."""
         d = asdict(self)
         d["strategies"] = list(self.strategies)
+        for key, default in LIFECYCLE_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
+            elif isinstance(d[key], tuple):
+                d[key] = list(d[key])
         return d
 
     @classmethod
@@ -275,6 +356,7 @@ class RunConfig:
         if unknown:
             raise ConfigError(f"run config has unknown keys {unknown}; this baim knows {sorted(known)}")
         kw = dict(raw)
-        if "strategies" in kw:
-            kw["strategies"] = tuple(kw["strategies"])
+        for key in ("strategies", "leave", "join_late"):
+            if key in kw:
+                kw[key] = tuple(kw[key])
         return cls(**kw)

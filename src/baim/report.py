@@ -111,7 +111,43 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
     ax.set_title("BAIM FID per strategy and task")
     ax.legend()
     out.append(("FID per strategy", save_figure(fig, root / "figures" / "fid_strategies.png"), ""))
+    if "timeline" in summary:
+        out.append(_timeline(plt, root, summary))
     return out
+
+
+def _timeline(plt, root: Path, summary: dict) -> tuple[str, Path, str]:
+    """Who uploaded, joined, left and got which BAIM version when (one row per edge)."""
+    tl, life = summary["timeline"], summary["lifecycle"]
+    events = tl["events"]
+    edges = sorted({ev["edge"] for ev in events if "edge" in ev})
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(edges) + 1.6))
+    style = {"upload": ("^", "tab:blue"), "join": (">", "tab:green"), "leave": ("x", "tab:red")}
+    for name, (marker, color) in style.items():
+        pts = [(ev["t_s"], ev["edge"]) for ev in events if ev["event"] == name]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, color=color, s=60, label=name, zorder=3)
+    deps = [(ev["t_s"], ev["edge"], ev["version"]) for ev in events if ev["event"] == "deployment"]
+    if deps:
+        sc = ax.scatter([d[0] for d in deps], [d[1] for d in deps], c=[d[2] for d in deps], cmap="viridis",
+                        marker="o", s=45, label="deployment (colour: version)", zorder=3)  # fmt: skip
+        if len({d[2] for d in deps}) > 1:
+            fig.colorbar(sc, ax=ax, label="BAIM version", ticks=sorted({d[2] for d in deps}))
+    for ev in events:
+        if ev["event"] == "baim_version":
+            ax.axvline(ev["t_s"], color="grey", ls="--", lw=0.8)
+            ax.text(ev["t_s"], min(edges) - 0.45, f" v{ev['version']}", fontsize=7, ha="left", va="top")
+    ax.set_yticks(edges, [f"edge {e}" for e in edges])
+    ax.set_xlabel("simulated seconds (edges' training from tier and data; cloud work measured)")
+    ax.set_title(f"Timeline, {life['schedule']} schedule (staleness bound {life['staleness']})")
+    ax.set_ylim(min(edges) - 0.8, max(edges) + 0.5)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.22), ncol=4, frameon=False)
+    caption = (
+        f"first deployment at {tl['first_deployment_s']:.1f} s, all uploads in at {tl['all_uploads_in_s']:.1f} s; "
+        f"{tl['final_version'] + 1} BAIM version(s); edges that left: {life['leave'] or 'none'}, joined late: "
+        f"{life['join_late'] or 'none'}"
+    )
+    return "Timeline: uploads, BAIM versions, deployments", save_figure(fig, root / "figures" / "timeline.png"), caption
 
 
 def _img(path: Path) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -19,8 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import schedule
 from .atomic import atomic_write, write_bytes, write_json
 from .cloud import common_data, partition, screen_uploads, train_strategy, validate_upload
+from .cloud.continual import integrate
+from .cloud.pipeline import evaluate_tasks
 from .cloud.uploads import Expected
 from .config import Preset, RunConfig
 from .data import DataSet, load_dataset
@@ -47,12 +51,12 @@ def prepare(out: str | Path, cfg: RunConfig) -> tuple[RunDir, Layout, DataSet, P
     """Open (or resume) a run directory and make its layout (phase 0, on the cloud)."""
     preset = cfg.resolved_preset()
     ds = load_dataset(cfg.dataset, cfg.data_dir)  # before the folder is claimed: a typo costs nothing
+    made = make_layout(ds, preset, seed=cfg.seed, data_dir=cfg.data_dir)  # so does a task name or size
     rd = RunDir(out, cfg.to_dict())
 
     def do_layout() -> dict:
-        layout = make_layout(ds, preset, seed=cfg.seed, data_dir=cfg.data_dir)
-        layout.save(rd.path("layout.json"))
-        return {"edges": len(layout.edges), "cloud": len(layout.cloud)}
+        made.save(rd.path("layout.json"))
+        return {"edges": len(made.edges), "cloud": len(made.cloud)}
 
     rd.phase("layout", do_layout)
     layout = Layout.load(rd.path("layout.json"))
@@ -72,6 +76,8 @@ def _missing(edge: int, reply: Message) -> dict[str, Any]:
 class Workflow:
     """The phases, written against a transport."""
 
+    evaluated: tuple[str, ...] = EDGE_MODELS  # which of each edge's models the evaluation scores
+
     def __init__(
         self,
         rd: RunDir,
@@ -88,16 +94,182 @@ class Workflow:
         self.seed, self.extractor = cfg.seed, cfg.fid_extractor
 
     def run(self) -> dict:
-        """Every phase, then the summary and report; resumes where a previous call stopped."""
+        """Every phase, then the summary and report; resumes where a previous call stopped.
+        With ``--schedule async`` the first BAIM is fused from the first quorum of uploads and
+        every later one is integrated in a phase of its own (:mod:`baim.schedule`)."""
         self.rd.phase("upload", self.upload)
         self.rd.phase("screening", self.screening)
+        arrivals = self.rd.phase("arrivals", self.arrivals)
         for s in self.cfg.strategies:
             self.rd.phase(f"cloud_{s}", partial(self.cloud, s))
         self.rd.phase("partition", self.partition)
         self.rd.phase("deployment", self.deployment)
         self.rd.phase("personalization", self.personalization)
+        for k in range(1, len(arrivals["batches"])):
+            self.rd.phase(f"integration_{k}", partial(self.integration, k))
+        if len(arrivals["batches"]) > 1:
+            self.rd.phase("final_baim", self.final_baim)
         self.rd.phase("edge_evaluation", self.edge_evaluation)
         return self.rd.phase("summary", self.summary)
+
+    # -- the lifecycle (baim.schedule) -------------------------------------------------------
+    def arrivals(self) -> dict:
+        """When each accepted upload arrives (simulated) and which BAIM version it goes into."""
+        accepted = self.rd.phase("screening", self.screening)["accepted"]
+        late = tuple(e for e in self.cfg.join_late if e in accepted)
+        return schedule.plan(self.layout, accepted, self.cfg.schedule, (self.ds.image_size, self.ds.channels), late)
+
+    def present(self, k: int) -> list[int]:
+        """Edges that can be deployed to once BAIM version ``k`` exists: not left, and joined."""
+        batches = self.rd.phase("arrivals", self.arrivals)["batches"]
+        joined = {e for b in batches[: k + 1] for e in b}
+        return [
+            e
+            for e in self.transport.edges()
+            if e not in self.cfg.leave and (e not in self.cfg.join_late or e in joined)
+        ]
+
+    def baim_folder(self, version: int) -> Path:
+        strategy = source_strategy(self.cfg.strategies)
+        return self.rd.path("cloud", f"baim-{strategy}" if version == 0 else f"baim-{strategy}-v{version}")
+
+    def compact_folder(self, version: int, task: str) -> Path:
+        return self.rd.path("cloud", "compact" if version == 0 else f"compact-v{version}", task)
+
+    def deployed_versions(self, k: int) -> dict[int, int]:
+        """Which BAIM version each edge holds after phase ``integration_k`` (0: the first deployment)."""
+        held = {e: 0 for e in self.rd.phase("deployment", self.deployment)["edges"]}
+        for j in range(1, k + 1):
+            held |= {int(e): j for e in self.rd.phase(f"integration_{j}", partial(self.integration, j))["deployed"]}
+        return held
+
+    def integration(self, k: int) -> dict:
+        """BAIM version ``k``: the upload of batch ``k`` joins by continual learning; the touched
+        task's compact model is cut (losslessly) and goes to its edges whose models would now lag
+        more than the staleness bound, and to an edge that has just joined."""
+        (edge,) = self.rd.phase("arrivals", self.arrivals)["batches"][k]
+        learners, tasks, edges, _ = self.accepted_learners()
+        learner, task = learners[edges.index(edge)], self.layout.task_names[tasks[edges.index(edge)]]
+        model = load_model(self.baim_folder(k - 1), "baim")
+        assert isinstance(model, BAIM)
+        images, cloud_tasks = common_data(self.layout, self.ds)
+        curve = {
+            name: self.ds.test.load(self.layout.test[name][: self.p.curve_test_per_task or None])
+            for name in self.layout.task_names
+        }
+        names = [self.layout.task_names[t] for t in cloud_tasks]
+        report = integrate(model, [(learner, task)], images, names, self.p.cloud, test_sets=curve, seed=self.seed + k)
+        save_model(model, self.baim_folder(k))
+        t = model.task_names.index(task)
+        compact = partition(model, t)
+        save_model(compact, self.compact_folder(k, task))
+        versions = {e: v for e, v in self.deployed_versions(k - 1).items()}
+        touched_at = [0] + [
+            j
+            for j in range(1, k + 1)
+            if self.layout.task_names[self.layout.edges[self.rd.phase("arrivals", self.arrivals)["batches"][j][0]].task]
+            == task
+        ]
+        lag = {
+            e: sum(1 for j in touched_at if j > versions[e])
+            for e in self.present(k)
+            if self.layout.task_names[self.layout.edges[e].task] == task and e in versions
+        }
+        send = schedule.redeploy(lag, self.cfg.staleness)
+        if edge in self.present(k) and edge not in versions:  # just joined: its task's newest model
+            send.append(edge)
+        cloud_seconds = report["seconds"]
+        deployed, missing = [], []
+        mark = len(self.ledger.messages)
+        manifest, weights = to_parts(load_model(self.compact_folder(k, task), "compact"))
+        t0 = time.perf_counter()
+        for e in sorted(send):
+            reply = self.transport.request(e, Message("train.deploy", manifest, weights), self.timeout, "deployment")
+            if reply.kind != "ack":
+                missing.append(_missing(e, reply))
+                continue
+            reply = self.transport.request(e, Message("train.personalize"), self.timeout, "personalization")
+            if reply.kind != "metrics":
+                missing.append(_missing(e, reply))
+                continue
+            deployed.append(e)
+        return {
+            "version": k,
+            "edge": edge,
+            "task": task,
+            "deployed": deployed,
+            "lag_before": {str(e): v for e, v in sorted(lag.items())},
+            "missing": missing,
+            "cloud_seconds": cloud_seconds,
+            "edge_seconds": round(time.perf_counter() - t0, 3),
+            "bytes": self.ledger.totals_since(mark),
+            "continual": {k2: v for k2, v in report.items() if k2 != "log"},
+            "log": [{k2: v for k2, v in row.items() if k2 != "usage"} for row in report["log"]],
+            "compact_bytes": (self.compact_folder(k, task) / "weights.safetensors").stat().st_size,
+        }
+
+    def evaluate_baim(self, *args: Any, **kw: Any) -> dict:
+        """How the cloud scores a BAIM (:func:`baim.cloud.pipeline.evaluate_tasks`); a hook, so
+        that ``baim compare`` can book the evaluations apart from the training it meters."""
+        return evaluate_tasks(*args, **kw)
+
+    def final_baim(self) -> dict:
+        """The last BAIM version, evaluated exactly as the first one was (same test sets, FID
+        sampling, extractor and seed), so the schedules compare on their final models."""
+        model = load_model(self.baim_folder(self.final_version()), "baim")
+        assert isinstance(model, BAIM)
+        evals = self.evaluate_baim(model, self.layout, self.ds, self.p, self.extractor, self.seed)
+        for task, ev in evals.items():
+            for procedure, arr in ev.images.items():
+                save_npy(self.rd.path("images", "baim-final", f"{task}_{procedure}.npy"), arr)
+        per_task = {name: ev.metrics for name, ev in evals.items()}
+        return {
+            "version": self.final_version(),
+            "parameters": model.num_parameters(),
+            "per_task": per_task,
+            "final_test_loss": float(np.mean([v["test_loss"] for v in per_task.values()])),
+        }
+
+    def lifecycle(self, strategies: dict, integrations: list[dict]) -> dict:
+        """The schedule's settings, which uploads went into which BAIM version, and the final
+        BAIM's quality (the first one's with the sync schedule)."""
+        arrivals = self.rd.phase("arrivals", self.arrivals)
+        first = strategies[source_strategy(self.cfg.strategies)]
+        final = (
+            self.rd.phase("final_baim", self.final_baim)
+            if integrations
+            else {"version": 0, "per_task": first["per_task"], "final_test_loss": first["final_test_loss"]}
+        )
+        return {
+            "schedule": self.cfg.schedule,
+            "staleness": self.cfg.staleness,
+            "leave": sorted(self.cfg.leave),
+            "join_late": sorted(self.cfg.join_late),
+            "finish_s": arrivals["finish_s"],
+            "tier_gflops": arrivals["tier_gflops"],
+            "batches": arrivals["batches"],
+            "deployed_versions": {str(e): v for e, v in sorted(self.deployed_versions(self.final_version()).items())},
+            "integrations": [
+                {k: i[k] for k in ("version", "edge", "task", "deployed", "lag_before", "compact_bytes", "missing")}
+                | {
+                    k: i["continual"][k]
+                    for k in (
+                        "untouched_tasks",
+                        "untouched_max_abs_diff",
+                        "test_loss_before",
+                        "test_loss_after",
+                        "parameters_before",
+                        "parameters_after",
+                        "trained_parameters",
+                    )
+                }
+                for i in integrations
+            ],
+            "final": final,
+        }
+
+    def final_version(self) -> int:
+        return len(self.rd.phase("arrivals", self.arrivals)["batches"]) - 1
 
     # -- phases 1-2: local training on each edge, then one upload each ---------------------
     def register(self, edge: int) -> str:
@@ -173,6 +345,18 @@ class Workflow:
             max_samples=len(self.ds.train),
         ).report()
 
+    def first_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:
+        """The accepted learners of the first fusion (all of them with the sync schedule)."""
+        first = set(self.rd.phase("arrivals", self.arrivals)["batches"][0])
+        learners, tasks, edges, losses = self.accepted_learners()
+        keep = [i for i, e in enumerate(edges) if e in first]
+        return (
+            [learners[i] for i in keep],
+            [tasks[i] for i in keep],
+            [edges[i] for i in keep],
+            [losses[i] for i in keep],
+        )
+
     def accepted_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:
         """The learners screening accepted, their tasks, edges and screening losses (re-validated
         from disk)."""
@@ -188,7 +372,7 @@ class Workflow:
 
     # -- phase 4 ------------------------------------------------------------------------
     def cloud(self, strategy: str) -> dict:
-        learners, tasks, edges, losses = self.accepted_learners()
+        learners, tasks, edges, losses = self.first_learners()
         empty = [n for t, n in enumerate(self.layout.task_names) if t not in tasks]
         if empty:
             raise WorkflowError(
@@ -207,6 +391,7 @@ class Workflow:
             self.seed,
             self.extractor,
             screening_losses=losses,
+            evaluator=self.evaluate_baim,
         )
         for task, by_procedure in images.items():
             for procedure, arr in by_procedure.items():
@@ -245,7 +430,7 @@ class Workflow:
     def deployment(self) -> dict:
         mark = len(self.ledger.messages)
         done, missing = [], []
-        for e in self.transport.edges():
+        for e in self.present(0):
             task = self.layout.task_names[self.layout.edges[e].task]
             manifest, weights = to_parts(load_model(self.rd.path("cloud", "compact", task), "compact"))
             reply = self.transport.request(e, Message("train.deploy", manifest, weights), self.timeout, "deployment")
@@ -269,14 +454,17 @@ class Workflow:
     # -- evaluation at the edges -----------------------------------------------------------
     def edge_evaluation(self) -> dict:
         mark = len(self.ledger.messages)
+        late = set(self.deployed_versions(self.final_version()))
         have = {
             "initial": set(self.transport.edges()),
-            "deployed": set(self.rd.phase("deployment", self.deployment)["edges"]),
-            "personalized": {int(e) for e in self.rd.phase("personalization", self.personalization)["edges"]},
+            "deployed": set(self.rd.phase("deployment", self.deployment)["edges"]) | late,
+            "personalized": {int(e) for e in self.rd.phase("personalization", self.personalization)["edges"]} | late,
         }
         rows, missing = [], []
         for e in self.transport.edges():
-            for which in EDGE_MODELS:
+            if e in self.cfg.leave:  # gone after uploading: nothing to ask it
+                continue
+            for which in self.evaluated:
                 if e not in have[which]:
                     continue
                 meta = {"model": which, "fid_count": self.p.fid_count, "extractor": self.extractor}
@@ -300,6 +488,10 @@ class Workflow:
         evaluation = rd.phase("edge_evaluation", self.edge_evaluation)
         deployment = rd.phase("deployment", self.deployment)
         personalization = rd.phase("personalization", self.personalization)
+        integrations = [
+            rd.phase(f"integration_{k}", partial(self.integration, k)) for k in range(1, self.final_version() + 1)
+        ]
+        later_down = sum(i["bytes"]["down"] for i in integrations)
         models: dict[int, dict[str, dict]] = {}
         for r in evaluation["edges"]:
             models.setdefault(r["edge"], {})[r["model"]] = {
@@ -360,14 +552,25 @@ class Workflow:
             "partition": {k: part[k] for k in ("max_abs_diff", "source_strategy", "baim_parameters", "tasks")},
             "bytes": {
                 "upload": up["bytes"]["up"],
-                "download": deployment["bytes"]["down"],
+                "download": deployment["bytes"]["down"] + later_down,
                 "per_phase": {
                     "upload": up["bytes"],
                     "deployment": deployment["bytes"],
+                    "integrations": {"up": sum(i["bytes"]["up"] for i in integrations), "down": later_down},
                     "evaluation": evaluation["bytes"],
                 },
             },
             "screening": rd.phase("screening", self.screening),
+            "lifecycle": self.lifecycle(strategies, integrations),
+            "timeline": schedule.timeline(
+                self.layout,
+                rd.phase("arrivals", self.arrivals),
+                seconds,
+                deployment["edges"],
+                integrations,
+                tuple(self.cfg.leave),
+                source_strategy(self.cfg.strategies),
+            ),
             "missing": {
                 "upload": up["missing"],
                 "deployment": deployment["missing"],

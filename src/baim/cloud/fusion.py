@@ -30,11 +30,14 @@ def fuse(
     seed: int = 0,
     connections: bool = True,
     screening_losses: list[float] | None = None,
+    cross_task: bool = True,
 ) -> BAIM:
     """The BAIM of ``learners`` (uploads) for ``strategy``. With ``screening_losses`` (each
     upload's loss on the cloud's common data), every LSGate starts out preferring its squad's
     best-screened learner (weight ≈ 0.9 of two), so the fused model begins where the best edge is
-    rather than at an even mix of unrelated decoders; ``scratch`` ignores them (no trained weights)."""
+    rather than at an even mix of unrelated decoders; ``scratch`` ignores them (no trained weights).
+    Without ``cross_task``, candidate connections join only learners of the same squad (to
+    measure what the other tasks' learners add)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     missing = [t for t in range(len(task_names)) if t not in learner_tasks]
@@ -48,11 +51,14 @@ def fuse(
     else:
         members = [copy.deepcopy(l) for l in learners]
     counts = [(m.spec.num_stages, m.spec.num_stages) for m in members]
+    candidates = candidate_connections(counts, height) if connections else []
+    if not cross_task:
+        candidates = [c for c in candidates if learner_tasks[c.src] == learner_tasks[c.dst]]
     model = BAIM.from_learners(
         members,
         list(learner_tasks),
         task_names,
-        candidate_connections(counts, height) if connections else [],
+        candidates,
         top_k=top_k,
         height=height,
         frozen=list(range(len(members))) if strategy == "freeze" else [],

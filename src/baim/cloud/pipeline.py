@@ -7,6 +7,7 @@ Used by ``baim run`` and ``baim cloud train`` alike.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,12 @@ def train_strategy(
     seed: int = 0,
     fid_extractor: str = "domain",
     screening_losses: list[float] | None = None,
+    evaluator: Callable[..., dict[str, Evaluation]] = evaluate_tasks,
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """Fuse, measure at step 0, train, fit priors, evaluate and save; returns the JSON result
-    and, per task, the generated images behind its FIDs (step 0 ones under ``step0_*``)."""
+    and, per task, the generated images behind its FIDs (step 0 ones under ``step0_*``).
+    ``evaluator`` (same signature as :func:`evaluate_tasks`) scores the BAIM: a caller that
+    meters training passes a wrapper that books evaluation apart."""
     images, tasks = common_data(layout, ds)
     model = fuse(
         learners,
@@ -73,10 +77,11 @@ def train_strategy(
         height=preset.height,
         seed=seed,
         screening_losses=screening_losses if preset.gate_init_from_screening else None,
+        cross_task=preset.cross_task_connections,
     )
     # Step 0: the fused model as it starts, its priors fitted the same way as after training.
     fit_priors(model, images, tasks, seed=seed)
-    step0 = evaluate_tasks(model, layout, ds, preset, fid_extractor, seed)
+    step0 = evaluator(model, layout, ds, preset, fid_extractor, seed)
     n_candidates = len(model.connections)
     curve_sets = {
         t: ds.test.load(layout.test[name][: preset.curve_test_per_task or None])
@@ -94,7 +99,7 @@ def train_strategy(
         trained=set() if strategy == "scratch" else set(range(len(learners))),
     )
     fit_priors(model, images, tasks, seed=seed)
-    evals = evaluate_tasks(model, layout, ds, preset, fid_extractor, seed)
+    evals = evaluator(model, layout, ds, preset, fid_extractor, seed)
     per_task = {name: ev.metrics for name, ev in evals.items()}
     result = {
         "strategy": strategy,

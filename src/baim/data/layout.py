@@ -6,7 +6,8 @@ fit, as the paper's "11 equal parts" needs) and to capability tiers so that ever
 several tiers. Each edge's slice has a fixed size and a non-IID class mix drawn from
 Dirichlet(α) over its task's classes; slices, the cloud's stratified common slice and the
 test sets are pairwise disjoint. The layout is saved as indices (JSON), so a run is
-repeatable from the same files and seed.
+repeatable from the same files and seed. A few-shot task (``Preset.few_shot``) keeps only the
+first N of its cloud images; everything else is as in the full-data layout of the same seed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from ..atomic import write_json
 from ..config import Preset
+from ..errors import ConfigError
 from .base import DataError, DataSet
 
 FORMAT_VERSION = 2
@@ -152,12 +154,12 @@ def assign_tier(index_in_task: int, task: int, tiers: tuple[str, ...]) -> str:
     return tiers[(index_in_task + task) % len(tiers)]
 
 
-def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None = None) -> Layout:
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(ds.train.labels)
-    task_classes = [c for t in ds.tasks for c in t.classes]
-    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in task_classes}
-    total = sum(len(p) for p in pools.values())
+def _cloud_quota(ds: DataSet, preset: Preset) -> tuple[int, dict[int, int]]:
+    """Images per edge, and per class the cloud's stratified share of ``cloud_samples``."""
+    classes = [c for t in ds.tasks for c in t.classes]
+    counts = np.bincount(np.asarray(ds.train.labels, dtype=np.int64), minlength=max(classes) + 1)
+    sizes = {c: int(counts[c]) for c in classes}
+    total = sum(sizes.values())
     per_edge = preset.samples_per_edge or total // (preset.num_edges + 1)
     cloud_n = preset.cloud_samples or per_edge
     if cloud_n + per_edge * preset.num_edges > total:
@@ -165,13 +167,59 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
             f"preset {preset.name!r} needs {cloud_n + per_edge * preset.num_edges} "
             f"training images, the data set has {total}"
         )
+    return per_edge, {c: int(round(cloud_n * n / total)) for c, n in sizes.items()}
+
+
+def check_few_shot(ds: DataSet, preset: Preset) -> None:
+    """Raise ConfigError unless every few-shot task exists and the cloud holds at least N of its
+    images (cheap: run it before a run folder records the settings)."""
+    names = [t.name for t in ds.tasks]
+    unknown = sorted(set(preset.few_shot) - set(names))
+    if unknown:
+        raise ConfigError(f"few-shot tasks {unknown} are not tasks of {ds.name}; its tasks are {', '.join(names)}")
+    _, quota = _cloud_quota(ds, preset)
+    for task in ds.tasks:
+        n, has = preset.few_shot.get(task.name), sum(quota[c] for c in task.classes)
+        if n is not None and not 1 <= n <= has:
+            raise ConfigError(
+                f"few-shot task {task.name!r} asks for {n} cloud images; preset {preset.name!r} gives it "
+                f"{has} in the cloud, so choose 1 to {has}"
+            )
+
+
+def few_shot_pick(per_class: list[list[int]], n: int) -> list[int]:
+    """The first images of each class (lists in the seeded order), ``n`` in all, split over the
+    classes in proportion to their sizes (largest remainder, earlier class first on ties, never
+    more than a class has), so the few-shot common data is a miniature of the full one."""
+    have = [len(p) for p in per_class]
+    total = sum(have)
+    exact = [n * h / total for h in have]
+    take = [min(int(e), h) for e, h in zip(exact, have)]
+    while sum(take) < n:  # hand out the remainder, largest fractional part first
+        k = max((k for k in range(len(have)) if take[k] < have[k]), key=lambda k: (exact[k] - take[k], -k))
+        take[k] += 1
+    return [i for p, t in zip(per_class, take) for i in p[:t]]
+
+
+def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None = None) -> Layout:
+    """The layout of ``preset`` on ``ds`` for ``seed``. A few-shot task (``preset.few_shot``)
+    keeps only N of its cloud images; the ones it drops go nowhere, so edges and test sets are
+    exactly those of the full-data layout with the same seed."""
+    check_few_shot(ds, preset)
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(ds.train.labels)
+    task_classes = [c for t in ds.tasks for c in t.classes]
+    pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in task_classes}
+    per_edge, quota = _cloud_quota(ds, preset)
 
     # Cloud common data: stratified over every class of every task.
     cloud: list[int] = []
-    for c in task_classes:
-        take = int(round(cloud_n * len(pools[c]) / total))
-        cloud += [int(i) for i in pools[c][:take]]
-        pools[c] = pools[c][take:]
+    for task in ds.tasks:
+        per_class = [[int(i) for i in pools[c][: quota[c]]] for c in task.classes]
+        for c in task.classes:
+            pools[c] = pools[c][quota[c] :]
+        n = preset.few_shot.get(task.name)
+        cloud += few_shot_pick(per_class, n) if n is not None else [i for p in per_class for i in p]
 
     edges = []
     edge_tasks = assign_tasks(preset.num_edges, [sum(len(pools[c]) for c in t.classes) for t in ds.tasks])

@@ -36,6 +36,14 @@ from .personalize import personalize
 from .toolbox import ToolboxStore
 
 MODELS = ("initial", "deployed", "personalized")
+
+
+def _weights_sha(folder: Path) -> str | None:
+    """The weights digest a saved model's manifest records (None: nothing saved there)."""
+    try:
+        return str(json.loads((folder / "manifest.json").read_text())["weights_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 IDENTITY = "identity.pem"
 
 
@@ -105,7 +113,11 @@ class EdgeNode:
                 "error", {"error": f"edge {self.edge} serves {self.task_name!r}, not {msg.meta.get('task')!r}"}
             )
         compact = model_from(msg.meta, msg.tensors, f"deployment to edge {self.edge}", "compact")
+        before = _weights_sha(self.folder / "deployed")
         save_model(compact, self.folder / "deployed")  # validated before anything is stored
+        if before is not None and before != _weights_sha(self.folder / "deployed"):
+            # a new version (the lifecycle's redeployment): its personalisation is still to do
+            (self.folder / "personalized" / "manifest.json").unlink(missing_ok=True)
         return Message("ack", {"edge": self.edge, "parameters": sum(p.numel() for p in compact.parameters())})
 
     def on_train_personalize(self, msg: Message) -> Message:
