@@ -44,6 +44,8 @@ def _weights_sha(folder: Path) -> str | None:
         return str(json.loads((folder / "manifest.json").read_text())["weights_sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
 IDENTITY = "identity.pem"
 
 
