@@ -160,6 +160,18 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     console.print_json(json.dumps(shown))
 
 
+def _cmd_cloud_partition(args: argparse.Namespace) -> None:
+    from .cloud.budget import budgeted_from_run
+    from .models import save_model
+
+    model, report = budgeted_from_run(args.run, args.task, round(args.budget_mb * 1_000_000))
+    folder = save_model(model, args.out, {"budget.json": json.dumps(report, indent=2) + "\n"})
+    shown = {k: v for k, v in report.items() if k not in ("kept_connections", "dropped_connections")}
+    shown |= {k: len(report[k]) for k in ("kept_connections", "dropped_connections")}
+    console.print_json(json.dumps(shown))
+    console.print(f"wrote {folder} (what was kept and dropped: {folder / 'budget.json'})")
+
+
 def _cmd_cloud_add(args: argparse.Namespace) -> None:
     from .cloud.add import add_to_run
 
@@ -408,6 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     extractor_arg(tp)
     tp.set_defaults(func=_cmd_cloud_train)
+    tp = csub.add_parser(
+        "partition",
+        formatter_class=fmt,
+        help="cut a finished run's BAIM into one task's compact model within a byte budget: lossless where "
+        "it fits, else the squad's most-used learners and the strongest connections that fit",
+    )
+    tp.add_argument("--run", required=True, help="a run directory whose cloud training finished")
+    tp.add_argument("--task", required=True, help="task name")
+    tp.add_argument(
+        "--budget-mb", type=_float_in(0), required=True, help="the most the weights may take, in MB (10^6 bytes)"
+    )
+    tp.add_argument("--out", required=True, help="folder for the compact model (manifest, weights, budget.json)")
+    tp.set_defaults(func=_cmd_cloud_partition)
     tp = csub.add_parser(
         "add",
         formatter_class=fmt,
