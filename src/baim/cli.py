@@ -164,7 +164,7 @@ def _cmd_cloud_partition(args: argparse.Namespace) -> None:
     from .cloud.budget import budgeted_from_run
     from .models import save_model
 
-    model, report = budgeted_from_run(args.run, args.task, round(args.budget_mb * 1_000_000))
+    model, report = budgeted_from_run(args.run, args.task, round(args.budget_mb * 1_000_000), args.select)
     folder = save_model(model, args.out, {"budget.json": json.dumps(report, indent=2) + "\n"})
     shown = {k: v for k, v in report.items() if k not in ("kept_connections", "dropped_connections")}
     shown |= {k: len(report[k]) for k in ("kept_connections", "dropped_connections")}
@@ -430,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--task", required=True, help="task name")
     tp.add_argument(
         "--budget-mb", type=_float_in(0), required=True, help="the most the weights may take, in MB (10^6 bytes)"
+    )
+    tp.add_argument(
+        "--select",
+        default="loss",
+        choices=("loss", "usage"),
+        help="what a lossy cut keeps: what lowers the loss on the task's common images most, or what its LSGate "
+        "picks most",
     )
     tp.add_argument("--out", required=True, help="folder for the compact model (manifest, weights, budget.json)")
     tp.set_defaults(func=_cmd_cloud_partition)
