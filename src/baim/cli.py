@@ -172,6 +172,13 @@ def _cmd_cloud_partition(args: argparse.Namespace) -> None:
     console.print(f"wrote {folder} (what was kept and dropped: {folder / 'budget.json'})")
 
 
+def _cmd_cloud_prune_learners(args: argparse.Namespace) -> None:
+    from .cloud.pruning import prune_learners_in_run
+
+    report = prune_learners_in_run(args.run, args.threshold, strategy=args.strategy, out=args.out)
+    console.print_json(json.dumps(report))
+
+
 def _cmd_cloud_add(args: argparse.Namespace) -> None:
     from .cloud.add import add_to_run
 
@@ -420,6 +427,23 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     extractor_arg(tp)
     tp.set_defaults(func=_cmd_cloud_train)
+    tp = csub.add_parser(
+        "prune-learners",
+        formatter_class=fmt,
+        help="drop from a run's trained BAIM the learners their LSGate (almost) never picks; "
+        "report parameters and quality before and after",
+    )
+    tp.add_argument("--run", required=True, help="run directory with a trained BAIM (RUN/cloud/baim-STRATEGY)")
+    tp.add_argument(
+        "--threshold",
+        type=_float_in(0, 1, closed=True),
+        default=0.05,
+        help="learners picked for less than this share of their task's assignments on the common data leave "
+        "selection (with K picks per image a learner's share is at most 1/K)",
+    )
+    tp.add_argument("--strategy", default="finetune", choices=STRATEGIES)
+    tp.add_argument("--out", default=None, help="default: RUN/cloud/baim-STRATEGY-pruned")
+    tp.set_defaults(func=_cmd_cloud_prune_learners)
     tp = csub.add_parser(
         "partition",
         formatter_class=fmt,
