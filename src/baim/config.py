@@ -95,7 +95,7 @@ class Preset:
         if not isinstance(self.few_shot, dict) or any(
             not isinstance(k, str) or not _is_count(v) for k, v in self.few_shot.items()
         ):
-            raise ConfigError(f"few_shot maps task names to image counts ≥ 1, got {self.few_shot!r}")
+            raise ConfigError(f"few_shot maps task names to image counts ≥ {MIN_FEW_SHOT}, got {self.few_shot!r}")
         object.__setattr__(self, "few_shot", dict(self.few_shot))  # a copy: the preset stays frozen
         if not isinstance(self.cross_task_connections, bool):
             raise ConfigError(f"cross_task_connections is true or false, got {self.cross_task_connections!r}")
@@ -122,8 +122,13 @@ class Preset:
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
 
 
+# Screening measures each upload against the spread of its task's common images (zero for one
+# image), and a task's latent prior is fitted to the codes of its common images: two at least.
+MIN_FEW_SHOT = 2
+
+
 def _is_count(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    return isinstance(v, int) and not isinstance(v, bool) and v >= MIN_FEW_SHOT
 
 
 def parse_few_shot(texts: str | list[str]) -> dict[str, int]:
@@ -140,8 +145,10 @@ def parse_few_shot(texts: str | list[str]) -> dict[str, int]:
             n = int(count)
         except ValueError:
             n = 0
-        if not eq or not name or n < 1:
-            raise ConfigError(f"--few-shot takes TASK=N with N ≥ 1 cloud images, e.g. tops=10 (got {part!r})")
+        if not eq or not name or n < MIN_FEW_SHOT:
+            raise ConfigError(
+                f"--few-shot takes TASK=N with N ≥ {MIN_FEW_SHOT} cloud images, e.g. tops=10 (got {part!r})"
+            )
         if out.get(name, n) != n:
             raise ConfigError(f"--few-shot names task {name!r} twice with different counts ({out[name]} and {n})")
         out[name] = n

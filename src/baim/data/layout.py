@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import write_json
-from ..config import Preset
+from ..config import MIN_FEW_SHOT, Preset
 from ..errors import ConfigError
 from .base import DataError, DataSet
 
@@ -180,10 +180,10 @@ def check_few_shot(ds: DataSet, preset: Preset) -> None:
     _, quota = _cloud_quota(ds, preset)
     for task in ds.tasks:
         n, has = preset.few_shot.get(task.name), sum(quota[c] for c in task.classes)
-        if n is not None and not 1 <= n <= has:
+        if n is not None and not MIN_FEW_SHOT <= n <= has:
             raise ConfigError(
                 f"few-shot task {task.name!r} asks for {n} cloud images; preset {preset.name!r} gives it "
-                f"{has} in the cloud, so choose 1 to {has}"
+                f"{has} in the cloud, so choose {MIN_FEW_SHOT} to {has}"
             )
 
 

@@ -1,0 +1,167 @@
+"""A few-shot task: how good is its deployed BAIM when the cloud holds only N of its images,
+with and without connections from the other tasks' learners (the paper's claim that shared
+knowledge helps)?
+
+    python benchmarks/few_shot.py [--task trousers_bags] [--shots 10,50] [--seeds 0,1]
+
+Per seed, runs the workflow (``baim run --preset quick --strategies finetune``, in this
+process) on full data and, for each N, with the task cut to N cloud images, once with every
+candidate connection and once with connections only inside squads (``--full-own`` adds the
+full-data run without cross-task connections too). Edges and test sets are identical across
+the runs of one seed; only the cloud's images of the task change. Reports for the task: the
+deployed BAIM's test loss and FID (fitted prior) against the full-data run and against the
+task's edges (their own initial models, and after personalisation), and how many connections
+into the task's learners survived pruning. Run folders go under ``--out`` (rerun to resume).
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from statistics import mean, stdev
+
+os.environ.setdefault("BAIM_QUIET", "1")
+
+from baim.config import RunConfig  # noqa: E402
+from baim.engines import run  # noqa: E402
+
+
+def variants(task: str, shots: list[int], full_own: bool) -> dict[str, dict]:
+    """Run label → preset overrides."""
+    out: dict[str, dict] = {"full": {}}
+    if full_own:
+        out["full-own"] = {"cross_task_connections": False}
+    for n in shots:
+        out[f"n{n}-cross"] = {"few_shot": {task: n}}
+        out[f"n{n}-own"] = {"few_shot": {task: n}, "cross_task_connections": False}
+    return out
+
+
+def connections_into(run_dir: Path, task: str) -> dict[str, int]:
+    """Surviving connections of the trained BAIM that end in a learner of ``task``'s squad."""
+    cfg = json.loads((run_dir / "cloud" / "baim-finetune" / "manifest.json").read_text())["config"]
+    t = cfg["task_names"].index(task)
+    owner = cfg["learner_tasks"]
+    into = [c for c in cfg["connections"] if owner[c["dst"]] == t]
+    return {"into_task": len(into), "from_other_tasks": sum(owner[c["src"]] != t for c in into)}
+
+
+def figures(run_dir: Path, summary: dict, task: str) -> dict:
+    result = summary["strategies"]["finetune"]
+    baim, step0 = result["per_task"][task], result["step0"][task]
+    edges = [e for e in summary["edges"] if e["task"] == task]
+    layout = json.loads((run_dir / "layout.json").read_text())
+    classes = set(next(t["classes"] for t in layout["tasks"] if t["name"] == task))
+    labels = _train_labels(layout)
+    return {
+        "cloud_images": sum(int(labels[i]) in classes for i in layout["cloud"]),
+        "baim": {"test_loss": baim["test_loss"], "fid_fitted": baim["fid_fitted"]},
+        "step0": {"test_loss": step0["test_loss"], "fid_fitted": step0["fid_fitted"]},
+        "edges": {
+            which: {
+                "test_loss": mean(e["models"][which]["test_loss"] for e in edges),
+                "fid_fitted": mean(e["models"][which]["fid_fitted"] for e in edges),
+            }
+            for which in ("initial", "personalized")
+        },
+        "edge_ids": [e["edge"] for e in edges],
+        "connections": connections_into(run_dir, task) | {"candidates": result["candidates"]},
+        "fid_real_vs_real": baim["fid_real_vs_real"],
+        "fid_count": baim["fid_count"],
+        "wall_seconds": summary["wall_seconds"],
+    }
+
+
+_LABELS: dict[str, object] = {}
+
+
+def _train_labels(layout: dict):
+    key = f"{layout['dataset']}:{layout['data_dir']}"
+    if key not in _LABELS:
+        from baim.data import load_dataset
+
+        _LABELS[key] = load_dataset(layout["dataset"], layout["data_dir"]).train.labels
+    return _LABELS[key]
+
+
+def _pm(xs: list[float], digits: int) -> str:
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{mean(xs):.{digits}f}±{stdev(xs):.{digits}f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--task", default="trousers_bags")
+    ap.add_argument("--shots", default="10,50", help="comma-separated cloud image counts of the few-shot task")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--full-own", action="store_true", help="also the full-data run without cross-task connections")
+    ap.add_argument("--out", default="runs/few-shot")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    shots = [int(s) for s in args.shots.split(",") if s.strip()]
+    runs = variants(args.task, shots, args.full_own)
+
+    per: dict[str, dict[int, dict]] = {label: {} for label in runs}
+    for seed in seeds:
+        for label, overrides in runs.items():
+            cfg = RunConfig(preset=args.preset, seed=seed, strategies=("finetune",), overrides=overrides)
+            run_dir = Path(args.out) / f"seed-{seed}" / label
+            t0 = time.perf_counter()
+            print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {label} → {run_dir}", file=sys.stderr, flush=True)
+            summary = run(run_dir, cfg)
+            print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            per[label][seed] = figures(run_dir, summary, args.task)
+
+    full = per["full"]
+    print(f"\ntask {args.task}, preset {args.preset}, seeds {seeds}; FID with fitted priors (domain extractor)")
+    # (header, width, digits, value of one seed's figures r for seed s)
+    columns = [
+        ("BAIM loss", 12, 5, lambda s, r: r["baim"]["test_loss"]),
+        ("BAIM FID", 11, 1, lambda s, r: r["baim"]["fid_fitted"]),
+        ("Δloss v full", 12, 5, lambda s, r: r["baim"]["test_loss"] - full[s]["baim"]["test_loss"]),
+        ("ΔFID v full", 11, 1, lambda s, r: r["baim"]["fid_fitted"] - full[s]["baim"]["fid_fitted"]),
+        ("Δloss v edge", 12, 5, lambda s, r: r["baim"]["test_loss"] - r["edges"]["initial"]["test_loss"]),
+        ("ΔFID v edge", 11, 1, lambda s, r: r["baim"]["fid_fitted"] - r["edges"]["initial"]["fid_fitted"]),
+        ("pers. loss", 12, 5, lambda s, r: r["edges"]["personalized"]["test_loss"]),
+        ("pers. FID", 11, 1, lambda s, r: r["edges"]["personalized"]["fid_fitted"]),
+    ]
+    head = f"{'run':11} {'cloud':>5} {'conn in/x':>9} " + " ".join(f"{h:>{w}}" for h, w, _, _ in columns)
+    print(head)
+    print("-" * len(head))
+    for label, by_seed in per.items():
+        conn = [by_seed[s]["connections"] for s in seeds]
+        conns = f"{_pm([c['into_task'] for c in conn], 0)}/{_pm([c['from_other_tasks'] for c in conn], 0)}"
+        cells = [f"{_pm([f(s, by_seed[s]) for s in seeds], d):>{w}}" for _, w, d, f in columns]
+        print(f"{label:11} {by_seed[seeds[0]]['cloud_images']:>5} {conns:>9} " + " ".join(cells))
+    edge0 = [full[s]["edges"]["initial"] for s in seeds]
+    print(
+        f"{'edges alone':11} {'':>5} {'':>9} {_pm([e['test_loss'] for e in edge0], 5):>12} "
+        f"{_pm([e['fid_fitted'] for e in edge0], 1):>11}   (the task's edges' own initial models, mean over "
+        f"edges {full[seeds[0]]['edge_ids']}; FID real vs real {full[seeds[0]]['fid_real_vs_real']:.1f})"
+    )
+    print("conn in/x: connections into the task's learners after pruning / of them from other tasks' learners")
+    same_edges = all(per[label][s]["edges"]["initial"] == full[s]["edges"]["initial"] for label in per for s in seeds)
+    print(f"edges' initial models identical across the runs of each seed: {same_edges}")
+    print(
+        json.dumps(
+            {
+                "task": args.task,
+                "preset": args.preset,
+                "seeds": seeds,
+                "shots": shots,
+                "edges_identical_across_runs": same_edges,
+                "runs": {label: {str(s): r for s, r in by_seed.items()} for label, by_seed in per.items()},
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
