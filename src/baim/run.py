@@ -454,7 +454,8 @@ class Workflow:
     # -- evaluation at the edges -----------------------------------------------------------
     def edge_evaluation(self) -> dict:
         mark = len(self.ledger.messages)
-        late = set(self.deployed_versions(self.final_version()))
+        # edges deployed to (and personalised) by an integration; the first deployment's are below
+        late = {e for e, v in self.deployed_versions(self.final_version()).items() if v > 0}
         have = {
             "initial": set(self.transport.edges()),
             "deployed": set(self.rd.phase("deployment", self.deployment)["edges"]) | late,
