@@ -29,6 +29,7 @@ os.environ.setdefault("BAIM_QUIET", "1")
 
 from baim.config import RunConfig  # noqa: E402
 from baim.engines import run  # noqa: E402
+from baim.errors import BaimError  # noqa: E402
 
 
 def variants(task: str, shots: list[int], full_own: bool) -> dict[str, dict]:
@@ -71,6 +72,7 @@ def figures(run_dir: Path, summary: dict, task: str) -> dict:
         },
         "edge_ids": [e["edge"] for e in edges],
         "connections": connections_into(run_dir, task) | {"candidates": result["candidates"]},
+        "quarantined_edges": [q["edge"] for q in summary.get("screening", {}).get("quarantined", [])],
         "fid_real_vs_real": baim["fid_real_vs_real"],
         "fid_count": baim["fid_count"],
         "wall_seconds": summary["wall_seconds"],
@@ -109,13 +111,19 @@ def main() -> None:
     runs = variants(args.task, shots, args.full_own)
 
     per: dict[str, dict[int, dict]] = {label: {} for label in runs}
+    failed: dict[str, dict[int, str]] = {}
     for seed in seeds:
         for label, overrides in runs.items():
             cfg = RunConfig(preset=args.preset, seed=seed, strategies=("finetune",), overrides=overrides)
             run_dir = Path(args.out) / f"seed-{seed}" / label
             t0 = time.perf_counter()
             print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {label} → {run_dir}", file=sys.stderr, flush=True)
-            summary = run(run_dir, cfg)
+            try:
+                summary = run(run_dir, cfg)
+            except BaimError as exc:  # e.g. screening quarantined the task's only upload
+                failed.setdefault(label, {})[seed] = str(exc)
+                print(f"  failed: {exc}", file=sys.stderr, flush=True)
+                continue
             print(f"  done in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             per[label][seed] = figures(run_dir, summary, args.task)
 
@@ -136,18 +144,31 @@ def main() -> None:
     print(head)
     print("-" * len(head))
     for label, by_seed in per.items():
-        conn = [by_seed[s]["connections"] for s in seeds]
+        ok = [s for s in seeds if s in by_seed and s in full]  # a delta needs both runs of a seed
+        if not ok:
+            print(f"{label:11} failed: {failed.get(label) or failed.get('full')}")
+            continue
+        conn = [by_seed[s]["connections"] for s in ok]
         conns = f"{_pm([c['into_task'] for c in conn], 0)}/{_pm([c['from_other_tasks'] for c in conn], 0)}"
-        cells = [f"{_pm([f(s, by_seed[s]) for s in seeds], d):>{w}}" for _, w, d, f in columns]
-        print(f"{label:11} {by_seed[seeds[0]]['cloud_images']:>5} {conns:>9} " + " ".join(cells))
-    edge0 = [full[s]["edges"]["initial"] for s in seeds]
+        cells = [f"{_pm([f(s, by_seed[s]) for s in ok], d):>{w}}" for _, w, d, f in columns]
+        note = f"  ({len(ok)} of {len(seeds)} seeds)" if len(ok) < len(seeds) else ""
+        print(f"{label:11} {by_seed[ok[0]]['cloud_images']:>5} {conns:>9} " + " ".join(cells) + note)
+    for label, by_seed in failed.items():
+        for seed, why in by_seed.items():
+            print(f"seed {seed} {label} failed: {why}")
+    if not full:
+        raise SystemExit("every full-data run failed; nothing to compare against")
+    edge0 = [full[s]["edges"]["initial"] for s in full]
     print(
         f"{'edges alone':11} {'':>5} {'':>9} {_pm([e['test_loss'] for e in edge0], 5):>12} "
         f"{_pm([e['fid_fitted'] for e in edge0], 1):>11}   (the task's edges' own initial models, mean over "
-        f"edges {full[seeds[0]]['edge_ids']}; FID real vs real {full[seeds[0]]['fid_real_vs_real']:.1f})"
+        f"edges {next(iter(full.values()))['edge_ids']}; FID real vs real "
+        f"{next(iter(full.values()))['fid_real_vs_real']:.1f})"
     )
     print("conn in/x: connections into the task's learners after pruning / of them from other tasks' learners")
-    same_edges = all(per[label][s]["edges"]["initial"] == full[s]["edges"]["initial"] for label in per for s in seeds)
+    same_edges = all(
+        r["edges"]["initial"] == full[s]["edges"]["initial"] for b in per.values() for s, r in b.items() if s in full
+    )
     print(f"edges' initial models identical across the runs of each seed: {same_edges}")
     print(
         json.dumps(
@@ -158,6 +179,7 @@ def main() -> None:
                 "shots": shots,
                 "edges_identical_across_runs": same_edges,
                 "runs": {label: {str(s): r for s, r in by_seed.items()} for label, by_seed in per.items()},
+                "failed": {label: {str(s): why for s, why in b.items()} for label, b in failed.items()},
             }
         )
     )
