@@ -131,16 +131,16 @@ def main() -> None:
     print(f"\ntask {args.task}, preset {args.preset}, seeds {seeds}; FID with fitted priors (domain extractor)")
     # (header, width, digits, value of one seed's figures r for seed s)
     columns = [
-        ("BAIM loss", 12, 5, lambda s, r: r["baim"]["test_loss"]),
-        ("BAIM FID", 11, 1, lambda s, r: r["baim"]["fid_fitted"]),
-        ("Δloss v full", 12, 5, lambda s, r: r["baim"]["test_loss"] - full[s]["baim"]["test_loss"]),
-        ("ΔFID v full", 11, 1, lambda s, r: r["baim"]["fid_fitted"] - full[s]["baim"]["fid_fitted"]),
-        ("Δloss v edge", 12, 5, lambda s, r: r["baim"]["test_loss"] - r["edges"]["initial"]["test_loss"]),
-        ("ΔFID v edge", 11, 1, lambda s, r: r["baim"]["fid_fitted"] - r["edges"]["initial"]["fid_fitted"]),
-        ("pers. loss", 12, 5, lambda s, r: r["edges"]["personalized"]["test_loss"]),
-        ("pers. FID", 11, 1, lambda s, r: r["edges"]["personalized"]["fid_fitted"]),
+        ("BAIM loss", 15, 5, lambda s, r: r["baim"]["test_loss"]),
+        ("BAIM FID", 12, 1, lambda s, r: r["baim"]["fid_fitted"]),
+        ("Δloss v full", 16, 5, lambda s, r: r["baim"]["test_loss"] - full[s]["baim"]["test_loss"]),
+        ("ΔFID v full", 12, 1, lambda s, r: r["baim"]["fid_fitted"] - full[s]["baim"]["fid_fitted"]),
+        ("Δloss v edge", 16, 5, lambda s, r: r["baim"]["test_loss"] - r["edges"]["initial"]["test_loss"]),
+        ("ΔFID v edge", 13, 1, lambda s, r: r["baim"]["fid_fitted"] - r["edges"]["initial"]["fid_fitted"]),
+        ("pers. loss", 15, 5, lambda s, r: r["edges"]["personalized"]["test_loss"]),
+        ("pers. FID", 13, 1, lambda s, r: r["edges"]["personalized"]["fid_fitted"]),
     ]
-    head = f"{'run':11} {'cloud':>5} {'conn in/x':>9} " + " ".join(f"{h:>{w}}" for h, w, _, _ in columns)
+    head = f"{'run':11} {'cloud':>5} {'conn in/x':>11} " + " ".join(f"{h:>{w}}" for h, w, _, _ in columns)
     print(head)
     print("-" * len(head))
     for label, by_seed in per.items():
@@ -149,10 +149,10 @@ def main() -> None:
             print(f"{label:11} failed: {failed.get(label) or failed.get('full')}")
             continue
         conn = [by_seed[s]["connections"] for s in ok]
-        conns = f"{_pm([c['into_task'] for c in conn], 0)}/{_pm([c['from_other_tasks'] for c in conn], 0)}"
+        conns = ",".join(f"{c['into_task']}/{c['from_other_tasks']}" for c in conn)  # per seed
         cells = [f"{_pm([f(s, by_seed[s]) for s in ok], d):>{w}}" for _, w, d, f in columns]
         note = f"  ({len(ok)} of {len(seeds)} seeds)" if len(ok) < len(seeds) else ""
-        print(f"{label:11} {by_seed[ok[0]]['cloud_images']:>5} {conns:>9} " + " ".join(cells) + note)
+        print(f"{label:11} {by_seed[ok[0]]['cloud_images']:>5} {conns:>11} " + " ".join(cells) + note)
     for label, by_seed in failed.items():
         for seed, why in by_seed.items():
             print(f"seed {seed} {label} failed: {why}")
@@ -160,12 +160,12 @@ def main() -> None:
         raise SystemExit("every full-data run failed; nothing to compare against")
     edge0 = [full[s]["edges"]["initial"] for s in full]
     print(
-        f"{'edges alone':11} {'':>5} {'':>9} {_pm([e['test_loss'] for e in edge0], 5):>12} "
-        f"{_pm([e['fid_fitted'] for e in edge0], 1):>11}   (the task's edges' own initial models, mean over "
+        f"{'edges alone':11} {'':>5} {'':>11} {_pm([e['test_loss'] for e in edge0], 5):>15} "
+        f"{_pm([e['fid_fitted'] for e in edge0], 1):>12}   (the task's edges' own initial models, mean over "
         f"edges {next(iter(full.values()))['edge_ids']}; FID real vs real "
         f"{next(iter(full.values()))['fid_real_vs_real']:.1f})"
     )
-    print("conn in/x: connections into the task's learners after pruning / of them from other tasks' learners")
+    print("conn in/x: per seed, connections into the task's learners after pruning / of them from other tasks'")
     same_edges = all(
         r["edges"]["initial"] == full[s]["edges"]["initial"] for b in per.values() for s, r in b.items() if s in full
     )
