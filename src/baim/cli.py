@@ -213,7 +213,7 @@ def _cmd_cloud_add(args: argparse.Namespace) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    from .config import RunConfig, default_extractor
+    from .config import RunConfig, default_extractor, run_overrides
     from .engines import run
 
     cfg = RunConfig(
@@ -229,6 +229,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         staleness=args.staleness,
         leave=args.leave,
         join_late=args.join_late,
+        overrides=run_overrides(args.few_shot, not args.no_cross_task_connections),
     )
     summary = run(args.out, cfg)
     console.print(
@@ -526,6 +527,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--leave", type=_edges, default=(), help="edges (e.g. 1,4) that leave right after uploading")
     sp.add_argument(
         "--join-late", type=_edges, default=(), help="async: edges (e.g. 2) that join after the first deployment"
+    )
+    sp.add_argument(
+        "--few-shot",
+        action="append",
+        default=[],
+        metavar="TASK=N",
+        help="keep only N of TASK's cloud common images (repeatable or comma-separated, e.g. tops=10,footwear=50); "
+        "the dropped images go to nobody, so edges hold exactly what they hold in the full run",
+    )
+    sp.add_argument(
+        "--no-cross-task-connections",
+        action="store_true",
+        help="candidate connections only between learners of the same squad (to measure what other tasks add)",
     )
     sp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_run)
