@@ -147,7 +147,8 @@ class Workflow:
         """BAIM version ``k``: the upload of batch ``k`` joins by continual learning; the touched
         task's compact model is cut (losslessly) and goes to its edges whose models would now lag
         more than the staleness bound, and to an edge that has just joined."""
-        (edge,) = self.rd.phase("arrivals", self.arrivals)["batches"][k]
+        batches = self.rd.phase("arrivals", self.arrivals)["batches"]
+        (edge,) = batches[k]
         learners, tasks, edges, _ = self.accepted_learners()
         learner, task = learners[edges.index(edge)], self.layout.task_names[tasks[edges.index(edge)]]
         model = load_model(self.baim_folder(k - 1), "baim")
@@ -163,20 +164,17 @@ class Workflow:
         t = model.task_names.index(task)
         compact = partition(model, t)
         save_model(compact, self.compact_folder(k, task))
-        versions = {e: v for e, v in self.deployed_versions(k - 1).items()}
-        touched_at = [0] + [
-            j
-            for j in range(1, k + 1)
-            if self.layout.task_names[self.layout.edges[self.rd.phase("arrivals", self.arrivals)["batches"][j][0]].task]
-            == task
-        ]
+        versions = self.deployed_versions(k - 1)
+        task_id = tasks[edges.index(edge)]  # the upload's task, as screening accepted it
+        touched_at = [0] + [j for j in range(1, k + 1) if self.layout.edges[batches[j][0]].task == task_id]
+        present = self.present(k)
         lag = {
             e: sum(1 for j in touched_at if j > versions[e])
-            for e in self.present(k)
-            if self.layout.task_names[self.layout.edges[e].task] == task and e in versions
+            for e in present
+            if self.layout.edges[e].task == task_id and e in versions
         }
         send = schedule.redeploy(lag, self.cfg.staleness)
-        if edge in self.present(k) and edge not in versions:  # just joined: its task's newest model
+        if edge in present and edge not in versions:  # just joined: its task's newest model
             send.append(edge)
         cloud_seconds = report["seconds"]
         deployed, missing = [], []
