@@ -50,3 +50,35 @@ def run_dir(tmp_path: Path) -> Path:
         save_model(compact, run / "cloud" / "compact" / t)
     save_model(compacts[0], run / "edges" / "edge-0" / "deployed")  # edge 0 serves "tops"
     return run
+
+
+def trained_learners(tiers, seed: int = 0):
+    """Learners of these tiers with non-trivial BatchNorm statistics (one forward in train mode),
+    as uploads have; seeded once, then built in order."""
+    import torch
+
+    from baim.learners import StagedVAE, tier_spec
+
+    torch.manual_seed(seed)
+    out = []
+    for t in tiers:
+        m = StagedVAE(tier_spec(t))
+        m.train()
+        m(torch.rand(8, 1, 32, 32))
+        out.append(m.eval())
+    return out
+
+
+def look_trained(model, alpha_std: float, gate_std: float):
+    """Make a freshly fused BAIM look trained: non-zero α, gates with preferences, priors off
+    centre (draws from torch's global generator, in this order)."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.connections.values():
+            p.alpha.normal_(0, alpha_std)
+        for g in model.lsgates:
+            g.net[2].weight.normal_(0, gate_std)
+        for pr in model.priors:
+            pr.mean.normal_(0, 0.3)
+    return model

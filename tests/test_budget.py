@@ -23,7 +23,7 @@ from baim.data.layout import make_layout
 from baim.errors import ConfigError
 from baim.learners import StagedVAE, tier_spec
 from baim.models import BAIM, load_model, reconstruction_metrics, save_model
-from conftest import FMNIST_DIR
+from conftest import FMNIST_DIR, look_trained, trained_learners
 
 # squads: task 0 = learners 0 (small), 1 (medium); task 1 = 2 (large), 3 (small); task 2 = 4 (medium)
 TIERS, TASKS = ["small", "medium", "large", "small", "medium"], [0, 0, 1, 1, 2]
@@ -34,21 +34,7 @@ BETA = 0.00025
 def _baim(seed=0) -> BAIM:
     """A small fused BAIM that looks trained: non-zero α, gates with preferences, cross-task
     connections (so compact models have feeders)."""
-    torch.manual_seed(seed)
-    ls = []
-    for t in TIERS:
-        m = StagedVAE(tier_spec(t))
-        m.train()
-        m(torch.rand(8, 1, 32, 32))
-        ls.append(m.eval())
-    model = fuse(ls, TASKS, ["a", "b", "c"], top_k=2, height=1)
-    with torch.no_grad():
-        for p in model.connections.values():
-            p.alpha.normal_(0, 0.2)
-        for g in model.lsgates:
-            g.net[2].weight.normal_(0, 0.5)
-        for pr in model.priors:
-            pr.mean.normal_(0, 0.3)
+    model = look_trained(fuse(trained_learners(TIERS, seed), TASKS, ["a", "b", "c"], top_k=2, height=1), 0.2, 0.5)
     model.prune_connections(0.8)
     return model.eval()
 

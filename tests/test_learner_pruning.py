@@ -12,8 +12,8 @@ import torch
 from baim.cloud import partition
 from baim.cloud.pruning import learner_usage, prune_learners, prune_learners_in_run
 from baim.errors import ConfigError
-from baim.learners import StagedVAE, tier_spec
 from baim.models import BAIM, Connection, load_model, save_model
+from conftest import look_trained, trained_learners
 
 TIERS = ["small", "medium", "small", "small", "medium"]
 TASKS = [0, 0, 0, 1, 1]  # squad a = learners 0, 1, 2; squad b = learners 3, 4
@@ -21,22 +21,8 @@ TASKS = [0, 0, 0, 1, 1]  # squad a = learners 0, 1, 2; squad b = learners 3, 4
 
 def _baim(connections=(), top_k=1, seed=0):
     """A trained-looking BAIM: BatchNorm statistics, non-zero α, gates with preferences."""
-    torch.manual_seed(seed)
-    ls = []
-    for t in TIERS:
-        m = StagedVAE(tier_spec(t))
-        m.train()
-        m(torch.rand(8, 1, 32, 32))
-        ls.append(m.eval())
-    model = BAIM.from_learners(ls, TASKS, ["a", "b"], list(connections), top_k=top_k)
-    with torch.no_grad():
-        for p in model.connections.values():
-            p.alpha.normal_(0, 0.3)
-        for g in model.lsgates:
-            g.net[2].weight.normal_(0, 1.0)
-        for pr in model.priors:
-            pr.mean.normal_(0, 0.3)
-    return model.eval()
+    model = BAIM.from_learners(trained_learners(TIERS, seed), TASKS, ["a", "b"], list(connections), top_k=top_k)
+    return look_trained(model, 0.3, 1.0).eval()
 
 
 def _images(n=48, seed=0):

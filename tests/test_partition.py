@@ -9,24 +9,12 @@ from baim.cloud import closure, fuse, partition
 from baim.errors import ModelFileError
 from baim.learners import StagedVAE, tier_spec
 from baim.models import BAIM, Connection, load_model, model_from, save_model, to_parts
+from conftest import look_trained, trained_learners
 
 
 def _trained_like_baim(height=2, seed=0):
-    torch.manual_seed(seed)
-    ls = []
-    for t in ["small", "medium", "large", "small", "large"]:
-        m = StagedVAE(tier_spec(t))
-        m.train()
-        m(torch.rand(8, 1, 32, 32))
-        ls.append(m.eval())
-    model = fuse(ls, [0, 0, 1, 1, 2], ["a", "b", "c"], top_k=2, height=height)
-    with torch.no_grad():  # trained-looking: non-zero α, gates with preferences
-        for p in model.connections.values():
-            p.alpha.normal_(0, 0.2)
-        for g in model.lsgates:
-            g.net[2].weight.normal_(0, 0.5)
-        for pr in model.priors:
-            pr.mean.normal_(0, 0.3)
+    learners = trained_learners(["small", "medium", "large", "small", "large"], seed)
+    model = look_trained(fuse(learners, [0, 0, 1, 1, 2], ["a", "b", "c"], top_k=2, height=height), 0.2, 0.5)
     model.prune_connections(0.8)  # a sparse, pruned BAIM with cross-task connections
     return model.eval()
 
