@@ -23,7 +23,7 @@ from PIL import Image
 
 from baim.cli import main
 from baim.cloud.registry import Registry, signed_payload
-from baim.edge.toolbox import ToolboxError, ToolboxStore
+from baim.edge.toolbox import Signed, ToolboxError, ToolboxStore
 from baim.models import load_model, save_model
 from baim.service.cloud_app import create_cloud_app
 from baim.service.edge_app import create_edge_app
@@ -34,6 +34,7 @@ from conftest import SERVICE_TASKS
 from conftest import compact_models as _compacts
 
 TASKS = SERVICE_TASKS
+ADMIN = {"X-Baim-Admin": "1"}
 
 
 @pytest.fixture()
@@ -72,13 +73,18 @@ def test_registry_publishes_signed_versions_and_keeps_tokens_hashed(run_dir: Pat
     assert [e.version for e in first] == [1, 1, 1]
     assert registry.publish_run(run_dir) == first  # idempotent: the same models are not new versions
     for e in first:
-        payload = signed_payload(e.task, e.version, registry.manifest(e))
+        payload = signed_payload(e.task, e.version, registry.manifest(e), e.counter, e.created)
         assert verify(registry.public_key, payload, bytes.fromhex(e.signature))
-        sig = bytes.fromhex(e.signature)  # bound to its version: not valid for another
-        assert not verify(registry.public_key, signed_payload(e.task, e.version + 1, registry.manifest(e)), sig)
+        sig = bytes.fromhex(e.signature)  # bound to its version and counter: not valid for another
+        other = signed_payload(e.task, e.version + 1, registry.manifest(e), e.counter, e.created)
+        assert not verify(registry.public_key, other, sig)
+        older = signed_payload(e.task, e.version, registry.manifest(e), e.counter - 1, e.created)
+        assert not verify(registry.public_key, older, sig)
+    assert sorted(e.counter for e in first) == [1, 2, 3]  # one registry-wide publication counter
     newer = _compacts(seed=1)[1]
     save_model(newer, run_dir / "cloud" / "compact" / "trousers")
-    assert registry.publish(run_dir / "cloud" / "compact" / "trousers").version == 2
+    v2 = registry.publish(run_dir / "cloud" / "compact" / "trousers")
+    assert (v2.version, v2.counter) == (2, 4)
     assert registry.latest("trousers").version == 2 and len(registry.entries()) == 3
     token = registry.issue_token("alice")
     assert registry.client_of(token) == "alice" and registry.client_of(token + "x") is None
@@ -122,7 +128,7 @@ def test_edge_hit_on_its_own_model_and_miss_then_hit_for_another_task(run_dir: P
         async with await _client(app) as c:
             r = await gen(c, "tops", seed=3)
             assert r.status_code == 200
-            assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("hit", "tops@own")
+            assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("disk", "tops@own")  # first load
             images = np.load(io.BytesIO(r.content))
             assert images.shape == (16, 1, 32, 32) and images.dtype == np.uint8
             assert (await gen(c, "tops", seed=3)).content == r.content  # same seed, same images
@@ -130,9 +136,9 @@ def test_edge_hit_on_its_own_model_and_miss_then_hit_for_another_task(run_dir: P
             assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("miss", "bags@1")
             assert Image.open(io.BytesIO(r.content)).format == "PNG"
             r = await gen(c, "bags", n=4)
-            assert r.headers["x-baim-toolbox"] == "hit"
+            assert r.headers["x-baim-toolbox"] == "memory"
             state = (await c.get("/v1/toolbox")).json()
-            assert (state["hits"], state["misses"], state["fetches"]) == (3, 1, 1)
+            assert (state["memory_hits"], state["disk_hits"], state["misses"], state["fetches"]) == (2, 1, 1, 1)
             assert sorted(m["model"] for m in state["on_disk"]) == ["bags@1", "tops@own"]
             assert (await c.delete("/v1/toolbox/bags")).json()["dropped"] == ["bags@1"]
             assert (await c.delete("/v1/toolbox/tops")).json()["dropped"] == []  # its own model stays
@@ -192,8 +198,8 @@ def test_lru_eviction_under_a_byte_budget(run_dir: Path, cloud):
                 assert (await gen(c, task, n=1)).status_code == 200
             assert [x.held.task for x in tb.memory.values()] == ["trousers", "bags"]
             assert tb.stats.evictions == 1 and tb.memory_bytes <= tb.budget
-            r = await gen(c, "tops", n=1)  # evicted from memory, still on disk: a hit, no fetch
-            assert r.headers["x-baim-toolbox"] == "hit" and tb.stats.fetches == 2
+            r = await gen(c, "tops", n=1)  # evicted from memory, still on disk: no fetch
+            assert r.headers["x-baim-toolbox"] == "disk" and tb.stats.fetches == 2
             assert [x.held.task for x in tb.memory.values()] == ["bags", "tops"]
             await gen(c, "bags", n=1)  # recently used moves to the end
             await gen(c, "trousers", n=1)
@@ -218,7 +224,7 @@ def test_tampered_weights_and_wrong_signature_are_refused_and_the_old_version_se
             data = bytearray(registry.weights_path(v2).read_bytes())
             data[-5] ^= 0xFF
             registry.weights_path(v2).write_bytes(bytes(data))
-            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).json()
+            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"}, headers=ADMIN)).json()
             assert out["updated"] is False and "sha256" in out["reason"] and out["serving"] == "bags@1"
             assert (await gen(c, "bags", n=2)).headers["x-baim-model"] == "bags@1"
             assert not (tb.store.root / "bags" / "2").exists()  # never cached
@@ -227,14 +233,14 @@ def test_tampered_weights_and_wrong_signature_are_refused_and_the_old_version_se
             v3 = registry.publish(run_dir / "cloud" / "compact" / "bags")
             with sqlite3.connect(registry.root / "registry.db") as db:
                 db.execute("UPDATE models SET signature = ? WHERE version = ?", ("ab" * 64, v3.version))
-            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).json()
+            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"}, headers=ADMIN)).json()
             assert out["updated"] is False and "signature" in out["reason"]
             assert (await gen(c, "bags", n=2)).headers["x-baim-model"] == "bags@1"
             assert tb.stats.refused == 2
             # the registry re-signs v3 correctly: the refresh now switches
             with sqlite3.connect(registry.root / "registry.db") as db:
                 db.execute("UPDATE models SET signature = ? WHERE version = ?", (v3.signature, v3.version))
-            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).json()
+            out = (await c.post("/v1/toolbox/refresh", params={"task": "bags"}, headers=ADMIN)).json()
             assert out["updated"] is True and out["serving"] == "bags@3"
             assert (await gen(c, "bags", n=2)).headers["x-baim-model"] == "bags@3"
 
@@ -266,9 +272,9 @@ def test_toolbox_store_refuses_a_model_signed_by_another_key(run_dir: Path, tmp_
     manifest = registry.manifest(entry)
     weights = registry.weights_path(entry).read_bytes()
     with pytest.raises(ToolboxError, match="signature"):
-        store.add_fetched(entry.task, entry.version, manifest, weights, entry.signature)
+        store.add_fetched(entry.task, Signed.of(entry.to_dict()), manifest, weights)
     with pytest.raises(ToolboxError, match="not the compact model"):  # a valid model passed off as another task
-        store.add_fetched(next(t for t in TASKS if t != entry.task), entry.version, manifest, weights, entry.signature)
+        store.add_fetched(next(t for t in TASKS if t != entry.task), Signed.of(entry.to_dict()), manifest, weights)
     with pytest.raises(ToolboxError, match="pins registry key"):
         ToolboxStore(tmp_path / "toolbox", registry.public_key)  # a pinned key does not silently change
     assert store.held() == []
@@ -285,8 +291,8 @@ def test_cloud_down_hits_still_served_and_misses_get_503(run_dir: Path, cloud):
         async with await _client(app) as c:
             assert (await gen(c, "bags", n=1)).status_code == 200  # fetched while the cloud is up
             server.stop()
-            assert (await gen(c, "tops", n=1)).headers["x-baim-toolbox"] == "hit"
-            assert (await gen(c, "bags", n=1)).headers["x-baim-toolbox"] == "hit"
+            assert (await gen(c, "tops", n=1)).headers["x-baim-toolbox"] == "disk"
+            assert (await gen(c, "bags", n=1)).headers["x-baim-toolbox"] == "memory"
             r = await gen(c, "trousers", n=1)
             assert r.status_code == 503
             assert "cannot be reached" in r.json()["error"] and r.json()["toolbox"] == ["bags", "tops"]
@@ -345,7 +351,7 @@ def test_reconstruct_returns_the_users_images_through_the_model(run_dir: Path, c
                 data={"task": "tops", "format": "npy"},
                 files=[("files", ("a.png", png.getvalue(), "image/png")), ("files", ("b.npy", arr.getvalue()))],
             )
-            assert r.status_code == 200 and r.headers["x-baim-toolbox"] == "hit"
+            assert r.status_code == 200 and r.headers["x-baim-toolbox"] == "disk"
             out = np.load(io.BytesIO(r.content))
             assert out.shape == (4, 1, 32, 32) and float(r.headers["x-baim-mse"]) > 0
             r = await c.post("/v1/reconstruct", data={"task": "bags"}, files={"files": ("a.png", png.getvalue())})
@@ -392,8 +398,11 @@ def test_cli_token_pull_and_generate(run_dir: Path, cloud, tmp_path: Path, capsy
     assert "known tasks" in capsys.readouterr().out
     (tmp_path / "bad").write_text("nope\n")
     bad = ["--cloud", url, "--token-file", str(tmp_path / "bad"), "--task", "bags", "--out", str(tmp_path / "y")]
-    assert main(["pull", *bad]) == 2
-    assert "refused the token" in capsys.readouterr().out
+    assert main(["pull", *bad, "--registry-key", str(key)]) == 2
+    assert "refused this client's token" in capsys.readouterr().out
+    keyless = ["--cloud", url, "--token-file", str(tmp_path / "token"), "--task", "bags", "--out", str(tmp_path / "y")]
+    assert main(["pull", *keyless]) == 2  # no key and no --trust-on-first-use: refused, not trusted
+    assert "--trust-on-first-use" in capsys.readouterr().out
     assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
 
 
@@ -443,7 +452,7 @@ def test_a_finished_run_is_served_as_is(tmp_path: Path):
             tb, app = await _edge(tmp_path, url, registry.issue_token("edge-0"))()
             async with await _client(app) as c:
                 r = await gen(c, edge["task"], n=4)
-                assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("hit", f"{edge['task']}@own")
+                assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("disk", f"{edge['task']}@own")
                 r = await gen(c, other, n=4)
                 assert (r.headers["x-baim-toolbox"], r.headers["x-baim-model"]) == ("miss", f"{other}@1")
                 assert np.load(io.BytesIO(r.content)).std() > 0  # trained models draw varied images
@@ -500,7 +509,7 @@ def test_bad_task_names_empty_uploads_and_oversized_bodies_are_4xx(run_dir: Path
             for task in ("../models", "bags/weights", "a\x00b", ".hidden", "x" * 200):
                 r = await gen(c, task)
                 assert r.status_code == 422 and "task name" in r.json()["error"], task
-            r = await c.post("/v1/toolbox/refresh", params={"task": "../x"})
+            r = await c.post("/v1/toolbox/refresh", params={"task": "../x"}, headers=ADMIN)
             assert r.status_code == 422
             for name, data in (("e.npy", b""), ("z.npy", empty.getvalue()), ("t.png", b"\x89PNG\r\n\x1a\n")):
                 r = await c.post("/v1/reconstruct", data={"task": "tops"}, files={"files": (name, data)})
@@ -510,7 +519,7 @@ def test_bad_task_names_empty_uploads_and_oversized_bodies_are_4xx(run_dir: Path
         other = httpx.ASGITransport(app=app, client=("10.1.2.3", 5000))  # not the edge machine
         async with httpx.AsyncClient(transport=other, base_url="http://edge") as c:
             assert (await c.delete("/v1/toolbox/bags")).status_code == 403
-            assert (await c.post("/v1/toolbox/refresh", params={"task": "bags"})).status_code == 403
+            assert (await c.post("/v1/toolbox/refresh", params={"task": "bags"}, headers=ADMIN)).status_code == 403
             assert (await gen(c, "tops", n=1)).status_code == 200  # users may generate from anywhere
         assert [h.label for h in tb.store.held()] == ["tops@own"]  # no bad request left anything behind
 
@@ -540,9 +549,10 @@ def test_a_corrupt_fetched_model_on_disk_is_fetched_again_and_a_too_big_one_serv
     asyncio.run(scenario())
 
 
-def test_an_edge_without_a_key_pins_the_registrys_on_first_miss_in_its_serving_loop(tmp_path: Path, run_dir: Path):
-    """No --registry-key and no run registry on the edge's machine: the edge starts without the
-    cloud, then trusts and pins the registry's key on its first miss (served by uvicorn)."""
+def test_an_edge_without_a_key_refuses_misses_unless_told_to_trust_on_first_use(tmp_path: Path, run_dir: Path):
+    """No --registry-key and no run registry on the edge's machine: misses are refused (the
+    default is safe); with --trust-on-first-use the edge starts without the cloud, then trusts
+    and pins the registry's key on its first miss (served by uvicorn)."""
     registry = Registry(tmp_path / "cloud-side")
     registry.publish_run(run_dir)
     token = registry.issue_token("edge-0")
@@ -550,7 +560,15 @@ def test_an_edge_without_a_key_pins_the_registrys_on_first_miss_in_its_serving_l
     (edge_run / "edges").mkdir(parents=True)
     shutil.copytree(run_dir / "edges" / "edge-0", edge_run / "edges" / "edge-0")
     with BackgroundServer(create_cloud_app(registry)) as cloud_url:
-        toolbox = asyncio.run(edge_toolbox(edge_run, 0, cloud_url, token))
+
+        async def untrusting():
+            tb = await edge_toolbox(edge_run, 0, cloud_url, token)
+            async with await _client(create_edge_app(tb, "edge-0")) as c:
+                return await gen(c, "bags", n=1)
+
+        r = asyncio.run(untrusting())
+        assert r.status_code == 502 and "--registry-key" in r.json()["error"]
+        toolbox = asyncio.run(edge_toolbox(edge_run, 0, cloud_url, token, trust_first_use=True))
         assert toolbox.store.public_key is None
         with BackgroundServer(create_edge_app(toolbox, "edge-0")) as edge_url, httpx.Client(base_url=edge_url) as c:
             r = c.post("/v1/generate", json={"task": "bags", "n": 1}, timeout=60)

@@ -3,14 +3,16 @@
 Edges that miss a task in their toolbox fetch its compact model from here, and must be able
 to tell a genuine model from a tampered one without trusting the network: every published
 version is signed with the registry's Ed25519 key over its manifest (which carries the
-weights' sha256), so the signature covers the weights. The catalogue is SQLite
+weights' sha256), so the signature covers the weights. The signature also covers a registry-wide
+publication counter and the issue time: an edge remembers the newest it has seen per task and
+refuses an older version offered later (a rollback). The catalogue is SQLite
 (``registry.db``): one row per (task, version), written after the model's files, so a row
 always points at a complete model. Bearer tokens are stored only as their sha256.
 
 Layout under ``RUN/registry/``::
 
-    registry.db              models(task, version, sha256, bytes, parameters, created, signature)
-                             tokens(name, token_sha256, created)
+    registry.db              models(task, version, sha256, bytes, parameters, created, signature, counter)
+                             tokens(name, token_sha256, created, expires)
     registry.key / .pub      Ed25519 signing key (0600) and its public key (hex), for edges
     models/TASK/vN/          manifest.json + weights.safetensors of each published version
 """
@@ -39,11 +41,13 @@ from ..signing import canonical, load_or_create_key, public_bytes, sign
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     task TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL, bytes INTEGER NOT NULL,
-    parameters INTEGER NOT NULL, created REAL NOT NULL, signature TEXT NOT NULL,
+    parameters INTEGER NOT NULL, created REAL NOT NULL, signature TEXT NOT NULL, counter INTEGER,
     PRIMARY KEY (task, version));
 CREATE TABLE IF NOT EXISTS tokens (
-    name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE, created REAL NOT NULL);
+    name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE, created REAL NOT NULL, expires REAL);
 """
+# columns added since the first schema: (table, column, type); older catalogues gain them on open
+ADDED = (("models", "counter", "INTEGER"), ("tokens", "expires", "REAL"))
 
 
 class RegistryError(BaimError):
@@ -59,17 +63,31 @@ class Entry:
     sha256: str
     bytes: int
     parameters: int
-    created: float
-    signature: str  # hex Ed25519 signature of signed_payload(task, version, manifest)
+    created: float  # the issue time, signed
+    signature: str  # hex Ed25519 signature of signed_payload(task, version, manifest, counter, created)
+    counter: int  # registry-wide publication counter, signed: later publications have larger ones
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def signed_payload(task: str, version: int, manifest: dict[str, Any]) -> bytes:
+def signed_payload(task: str, version: int, manifest: dict[str, Any], counter: int, issued: float) -> bytes:
     """What the registry signs for one version: binding task and version stops a valid model
-    of one task (or an old version) being passed off as another."""
-    return canonical({"task": task, "version": version, "manifest": manifest})
+    of one task (or an old version) being passed off as another; the counter and issue time
+    let an edge tell an older publication from a newer one."""
+    return canonical({"task": task, "version": version, "manifest": manifest, "counter": counter, "issued": issued})
+
+
+@dataclass(frozen=True)
+class Token:
+    """A client's token as the registry lists it (never the token itself)."""
+
+    name: str
+    created: float
+    expires: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def token_hash(token: str) -> str:
@@ -87,6 +105,30 @@ class Registry:
             write_text(pub, self.public_key.hex() + "\n")
         with self._db() as db:
             db.executescript(SCHEMA)
+            for table, column, kind in ADDED:
+                if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        self._sign_uncounted()
+
+    def _sign_uncounted(self) -> None:
+        """Versions published before signatures carried a counter: counted in publication order
+        and signed again, so every entry an edge sees is comparable."""
+        with open(self.root / ".publish.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            with self._db() as db:
+                rows = db.execute("SELECT task, version, created FROM models WHERE counter IS NULL ORDER BY created")
+                for task, version, created in rows.fetchall():
+                    counter = self._next_counter(db)
+                    manifest = json.loads((self.model_dir(task, version) / MANIFEST).read_text())
+                    signature = sign(self.key, signed_payload(task, version, manifest, counter, created)).hex()
+                    db.execute(
+                        "UPDATE models SET counter = ?, signature = ? WHERE task = ? AND version = ?",
+                        (counter, signature, task, version),
+                    )
+
+    @staticmethod
+    def _next_counter(db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT COALESCE(MAX(counter), 0) FROM models").fetchone()[0]) + 1
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
@@ -130,17 +172,19 @@ class Registry:
             shutil.rmtree(out)
         write_bytes(out / WEIGHTS, weights)
         write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-        entry = Entry(
-            task=task,
-            version=version,
-            sha256=manifest["weights_sha256"],
-            bytes=len(weights),
-            parameters=model.num_parameters(),  # type: ignore[operator]
-            created=time.time(),
-            signature=sign(self.key, signed_payload(task, version, manifest)).hex(),
-        )
         with self._db() as db:
-            db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", tuple(asdict(entry).values()))
+            counter, issued = self._next_counter(db), time.time()
+            entry = Entry(
+                task=task,
+                version=version,
+                sha256=manifest["weights_sha256"],
+                bytes=len(weights),
+                parameters=model.num_parameters(),  # type: ignore[operator]
+                created=issued,
+                signature=sign(self.key, signed_payload(task, version, manifest, counter, issued)).hex(),
+                counter=counter,
+            )
+            db.execute("INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?)", tuple(asdict(entry).values()))
         return entry
 
     def publish_run(self, run_dir: str | Path) -> list[Entry]:
@@ -156,7 +200,8 @@ class Registry:
 
     def _entries(self, where: str = "", args: tuple = ()) -> list[Entry]:
         with self._db() as db:
-            rows = db.execute(f"SELECT * FROM models {where} ORDER BY task, version", args).fetchall()
+            columns = "task, version, sha256, bytes, parameters, created, signature, counter"
+            rows = db.execute(f"SELECT {columns} FROM models {where} ORDER BY task, version", args).fetchall()
         return [Entry(*r) for r in rows]
 
     def entries(self) -> list[Entry]:
@@ -186,17 +231,37 @@ class Registry:
         return self.model_dir(entry.task, entry.version) / WEIGHTS
 
     # -- tokens ---------------------------------------------------------------------------
-    def issue_token(self, name: str) -> str:
-        """A new bearer token for client ``name`` (replacing its old one); only its hash is kept."""
+    def issue_token(self, name: str, expires_s: float | None = None) -> str:
+        """A new bearer token for client ``name`` (replacing its old one), valid for
+        ``expires_s`` seconds (None: until revoked); only its hash is kept."""
         if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"client name {name!r}: use 1-64 letters, digits, '-' or '_'")
+        if expires_s is not None and not expires_s > 0:
+            raise ConfigError(f"token lifetime {expires_s}: give a positive number of seconds (or none: no expiry)")
         token = "baim_" + secrets.token_urlsafe(32)
+        now = time.time()
+        expires = None if expires_s is None else now + expires_s
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?)", (name, token_hash(token), time.time()))
+            db.execute(
+                "INSERT OR REPLACE INTO tokens (name, token_sha256, created, expires) VALUES (?, ?, ?, ?)",
+                (name, token_hash(token), now, expires),
+            )
         return token
 
-    def client_of(self, token: str) -> str | None:
-        """The client a bearer token was issued to, or None."""
+    def tokens(self) -> list[Token]:
         with self._db() as db:
-            row = db.execute("SELECT name FROM tokens WHERE token_sha256 = ?", (token_hash(token),)).fetchone()
-        return None if row is None else str(row[0])
+            rows = db.execute("SELECT name, created, expires FROM tokens ORDER BY name").fetchall()
+        return [Token(str(n), float(c), None if e is None else float(e)) for n, c, e in rows]
+
+    def revoke_token(self, name: str) -> bool:
+        """Forget client ``name``'s token (its next request is refused); False if it had none."""
+        with self._db() as db:
+            return db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
+
+    def client_of(self, token: str) -> str | None:
+        """The client a bearer token was issued to, or None (unknown, revoked or expired)."""
+        with self._db() as db:
+            row = db.execute("SELECT name, expires FROM tokens WHERE token_sha256 = ?", (token_hash(token),)).fetchone()
+        if row is None or (row[1] is not None and row[1] <= time.time()):
+            return None
+        return str(row[0])

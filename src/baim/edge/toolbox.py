@@ -6,10 +6,14 @@ stored only after it is verified — the weights' sha256 against the manifest, t
 Ed25519 signature over (task, version, manifest), the manifest's kind and task — so a tampered
 or unsigned model never enters the toolbox and the version already held keeps being served.
 Entries are verified again when loaded (``load_model`` checks the hash and every tensor).
+Signatures carry the registry's publication counter and issue time; the toolbox remembers the
+newest it has accepted per task (``seen.json``, kept when a model is dropped) and refuses an
+older version offered later, so a network in the middle cannot roll an edge back.
 
 Layout under ``EDGE/toolbox/``::
 
     registry.pub            the registry's public key this toolbox trusts (pinned)
+    seen.json               per task: the newest version, counter and issue time accepted
     TASK/VERSION/           manifest.json + weights.safetensors + entry.json (written last)
 """
 
@@ -53,8 +57,28 @@ class Held:
         return f"{self.task}@{self.version}"
 
 
-def check_signed(task: str, version: int, manifest: Any, weights: bytes, signature: str, public_key: bytes) -> None:
+@dataclass(frozen=True)
+class Signed:
+    """What the registry signed for one version besides its manifest."""
+
+    version: int
+    counter: int
+    issued: float
+    signature: str
+
+    @classmethod
+    def of(cls, entry: Any) -> Signed:
+        """From a registry entry or a stored ``entry.json``; a missing field fails the signature."""
+        try:
+            issued = entry["issued"] if "issued" in entry else entry["created"]  # the registry calls it created
+            return cls(int(entry["version"]), int(entry["counter"]), float(issued), str(entry["signature"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ToolboxError(f"a registry entry without its signed version, counter and issue time: {exc}") from exc
+
+
+def check_signed(task: str, signed: Signed, manifest: Any, weights: bytes, public_key: bytes) -> None:
     """Refuse a fetched model unless it is exactly what the registry signed for ``task``."""
+    version = signed.version
     if not isinstance(manifest, dict):
         raise ToolboxError(f"{task}@{version}: the manifest is not a JSON object")
     if manifest.get("kind") != "compact" or manifest.get("task") != task:
@@ -69,10 +93,11 @@ def check_signed(task: str, version: int, manifest: Any, weights: bytes, signatu
             f"{str(manifest.get('weights_sha256'))[:12]}…; the weights were altered in transit or at rest"
         )
     try:
-        sig = bytes.fromhex(signature)
+        sig = bytes.fromhex(signed.signature)
     except (TypeError, ValueError):
         sig = b""
-    payload = canonical({"task": task, "version": version, "manifest": manifest})
+    fields = {"counter": signed.counter, "issued": signed.issued}
+    payload = canonical({"task": task, "version": version, "manifest": manifest, **fields})
     if not verify(public_key, payload, sig):
         raise ToolboxError(
             f"{task}@{version}: the registry's signature does not verify with the pinned public key "
@@ -123,17 +148,35 @@ class ToolboxStore:
         write_json(dest / "entry.json", {"task": task, "version": OWN, "source": str(folder)})
         return self._held(dest)
 
-    def add_fetched(self, task: str, version: int, manifest: Any, weights: bytes, signature: str) -> Held:
-        """Verify and store a model fetched from the registry; refused models leave no trace."""
+    def seen(self) -> dict[str, Any]:
+        """Per task, the newest signed version this toolbox has accepted."""
+        path = self.root / "seen.json"
+        try:
+            return dict(json.loads(path.read_text())) if path.is_file() else {}
+        except (OSError, ValueError) as exc:
+            raise ToolboxError(f"{path}: unreadable ({exc}); it guards against rollbacks, restore it") from exc
+
+    def add_fetched(self, task: str, signed: Signed, manifest: Any, weights: bytes) -> Held:
+        """Verify and store a model fetched from the registry; refused models leave no trace.
+        A version older than one accepted before (by counter or version) is a rollback."""
         if self.public_key is None:
             raise ToolboxError("this toolbox has no registry public key pinned; it cannot verify fetched models")
-        check_signed(task, version, manifest, weights, signature, self.public_key)
-        dest = self._folder(task, str(version))
+        check_signed(task, signed, manifest, weights, self.public_key)
+        seen = self.seen()
+        newest = seen.get(task)
+        if newest is not None and (signed.counter < newest["counter"] or signed.version < newest["version"]):
+            raise ToolboxError(
+                f"{task}@{signed.version}: older than {task}@{newest['version']} (publication {newest['counter']}) "
+                "which this edge accepted before; refused as a rollback"
+            )
+        dest = self._folder(task, str(signed.version))
         if dest.exists():
             shutil.rmtree(dest)
         write_bytes(dest / WEIGHTS, weights)
         write_bytes(dest / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
-        write_json(dest / "entry.json", {"task": task, "version": version, "signature": signature})
+        record = {"version": signed.version, "counter": signed.counter, "issued": signed.issued}
+        write_json(dest / "entry.json", {"task": task, **record, "signature": signed.signature})
+        write_json(self.root / "seen.json", {**seen, task: record})
         return self._held(dest)
 
     def _held(self, folder: Path) -> Held:
@@ -170,5 +213,5 @@ class ToolboxStore:
             entry = json.loads((held.folder / "entry.json").read_text())
             manifest = json.loads((held.folder / MANIFEST).read_text())
             weights = (held.folder / WEIGHTS).read_bytes()
-            check_signed(held.task, int(held.version), manifest, weights, entry.get("signature", ""), self.public_key)
+            check_signed(held.task, Signed.of(entry), manifest, weights, self.public_key)
         return load_model(held.folder, "compact")

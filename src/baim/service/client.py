@@ -1,13 +1,16 @@
 """The registry's HTTP client, used by edge toolboxes on a miss and by ``baim pull``.
 
 Network failures become :class:`RegistryUnavailable` (the edge turns it into a 503 that says
-the cloud is down), a refused token :class:`RegistryRefused`, an unknown task
-:class:`UnknownTask` carrying the tasks the registry does know.
+the cloud is down), a refused token :class:`CredentialRefused` (a 503 that says the edge's
+credential was refused: the operator's problem, not the model's), an unknown task
+:class:`UnknownTask` carrying the tasks the registry does know. A token given as a file is read
+again whenever the file changes, so a rotated token needs no restart.
 """
 
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +27,11 @@ class RegistryUnavailable(BaimError):
 
 
 class RegistryRefused(BaimError):
-    """The registry refused the request (token missing or not valid, bad request)."""
+    """The registry refused the request (bad request, or an answer that is not usable)."""
+
+
+class CredentialRefused(RegistryRefused):
+    """The registry refused this client's token (401): missing, revoked, expired or wrong."""
 
 
 class UnknownTask(BaimError):
@@ -39,15 +46,18 @@ class RegistryClient:
     def __init__(
         self,
         url: str,
-        token: str,
+        token: str | Path,
         ca_file: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
+        """``token``: the token, or a file holding it (read again whenever it changes)."""
         self.url = url.rstrip("/")
+        self._token_file = token if isinstance(token, Path) else None
+        self._token_stamp: tuple[int, int] | None = None
+        self._token = "" if isinstance(token, Path) else token
         self._client = httpx.AsyncClient(
             base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
             verify=ssl.create_default_context(cafile=ca_file) if ca_file else True,
             timeout=timeout,
             transport=transport,
@@ -56,18 +66,35 @@ class RegistryClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def _auth(self) -> dict[str, str]:
+        """The Authorization header, from the token file as it is now (one stat per request)."""
+        if self._token_file is not None:
+            try:
+                st = self._token_file.stat()
+                stamp = (st.st_mtime_ns, st.st_size)
+                if stamp != self._token_stamp:
+                    self._token, self._token_stamp = self._token_file.read_text().strip(), stamp
+            except OSError as exc:
+                raise CredentialRefused(f"{self._token_file}: cannot read this edge's token file ({exc})") from exc
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def _refused(self) -> CredentialRefused:
+        where = f" (from {self._token_file}, read again when it changes)" if self._token_file else ""
+        return CredentialRefused(
+            f"cloud registry at {self.url} refused this client's token{where}: it is missing, revoked, expired "
+            "or wrong (401); issue a new one with `baim serve token --run RUN --name NAME`"
+        )
+
     async def _get(self, path: str, **kw: Any) -> httpx.Response:
+        headers = self._auth()
         try:
-            resp = await self._client.get(path, **kw)
+            resp = await self._client.get(path, headers=headers, **kw)
         except httpx.HTTPError as exc:
             raise RegistryUnavailable(
                 f"cloud registry at {self.url} is unreachable: {type(exc).__name__}: {exc}"
             ) from exc
         if resp.status_code == 401:
-            raise RegistryRefused(
-                f"cloud registry at {self.url} refused the token (401); issue one with "
-                "`baim serve token --run RUN --name NAME`"
-            )
+            raise self._refused()
         if resp.status_code >= 500:
             raise RegistryUnavailable(f"cloud registry at {self.url} answered {resp.status_code}: {resp.text[:200]}")
         return resp
@@ -108,7 +135,9 @@ class RegistryClient:
         limit = size if 0 < size <= MAX_WEIGHTS_BYTES else MAX_WEIGHTS_BYTES
         path = f"/v1/models/{quote(task, safe='')}/weights"
         try:
-            async with self._client.stream("GET", path, params={"version": version}) as resp:
+            async with self._client.stream("GET", path, params={"version": version}, headers=self._auth()) as resp:
+                if resp.status_code == 401:
+                    raise self._refused()
                 if resp.status_code != 200:
                     raise RegistryRefused(f"cloud registry answered {resp.status_code} for {task}@{version} weights")
                 etag = resp.headers.get("etag", "").strip('"')

@@ -1,6 +1,7 @@
 """``baim serve cloud``: the registry over HTTP.
 
-Every endpoint but ``/healthz`` needs a bearer token issued by ``baim serve token``. Weights
+Every endpoint but ``/healthz`` needs a bearer token issued by ``baim serve token`` (the index,
+``/docs`` and ``/openapi.json`` too: the API's shape is nobody else's business). Weights
 are served with their sha256 as a strong ETag, so a client can re-validate (If-None-Match →
 304) or resume an interrupted download (Range requests).
 """
@@ -8,7 +9,8 @@ are served with their sha256 as a strong ETag, so a client can re-validate (If-N
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from .. import __version__
 from ..cloud.registry import Registry
@@ -16,7 +18,7 @@ from .http import Metrics, error, install_common
 
 
 def create_cloud_app(registry: Registry) -> FastAPI:
-    app = FastAPI(title="baim cloud registry", version=__version__, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="baim cloud registry", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     metrics = Metrics("baim_registry")
     install_common(app, metrics)
     app.state.registry = registry
@@ -83,7 +85,15 @@ def create_cloud_app(registry: Registry) -> FastAPI:
         )
 
     @app.get("/", include_in_schema=False)
-    def index() -> JSONResponse:
+    def index(_: Client) -> JSONResponse:
         return JSONResponse({"service": "baim cloud registry", "version": __version__, "docs": "/docs"})
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_: Client) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(_: Client) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     return app

@@ -39,13 +39,29 @@ def _serve_edge(args: argparse.Namespace) -> None:
         args.tls_cert,
         args.tls_key,
         args.refresh_s,
+        args.toolbox_disk_mb,
+        args.trust_on_first_use,
+        args.user_tokens,
+        args.rate,
     )
 
 
 def _serve_token(args: argparse.Namespace) -> None:
+    from ..errors import ConfigError
     from .serve import open_registry
 
-    print(open_registry(args.run, publish=False).issue_token(args.name))
+    registry = open_registry(args.run, publish=False)
+    if args.list:
+        print(json.dumps([t.to_dict() for t in registry.tokens()], indent=2))
+    elif args.revoke:
+        if not registry.revoke_token(args.revoke):
+            raise ConfigError(f"no token issued to {args.revoke!r}; `baim serve token --run RUN --list` shows them")
+        print(json.dumps({"revoked": args.revoke}))
+    elif args.name:
+        expires = None if args.expires_days is None else args.expires_days * 86400.0
+        print(registry.issue_token(args.name, expires))
+    else:
+        raise ConfigError("give --name NAME (issue), --list or --revoke NAME")
 
 
 def _serve_publish(args: argparse.Namespace) -> None:
@@ -66,7 +82,10 @@ def _serve_cert(args: argparse.Namespace) -> None:
 def _pull(args: argparse.Namespace) -> None:
     from .serve import pull
 
-    print(json.dumps(pull(args.cloud, args.token_file, args.task, args.out, args.ca_file, args.registry_key)))
+    got = pull(
+        args.cloud, args.token_file, args.task, args.out, args.ca_file, args.registry_key, args.trust_on_first_use
+    )
+    print(json.dumps(got))
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -101,7 +120,10 @@ def add_service_commands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
 
     p = ssub.add_parser("token", formatter_class=fmt, help="issue a bearer token for a client (printed once)")
     p.add_argument("--run", required=True)
-    p.add_argument("--name", required=True, help="client name (a new token replaces its old one)")
+    p.add_argument("--name", default=None, help="issue a token to this client (a new token replaces its old one)")
+    p.add_argument("--expires-days", type=float, default=None, help="the issued token expires after this many days")
+    p.add_argument("--list", action="store_true", help="list the clients with a token (names and dates, no tokens)")
+    p.add_argument("--revoke", default=None, metavar="NAME", help="revoke this client's token")
     p.set_defaults(func=_serve_token)
 
     p = ssub.add_parser(
@@ -126,6 +148,22 @@ def add_service_commands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8701)
     p.add_argument("--toolbox-mb", type=float, default=256.0, help="memory budget of loaded models (MiB)")
+    p.add_argument(
+        "--toolbox-disk-mb", type=float, default=1024.0, help="disk budget of fetched models (MiB; LRU removed first)"
+    )
+    p.add_argument(
+        "--user-tokens",
+        default=None,
+        help="file of user tokens (one a line, read again when it changes): only their holders may generate, "
+        "reconstruct or list tasks; default: anyone may",
+    )
+    p.add_argument("--rate", type=float, default=20.0, help="requests per second per client (bursts of twice that)")
+    p.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="without --registry-key, trust and pin the key the registry presents on the first miss (an impostor "
+        "reached first would be pinned)",
+    )
     p.add_argument("--ca-file", default=None, help="CA certificate to trust for an HTTPS registry")
     p.add_argument(
         "--refresh-s",
@@ -138,7 +176,7 @@ def add_service_commands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "--registry-key",
         default=None,
         help="file with the registry's public key (hex; RUN/registry/registry.pub on the cloud); default: the "
-        "run's own registry if present, else the key pinned in the toolbox, else trusted on first use",
+        "run's own registry if present, else the key pinned in the toolbox, else misses are refused",
     )
     tls(p)
     p.set_defaults(func=_serve_edge)
@@ -158,6 +196,9 @@ def add_service_commands(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     p.add_argument("--out", required=True, help="folder for the model (manifest.json + weights.safetensors)")
     p.add_argument("--ca-file", default=None, help="CA certificate to trust for an HTTPS registry")
     p.add_argument("--registry-key", default=None, help="file with the registry's public key (hex) to verify against")
+    p.add_argument(
+        "--trust-on-first-use", action="store_true", help="without --registry-key, trust the key the registry presents"
+    )
     p.set_defaults(func=_pull)
 
     p = sub.add_parser("generate", formatter_class=fmt, help="generate images with a saved compact model")

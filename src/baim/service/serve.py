@@ -24,7 +24,8 @@ import uvicorn
 
 from ..atomic import write_bytes
 from ..cloud.registry import Registry
-from ..edge.toolbox import ToolboxStore
+from ..data import to_uint8
+from ..edge.toolbox import Signed, ToolboxStore
 from ..errors import ConfigError
 from ..figures import image_grid, save_png
 from ..models.baim import BAIM
@@ -33,7 +34,7 @@ from ..models.io import MANIFEST, WEIGHTS, is_saved, load_model
 from ..signing import SigningError, public_from_hex
 from .client import RegistryClient
 from .cloud_app import create_cloud_app
-from .edge_app import create_edge_app, to_uint8
+from .edge_app import create_edge_app, token_hash
 from .http import server_config
 from .toolbox import Toolbox
 
@@ -81,19 +82,45 @@ def own_model(edge_dir: Path) -> Path | None:
     return None
 
 
+def user_tokens(path: str | Path) -> Any:
+    """The sha256 of the user tokens in ``path`` (one a line), read again when the file changes."""
+    path = Path(path)
+    state: dict[str, Any] = {"stamp": None, "hashes": frozenset()}
+
+    def current() -> frozenset[str]:
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if stamp != state["stamp"]:
+                lines = (line.strip() for line in path.read_text().splitlines())
+                state["hashes"], state["stamp"] = frozenset(token_hash(t) for t in lines if t), stamp
+        except OSError:
+            state["hashes"], state["stamp"] = frozenset(), None  # no file, no user: refuse all, not none
+        return state["hashes"]
+
+    if not current():
+        raise ConfigError(
+            f"{path}: no user tokens in it (one a line); write at least one, e.g. from `openssl rand -hex 32`"
+        )
+    return current
+
+
 async def edge_toolbox(
     run_dir: str | Path,
     edge: int,
     cloud: str | None,
-    token: str | None,
+    token: str | Path | None,
     budget_mb: float = 256.0,
     ca_file: str | None = None,
     key_file: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    disk_budget_mb: float = 1024.0,
+    trust_first_use: bool = False,
 ) -> Toolbox:
-    """Edge ``edge``'s toolbox, seeded with its own model. No network here: without a
-    registry key (given, the run's own, or pinned before) the toolbox pins the registry's key
-    on its first miss, so an edge starts and serves its own model while the cloud is down."""
+    """Edge ``edge``'s toolbox, seeded with its own model. No network here. ``token``: the
+    registry token, or its file (read again when it changes). Without a registry key (given,
+    the run's own, or pinned before) a miss is refused, unless ``trust_first_use``: then the
+    toolbox pins the key the registry presents on its first miss."""
     run_dir = Path(run_dir)
     edge_dir = run_dir / "edges" / f"edge-{edge}"
     if not edge_dir.is_dir():
@@ -104,13 +131,18 @@ async def edge_toolbox(
     if store.public_key is None and client is not None:
         print(
             f"baim: no registry key given; the key the registry presents on the first miss will be trusted and "
-            f"pinned in {store.root}/registry.pub (pass --registry-key to check it instead)",
+            f"pinned in {store.root}/registry.pub (pass --registry-key to check it instead)"
+            if trust_first_use
+            else "baim: no registry key given; misses are refused until you pass --registry-key (or "
+            "--trust-on-first-use)",
             file=sys.stderr,
         )
     own = own_model(edge_dir)
     if own is not None:  # the newest of the edge's own models (a later personalisation replaces it)
         store.add_own(own, json.loads((own / MANIFEST).read_text()).get("task"))
-    return Toolbox(store, client, int(budget_mb * (1 << 20)))
+    return Toolbox(
+        store, client, int(budget_mb * (1 << 20)), int(disk_budget_mb * (1 << 20)), trust_first_use=trust_first_use
+    )
 
 
 def serve_cloud(run_dir: str, host: str, port: int, tls_cert: str | None, tls_key: str | None) -> None:
@@ -135,12 +167,33 @@ def serve_edge(
     tls_cert: str | None,
     tls_key: str | None,
     refresh_s: float = 0.0,
+    disk_budget_mb: float = 1024.0,
+    trust_first_use: bool = False,
+    user_token_file: str | None = None,
+    rate_per_s: float = 20.0,
 ) -> None:
-    token = read_token(token_file) if token_file else None
-    if cloud and not token:
+    if token_file:
+        read_token(token_file)  # readable and not empty now; read again by the client when it changes
+    elif cloud:
         raise ConfigError("--cloud needs --token-file (issue a token with `baim serve token --run RUN --name NAME`)")
-    toolbox = asyncio.run(edge_toolbox(run_dir, edge, cloud, token, budget_mb, ca_file, key_file))
-    app = create_edge_app(toolbox, f"edge-{edge}", refresh_s=refresh_s)
+    token = Path(token_file) if token_file else None
+    toolbox = asyncio.run(
+        edge_toolbox(
+            run_dir,
+            edge,
+            cloud,
+            token,
+            budget_mb,
+            ca_file,
+            key_file,
+            disk_budget_mb=disk_budget_mb,
+            trust_first_use=trust_first_use,
+        )
+    )
+    users = user_tokens(user_token_file) if user_token_file else None
+    app = create_edge_app(
+        toolbox, f"edge-{edge}", refresh_s=refresh_s, user_tokens=users, rate_per_s=rate_per_s, burst=2 * rate_per_s
+    )
     held = ", ".join(h.label for h in toolbox.store.held()) or "(empty)"
     scheme = "https" if tls_cert else "http"
     print(f"baim edge-{edge}: toolbox {held}; page at {scheme}://{host}:{port}/")
@@ -148,12 +201,17 @@ def serve_edge(
 
 
 async def _fetch_verified(
-    cloud: str, token: str, task: str, scratch: Path, ca_file: str | None, key_file: str | None
+    cloud: str, token: str, task: str, scratch: Path, ca_file: str | None, key_file: str | None, trust_first_use: bool
 ) -> dict:
     client = RegistryClient(cloud, token, ca_file)
     try:
         key = registry_key(None, key_file)
         if key is None:
+            if not trust_first_use:
+                raise ConfigError(
+                    "no registry key to verify the model with: pass --registry-key (RUN/registry/registry.pub on "
+                    "the cloud), or --trust-on-first-use to trust the key the registry presents"
+                )
             key = await client.public_key()
             print(
                 f"baim: trusting the key the registry presents ({key.hex()[:16]}…); pass --registry-key "
@@ -168,18 +226,27 @@ async def _fetch_verified(
         )
     finally:
         await client.aclose()
-    held = ToolboxStore(scratch / "toolbox", key).add_fetched(
-        task, version, manifest, weights, str(entry.get("signature", ""))
-    )
+    held = ToolboxStore(scratch / "toolbox", key).add_fetched(task, Signed.of(entry), manifest, weights)
     model = scratch / "model"
     write_bytes(model / WEIGHTS, (held.folder / WEIGHTS).read_bytes())
-    write_bytes(model / "signature.json", json.dumps({k: entry[k] for k in ("task", "version", "signature")}).encode())
+    write_bytes(
+        model / "signature.json",
+        json.dumps({k: entry[k] for k in ("task", "version", "counter", "created", "signature")}).encode(),
+    )
     write_bytes(model / MANIFEST, (held.folder / MANIFEST).read_bytes())
     load_model(model, "compact")  # verified once more, as a user would load it
     return {"task": task, "version": version, "bytes": len(weights), "registry_key": key.hex()}
 
 
-def pull(cloud: str, token_file: str, task: str, out: str, ca_file: str | None, key_file: str | None) -> dict:
+def pull(
+    cloud: str,
+    token_file: str,
+    task: str,
+    out: str,
+    ca_file: str | None,
+    key_file: str | None,
+    trust_first_use: bool = False,
+) -> dict:
     """Fetch a task's compact model from the registry into ``out``, verified like a toolbox
     fetch (for a user who runs the model on their own machine). Everything happens in a
     scratch folder beside ``out`` that is renamed onto it once verified: a failed pull leaves
@@ -191,7 +258,7 @@ def pull(cloud: str, token_file: str, task: str, out: str, ca_file: str | None, 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.pull-", dir=out_path.parent))
     try:
-        result = asyncio.run(_fetch_verified(cloud, token, task, scratch, ca_file, key_file))
+        result = asyncio.run(_fetch_verified(cloud, token, task, scratch, ca_file, key_file, trust_first_use))
         if out_path.is_dir():
             out_path.rmdir()  # empty (checked above)
         os.replace(scratch / "model", out_path)
