@@ -296,6 +296,8 @@ def test_cloud_down_hits_still_served_and_misses_get_503(run_dir: Path, cloud):
             r = await gen(c, "trousers", n=1)
             assert r.status_code == 503
             assert "cannot be reached" in r.json()["error"] and r.json()["toolbox"] == ["bags", "tops"]
+            assert (await c.get("/v1/tasks")).json()["cloud"] == sorted(TASKS)  # the catalogue read 1 s ago
+            tb.catalogue = None  # once it is stale, the cloud's list is unknown
             assert (await c.get("/v1/tasks")).json() == {
                 "toolbox": ["bags", "tops"],
                 "cloud": None,

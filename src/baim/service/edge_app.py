@@ -28,6 +28,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field, field_validator
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..data import to_uint8
@@ -332,8 +333,7 @@ def create_edge_app(
         cloud: list[str] | None = None
         if toolbox.client is not None:
             try:
-                cloud = sorted(m["task"] for m in await toolbox.client.models())
-                toolbox.learn_catalogue(cloud)
+                cloud = sorted(await toolbox.cloud_tasks())
             except (RegistryUnavailable, RegistryRefused):
                 cloud = None
         return {"toolbox": held, "cloud": cloud, "tasks": sorted(set(held) | set(cloud or []))}
@@ -432,6 +432,8 @@ def create_edge_app(
                 fields, files = await read_uploads(request, MAX_UPLOAD_FILES, MAX_UPLOAD_BYTES)
             except UploadTooLarge as exc:
                 return error(413, str(exc))
+            except ClientDisconnect:  # or cut off by the body limit, which answers 413 itself
+                return error(400, "the request body ended early")
             except ValueError as exc:
                 return error(422, str(exc))
             try:

@@ -16,21 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .http import error
-
-
-class BodyTooLarge(HTTPException):
-    """Raised from inside ``receive``: an HTTPException, so the framework's body readers pass
-    it on (they turn other exceptions into a 400) and the error handlers answer 413."""
-
-    def __init__(self, limit: int):
-        detail = f"request body too large (more than {limit} bytes sent); the limit here is {limit} bytes"
-        super().__init__(413, detail, headers={"Connection": "close"})
 
 
 class BodyLimit:
@@ -50,28 +40,36 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             await self._refuse(send, limit, f"{declared.decode('latin-1')[:20]} bytes declared")
             return
-        received = 0
-        started = False
+        received, over, started = 0, False, False
 
         async def counted() -> Message:
-            nonlocal received
+            """The body as received; past the limit the request reads as if the client had
+            gone (what every body reader already handles), and nothing more is read."""
+            nonlocal received, over
+            if over:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    over = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def watched(message: Message) -> None:
             nonlocal started
+            if over and not started:
+                return  # the app's answer to a truncated body is replaced by the 413 below
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted, watched)
-        except BodyTooLarge:
-            if not started:
-                await self._refuse(send, limit, f"more than {limit} bytes sent")
+        except Exception:
+            if not over or started:
+                raise
+        if over and not started:
+            await self._refuse(send, limit, f"more than {limit} bytes sent")
 
     @staticmethod
     async def _refuse(send: Send, limit: int, what: str) -> None:
@@ -85,8 +83,7 @@ async def _no_receive() -> Message:  # a refused request's body is never read
 
 
 def install_body_limit(app: Any, limit_for: Callable[[str], int]) -> None:
-    """Outermost: the body is counted before any other middleware or handler reads it, and a
-    handler's ``BodyTooLarge`` cannot be turned into a 500 by the error handlers."""
+    """Outermost: the body is counted before any other middleware or handler reads it."""
     app.add_middleware(BodyLimit, limit_for=limit_for)
 
 

@@ -76,7 +76,7 @@ class Toolbox:
         budget_bytes: int,
         disk_budget_bytes: int = 1 << 30,
         trust_first_use: bool = False,
-        catalogue_ttl_s: float = 60.0,
+        catalogue_ttl_s: float = 30.0,
     ):
         self.store, self.client, self.budget = store, client, int(budget_bytes)
         self.disk_budget, self.trust_first_use, self.catalogue_ttl_s = (
@@ -89,6 +89,7 @@ class Toolbox:
         # one lock per task in use (bring, refresh and drop never interleave), counted users
         self.locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self.catalogue: tuple[float, frozenset[str]] | None = None  # (when, the cloud's tasks)
+        self._listing: asyncio.Task[frozenset[str]] | None = None
         self.stats = Stats()
         self.last_error: OrderedDict[str, str] = OrderedDict()
 
@@ -115,14 +116,25 @@ class Toolbox:
         while len(self.last_error) > MAX_ERRORS:
             self.last_error.popitem(last=False)
 
-    def _known_absent(self, task: str) -> bool:
-        """Whether the cached catalogue (still fresh) says the cloud has no ``task``."""
-        if self.catalogue is None or time.monotonic() - self.catalogue[0] > self.catalogue_ttl_s:
-            return False
-        return task not in self.catalogue[1]
-
     def learn_catalogue(self, tasks: list[str]) -> None:
         self.catalogue = (time.monotonic(), frozenset(tasks))
+
+    async def cloud_tasks(self) -> frozenset[str]:
+        """The cloud's task list, cached for ``catalogue_ttl_s``; concurrent callers share one
+        lookup (a burst of new names asks the cloud once, not once per name)."""
+        assert self.client is not None
+        if self.catalogue is not None and time.monotonic() - self.catalogue[0] <= self.catalogue_ttl_s:
+            return self.catalogue[1]
+        if self._listing is None or self._listing.done():
+            self._listing = asyncio.create_task(self._list())
+            self._listing.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return await asyncio.shield(self._listing)
+
+    async def _list(self) -> frozenset[str]:
+        assert self.client is not None
+        self.learn_catalogue([str(m["task"]) for m in await self.client.models()])
+        assert self.catalogue is not None
+        return self.catalogue[1]
 
     async def get(self, task: str) -> tuple[Loaded, str]:
         """The model serving ``task`` and where it came from: ``"memory"``, ``"disk"`` or
@@ -194,10 +206,11 @@ class Toolbox:
     async def _fetch(self, task: str, newer_than: int = 0) -> Held:
         if self.client is None:
             raise RegistryUnavailable(f"task {task!r} is not in this edge's toolbox and no cloud registry is set")
-        if self._known_absent(task):
-            self.stats.unknown += 1
-            raise UnknownTask(task, sorted(self.catalogue[1]) if self.catalogue else [])
         t0 = time.perf_counter()
+        known = await self.cloud_tasks()
+        if task not in known:
+            self.stats.unknown += 1
+            raise UnknownTask(task, sorted(known))
         if self.store.public_key is None:
             if not self.trust_first_use:
                 raise ToolboxError(
@@ -210,7 +223,7 @@ class Toolbox:
             await asyncio.to_thread(self.store.pin, key)
         try:
             entry = await self.client.model(task)
-        except UnknownTask as exc:
+        except UnknownTask as exc:  # withdrawn since the catalogue was read
             self.stats.misses += 1
             self.learn_catalogue(exc.known)
             raise
@@ -227,8 +240,6 @@ class Toolbox:
             self.stats.refused += 1
             self._error(task, str(exc))
             raise
-        if self.catalogue is not None:
-            self.learn_catalogue([*self.catalogue[1], task])
         self.stats.fetches += 1
         self.stats.fetch_seconds += time.perf_counter() - t0
         await asyncio.to_thread(self._keep_disk_budget, held)
