@@ -1,8 +1,10 @@
 """The edge's web page in a real headless browser (Playwright driving Debian's chromium).
 
 A user opens the page, picks a task the edge does not hold, generates (a toolbox miss, then a
-hit), and uploads an image to see its reconstruction. The screenshot lands in
-``tests/artifacts/service_page.png`` (git-ignored) for a person to look at.
+hit from memory), and uploads an image to see its reconstruction; then the failures a user
+meets: an empty or out-of-range count, the network gone (the button comes back, the old grid
+does not stay under the error). The screenshot lands in ``tests/artifacts/service_page.png``
+(git-ignored) for a person to look at.
 """
 
 from __future__ import annotations
@@ -64,21 +66,40 @@ def test_page_generates_shows_hit_or_miss_and_reconstructs(run_dir: Path, tmp_pa
                 assert "toolbox miss" in status and "bags@1" in status and "seed 7" in status
                 width = page.eval_on_selector("#gen-image", "img => img.naturalWidth")
                 assert width > 8 * 32  # a grid of 24 images, 8 per row
-                page.click("#generate")
-                page.wait_for_function("document.querySelector('#gen-status').innerText.includes('toolbox hit')")
+                page.wait_for_function("document.querySelector('#task').innerText.includes('bags (in toolbox)')")
+                disabled = page.evaluate(
+                    "() => { const b = document.querySelector('#generate'); b.click(); return b.disabled; }"
+                )
+                assert disabled  # no second request while one is running
+                page.wait_for_function("document.querySelector('#gen-status').innerText.includes('from memory')")
+                assert not page.is_disabled("#generate")
                 page.select_option("#task", "tops")
                 page.set_input_files("#file", str(upload))
                 page.click("#reconstruct")
                 page.wait_for_selector("#rec-image:not([hidden])")
                 assert "MSE" in page.inner_text("#rec-status") and "tops@own" in page.inner_text("#rec-status")
                 page.wait_for_function("document.querySelector('#toolbox').innerText.includes('bags@1')")
-                assert "misses 1" in page.inner_text("#toolbox")
+                toolbox_text = page.inner_text("#toolbox")
+                assert "misses 1" in toolbox_text and "/ 256.0 MiB" in toolbox_text and "MB" not in toolbox_text
                 ARTIFACTS.mkdir(exist_ok=True)
                 shot = page.screenshot(path=str(ARTIFACTS / "service_page.png"), full_page=True)
                 assert Image.open(io.BytesIO(shot)).size[0] >= 1000
-                page.fill("#n", "999")
+                assert page.get_attribute("link[rel=icon]", "href").startswith("data:image/svg")
+                for bad in ("", "999"):
+                    page.fill("#n", bad)
+                    page.click("#generate")
+                    assert "whole number from 1 to 256" in page.inner_text("#gen-status")
+                    assert page.is_hidden("#gen-image")  # the previous grid is not left under the error
+                page.fill("#n", "4")
+                page.route("**/v1/generate", lambda route: route.abort())  # the edge is gone
                 page.click("#generate")
-                page.wait_for_function("document.querySelector('#gen-status').innerText.includes('422')")
-                assert "256" in page.inner_text("#gen-status")
+                page.wait_for_function("document.querySelector('#gen-status').innerText.includes('network error')")
+                assert not page.is_disabled("#generate") and page.is_hidden("#gen-image")
+                page.unroute("**/v1/generate")
+                page.evaluate("() => document.querySelector('#task').appendChild(new Option('shoes', 'shoes'))")
+                page.select_option("#task", "shoes")
+                page.click("#generate")
+                page.wait_for_function("document.querySelector('#gen-status').innerText.includes('404')")
+                assert page.is_hidden("#gen-image")
             finally:
                 browser.close()
