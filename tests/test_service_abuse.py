@@ -52,16 +52,20 @@ def _client(app, host: str = "127.0.0.1") -> httpx.AsyncClient:
 
 
 class Pulled:
-    """A lazy body: ``total`` bytes in 1 MiB chunks after ``head``, counting what the server took."""
+    """A lazy body: ``total`` bytes in 1 MiB chunks after ``head``, counting what the server
+    took; past ``cap`` the server has already failed the test, which ends there (an edge
+    without the limit would otherwise read, and hold, all of it)."""
 
-    def __init__(self, head: bytes, total: int):
-        self.head, self.total, self.sent = head, total, 0
+    def __init__(self, head: bytes, total: int, cap: int = 16 * MiB):
+        self.head, self.total, self.cap, self.sent = head, total, cap, 0
 
     async def __aiter__(self):
         yield self.head
         self.sent += len(self.head)
         chunk = b" " * MiB
         while self.sent < self.total:
+            if self.sent > self.cap:
+                raise AssertionError(f"the edge read {self.sent >> 20} MiB of a body past its limit")
             self.sent += len(chunk)
             yield chunk
 
