@@ -365,11 +365,11 @@ def create_edge_app(
             except ValueError:
                 return error(422, 'the JSON body must be {"task": "NAME"}')
             task = body.get("task") if isinstance(body, dict) else None
-        if not isinstance(task, str) or not is_task_name(task):
-            return error(
-                422, "task: a task name is 1-128 letters, digits, '_', '.' or '-', starting with one of the first two"
-            )
-        return await toolbox.refresh(task)
+        try:
+            name = _task_name(task if isinstance(task, str) else "")
+        except ValueError as exc:
+            return error(422, f"task: {exc}")
+        return await toolbox.refresh(name)
 
     @app.delete("/v1/toolbox/{task}")
     async def drop(request: Request, task: TaskPath) -> Any:
