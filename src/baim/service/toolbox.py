@@ -11,7 +11,7 @@ slower) or is a ``miss`` (fetched, verified, stored). The pains this avoids:
 - **head-of-line blocking**: flights are per task and the slow parts (download, verify, load)
   run off the event loop, so a miss for one task never delays another task's request;
 - **memory creep**: an evicted model is dropped from every table at once, so nothing keeps
-  its tensors alive (``benchmarks/service.py`` measures RSS over 100 evict/load cycles);
+  its tensors alive (``benchmarks/service.py`` measures RSS over evict/load cycles);
 - **lookups on behalf of strangers**: the cloud's task list is cached for ``catalogue_ttl_s``
   after a lookup, so requests for tasks it does not have are answered without the network
   (random names cost one lookup per interval, not one each), and per-task locks live only
