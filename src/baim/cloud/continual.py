@@ -6,7 +6,7 @@ its squad grows by one output, and every candidate connection that involves it i
 latent is larger than the shared one, the shared latent grows; existing adapters and gates
 ignore the new coordinates (zero weights), and existing priors treat them as N(0, 1).
 By default only the new parts and the gates train afterwards: :func:`add_learners` returns
-the names of those parameters for :func:`baim.models.train_baim`'s ``trainable``.
+the names of those parameters for :func:`baim.models.train_baim`'s ``only``.
 
 :func:`integrate` is the whole step the workflow and ``baim cloud add`` take: add, train what
 may train on the cloud's common data, refit the touched tasks' priors. By default the tasks no
@@ -173,8 +173,8 @@ def integrate(
         tasks,
         recipe.with_seed(seed),
         label="BAIM continual",
-        trainable=trainable,
-        trained=set(range(first_new, len(model.learners))),
+        only=trainable,
+        pretrained=set(range(first_new, len(model.learners))),
     )
     for l in range(first_new):
         if l not in was_frozen:

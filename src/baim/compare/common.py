@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import WorkflowError
 from ..learners import TIERS, StagedVAE, tier_spec, vae_loss
-from ..models import evaluate, generate
+from ..models import Loss, evaluate, fit, generate
 from ..models.evaluation import learner_prior
 from ..models.prior import LatentPrior
 from .measure import Meter, Wire
@@ -128,7 +128,7 @@ def quality(rows: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in QUALITY_KEYS}
 
 
-Extra = Callable[[StagedVAE, torch.Tensor, int], torch.Tensor]
+Extra = Callable[[StagedVAE, torch.Tensor], torch.Tensor]
 
 
 def train_vae(
@@ -142,36 +142,34 @@ def train_vae(
     recon_weight: float = 1.0,
     target: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.optim.Optimizer:
-    """The edges' recipe (Adam, lr × decay per epoch, MSE + β·KL, clipping, non-finite steps
-    skipped) for ``epochs`` epochs counted from ``first_epoch`` (the schedule's position).
-    ``extra(model, x, step)`` adds a term to each step's loss (distillation); ``target(x)`` is a
-    second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output)."""
-    gen = torch.Generator().manual_seed(recipe.seed + 7919 * first_epoch)
-    data = to_float(images)
-    opt = opt if opt is not None else torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    step = 0
-    for epoch in range(first_epoch, first_epoch + epochs):
-        for g in opt.param_groups:
-            g["lr"] = recipe.lr_at(epoch)
-        model.train()
-        perm = torch.randperm(len(data), generator=gen)
-        for i in range(0, len(perm), recipe.batch_size):
-            x = data[perm[i : i + recipe.batch_size]]
-            x_hat, mu, logvar = model(x)
-            loss, _, _ = vae_loss(x_hat, x, mu, logvar, recipe.kld_weight)
-            if target is not None:
-                loss = recon_weight * loss + (1 - recon_weight) * torch.nn.functional.mse_loss(x_hat, target(x))
-            if extra is not None:
-                loss = loss + extra(model, x, step)
-            step += 1
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                continue
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            opt.step()
-    model.eval()
-    return opt
+    """The edges' recipe through the one training loop (:func:`baim.models.fit`: Adam, lr ×
+    decay per epoch, MSE + β·KL, clipping, non-finite steps skipped and a diverged epoch
+    reported) for ``epochs`` epochs counted from ``first_epoch`` (the schedule's position).
+    ``extra(model, x)`` adds a term to each step's loss (distillation); ``target(x)`` is a
+    second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output).
+    Returns the optimizer, for a method that keeps its state across rounds."""
+
+    def objective(m: torch.nn.Module, batch: tuple[torch.Tensor, ...], step: int) -> Loss:
+        assert isinstance(m, StagedVAE)
+        x = batch[0]
+        x_hat, mu, logvar = m(x)
+        loss, _, _ = vae_loss(x_hat, x, mu, logvar, recipe.kld_weight)
+        if target is not None:
+            loss = recon_weight * loss + (1 - recon_weight) * torch.nn.functional.mse_loss(x_hat, target(x))
+        if extra is not None:
+            loss = loss + extra(m, x)
+        return Loss(loss, {"loss": loss})
+
+    return fit(
+        model,
+        (to_float(images),),
+        replace(recipe, epochs=epochs),
+        objective,
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(recipe.seed + 7919 * first_epoch),
+        first_epoch=first_epoch,
+        label=f"baseline ({model.spec.tier})",
+    ).optimizer
 
 
 def steps(n: int, batch: int) -> int:

@@ -159,7 +159,6 @@ def run_fd(ctx: Context) -> dict:
                     def extra(
                         model: StagedVAE,
                         x: torch.Tensor,
-                        step: int,
                         pub: Any = pub,
                         target: Any = target,
                         gen: Any = gen,
