@@ -3,7 +3,6 @@ for staged VAEs, and the workflow's like-for-like evaluation at the edges."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -16,10 +15,8 @@ from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import WorkflowError
 from ..learners import TIERS, StagedVAE, tier_spec, vae_loss
-from ..models import Loss, evaluate, fit, generate
-from ..models.evaluation import learner_prior
-from ..models.prior import LatentPrior
-from .measure import Meter, Wire
+from ..models import Loss, evaluate, fit
+from .measure import Wire
 
 FID_SAMPLING = "fitted"  # z from a Gaussian fitted to the model's posterior codes of its own training data
 QUALITY_KEYS = (
@@ -170,30 +167,3 @@ def train_vae(
         first_epoch=first_epoch,
         label=f"baseline ({model.spec.tier})",
     ).optimizer
-
-
-def steps(n: int, batch: int) -> int:
-    return math.ceil(n / batch)
-
-
-def generation_fn(model: StagedVAE, prior: LatentPrior | None, seed: int) -> Callable[[], torch.Tensor]:
-    """A 16-image generation from the fitted prior (what latency measures)."""
-    return lambda: generate(model, 16, seed, prior=prior)
-
-
-def fitted_prior(model: StagedVAE, images: np.ndarray, seed: int) -> LatentPrior:
-    return learner_prior(model, images, seed)
-
-
-def meter_fields(meter: Meter) -> dict[str, Any]:
-    """A method's compute columns: every side's CPU seconds and FLOPs (measurement excluded:
-    evaluation is never inside a side), and the per-phase breakdown."""
-    ecpu, eflops = meter.totals("edge")
-    ccpu, cflops = meter.totals("cloud")
-    return {
-        "edge_cpu_s": round(ecpu, 3),
-        "cloud_cpu_s": round(ccpu, 3),
-        "edge_flops": int(eflops),
-        "cloud_flops": int(cflops),
-        "meter": meter.to_dict(),
-    }
