@@ -256,7 +256,7 @@ def test_add_learners_keeps_old_outputs_and_trains_only_new_parts():
     assert model.lsgates[0].num_learners == 2
     xs, ts = _data(n=24)
     frozen_before = model.learners[0].image_head.weight.clone()
-    train_baim(model, xs, ts, Recipe(epochs=1, batch_size=8), trainable=trainable)
+    train_baim(model, xs, ts, Recipe(epochs=1, batch_size=8), only=trainable)
     assert torch.equal(frozen_before, model.learners[0].image_head.weight)
 
 

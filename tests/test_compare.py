@@ -162,3 +162,53 @@ def test_scale_check_of_a_run_against_itself(smoke):
     assert chk["cloud_storage_bytes"]["relative_error"] == 0
     assert chk["cloud_wall_s"]["relative_error"] == 0
     assert abs(chk["download_bytes"]["relative_error"]) < 0.5
+
+
+def test_method_row_derives_every_common_column_the_same_way():
+    from baim.compare.common import QUALITY_KEYS
+    from baim.compare.row import Compute, method_row
+
+    wire, meter = Wire(), Meter()
+    with meter.counting(), meter.edge():
+        torch.rand(8, 8) @ torch.rand(8, 8)
+    wire.up(0, Message("up", {}, {"x": torch.zeros(4)}), raw_data=4)
+    wire.down(1, Message("down"))
+    wire.up(1, Message("generate"), "inference")  # measurement traffic: not in the bytes
+    per_edge = [{"edge": e, "task": "a", **{k: float(e + 1) for k in QUALITY_KEYS}} for e in (0, 1)]
+    row = method_row(
+        "m",
+        "a method",
+        {"epochs": 1},
+        messages=wire.ledger.messages,
+        raw_data_bytes=wire.raw_data_bytes,
+        compute=meter,
+        storage=(10, 20),
+        latency_ms=[1.0, 2.0],
+        round_trips=0,
+        wall_s=1.234,
+        per_edge=per_edge,
+        rounds=[{"round": 1}],
+    ).to_dict()
+    b = ledger_totals(wire.ledger.messages)
+    assert not [k for k in REQUIRED if k not in row and k != "fid"]  # fid: the runner's choice of FID
+    assert (row["bytes_up"], row["bytes_down"], row["messages"]) == (b["up"], b["down"], 2)
+    assert row["edge_flops"] == 2 * 8**3 and row["cloud_flops"] == 0 and "meter" in row
+    assert row["latency_ms"] == 1.5 and row["wall_s"] == 1.23 and row["raw_data_bytes"] == 4
+    assert row["test_loss"] == 1.5 and row["fid_sampling"] == "fitted" and row["rounds"] == [{"round": 1}]
+    assert (row["edge_storage_bytes"], row["cloud_storage_bytes"]) == (10, 20)
+    given = method_row(
+        "m",
+        "",
+        {},
+        messages=[],
+        raw_data_bytes=0,
+        compute=Compute(1.0, 2.0, 3, 4),
+        storage=(0, 0),
+        latency_ms=1.0,
+        round_trips=1,
+        wall_s=0,
+        per_edge=per_edge,
+        fid_sampling="fitted (in the cloud)",
+    ).to_dict()
+    assert given["bytes_per_edge"] == {} and given["cloud_flops"] == 4 and "meter" not in given
+    assert given["fid_sampling"] == "fitted (in the cloud)"

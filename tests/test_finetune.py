@@ -33,7 +33,7 @@ def _finetune_curve(upload, recipe_name: str, epochs: int = 4) -> tuple[float, l
     model = fuse([learner], [0], ["trousers_bags"], "finetune", top_k=2, height=0, seed=0, screening_losses=[0.0])
     before = reconstruction_metrics(model, test)["test_loss"]
     cfg = replace(preset.cloud, epochs=epochs, batch_size=64).with_seed(0)
-    log = train_baim(model, cloud, np.zeros(len(cloud), dtype=np.int64), cfg, test_sets={0: test}, trained={0})
+    log = train_baim(model, cloud, np.zeros(len(cloud), dtype=np.int64), cfg, test_sets={0: test}, pretrained={0})
     return before, [row["test_loss"]["trousers_bags"] for row in log]
 
 

@@ -48,7 +48,7 @@ from ..data import DataSet, load_dataset, to_float
 from ..data.layout import Layout
 from ..errors import ConfigError
 from ..learners import weights_bytes
-from ..models import BAIM, Connection, LSGate, Projection, fit_priors, load_model
+from ..models import BAIM, Connection, Projection, fit_priors, load_model
 from .partition import closure, partition
 from .pipeline import common_data
 from .pruning import learner_usage
@@ -149,31 +149,8 @@ def _variant(compact: BAIM, squad: list[int], connections: list[str]) -> BAIM:
     work = copy.deepcopy(compact)
     for name in [n for n in work.conn_keys if n not in connections]:
         work.remove_connection(name)
-    positions = [p for p, l in enumerate(work.squad(0)) if l in squad]
-    work.lsgates[0] = _gate_rows(work, work.lsgate(0), positions)
-    work.gate_hidden = cast(torch.nn.Linear, work.lsgate(0).net[0]).out_features  # 1 where slimmed
-    for l in work.squad(0):
-        if l not in squad:
-            work.learner_tasks[l] = None  # out of the squad: kept only as a feeder, if read
+    work.cut_squad(squad)
     return work
-
-
-def _gate_rows(model: BAIM, gate: LSGate, positions: list[int]) -> LSGate:
-    """The LSGate over the squad positions ``positions`` only (its output rows selected).
-    With one selectable position left, a gate of hidden width 1 and zero weights: top-K
-    then picks that learner with weight 1, exactly what any gate would do."""
-    rows = torch.tensor(positions, dtype=torch.long)
-    active = gate.active[rows]
-    if int(active.sum()) == 1:
-        slim = LSGate(model.latent_dim, len(positions), 1)  # zero-initialised output and noise layers
-        slim.active.copy_(active)
-        return slim
-    smaller = LSGate(model.latent_dim, len(positions), model.gate_hidden)
-    state = gate.state_dict()
-    for key in ("net.2.weight", "net.2.bias", "noise.weight", "noise.bias", "active"):
-        state[key] = state[key][rows]
-    smaller.load_state_dict(state)
-    return smaller
 
 
 # -- selection by usage ---------------------------------------------------------------------------

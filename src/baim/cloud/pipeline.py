@@ -96,7 +96,7 @@ def train_strategy(
         label=f"BAIM {strategy}",
         prune_interval=preset.prune_interval,
         prune_ratio=preset.prune_ratio,
-        trained=set() if strategy == "scratch" else set(range(len(learners))),
+        pretrained=set() if strategy == "scratch" else set(range(len(learners))),
     )
     fit_priors(model, images, tasks, seed=seed)
     evals = evaluator(model, layout, ds, preset, fid_extractor, seed)

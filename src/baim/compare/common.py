@@ -3,9 +3,8 @@ for staged VAEs, and the workflow's like-for-like evaluation at the edges."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -16,10 +15,8 @@ from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import WorkflowError
 from ..learners import TIERS, StagedVAE, tier_spec, vae_loss
-from ..models import evaluate, generate
-from ..models.evaluation import learner_prior
-from ..models.prior import LatentPrior
-from .measure import Meter, Wire
+from ..models import Loss, evaluate, fit
+from .measure import Wire
 
 FID_SAMPLING = "fitted"  # z from a Gaussian fitted to the model's posterior codes of its own training data
 QUALITY_KEYS = (
@@ -128,7 +125,7 @@ def quality(rows: list[dict]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in QUALITY_KEYS}
 
 
-Extra = Callable[[StagedVAE, torch.Tensor, int], torch.Tensor]
+Extra = Callable[[StagedVAE, torch.Tensor], torch.Tensor]
 
 
 def train_vae(
@@ -142,60 +139,31 @@ def train_vae(
     recon_weight: float = 1.0,
     target: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.optim.Optimizer:
-    """The edges' recipe (Adam, lr × decay per epoch, MSE + β·KL, clipping, non-finite steps
-    skipped) for ``epochs`` epochs counted from ``first_epoch`` (the schedule's position).
-    ``extra(model, x, step)`` adds a term to each step's loss (distillation); ``target(x)`` is a
-    second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output)."""
-    gen = torch.Generator().manual_seed(recipe.seed + 7919 * first_epoch)
-    data = to_float(images)
-    opt = opt if opt is not None else torch.optim.Adam(model.parameters(), lr=recipe.lr)
-    step = 0
-    for epoch in range(first_epoch, first_epoch + epochs):
-        for g in opt.param_groups:
-            g["lr"] = recipe.lr_at(epoch)
-        model.train()
-        perm = torch.randperm(len(data), generator=gen)
-        for i in range(0, len(perm), recipe.batch_size):
-            x = data[perm[i : i + recipe.batch_size]]
-            x_hat, mu, logvar = model(x)
-            loss, _, _ = vae_loss(x_hat, x, mu, logvar, recipe.kld_weight)
-            if target is not None:
-                loss = recon_weight * loss + (1 - recon_weight) * torch.nn.functional.mse_loss(x_hat, target(x))
-            if extra is not None:
-                loss = loss + extra(model, x, step)
-            step += 1
-            opt.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                continue
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            opt.step()
-    model.eval()
-    return opt
+    """The edges' recipe through the one training loop (:func:`baim.models.fit`: Adam, lr ×
+    decay per epoch, MSE + β·KL, clipping, non-finite steps skipped and a diverged epoch
+    reported) for ``epochs`` epochs counted from ``first_epoch`` (the schedule's position).
+    ``extra(model, x)`` adds a term to each step's loss (distillation); ``target(x)`` is a
+    second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output).
+    Returns the optimizer, for a method that keeps its state across rounds."""
 
+    def objective(m: torch.nn.Module, batch: tuple[torch.Tensor, ...], step: int) -> Loss:
+        assert isinstance(m, StagedVAE)
+        x = batch[0]
+        x_hat, mu, logvar = m(x)
+        loss, _, _ = vae_loss(x_hat, x, mu, logvar, recipe.kld_weight)
+        if target is not None:
+            loss = recon_weight * loss + (1 - recon_weight) * torch.nn.functional.mse_loss(x_hat, target(x))
+        if extra is not None:
+            loss = loss + extra(m, x)
+        return Loss(loss, {"loss": loss})
 
-def steps(n: int, batch: int) -> int:
-    return math.ceil(n / batch)
-
-
-def generation_fn(model: StagedVAE, prior: LatentPrior | None, seed: int) -> Callable[[], torch.Tensor]:
-    """A 16-image generation from the fitted prior (what latency measures)."""
-    return lambda: generate(model, 16, seed, prior=prior)
-
-
-def fitted_prior(model: StagedVAE, images: np.ndarray, seed: int) -> LatentPrior:
-    return learner_prior(model, images, seed)
-
-
-def meter_fields(meter: Meter) -> dict[str, Any]:
-    """A method's compute columns: every side's CPU seconds and FLOPs (measurement excluded:
-    evaluation is never inside a side), and the per-phase breakdown."""
-    ecpu, eflops = meter.totals("edge")
-    ccpu, cflops = meter.totals("cloud")
-    return {
-        "edge_cpu_s": round(ecpu, 3),
-        "cloud_cpu_s": round(ccpu, 3),
-        "edge_flops": int(eflops),
-        "cloud_flops": int(cflops),
-        "meter": meter.to_dict(),
-    }
+    return fit(
+        model,
+        (to_float(images),),
+        replace(recipe, epochs=epochs),
+        objective,
+        optimizer=opt,
+        generator=torch.Generator().manual_seed(recipe.seed + 7919 * first_epoch),
+        first_epoch=first_epoch,
+        label=f"baseline ({model.spec.tier})",
+    ).optimizer

@@ -117,14 +117,6 @@ class Wire:
     def down(self, edge: int, msg: Message, phase: str = "training") -> Message:
         return self.send(edge, "down", msg, phase)
 
-    def totals(self, phases: tuple[str, ...] | None = None, edge: int | None = None) -> dict[str, int]:
-        rows = [
-            m
-            for m in self.ledger.messages
-            if (phases is None or m["phase"] in phases) and (edge is None or m["edge"] == edge)
-        ]
-        return {d: sum(m["bytes"] for m in rows if m["direction"] == d) for d in ("up", "down")}
-
 
 def ledger_totals(messages: list[dict], exclude: tuple[str, ...] = ("evaluation", "inference")) -> dict[str, Any]:
     """Bytes up/down over all edges and per edge, leaving out measurement traffic."""
@@ -154,7 +146,3 @@ def latency_ms(fn: Callable[[], Any], repeats: int = 7) -> float:
         fn()
         times.append((time.perf_counter() - t) * 1000)
     return round(statistics.median(times), 3)
-
-
-def tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()

@@ -47,15 +47,15 @@ def _run_method(name: str, ctx: Context, out: Path) -> dict:
     if name == "local":
         return bottom_up.run_local(ctx, out / "baim")
     if name == "central":
-        return central.run_central(ctx)
+        return central.run_central(ctx).to_dict()
     if name == "kd":
-        return central.run_kd(ctx)
+        return central.run_kd(ctx).to_dict()
     if name == "fedavg":
-        return federated.run_fedavg(ctx)
+        return federated.run_fedavg(ctx).to_dict()
     if name == "fd":
-        return federated.run_fd(ctx)
+        return federated.run_fd(ctx).to_dict()
     if name == "sl":
-        return split.run_sl(ctx)
+        return split.run_sl(ctx).to_dict()
     raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
 

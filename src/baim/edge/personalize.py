@@ -23,7 +23,7 @@ def personalize(compact: BAIM, images: np.ndarray, recipe: Recipe, test: np.ndar
         recipe,
         test_sets={0: test} if test is not None else None,
         label="personalise",
-        trained=set(range(len(compact.learners))),  # everything it holds was trained in the cloud
+        pretrained=set(range(len(compact.learners))),  # everything it holds was trained in the cloud
     )
     fit_priors(compact, images, tasks, seed=recipe.seed)
     return log

@@ -1,28 +1,33 @@
 """The model layer that cloud and edges share: the BAIM and its parts (gates, connections,
-latent priors), compact models (BAIMs of one task), one save/load, one training loop and
-one evaluation."""
+latent priors), compact models (BAIMs of one task), one save/load, one training loop (``fit``)
+and one evaluation."""
 
 from .baim import BAIM, BAIMConfig, BAIMOutput
 from .connections import Connection, Projection, candidate_connections
 from .evaluation import Evaluation, evaluate, fit_priors, generate, reconstruction_metrics, task_accuracy
+from .fit import Epoch, Fitted, Loss, Objective, fit, vae_objective
 from .gates import LSGate, TaskClassifier
 from .io import is_saved, load_model, model_from, save_model, to_parts
 from .prior import LatentPrior
-from .training import check_epoch, train_baim
+from .training import train_baim
 
 __all__ = [
     "BAIM",
     "BAIMConfig",
     "BAIMOutput",
     "Connection",
+    "Epoch",
     "Evaluation",
+    "Fitted",
+    "Loss",
+    "Objective",
     "LSGate",
     "LatentPrior",
     "Projection",
     "TaskClassifier",
     "candidate_connections",
-    "check_epoch",
     "evaluate",
+    "fit",
     "fit_priors",
     "generate",
     "is_saved",
@@ -33,4 +38,5 @@ __all__ = [
     "task_accuracy",
     "to_parts",
     "train_baim",
+    "vae_objective",
 ]

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import cast
 
 import torch
@@ -33,7 +34,7 @@ from torch import nn
 from ..errors import SpecError
 from ..learners import LearnerSpec, StagedVAE
 from .connections import Connection, Projection
-from .gates import LSGate, Routing, TaskClassifier
+from .gates import LSGate, Routing, TaskClassifier, grow_inputs
 from .prior import LatentPrior
 
 
@@ -52,7 +53,7 @@ class BAIMOutput:
         return (term * self.spoken).sum(dim=1)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BAIMConfig:
     """Everything needed to rebuild a BAIM (or compact model) before its weights are loaded.
 
@@ -60,19 +61,28 @@ class BAIMConfig:
     task kept in a compact model only because its stages feed the squad. ``trimmed`` records
     learners cut down to the stages something still reads; ``frozen`` learners keep their
     weights and normalisation statistics.
+
+    Immutable (sequences are stored as tuples): a BAIM holds its config and replaces it when
+    its structure changes, so the config never disagrees with the model.
     """
 
-    task_names: list[str]
-    learner_tasks: list[int | None]
-    learner_specs: list[LearnerSpec]
-    connections: list[Connection] = field(default_factory=list)
+    task_names: Sequence[str]
+    learner_tasks: Sequence[int | None]
+    learner_specs: Sequence[LearnerSpec]
+    connections: Sequence[Connection] = ()
     top_k: int = 2
     height: int = 3
     gate_hidden: int = 64
     latent_dim: int = 0  # 0: the largest learner latent
     has_tsgate: bool = True
-    frozen: list[int] = field(default_factory=list)
-    trimmed: dict[int, dict[str, int]] = field(default_factory=dict)
+    frozen: Sequence[int] = ()
+    trimmed: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("task_names", "learner_tasks", "learner_specs", "connections"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "frozen", tuple(sorted(self.frozen)))
+        object.__setattr__(self, "trimmed", {k: dict(v) for k, v in sorted(self.trimmed.items())})
 
     def to_dict(self) -> dict:
         return {
@@ -86,7 +96,7 @@ class BAIMConfig:
             "latent_dim": self.latent_dim,
             "has_tsgate": self.has_tsgate,
             "frozen": sorted(self.frozen),
-            "trimmed": {str(k): v for k, v in sorted(self.trimmed.items())},
+            "trimmed": {str(k): dict(v) for k, v in sorted(self.trimmed.items())},
         }
 
     @classmethod
@@ -160,10 +170,10 @@ class BAIMConfig:
             trimmed[lrn] = dict(v)
         return cls(
             task_names,
-            list(tasks),
+            tasks,
             specs,
             connections,
-            frozen=list(frozen),
+            frozen=frozen,
             trimmed=trimmed,
             has_tsgate=raw["has_tsgate"],
             **ints,
@@ -216,14 +226,20 @@ class BAIM(nn.Module):
         for s in (lrn.spec for lrn in learners):
             if (s.image_size, s.channels) != (first.image_size, first.channels):
                 raise ValueError("all learners of a BAIM must share image size and channels")
-        self.task_names = list(config.task_names)
-        self.learner_tasks = list(config.learner_tasks)
-        self.top_k, self.height, self.gate_hidden = config.top_k, config.height, config.gate_hidden
         self.image_size, self.channels = first.image_size, first.channels
         widest = max(lrn.spec.latent_dim for lrn in learners)
         if config.latent_dim and config.latent_dim < widest:
             raise ValueError(f"shared latent {config.latent_dim} is smaller than a learner's ({widest})")
-        self.latent_dim = config.latent_dim or widest  # a compact model keeps the BAIM's shared latent size
+        # the config as built so far; connections, trimming and freezing are added below
+        self._config = replace(
+            config,
+            learner_specs=[lrn.spec for lrn in learners],
+            latent_dim=config.latent_dim or widest,  # a compact model keeps the BAIM's shared latent size
+            connections=(),
+            frozen=(),
+            trimmed={},
+        )
+        self._conn_keys: dict[str, Connection] = {}
         self.learners = nn.ModuleList(learners)
         self.adapters = nn.ModuleList(self._truncation(lrn.spec.latent_dim) for lrn in learners)
         self.lsgates = nn.ModuleList(
@@ -234,11 +250,8 @@ class BAIM(nn.Module):
         )
         self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in self.task_names)
         self.connections = nn.ModuleDict()
-        self.conn_keys: dict[str, Connection] = {}
         for c in config.connections:
             self.add_connection(c)
-        self.frozen_learners: set[int] = set()
-        self.trimmed: dict[int, dict[str, int]] = {}  # learner -> {side: stages kept} after trimming
         for lrn, sides in config.trimmed.items():
             for side, keep in sides.items():
                 self.trim(lrn, side, keep)
@@ -264,27 +277,73 @@ class BAIM(nn.Module):
     @property
     def config(self) -> BAIMConfig:
         """The config of the model as it is now (after pruning, trimming, growth)."""
-        return BAIMConfig(
-            self.task_names,
-            self.learner_tasks,
-            [self.learner(l).spec for l in range(len(self.learners))],
-            list(self.conn_keys.values()),
-            self.top_k,
-            self.height,
-            self.gate_hidden,
-            self.latent_dim,
-            self.tsgate is not None,
-            sorted(self.frozen_learners),
-            {k: dict(v) for k, v in self.trimmed.items()},
-        )
+        return self._config
+
+    def _reconfigure(self, **changes: object) -> None:
+        self._config = replace(self._config, **changes)  # type: ignore[arg-type]
+
+    # read-through views of the config (copies: change the model through its methods)
+    @property
+    def task_names(self) -> list[str]:
+        return list(self._config.task_names)
+
+    @property
+    def learner_tasks(self) -> list[int | None]:
+        return list(self._config.learner_tasks)
+
+    @property
+    def top_k(self) -> int:
+        return self._config.top_k
+
+    @top_k.setter
+    def top_k(self, k: int) -> None:
+        """K may change after training (serving picks fewer learners)."""
+        if not 1 <= k <= MAX_LEARNERS:
+            raise ValueError(f"top_k must be in 1..{MAX_LEARNERS}, got {k}")
+        self._reconfigure(top_k=k)
+
+    @property
+    def height(self) -> int:
+        return self._config.height
+
+    @property
+    def gate_hidden(self) -> int:
+        return self._config.gate_hidden
+
+    @property
+    def latent_dim(self) -> int:
+        return self._config.latent_dim
+
+    @property
+    def conn_keys(self) -> Mapping[str, Connection]:
+        """Surviving connections by name, in the order they were added."""
+        return MappingProxyType(self._conn_keys)
+
+    @property
+    def frozen_learners(self) -> set[int]:
+        return set(self._config.frozen)
+
+    @property
+    def trimmed(self) -> dict[int, dict[str, int]]:
+        """Learner -> {side: stages kept}, for learners cut down by :meth:`trim`."""
+        return {k: dict(v) for k, v in self._config.trimmed.items()}
 
     def freeze(self, learners: Iterable[int]) -> None:
         """Fix these learners' weights and their normalisation statistics (``freeze`` strategy)."""
+        learners = list(learners)
+        self._reconfigure(frozen={*self._config.frozen, *learners})
         for lrn in learners:
-            self.frozen_learners.add(lrn)
             for p in self.learner(lrn).parameters():
                 p.requires_grad_(False)
             self.learner(lrn).eval()
+
+    def unfreeze(self, learners: Iterable[int]) -> None:
+        """Let these learners train again (their normalisation statistics follow the mode)."""
+        learners = set(learners)
+        self._reconfigure(frozen=set(self._config.frozen) - learners)
+        for lrn in learners:
+            for p in self.learner(lrn).parameters():
+                p.requires_grad_(True)
 
     # -- structure ------------------------------------------------------------------------
     def _truncation(self, d: int) -> nn.Linear:
@@ -306,7 +365,7 @@ class BAIM(nn.Module):
         return cast(LatentPrior, self.priors[task])
 
     def squad(self, task: int) -> list[int]:
-        return [l for l, t in enumerate(self.learner_tasks) if t == task]
+        return [l for l, t in enumerate(self._config.learner_tasks) if t == task]
 
     def stage_modules(self, side: str, learner: int) -> nn.ModuleList:
         lrn = self.learner(learner)
@@ -320,11 +379,13 @@ class BAIM(nn.Module):
         cin, sin = self.stage_shape(c.side, c.src, c.src_stage)
         cout, sout = self.stage_shape(c.side, c.dst, c.dst_stage)
         self.connections[c.name] = Projection(cin, sin, cout, sout)
-        self.conn_keys[c.name] = c
+        self._conn_keys[c.name] = c
+        self._reconfigure(connections=(*self._config.connections, c))
 
     def remove_connection(self, name: str) -> None:
         del self.connections[name]
-        del self.conn_keys[name]
+        del self._conn_keys[name]
+        self._reconfigure(connections=tuple(self._conn_keys.values()))
 
     def prune_connections(self, ratio: float) -> list[str]:
         """Delete ``floor(ratio × surviving)`` connections with the smallest |α|·‖P‖ (global
@@ -334,7 +395,9 @@ class BAIM(nn.Module):
         scored = sorted((cast(Projection, proj).score(), name) for name, proj in self.connections.items())
         victims = [name for _, name in scored[: math.floor(ratio * len(scored))]]
         for name in victims:
-            self.remove_connection(name)
+            del self.connections[name]
+            del self._conn_keys[name]
+        self._reconfigure(connections=tuple(self._conn_keys.values()))
         return victims
 
     def trim(self, learner: int, side: str, keep: int) -> None:
@@ -352,11 +415,69 @@ class BAIM(nn.Module):
             if keep == 0:
                 lrn.latent_in = None  # type: ignore[assignment]
                 self.adapters[learner] = nn.Identity()
-        self.trimmed.setdefault(learner, {})[side] = keep
+        trimmed = self.trimmed
+        trimmed.setdefault(learner, {})[side] = keep
+        self._reconfigure(trimmed=trimmed)
+
+    # -- growth and cuts: the only ways a BAIM's structure changes ---------------------------
+    def grow_latent(self, dim: int) -> None:
+        """Widen the shared latent to ``dim``: adapters and LSGates give the new coordinates
+        zero weight and the priors make them N(0, 1), so outputs for a z padded with zeros are
+        unchanged (a newcomer's latent is wider than the BAIM's)."""
+        if dim < self.latent_dim:
+            raise ValueError(f"the shared latent cannot shrink ({self.latent_dim} -> {dim})")
+        self.adapters = nn.ModuleList(grow_inputs(a, dim) if isinstance(a, nn.Linear) else a for a in self.adapters)
+        for t in range(len(self.lsgates)):
+            self.lsgate(t).grow_latent(dim)
+            self.prior(t).grow(dim)
+        self._reconfigure(latent_dim=dim)
+
+    def add_learner(self, learner: StagedVAE, task: str) -> int:
+        """Join ``learner`` (the module itself, not a copy) to the squad of ``task``, opening the
+        task if it is new (its LSGate, its prior, one more TSGate output). Its adapter starts as
+        truncation and its squad's LSGate gets one zero-initialised output, so the other squads
+        compute what they did; the shared latent grows first if the learner's is wider.
+        Connections are the caller's choice (:meth:`add_connection`). Returns its index."""
+        spec = learner.spec
+        if (spec.image_size, spec.channels) != (self.image_size, self.channels):
+            raise ValueError(f"learner image geometry {spec.image_size}/{spec.channels} does not match the BAIM's")
+        if spec.latent_dim > self.latent_dim:
+            self.grow_latent(spec.latent_dim)
+        new_task = task not in self._config.task_names
+        if new_task:
+            self._reconfigure(task_names=(*self._config.task_names, task))
+            self.lsgates.append(LSGate(self.latent_dim, 1, self.gate_hidden))
+            self.priors.append(LatentPrior(self.latent_dim))
+            if self.tsgate is not None:
+                self.tsgate.add_task()
+        t = self._config.task_names.index(task)
+        self.learners.append(learner)
+        self._reconfigure(
+            learner_tasks=(*self._config.learner_tasks, t),
+            learner_specs=(*self._config.learner_specs, spec),
+        )
+        self.adapters.append(self._truncation(spec.latent_dim))
+        if not new_task:
+            self.lsgate(t).add_learner()
+        return len(self.learners) - 1
+
+    def cut_squad(self, keep: Collection[int]) -> None:
+        """A compact model's squad cut to the learners ``keep``: the LSGate loses the other
+        outputs (slimmed to hidden width 1 when one selectable learner is left) and the others
+        leave the squad, staying only as feeders where a connection reads them; :func:`partition`
+        of the result drops what no longer runs. For budgeted compact models."""
+        if len(self._config.task_names) != 1:
+            raise ValueError("only a compact model (one task) has its squad cut")
+        squad = self.squad(0)
+        if not keep or not set(keep) <= set(squad):
+            raise ValueError(f"learners to keep {sorted(keep)} must be a non-empty part of the squad {squad}")
+        self.lsgates[0] = self.lsgate(0).select([p for p, l in enumerate(squad) if l in keep])
+        tasks = tuple(None if l in squad and l not in keep else t for l, t in enumerate(self._config.learner_tasks))
+        self._reconfigure(gate_hidden=self.lsgate(0).hidden, learner_tasks=tasks)
 
     def train(self, mode: bool = True) -> BAIM:
         super().train(mode)
-        for l in self.frozen_learners:  # frozen learners keep their normalisation statistics
+        for l in self._config.frozen:  # frozen learners keep their normalisation statistics
             self.learners[l].eval()
         return self
 
@@ -375,7 +496,7 @@ class BAIM(nn.Module):
         surviving connection reads them. Returns the mixed final output of each target, on
         its own rows (in increasing sample order).
         """
-        conns = [(name, c) for name, c in self.conn_keys.items() if c.side == side]
+        conns = [(name, c) for name, c in self._conn_keys.items() if c.side == side]
         into: dict[tuple[int, int], list[tuple[str, Connection]]] = {}
         for name, c in conns:
             into.setdefault((c.dst, c.dst_stage), []).append((name, c))

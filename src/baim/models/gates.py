@@ -15,6 +15,27 @@ import torch.nn.functional as F
 from torch import nn
 
 
+@torch.no_grad()
+def grow_inputs(lin: nn.Linear, new_in: int) -> nn.Linear:
+    """``lin`` reading ``new_in`` inputs; the new ones have zero weight, so outputs are unchanged."""
+    out = nn.Linear(new_in, lin.out_features)
+    out.weight.zero_()
+    out.weight[:, : lin.in_features] = lin.weight
+    out.bias.copy_(lin.bias)
+    return out
+
+
+@torch.no_grad()
+def grow_outputs(lin: nn.Linear, new_out: int) -> nn.Linear:
+    """``lin`` with ``new_out`` outputs; the new ones are zero (a fresh logit starts even)."""
+    out = nn.Linear(lin.in_features, new_out)
+    out.weight.zero_()
+    out.bias.zero_()
+    out.weight[: lin.out_features] = lin.weight
+    out.bias[: lin.out_features] = lin.bias
+    return out
+
+
 @dataclass
 class Routing:
     """Top-K choice for a batch routed to one squad."""
@@ -48,6 +69,40 @@ class LSGate(nn.Module):
     @property
     def num_learners(self) -> int:
         return int(self.active.numel())
+
+    @property
+    def hidden(self) -> int:
+        return cast(nn.Linear, self.net[0]).out_features
+
+    def grow_latent(self, dim: int) -> None:
+        """Read a wider latent; the new coordinates have zero weight (choices unchanged)."""
+        self.net[0] = grow_inputs(cast(nn.Linear, self.net[0]), dim)
+        self.noise = grow_inputs(self.noise, dim)
+
+    def add_learner(self) -> None:
+        """One more output, zero-initialised and selectable (a learner joined the squad)."""
+        n = self.num_learners + 1
+        self.net[2] = grow_outputs(self.out_layer, n)
+        self.noise = grow_outputs(self.noise, n)
+        self.active = torch.cat([self.active, torch.ones(1, dtype=torch.bool)])
+
+    def select(self, positions: list[int]) -> LSGate:
+        """A gate over the squad positions ``positions`` only (its output rows selected).
+        With one selectable position left, a gate of hidden width 1 and zero weights: top-K
+        then picks that learner with weight 1, exactly what any gate would do."""
+        rows = torch.tensor(positions, dtype=torch.long)
+        latent_dim = cast(nn.Linear, self.net[0]).in_features
+        active = self.active[rows]
+        if int(active.sum()) == 1:
+            slim = LSGate(latent_dim, len(positions), 1)  # zero-initialised output and noise layers
+            slim.active.copy_(active)
+            return slim
+        smaller = LSGate(latent_dim, len(positions), self.hidden)
+        state = self.state_dict()
+        for key in ("net.2.weight", "net.2.bias", "noise.weight", "noise.bias", "active"):
+            state[key] = state[key][rows]
+        smaller.load_state_dict(state)
+        return smaller
 
     def forward(self, z: torch.Tensor, k: int, noisy: bool) -> Routing:
         logits = self.net(z)
@@ -94,6 +149,11 @@ class TaskClassifier(nn.Module):
             nn.Flatten(),
             nn.Linear(32 * 16, num_tasks),
         )
+
+    def add_task(self) -> None:
+        """One more task to tell apart (its logit starts at zero)."""
+        last = cast(nn.Linear, self.net[-1])
+        self.net[-1] = grow_outputs(last, last.out_features + 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -1,4 +1,5 @@
-"""Training the BAIM on the cloud's common data (phase 4), and evaluating it.
+"""Training the BAIM on the cloud's common data (phase 4), and a compact model at the edge
+(phase 7), through the one training loop (:func:`baim.models.fit`).
 
 Every epoch mixes all tasks; each sample is routed to its task's squad. The objective is the
 learners' (MSE + β·KL, with the KL of the product-of-experts posterior) plus a Switch-style
@@ -10,62 +11,39 @@ three strategies, so their curves compare.
 
 from __future__ import annotations
 
-import math
-import time
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import Recipe
 from ..data import to_float
-from ..errors import TrainingDiverged
-from ..progress import make_progress
 from .baim import BAIM
 from .evaluation import reconstruction_metrics
+from .fit import Epoch, Loss, fit
 from .gates import load_balance_loss, router_z_loss
 
 # Weights of the auxiliary losses: small enough not to fight the reconstruction objective.
 BALANCE_WEIGHT, Z_LOSS_WEIGHT, TASK_WEIGHT = 0.01, 0.001, 1.0
 
 
-def check_epoch(label: str, row: dict, seen: int, skipped: int) -> None:
-    """Raise TrainingDiverged if an epoch trained on nothing (every step's loss was NaN or
-    infinite, so every step was skipped) or ended with a loss that is not finite. Skipping a
-    few bad steps is the numeric guard; a whole epoch of them is divergence, and its numbers
-    must not be reported as results."""
-    losses = {k: v for k, v in row.items() if k.startswith(("train_", "test_loss"))}
-    flat = {
-        f"{k} {t}".strip(): float(x)
-        for k, v in losses.items()
-        for t, x in (v.items() if isinstance(v, dict) else [("", v)])
-    }
-    bad = sorted(k for k, x in flat.items() if not math.isfinite(x))
-    if (seen == 0 and skipped) or bad:
-        why = f"{', '.join(bad)} not finite" if bad else f"all {skipped} steps' losses were NaN or infinite"
-        raise TrainingDiverged(
-            f"{label} diverged in epoch {row.get('epoch')}: {why}. Lower the learning rate or check the "
-            "data (and the model it started from); nothing from this training was kept"
-        )
-
-
-def _param_groups(model: BAIM, trainable: set[str] | None, trained: set[int], scale: float) -> list[dict]:
+def _param_groups(model: BAIM, only: set[str] | None, pretrained: set[int], scale: float) -> list[dict]:
     """Two groups: parameters that start from trained weights or from an exact identity (the
-    ``trained`` learners, their latent adapters and, when there are any, the LSGates that choose
-    among them) at ``scale`` × the rate, and the new parts (connections, TSGate) at the full rate.
-    Measured on a quick run's uploads: adapters at the full rate make a one-learner squad worse
-    than its upload after 8 steps (0.0388 vs 0.0359 test loss); at the lower rate it improves
-    (0.0351)."""
-    slow = tuple(f"learners.{l}." for l in sorted(trained)) + tuple(f"adapters.{l}." for l in sorted(trained))
-    slow += ("lsgates.",) if trained else ()
+    ``pretrained`` learners, their latent adapters and, when there are any, the LSGates that
+    choose among them) at ``scale`` × the rate, and the new parts (connections, TSGate) at the
+    full rate. Measured on a quick run's uploads: adapters at the full rate make a one-learner
+    squad worse than its upload after 8 steps (0.0388 vs 0.0359 test loss); at the lower rate
+    it improves (0.0351)."""
+    slow = tuple(f"learners.{l}." for l in sorted(pretrained)) + tuple(f"adapters.{l}." for l in sorted(pretrained))
+    slow += ("lsgates.",) if pretrained else ()
     groups: dict[str, list] = {"trained": [], "new": []}
     for n, p in model.named_parameters():
-        if p.requires_grad and (trainable is None or n in trainable):
+        if p.requires_grad and (only is None or n in only):
             groups["trained" if n.startswith(slow) else "new"].append(p)
     return [{"params": ps, "scale": scale if k == "trained" else 1.0, "name": k} for k, ps in groups.items() if ps]
 
 
-def _optimizer(model: BAIM, lr: float, groups: list[dict], old: torch.optim.Optimizer | None = None):
+def _optimizer(lr: float, groups: list[dict], old: torch.optim.Optimizer | None = None) -> torch.optim.Optimizer:
     opt = torch.optim.Adam([dict(g) for g in groups], lr=lr, foreach=True)  # one fused update, not one per tensor
     if old is not None:  # keep Adam's moments for parameters that survived pruning
         for g in opt.param_groups:
@@ -75,100 +53,88 @@ def _optimizer(model: BAIM, lr: float, groups: list[dict], old: torch.optim.Opti
     return opt
 
 
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr * g["scale"]
+class _Objective:
+    """The BAIM's objective for one batch of (images, tasks); counts, per task, how often the
+    LSGate picked each squad position in the steps that were taken."""
+
+    def __init__(self, model: BAIM, kld_weight: float):
+        self.kld_weight = kld_weight
+        self.usage = self.fresh_usage(model)
+
+    @staticmethod
+    def fresh_usage(model: BAIM) -> dict[int, torch.Tensor]:
+        return {t: torch.zeros(len(model.squad(t))) for t in range(len(model.task_names))}
+
+    def __call__(self, model: nn.Module, batch: tuple[torch.Tensor, ...], step: int) -> Loss:
+        assert isinstance(model, BAIM)
+        x, t = batch
+        out = model(x, t)
+        mse = F.mse_loss(out.x_hat, x)
+        kld = out.kl().mean()
+        balance = sum((load_balance_loss(r) for _, r in out.routings.values()), x.new_zeros(()))
+        zl = sum((router_z_loss(r) for _, r in out.routings.values()), x.new_zeros(()))
+        task_ce = F.cross_entropy(model.tsgate(x), t) if model.tsgate is not None else x.new_zeros(())
+        loss = mse + self.kld_weight * kld + BALANCE_WEIGHT * balance + Z_LOSS_WEIGHT * zl
+
+        def taken() -> None:
+            for task, (_, r) in out.routings.items():
+                self.usage[task] += torch.bincount(r.indices.flatten(), minlength=len(self.usage[task])).float()
+
+        terms = {"loss": loss, "mse": mse, "kld": kld, "balance": balance, "task_ce": task_ce}
+        return Loss(loss + TASK_WEIGHT * task_ce, terms, taken)
 
 
 def train_baim(
     model: BAIM,
     images: np.ndarray,
     tasks: np.ndarray,
-    cfg: Recipe,
+    recipe: Recipe,
     test_sets: dict[int, np.ndarray] | None = None,
     label: str = "cloud",
-    trainable: set[str] | None = None,
+    only: set[str] | None = None,
     prune_interval: int = 0,
     prune_ratio: float = 0.0,
-    trained: set[int] | None = None,
+    pretrained: set[int] | None = None,
 ) -> list[dict]:
     """Train in place; returns one log row per epoch (losses, test loss per task, usage,
-    surviving connections, parameter count). Every ``prune_interval`` epochs the fraction
-    ``prune_ratio`` of surviving connections is deleted (0 for either: never). ``trained``:
-    the learners that start from trained weights, which get ``cfg``'s gentler treatment
-    (lower rate, kept normalisation statistics)."""
-    trained = set(trained or ())
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data, task_t = to_float(images), torch.from_numpy(np.asarray(tasks, dtype=np.int64))
-    groups = _param_groups(model, trainable, trained, cfg.trained_lr_scale)
-    opt = _optimizer(model, cfg.lr, groups)
-    step = 0
-    log = []
-    steps = math.ceil(len(data) / cfg.batch_size)
-    with make_progress() as progress:
-        bar = progress.add_task(label, total=cfg.epochs * steps)
-        for epoch in range(cfg.epochs):
-            lr = cfg.lr_at(epoch)
-            model.train()
-            if cfg.keep_norm_stats:  # trained learners keep their BatchNorm statistics (eval mode)
-                for l in trained:
-                    model.learner(l).eval()
-            usage = {t: torch.zeros(len(model.squad(t))) for t in range(len(model.task_names))}
-            sums = dict(loss=0.0, mse=0.0, kld=0.0, balance=0.0, task_ce=0.0)
-            seen = skipped = 0
-            t0 = time.perf_counter()
-            perm = torch.randperm(len(data), generator=gen)
-            for i in range(0, len(perm), cfg.batch_size):
-                b = perm[i : i + cfg.batch_size]
-                x, t = data[b], task_t[b]
-                _set_lr(opt, cfg.lr_at(epoch, step))
-                step += 1
-                out = model(x, t)
-                mse = F.mse_loss(out.x_hat, x)
-                kld = out.kl().mean()
-                balance = sum((load_balance_loss(r) for _, r in out.routings.values()), x.new_zeros(()))
-                zl = sum((router_z_loss(r) for _, r in out.routings.values()), x.new_zeros(()))
-                task_ce = F.cross_entropy(model.tsgate(x), t) if model.tsgate is not None else x.new_zeros(())
-                loss = mse + cfg.kld_weight * kld + BALANCE_WEIGHT * balance + Z_LOSS_WEIGHT * zl
-                total = loss + TASK_WEIGHT * task_ce
-                progress.advance(bar)
-                opt.zero_grad(set_to_none=True)
-                if not torch.isfinite(total):
-                    skipped += 1
-                    continue
-                total.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
-                opt.step()
-                for task, (_, r) in out.routings.items():
-                    usage[task] += torch.bincount(r.indices.flatten(), minlength=len(usage[task])).float()
-                for k, v in (("loss", loss), ("mse", mse), ("kld", kld), ("balance", balance), ("task_ce", task_ce)):
-                    sums[k] += float(v.detach()) * len(x)
-                seen += len(x)
-            pruned = []
-            if prune_ratio > 0 and prune_interval > 0 and (epoch + 1) % prune_interval == 0:
-                pruned = model.prune_connections(prune_ratio)
-                opt = _optimizer(model, lr, _param_groups(model, trainable, trained, cfg.trained_lr_scale), old=opt)
-            row = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "seconds": round(time.perf_counter() - t0, 3),
-                **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                "skipped_steps": skipped,
-                "connections": len(model.connections),
-                "pruned": len(pruned),
-                "parameters": model.num_parameters(),
-                "usage": {model.task_names[t]: (u / u.sum().clamp_min(1)).tolist() for t, u in usage.items()},
+    surviving connections, parameter count). ``only``: the names of the parameters that
+    train (default: every one that requires grad). Every ``prune_interval`` epochs the
+    fraction ``prune_ratio`` of surviving connections is deleted (0 for either: never).
+    ``pretrained``: the learners that start from trained weights, which get ``recipe``'s
+    gentler treatment (lower rate, kept normalisation statistics)."""
+    pretrained = set(pretrained or ())
+    objective = _Objective(model, recipe.kld_weight)
+    opt = _optimizer(recipe.lr, _param_groups(model, only, pretrained, recipe.trained_lr_scale))
+
+    def end_epoch(ep: Epoch) -> dict:
+        pruned = []
+        if prune_ratio > 0 and prune_interval > 0 and ep.number % prune_interval == 0:
+            pruned = model.prune_connections(prune_ratio)
+            groups = _param_groups(model, only, pretrained, recipe.trained_lr_scale)
+            ep.optimizer = _optimizer(ep.lr, groups, old=ep.optimizer)
+        usage, objective.usage = objective.usage, objective.fresh_usage(model)
+        row = {
+            "epoch": ep.number,
+            "lr": ep.lr,
+            "seconds": round(ep.seconds, 3),
+            **ep.train,
+            "skipped_steps": ep.skipped,
+            "connections": len(model.connections),
+            "pruned": len(pruned),
+            "parameters": model.num_parameters(),
+            "usage": {model.task_names[t]: (u / u.sum().clamp_min(1)).tolist() for t, u in usage.items()},
+        }
+        if test_sets:
+            ev = {
+                model.task_names[t]: reconstruction_metrics(model, x, t, recipe.kld_weight)["test_loss"]
+                for t, x in test_sets.items()
             }
-            if test_sets:
-                ev = {
-                    model.task_names[t]: reconstruction_metrics(model, x, t, cfg.kld_weight)["test_loss"]
-                    for t, x in test_sets.items()
-                }
-                row["test_loss"] = ev
-                row["test_loss_mean"] = float(np.mean(list(ev.values())))
-            check_epoch(label, row, seen, skipped)
-            log.append(row)
-            progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
-    model.eval()
-    return log
+            row["test_loss"] = ev
+            row["test_loss_mean"] = float(np.mean(list(ev.values())))
+        return row
+
+    data = (to_float(images), torch.from_numpy(np.asarray(tasks, dtype=np.int64)))
+    keep_eval = [model.learner(l) for l in sorted(pretrained)] if recipe.keep_norm_stats else []
+    return fit(
+        model, data, recipe, objective, optimizer=opt, keep_eval=keep_eval, end_epoch=end_epoch, label=label
+    ).epochs

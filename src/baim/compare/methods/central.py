@@ -27,8 +27,9 @@ from ...learners import StagedVAE
 from ...models import generate, model_from, to_parts
 from ...models.evaluation import learner_prior
 from ...transport import Message
-from ..common import FID_SAMPLING, Context, build, largest_tier, meter_fields, quality, train_vae
-from ..measure import Meter, Wire, latency_ms, ledger_totals, model_bytes
+from ..common import FID_SAMPLING, Context, build, largest_tier, train_vae
+from ..measure import Meter, Wire, latency_ms, model_bytes
+from ..row import MethodRow, method_row
 
 
 def raw_upload(ctx: Context, wire: Wire, meter: Meter) -> dict[int, np.ndarray]:
@@ -87,7 +88,7 @@ def _rows_from_task_models(ctx: Context, models: dict[int, Any], pooled: dict[in
     return sorted(rows, key=lambda r: r["edge"])
 
 
-def run_central(ctx: Context) -> dict:
+def run_central(ctx: Context) -> MethodRow:
     wire, meter = ctx.wire(), Meter()
     t0 = time.perf_counter()
     with meter.counting():
@@ -111,32 +112,25 @@ def run_central(ctx: Context) -> dict:
 
         lat.append(latency_ms(serve))
         inference_bytes = sum(m["bytes"] for m in wire.ledger.messages[mark : mark + 2])
-    rows = _rows_from_task_models(ctx, models, pooled)
-    b = ledger_totals(wire.ledger.messages)
-    return {
-        "method": "central",
-        "description": "edges send their raw slices to the cloud; the cloud trains one model per task "
+    return method_row(
+        "central",
+        "edges send their raw slices to the cloud; the cloud trains one model per task "
         f"({ctx.cache['teachers']['tier']} tier) on the pooled images and serves generation",
-        "settings": {"tier": ctx.cache["teachers"]["tier"], "epochs": ctx.settings.central_epochs},
-        "bytes_up": b["up"],
-        "bytes_down": b["down"],
-        "messages": b["messages"],
-        "bytes_per_edge": b["per_edge"],
-        "raw_data_bytes": wire.raw_data_bytes,
-        **meter_fields(meter),
-        "edge_storage_bytes": 0,
-        "cloud_storage_bytes": wire.raw_data_bytes + sum(model_bytes(m) for m in models.values()),
-        "latency_ms": round(float(np.mean(lat)), 3),
-        "round_trips": 1,
-        "inference_bytes_per_request": inference_bytes,
-        "wall_s": round(wall, 2),
-        **quality(rows),
-        "fid_sampling": FID_SAMPLING + " (prior fitted in the cloud on the task's pooled training images)",
-        "per_edge": rows,
-    }
+        {"tier": ctx.cache["teachers"]["tier"], "epochs": ctx.settings.central_epochs},
+        messages=wire.ledger.messages,
+        raw_data_bytes=wire.raw_data_bytes,
+        compute=meter,
+        storage=(0, wire.raw_data_bytes + sum(model_bytes(m) for m in models.values())),
+        latency_ms=lat,
+        round_trips=1,
+        wall_s=wall,
+        per_edge=_rows_from_task_models(ctx, models, pooled),
+        inference_bytes_per_request=inference_bytes,
+        fid_sampling=FID_SAMPLING + " (prior fitted in the cloud on the task's pooled training images)",
+    )
 
 
-def run_kd(ctx: Context) -> dict:
+def run_kd(ctx: Context) -> MethodRow:
     wire, meter = ctx.wire(), Meter()
     t0 = time.perf_counter()
     students: dict[int, StagedVAE] = {}
@@ -168,28 +162,25 @@ def run_kd(ctx: Context) -> dict:
         prior = learner_prior(s, ctx.local_images(e), ctx.seed)  # fitted on the edge, like every edge model
         lat.append(latency_ms(partial(generate, s, 16, ctx.seed, prior=prior)))
         rows.append(ctx.evaluate_edge(e, s))
-    b = ledger_totals(wire.ledger.messages)
-    return {
-        "method": "kd",
-        "description": "raw slices to the cloud; a teacher per task "
+    return method_row(
+        "kd",
+        "raw slices to the cloud; a teacher per task "
         f"({ctx.cache['teachers']['tier']} tier) trained there; each edge receives a student of its own "
         "tier distilled from it in the cloud",
-        "settings": {
+        {
             "teacher_tier": ctx.cache["teachers"]["tier"],
             "epochs": ctx.settings.central_epochs,
             "distill_loss": "0.5*(MSE(x_hat, x) + beta*KL) + 0.5*MSE(x_hat, teacher reconstruction)",
         },
-        "bytes_up": b["up"],
-        "bytes_down": b["down"],
-        "messages": b["messages"],
-        "bytes_per_edge": b["per_edge"],
-        "raw_data_bytes": wire.raw_data_bytes,
-        **meter_fields(meter),
-        "edge_storage_bytes": sum(model_bytes(s) for s in students.values()),
-        "cloud_storage_bytes": wire.raw_data_bytes + sum(model_bytes(m) for m in models.values()),
-        "latency_ms": round(float(np.mean(lat)), 3),
-        "round_trips": 0,
-        "wall_s": round(wall, 2),
-        **quality(rows),
-        "per_edge": rows,
-    }
+        messages=wire.ledger.messages,
+        raw_data_bytes=wire.raw_data_bytes,
+        compute=meter,
+        storage=(
+            sum(model_bytes(s) for s in students.values()),
+            wire.raw_data_bytes + sum(model_bytes(m) for m in models.values()),
+        ),
+        latency_ms=lat,
+        round_trips=0,
+        wall_s=wall,
+        per_edge=rows,
+    )

@@ -29,8 +29,9 @@ from ...learners import StagedVAE, plain_state
 from ...models import generate
 from ...models.evaluation import learner_prior
 from ...transport import Message
-from ..common import Context, build, meter_fields, quality, smallest_tier, train_vae
+from ..common import Context, build, quality, smallest_tier, train_vae
 from ..measure import Meter, latency_ms, ledger_totals, model_bytes
+from ..row import MethodRow, method_row
 
 
 def _average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[str, torch.Tensor]:
@@ -65,7 +66,7 @@ def _latency(ctx: Context, models: dict[int, StagedVAE]) -> float:
     return round(float(np.mean(lat)), 3)
 
 
-def run_fedavg(ctx: Context) -> dict:
+def run_fedavg(ctx: Context) -> MethodRow:
     wire, meter = ctx.wire(), Meter()
     R, E = ctx.settings.rounds, ctx.settings.local_epochs
     tasks = sorted({ctx.task_of(e) for e in ctx.edges})
@@ -102,30 +103,27 @@ def run_fedavg(ctx: Context) -> dict:
     # after the last round each edge holds the task's global model
     final = {e: global_models[ctx.task_of(e)] for e in ctx.edges}
     ctx.cache.setdefault("wires", {})["fedavg"] = wire
-    b = ledger_totals(wire.ledger.messages)
-    return {
-        "method": "fedavg",
-        "description": "per task, FedAvg over the task's edges with one shared architecture (the task's "
+    return method_row(
+        "fedavg",
+        "per task, FedAvg over the task's edges with one shared architecture (the task's "
         f"smallest tier), {R} rounds × {E} local epochs, weighted by sample count",
-        "settings": {"rounds": R, "local_epochs": E, "tiers": {ctx.layout.task_names[t]: v for t, v in tiers.items()}},
-        "bytes_up": b["up"],
-        "bytes_down": b["down"],
-        "messages": b["messages"],
-        "bytes_per_edge": b["per_edge"],
-        "raw_data_bytes": wire.raw_data_bytes,
-        **meter_fields(meter),
-        "edge_storage_bytes": sum(model_bytes(m) for m in final.values()),
-        "cloud_storage_bytes": sum(model_bytes(m) for m in global_models.values()),
-        "latency_ms": _latency(ctx, final),
-        "round_trips": 0,
-        "wall_s": round(train_wall, 2),
-        **quality(rows),
-        "per_edge": rows,
-        "rounds": rounds,
-    }
+        {"rounds": R, "local_epochs": E, "tiers": {ctx.layout.task_names[t]: v for t, v in tiers.items()}},
+        messages=wire.ledger.messages,
+        raw_data_bytes=wire.raw_data_bytes,
+        compute=meter,
+        storage=(
+            sum(model_bytes(m) for m in final.values()),
+            sum(model_bytes(m) for m in global_models.values()),
+        ),
+        latency_ms=_latency(ctx, final),
+        round_trips=0,
+        wall_s=train_wall,
+        per_edge=rows,
+        rounds=rounds,
+    )
 
 
-def run_fd(ctx: Context) -> dict:
+def run_fd(ctx: Context) -> MethodRow:
     wire, meter = ctx.wire(), Meter()
     R, E, lam = ctx.settings.rounds, ctx.settings.local_epochs, ctx.settings.distill_weight
     common, common_tasks = ctx.common()
@@ -159,7 +157,6 @@ def run_fd(ctx: Context) -> dict:
                     def extra(
                         model: StagedVAE,
                         x: torch.Tensor,
-                        step: int,
                         pub: Any = pub,
                         target: Any = target,
                         gen: Any = gen,
@@ -197,29 +194,21 @@ def run_fd(ctx: Context) -> dict:
             row, rows = _round_row(ctx, r + 1, wire, models)
             rounds.append(row)
     ctx.cache.setdefault("wires", {})["fd"] = wire
-    b = ledger_totals(wire.ledger.messages)
-    return {
-        "method": "fd",
-        "description": "federated distillation: edges keep their own tiers and exchange reconstructions of "
+    return method_row(
+        "fd",
+        "federated distillation: edges keep their own tiers and exchange reconstructions of "
         f"the cloud's public images (uint8), never weights; {R} rounds × {E} local epochs",
-        "settings": {
-            "rounds": R,
-            "local_epochs": E,
-            "distill_weight": lam,
-            "outputs": "uint8 reconstructions (z = mu)",
-        },
-        "bytes_up": b["up"],
-        "bytes_down": b["down"],
-        "messages": b["messages"],
-        "bytes_per_edge": b["per_edge"],
-        "raw_data_bytes": wire.raw_data_bytes,
-        **meter_fields(meter),
-        "edge_storage_bytes": sum(model_bytes(m) for m in models.values()) + sum(p.nbytes for p in public.values()),
-        "cloud_storage_bytes": sum(int(c.numel()) for c in cloud_consensus.values()),
-        "latency_ms": _latency(ctx, models),
-        "round_trips": 0,
-        "wall_s": round(train_wall, 2),
-        **quality(rows),
-        "per_edge": rows,
-        "rounds": rounds,
-    }
+        {"rounds": R, "local_epochs": E, "distill_weight": lam, "outputs": "uint8 reconstructions (z = mu)"},
+        messages=wire.ledger.messages,
+        raw_data_bytes=wire.raw_data_bytes,
+        compute=meter,
+        storage=(
+            sum(model_bytes(m) for m in models.values()) + sum(p.nbytes for p in public.values()),
+            sum(int(c.numel()) for c in cloud_consensus.values()),
+        ),
+        latency_ms=_latency(ctx, models),
+        round_trips=0,
+        wall_s=train_wall,
+        per_edge=rows,
+        rounds=rounds,
+    )

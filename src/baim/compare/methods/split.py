@@ -27,8 +27,9 @@ from ...data import to_float, to_uint8
 from ...learners import StagedVAE, plain_state
 from ...models.evaluation import learner_prior
 from ...transport import Message
-from ..common import Context, build, meter_fields, quality
-from ..measure import Meter, latency_ms, ledger_totals
+from ..common import Context, build
+from ..measure import Meter, latency_ms
+from ..row import MethodRow, method_row
 
 
 def edge_params(m: StagedVAE) -> list[torch.nn.Parameter]:
@@ -57,7 +58,7 @@ def cloud_middle(m: StagedVAE, h1: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return d, mu, logvar
 
 
-def run_sl(ctx: Context) -> dict:
+def run_sl(ctx: Context) -> MethodRow:
     wire, meter = ctx.wire(), Meter()
     epochs = ctx.settings.sl_epochs
     models = {e: build(ctx.tier_of(e), ctx.ds, ctx.seed + 1000 * e) for e in ctx.edges}
@@ -129,26 +130,23 @@ def run_sl(ctx: Context) -> dict:
         inference_bytes = sum(x["bytes"] for x in wire.ledger.messages[mark : mark + 2])
         rows.append(ctx.evaluate_edge(e, m))
     ctx.cache.setdefault("wires", {})["sl"] = wire
-    b = ledger_totals(wire.ledger.messages)
-    return {
-        "method": "sl",
-        "description": "split learning: the edge runs the first encoder stage and the last decoder stage, the "
+    return method_row(
+        "sl",
+        "split learning: the edge runs the first encoder stage and the last decoder stage, the "
         f"cloud the middle (one per edge); activations and gradients cross every step; {epochs} epochs",
-        "settings": {"epochs": epochs, "cut": "edge: E1 + D_S + image head; cloud: E2..E_S, heads, D1..D_S-1"},
-        "bytes_up": b["up"],
-        "bytes_down": b["down"],
-        "messages": b["messages"],
-        "bytes_per_edge": b["per_edge"],
-        "raw_data_bytes": wire.raw_data_bytes,
-        "privacy_note": "no image leaves the edge, but the first stage's activations (a 2x-downsampled "
+        {"epochs": epochs, "cut": "edge: E1 + D_S + image head; cloud: E2..E_S, heads, D1..D_S-1"},
+        messages=wire.ledger.messages,
+        raw_data_bytes=wire.raw_data_bytes,
+        compute=meter,
+        storage=(
+            sum(_part_bytes(m, True) for m in models.values()),
+            sum(_part_bytes(m, False) for m in models.values()),
+        ),
+        latency_ms=lat,
+        round_trips=1,
+        wall_s=wall,
+        per_edge=rows,
+        inference_bytes_per_request=inference_bytes,
+        privacy_note="no image leaves the edge, but the first stage's activations (a 2x-downsampled "
         "feature map of every training image) do, every step",
-        **meter_fields(meter),
-        "edge_storage_bytes": sum(_part_bytes(m, True) for m in models.values()),
-        "cloud_storage_bytes": sum(_part_bytes(m, False) for m in models.values()),
-        "latency_ms": round(float(np.mean(lat)), 3),
-        "round_trips": 1,
-        "inference_bytes_per_request": inference_bytes,
-        "wall_s": round(wall, 2),
-        **quality(rows),
-        "per_edge": rows,
-    }
+    )
