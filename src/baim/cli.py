@@ -14,6 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .runfiles import RunFiles
+
 console = Console()
 
 
@@ -66,7 +68,7 @@ def _cmd_layout(args: argparse.Namespace) -> None:
     ds = load_dataset(args.dataset, args.data_dir)
     preset = get_preset(args.preset).with_overrides(num_edges=args.edges, alpha=args.alpha)
     layout = make_layout(ds, preset, seed=args.seed, data_dir=args.data_dir)
-    path = layout.save(Path(args.out) / "layout.json")
+    path = layout.save(RunFiles(args.out).layout)
     table = Table(title=f"{ds.name} layout, preset {preset.name}, seed {args.seed}, α = {preset.alpha}")
     for col in ("edge", "task", "tier", "size", "class histogram"):
         table.add_column(col)
@@ -233,8 +235,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     )
     summary = run(args.out, cfg)
     console.print(
-        f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}, "
-        f"report: {Path(args.out) / 'report.html'}"
+        f"run finished in {summary['wall_seconds']:.0f} s; summary: {RunFiles(args.out).summary}, "
+        f"report: {RunFiles(args.out).report}"
     )
 
 
@@ -263,7 +265,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     for c in claims:
         mark = "[green]holds[/green]" if c["holds"] else "[red]does not hold[/red]"
         console.print(f"{mark} ({c['holds_on_seeds']}/{c['seeds']} seeds): {c['claim']}")
-    console.print(f"sweep of {len(summary['seeds'])} seeds: {Path(args.out) / 'report.html'}")
+    console.print(f"sweep of {len(summary['seeds'])} seeds: {RunFiles(args.out).report}")
 
 
 def _cmd_deploy_credentials(args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,14 +29,14 @@ from .cloud.uploads import Expected
 from .config import Preset, RunConfig
 from .data import DataSet, load_dataset
 from .data.layout import Layout, make_layout
+from .edge import EdgeNode
 from .errors import WorkflowError
 from .learners import StagedVAE
 from .models import BAIM, load_model, save_model, to_parts
 from .rundir import RunDir
+from .runfiles import EDGE_MODELS, source_strategy
 from .signing import SigningError, public_from_hex
 from .transport import ByteLedger, Message, Transport, encode
-
-EDGE_MODELS = ("initial", "deployed", "personalized")
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
@@ -55,17 +55,24 @@ def prepare(out: str | Path, cfg: RunConfig) -> tuple[RunDir, Layout, DataSet, P
     rd = RunDir(out, cfg.to_dict())
 
     def do_layout() -> dict:
-        made.save(rd.path("layout.json"))
+        made.save(rd.files.layout)
         return {"edges": len(made.edges), "cloud": len(made.cloud)}
 
-    rd.phase("layout", do_layout)
-    layout = Layout.load(rd.path("layout.json"))
+    rd.record("layout", do_layout)
+    layout = Layout.load(rd.files.layout)
     return rd, layout, ds, layout.settings
 
 
-def source_strategy(strategies: tuple[str, ...]) -> str:
-    """The BAIM that is partitioned and deployed: finetune's (the paper's), if it was trained."""
-    return "finetune" if "finetune" in strategies else strategies[0]
+def edge_nodes(rd: RunDir, layout: Layout, ds: DataSet, seed: int) -> dict[int, EdgeNode]:
+    """Every edge of ``layout`` as an in-process node, working in its place in the run folder
+    (``baim run --engine inprocess`` and ``baim compare`` run the edges this way)."""
+    return {e.edge: EdgeNode(e.edge, layout, ds, rd.files.edge(e.edge), seed) for e in layout.edges}
+
+
+def deploy_message(compact: BAIM) -> Message:
+    """The message that deploys a compact model to an edge: its manifest and weights."""
+    manifest, weights = to_parts(compact)
+    return Message("train.deploy", manifest, weights)
 
 
 def _missing(edge: int, reply: Message) -> dict[str, Any]:
@@ -97,31 +104,31 @@ class Workflow:
         """Every phase, then the summary and report; resumes where a previous call stopped.
         With ``--schedule async`` the first BAIM is fused from the first quorum of uploads and
         every later one is integrated in a phase of its own (:mod:`baim.schedule`)."""
-        self.rd.phase("upload", self.upload)
-        self.rd.phase("screening", self.screening)
-        arrivals = self.rd.phase("arrivals", self.arrivals)
+        self.rd.record("upload", self.upload)
+        self.rd.record("screening", self.screening)
+        arrivals = self.rd.record("arrivals", self.arrivals)
         for s in self.cfg.strategies:
-            self.rd.phase(f"cloud_{s}", partial(self.cloud, s))
-        self.rd.phase("partition", self.partition)
-        self.rd.phase("deployment", self.deployment)
-        self.rd.phase("personalization", self.personalization)
+            self.rd.record(f"cloud_{s}", partial(self.cloud, s))
+        self.rd.record("partition", self.partition)
+        self.rd.record("deployment", self.deployment)
+        self.rd.record("personalization", self.personalization)
         for k in range(1, len(arrivals["batches"])):
-            self.rd.phase(f"integration_{k}", partial(self.integration, k))
+            self.rd.record(f"integration_{k}", partial(self.integration, k))
         if len(arrivals["batches"]) > 1:
-            self.rd.phase("final_baim", self.final_baim)
-        self.rd.phase("edge_evaluation", self.edge_evaluation)
-        return self.rd.phase("summary", self.summary)
+            self.rd.record("final_baim", self.final_baim)
+        self.rd.record("edge_evaluation", self.edge_evaluation)
+        return self.rd.record("summary", self.summary)
 
     # -- the lifecycle (baim.schedule) -------------------------------------------------------
     def arrivals(self) -> dict:
         """When each accepted upload arrives (simulated) and which BAIM version it goes into."""
-        accepted = self.rd.phase("screening", self.screening)["accepted"]
+        accepted = self.rd.result("screening")["accepted"]
         late = tuple(e for e in self.cfg.join_late if e in accepted)
         return schedule.plan(self.layout, accepted, self.cfg.schedule, (self.ds.image_size, self.ds.channels), late)
 
     def present(self, k: int) -> list[int]:
         """Edges that can be deployed to once BAIM version ``k`` exists: not left, and joined."""
-        batches = self.rd.phase("arrivals", self.arrivals)["batches"]
+        batches = self.rd.result("arrivals")["batches"]
         joined = {e for b in batches[: k + 1] for e in b}
         return [
             e
@@ -130,24 +137,23 @@ class Workflow:
         ]
 
     def baim_folder(self, version: int) -> Path:
-        strategy = source_strategy(self.cfg.strategies)
-        return self.rd.path("cloud", f"baim-{strategy}" if version == 0 else f"baim-{strategy}-v{version}")
+        return self.rd.files.baim(source_strategy(self.cfg.strategies), version)
 
     def compact_folder(self, version: int, task: str) -> Path:
-        return self.rd.path("cloud", "compact" if version == 0 else f"compact-v{version}", task)
+        return self.rd.files.compact(task, version)
 
     def deployed_versions(self, k: int) -> dict[int, int]:
         """Which BAIM version each edge holds after phase ``integration_k`` (0: the first deployment)."""
-        held = {e: 0 for e in self.rd.phase("deployment", self.deployment)["edges"]}
+        held = {e: 0 for e in self.rd.result("deployment")["edges"]}
         for j in range(1, k + 1):
-            held |= {int(e): j for e in self.rd.phase(f"integration_{j}", partial(self.integration, j))["deployed"]}
+            held |= {int(e): j for e in self.rd.result(f"integration_{j}")["deployed"]}
         return held
 
     def integration(self, k: int) -> dict:
         """BAIM version ``k``: the upload of batch ``k`` joins by continual learning; the touched
         task's compact model is cut (losslessly) and goes to its edges whose models would now lag
         more than the staleness bound, and to an edge that has just joined."""
-        batches = self.rd.phase("arrivals", self.arrivals)["batches"]
+        batches = self.rd.result("arrivals")["batches"]
         (edge,) = batches[k]
         learners, tasks, edges, _ = self.accepted_learners()
         learner, task = learners[edges.index(edge)], self.layout.task_names[tasks[edges.index(edge)]]
@@ -179,10 +185,10 @@ class Workflow:
         cloud_seconds = report["seconds"]
         deployed, missing = [], []
         mark = len(self.ledger.messages)
-        manifest, weights = to_parts(load_model(self.compact_folder(k, task), "compact"))
+        message = deploy_message(cast(BAIM, load_model(self.compact_folder(k, task), "compact")))
         t0 = time.perf_counter()
         for e in sorted(send):
-            reply = self.transport.request(e, Message("train.deploy", manifest, weights), self.timeout, "deployment")
+            reply = self.transport.request(e, message, self.timeout, "deployment")
             if reply.kind != "ack":
                 missing.append(_missing(e, reply))
                 continue
@@ -219,7 +225,7 @@ class Workflow:
         evals = self.evaluate_baim(model, self.layout, self.ds, self.p, self.extractor, self.seed)
         for task, ev in evals.items():
             for procedure, arr in ev.images.items():
-                save_npy(self.rd.path("images", "baim-final", f"{task}_{procedure}.npy"), arr)
+                save_npy(self.rd.files.baim_images("final", task, procedure), arr)
         per_task = {name: ev.metrics for name, ev in evals.items()}
         return {
             "version": self.final_version(),
@@ -231,10 +237,10 @@ class Workflow:
     def lifecycle(self, strategies: dict, integrations: list[dict]) -> dict:
         """The schedule's settings, which uploads went into which BAIM version, and the final
         BAIM's quality (the first one's with the sync schedule)."""
-        arrivals = self.rd.phase("arrivals", self.arrivals)
+        arrivals = self.rd.result("arrivals")
         first = strategies[source_strategy(self.cfg.strategies)]
         final = (
-            self.rd.phase("final_baim", self.final_baim)
+            self.rd.result("final_baim")
             if integrations
             else {"version": 0, "per_task": first["per_task"], "final_test_loss": first["final_test_loss"]}
         )
@@ -267,13 +273,13 @@ class Workflow:
         }
 
     def final_version(self) -> int:
-        return len(self.rd.phase("arrivals", self.arrivals)["batches"]) - 1
+        return len(self.rd.result("arrivals")["batches"]) - 1
 
     # -- phases 1-2: local training on each edge, then one upload each ---------------------
     def register(self, edge: int) -> str:
         """The edge's public key, pinned in ``cloud/identities.json`` the first time it is
         seen (``query.info``); an edge that later presents another key is refused."""
-        path = self.rd.path("cloud", "identities.json")
+        path = self.rd.files.identities
         pinned = json.loads(path.read_text()) if path.is_file() else {}
         reply = self.transport.request(edge, Message("query.info"), self.timeout, "upload")
         if reply.kind != "info":
@@ -308,7 +314,7 @@ class Workflow:
             if reply.kind != "upload":
                 missing.append(_missing(e, reply))
                 continue
-            write_bytes(self.rd.path("cloud", "uploads", f"edge-{e}.msg"), encode(reply))
+            write_bytes(self.rd.files.upload(e), encode(reply))
             edges.append(
                 {k: reply.meta.get(k) for k in ("edge", "task", "samples")}
                 | {"tier": (reply.meta.get("spec") or {}).get("tier"), "metrics": reply.meta.get("metrics")}
@@ -316,10 +322,7 @@ class Workflow:
         return {"edges": edges, "missing": missing, "bytes": self.ledger.totals_since(mark), "auth": auth}
 
     def _uploads(self) -> dict[int, bytes]:
-        return {
-            int(f.stem.split("-")[1]): f.read_bytes()
-            for f in sorted(self.rd.path("cloud", "uploads").glob("edge-*.msg"))
-        }
+        return {e: f.read_bytes() for e, f in self.rd.files.uploads().items()}
 
     # -- phase 3 ------------------------------------------------------------------------
     def screening(self) -> dict:
@@ -327,7 +330,7 @@ class Workflow:
         key, the round's run id, its nonce) and the data the layout gave it."""
         images, tasks = common_data(self.layout, self.ds)
         common = {t: images[tasks == t] for t in range(len(self.layout.tasks))}
-        auth = self.rd.phase("upload", self.upload)["auth"]
+        auth = self.rd.result("upload")["auth"]
         expected = {
             int(e): Expected(public_key=a["public_key"], run=auth["run"], nonce=a["nonce"])
             for e, a in auth["edges"].items()
@@ -345,7 +348,7 @@ class Workflow:
 
     def first_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:
         """The accepted learners of the first fusion (all of them with the sync schedule)."""
-        first = set(self.rd.phase("arrivals", self.arrivals)["batches"][0])
+        first = set(self.rd.result("arrivals")["batches"][0])
         learners, tasks, edges, losses = self.accepted_learners()
         keep = [i for i, e in enumerate(edges) if e in first]
         return (
@@ -358,7 +361,7 @@ class Workflow:
     def accepted_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:
         """The learners screening accepted, their tasks, edges and screening losses (re-validated
         from disk)."""
-        screened = self.rd.phase("screening", self.screening)
+        screened = self.rd.result("screening")
         accepted = screened["accepted"]
         uploads = self._uploads()
         learners, tasks = [], []
@@ -375,7 +378,7 @@ class Workflow:
         if empty:
             raise WorkflowError(
                 f"no accepted upload for tasks {empty}: every task needs at least one learner. "
-                f"See {self.rd.path('state', 'screening.json')} for what was rejected or "
+                f"See {self.rd.files.state('screening')} for what was rejected or "
                 "quarantined and why."
             )
         result, images = train_strategy(
@@ -385,7 +388,7 @@ class Workflow:
             self.ds,
             self.p,
             strategy,
-            self.rd.path("cloud", f"baim-{strategy}"),
+            self.rd.files.baim(strategy),
             self.seed,
             self.extractor,
             screening_losses=losses,
@@ -393,7 +396,7 @@ class Workflow:
         )
         for task, by_procedure in images.items():
             for procedure, arr in by_procedure.items():
-                save_npy(self.rd.path("images", f"baim-{strategy}", f"{task}_{procedure}.npy"), arr)
+                save_npy(self.rd.files.baim_images(strategy, task, procedure), arr)
         result["learner_edges"] = edges
         return result
 
@@ -401,12 +404,12 @@ class Workflow:
     def partition(self) -> dict:
         """Cut the BAIM per task and measure, on real test images, that nothing was lost."""
         strategy = source_strategy(self.cfg.strategies)
-        baim = load_model(self.rd.path("cloud", f"baim-{strategy}"), "baim")
+        baim = load_model(self.rd.files.baim(strategy), "baim")
         assert isinstance(baim, BAIM)
         out: dict[str, Any] = {"source_strategy": strategy, "baim_parameters": baim.num_parameters(), "tasks": {}}
         for t, name in enumerate(self.layout.task_names):
             compact = partition(baim, t)
-            folder = save_model(compact, self.rd.path("cloud", "compact", name))
+            folder = save_model(compact, self.rd.files.compact(name))
             x = torch.from_numpy(self.ds.test.load(self.layout.test[name][:256])).float() / 255
             noise = torch.randn(len(x), baim.latent_dim, generator=torch.Generator().manual_seed(self.seed))
             with torch.no_grad():
@@ -430,8 +433,8 @@ class Workflow:
         done, missing = [], []
         for e in self.present(0):
             task = self.layout.task_names[self.layout.edges[e].task]
-            manifest, weights = to_parts(load_model(self.rd.path("cloud", "compact", task), "compact"))
-            reply = self.transport.request(e, Message("train.deploy", manifest, weights), self.timeout, "deployment")
+            message = deploy_message(cast(BAIM, load_model(self.rd.files.compact(task), "compact")))
+            reply = self.transport.request(e, message, self.timeout, "deployment")
             if reply.kind != "ack":
                 missing.append(_missing(e, reply))
                 continue
@@ -439,7 +442,7 @@ class Workflow:
         return {"edges": done, "missing": missing, "bytes": self.ledger.totals_since(mark)}
 
     def personalization(self) -> dict:
-        deployed = self.rd.phase("deployment", self.deployment)["edges"]
+        deployed = self.rd.result("deployment")["edges"]
         done, missing = {}, []
         for e in deployed:
             reply = self.transport.request(e, Message("train.personalize"), self.timeout, "personalization")
@@ -456,8 +459,8 @@ class Workflow:
         late = {e for e, v in self.deployed_versions(self.final_version()).items() if v > 0}
         have = {
             "initial": set(self.transport.edges()),
-            "deployed": set(self.rd.phase("deployment", self.deployment)["edges"]) | late,
-            "personalized": {int(e) for e in self.rd.phase("personalization", self.personalization)["edges"]} | late,
+            "deployed": set(self.rd.result("deployment")["edges"]) | late,
+            "personalized": {int(e) for e in self.rd.result("personalization")["edges"]} | late,
         }
         rows, missing = [], []
         for e in self.transport.edges():
@@ -472,24 +475,22 @@ class Workflow:
                     missing.append(_missing(e, reply) | {"model": which})
                     continue
                 for procedure, arr in reply.tensors.items():
-                    save_npy(self.rd.path("images", f"edge-{e}", f"{which}_{procedure}.npy"), arr.numpy())
+                    save_npy(self.rd.files.edge_images(e, which, procedure), arr.numpy())
                 rows.append(reply.meta)
         for name in self.layout.task_names:  # the real images every FID compared with, and the baseline set
             real, baseline = self.layout.fid_sets(self.ds, name, self.p.fid_count)
-            save_npy(self.rd.path("images", "real", f"{name}_baseline.npy"), baseline)
-            save_npy(self.rd.path("images", "real", f"{name}.npy"), real)
+            save_npy(self.rd.files.real_images(name, baseline=True), baseline)
+            save_npy(self.rd.files.real_images(name), real)
         return {"edges": rows, "missing": missing, "bytes": self.ledger.totals_since(mark)}
 
     # -- summary ------------------------------------------------------------------------
     def summary(self) -> dict:
         rd = self.rd
-        up = rd.phase("upload", self.upload)
-        evaluation = rd.phase("edge_evaluation", self.edge_evaluation)
-        deployment = rd.phase("deployment", self.deployment)
-        personalization = rd.phase("personalization", self.personalization)
-        integrations = [
-            rd.phase(f"integration_{k}", partial(self.integration, k)) for k in range(1, self.final_version() + 1)
-        ]
+        up = rd.result("upload")
+        evaluation = rd.result("edge_evaluation")
+        deployment = rd.result("deployment")
+        personalization = rd.result("personalization")
+        integrations = [rd.result(f"integration_{k}") for k in range(1, self.final_version() + 1)]
         later_down = sum(i["bytes"]["down"] for i in integrations)
         models: dict[int, dict[str, dict]] = {}
         for r in evaluation["edges"]:
@@ -508,7 +509,7 @@ class Workflow:
         ]
         strategies = {}
         for s in self.cfg.strategies:
-            r = rd.phase(f"cloud_{s}", partial(self.cloud, s))
+            r = rd.result(f"cloud_{s}")
             strategies[s] = {
                 k: r[k]
                 for k in (
@@ -523,7 +524,7 @@ class Workflow:
                     "recipe",
                 )
             }
-        part = rd.phase("partition", self.partition)
+        part = rd.result("partition")
         seconds = rd.phase_seconds()
         first_task = next(iter(next(iter(strategies.values()))["per_task"].values()))
         real_vs_real = {
@@ -559,11 +560,11 @@ class Workflow:
                     "evaluation": evaluation["bytes"],
                 },
             },
-            "screening": rd.phase("screening", self.screening),
+            "screening": rd.result("screening"),
             "lifecycle": self.lifecycle(strategies, integrations),
             "timeline": schedule.timeline(
                 self.layout,
-                rd.phase("arrivals", self.arrivals),
+                rd.result("arrivals"),
                 seconds,
                 deployment["edges"],
                 integrations,
@@ -577,7 +578,7 @@ class Workflow:
                 "evaluation": evaluation["missing"],
             },
         }
-        write_json(rd.path("summary.json"), summary)
+        write_json(rd.files.summary, summary)
         from .report import write_report
 
         write_report(rd.root, summary, self.layout.task_names)
