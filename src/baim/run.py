@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -80,10 +82,20 @@ def _missing(edge: int, reply: Message) -> dict[str, Any]:
     return {"edge": edge, "reason": str(reply.meta.get("error", f"unexpected reply {reply.kind!r}"))}
 
 
-class Workflow:
-    """The phases, written against a transport."""
+Metering = Callable[[str, str], AbstractContextManager[Any]]  # (side, phase) -> what to run the work inside
 
-    evaluated: tuple[str, ...] = EDGE_MODELS  # which of each edge's models the evaluation scores
+
+def unmetered(side: str, phase: str) -> AbstractContextManager[None]:
+    return nullcontext()
+
+
+class Workflow:
+    """The phases, written against a transport.
+
+    ``meter(side, phase)`` is entered around the work of every phase on the cloud (``side``
+    ``"cloud"``, the phase's name; the BAIM's evaluations as ``"evaluation"``) and around every
+    request to an edge (``"edge"``, the request's phase): ``baim compare`` books CPU time and
+    FLOPs through it. ``evaluated``: which of each edge's models the evaluation scores."""
 
     def __init__(
         self,
@@ -94,30 +106,47 @@ class Workflow:
         ledger: ByteLedger,
         cfg: RunConfig,
         timeout: float | None = None,
+        meter: Metering = unmetered,
+        evaluated: tuple[str, ...] = EDGE_MODELS,
     ):
         self.rd, self.layout, self.ds, self.p = rd, layout, ds, layout.settings
         self.transport, self.ledger, self.cfg = transport, ledger, cfg
         self.timeout = timeout or self.p.timeout_s  # seconds an edge may take to answer one request
         self.seed, self.extractor = cfg.seed, cfg.fid_extractor
+        self.meter, self.evaluated = meter, evaluated
+
+    def _phase(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Phase ``name``, run (metered) and recorded unless a previous call finished it."""
+
+        def metered() -> Any:
+            with self.meter("cloud", name):
+                return fn()
+
+        return self.rd.record(name, metered)
+
+    def request(self, edge: int, msg: Message, phase: str) -> Message:
+        """One request to an edge, its work metered as the edge's."""
+        with self.meter("edge", phase):
+            return self.transport.request(edge, msg, self.timeout, phase)
 
     def run(self) -> dict:
         """Every phase, then the summary and report; resumes where a previous call stopped.
         With ``--schedule async`` the first BAIM is fused from the first quorum of uploads and
         every later one is integrated in a phase of its own (:mod:`baim.schedule`)."""
-        self.rd.record("upload", self.upload)
-        self.rd.record("screening", self.screening)
-        arrivals = self.rd.record("arrivals", self.arrivals)
+        self._phase("upload", self.upload)
+        self._phase("screening", self.screening)
+        arrivals = self._phase("arrivals", self.arrivals)
         for s in self.cfg.strategies:
-            self.rd.record(f"cloud_{s}", partial(self.cloud, s))
-        self.rd.record("partition", self.partition)
-        self.rd.record("deployment", self.deployment)
-        self.rd.record("personalization", self.personalization)
+            self._phase(f"cloud_{s}", partial(self.cloud, s))
+        self._phase("partition", self.partition)
+        self._phase("deployment", self.deployment)
+        self._phase("personalization", self.personalization)
         for k in range(1, len(arrivals["batches"])):
-            self.rd.record(f"integration_{k}", partial(self.integration, k))
+            self._phase(f"integration_{k}", partial(self.integration, k))
         if len(arrivals["batches"]) > 1:
-            self.rd.record("final_baim", self.final_baim)
-        self.rd.record("edge_evaluation", self.edge_evaluation)
-        return self.rd.record("summary", self.summary)
+            self._phase("final_baim", self.final_baim)
+        self._phase("edge_evaluation", self.edge_evaluation)
+        return self._phase("summary", self.summary)
 
     # -- the lifecycle (baim.schedule) -------------------------------------------------------
     def arrivals(self) -> dict:
@@ -188,11 +217,11 @@ class Workflow:
         message = deploy_message(cast(BAIM, load_model(self.compact_folder(k, task), "compact")))
         t0 = time.perf_counter()
         for e in sorted(send):
-            reply = self.transport.request(e, message, self.timeout, "deployment")
+            reply = self.request(e, message, "deployment")
             if reply.kind != "ack":
                 missing.append(_missing(e, reply))
                 continue
-            reply = self.transport.request(e, Message("train.personalize"), self.timeout, "personalization")
+            reply = self.request(e, Message("train.personalize"), "personalization")
             if reply.kind != "metrics":
                 missing.append(_missing(e, reply))
                 continue
@@ -213,9 +242,10 @@ class Workflow:
         }
 
     def evaluate_baim(self, *args: Any, **kw: Any) -> dict:
-        """How the cloud scores a BAIM (:func:`baim.cloud.pipeline.evaluate_tasks`); a hook, so
-        that ``baim compare`` can book the evaluations apart from the training it meters."""
-        return evaluate_tasks(*args, **kw)
+        """How the cloud scores a BAIM (:func:`baim.cloud.pipeline.evaluate_tasks`), metered
+        apart: ``baim compare`` books the evaluations apart from the training."""
+        with self.meter("cloud", "evaluation"):
+            return evaluate_tasks(*args, **kw)
 
     def final_baim(self) -> dict:
         """The last BAIM version, evaluated exactly as the first one was (same test sets, FID
@@ -281,7 +311,7 @@ class Workflow:
         seen (``query.info``); an edge that later presents another key is refused."""
         path = self.rd.files.identities
         pinned = json.loads(path.read_text()) if path.is_file() else {}
-        reply = self.transport.request(edge, Message("query.info"), self.timeout, "upload")
+        reply = self.request(edge, Message("query.info"), "upload")
         if reply.kind != "info":
             raise WorkflowError(str(reply.meta.get("error", f"unexpected reply {reply.kind!r} to query.info")))
         key = str(reply.meta.get("public_key", ""))
@@ -310,7 +340,7 @@ class Workflow:
             nonce = secrets.token_hex(16)
             auth["edges"][str(e)] = {"public_key": key, "nonce": nonce}
             request = Message("train.local", {"run": auth["run"], "nonce": nonce})
-            reply = self.transport.request(e, request, self.timeout, "upload")
+            reply = self.request(e, request, "upload")
             if reply.kind != "upload":
                 missing.append(_missing(e, reply))
                 continue
@@ -434,7 +464,7 @@ class Workflow:
         for e in self.present(0):
             task = self.layout.task_names[self.layout.edges[e].task]
             message = deploy_message(cast(BAIM, load_model(self.rd.files.compact(task), "compact")))
-            reply = self.transport.request(e, message, self.timeout, "deployment")
+            reply = self.request(e, message, "deployment")
             if reply.kind != "ack":
                 missing.append(_missing(e, reply))
                 continue
@@ -445,7 +475,7 @@ class Workflow:
         deployed = self.rd.result("deployment")["edges"]
         done, missing = {}, []
         for e in deployed:
-            reply = self.transport.request(e, Message("train.personalize"), self.timeout, "personalization")
+            reply = self.request(e, Message("train.personalize"), "personalization")
             if reply.kind != "metrics":
                 missing.append(_missing(e, reply))
                 continue
@@ -470,7 +500,7 @@ class Workflow:
                 if e not in have[which]:
                     continue
                 meta = {"model": which, "fid_count": self.p.fid_count, "extractor": self.extractor}
-                reply = self.transport.request(e, Message("evaluate", meta), self.timeout, "evaluation")
+                reply = self.request(e, Message("evaluate", meta), "evaluation")
                 if reply.kind != "metrics":
                     missing.append(_missing(e, reply) | {"model": which})
                     continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,10 @@ from ...learners import StagedVAE
 from ...models import BAIM, generate
 from ...models.evaluation import learner_prior
 from ...models.io import WEIGHTS
-from ...run import Workflow, edge_nodes, prepare
+from ...run import Metering, Workflow, edge_nodes, prepare
 from ...runfiles import RunFiles
 from ...runview import Run
-from ...transport import ByteLedger, InProcessTransport, Message
+from ...transport import ByteLedger, InProcessTransport
 from ..common import QUALITY_KEYS, Context, quality
 from ..measure import Meter, latency_ms, ledger_totals
 
@@ -34,44 +35,19 @@ EDGE_PHASES = ("upload", "deployment", "personalization")
 CLOUD_PHASES = ("screening", "cloud_finetune", "partition")
 
 
-class MeteredTransport:
-    def __init__(self, inner: InProcessTransport, meter: Meter):
-        self.inner, self.meter = inner, meter
+def metering(meter: Meter) -> Metering:
+    """The workflow's metering hook for the comparison: each edge's work in the phases that
+    reach it, and the cloud's screening, BAIM training, partition and deployment; the BAIM's
+    FID evaluations are measurement, not training, and are booked apart (``cloud/evaluation``)."""
 
-    def edges(self) -> list[int]:
-        return self.inner.edges()
+    def hook(side: str, phase: str) -> AbstractContextManager[Any]:
+        if side == "edge":
+            wanted = phase in EDGE_PHASES
+        else:
+            wanted = phase in ("screening", "partition", "deployment", "evaluation") or phase.startswith("cloud_")
+        return meter.side(side, phase) if wanted else nullcontext()
 
-    def request(self, edge: int, msg: Message, timeout: float, phase: str) -> Message:
-        if phase not in EDGE_PHASES:
-            return self.inner.request(edge, msg, timeout, phase)
-        with self.meter.edge(phase):
-            return self.inner.request(edge, msg, timeout, phase)
-
-
-class MeteredWorkflow(Workflow):
-    meter: Meter
-    evaluated = ("initial", "personalized")  # local's and baim's rows; the deployed model is not compared
-
-    def screening(self) -> dict:
-        with self.meter.cloud("screening"):
-            return super().screening()
-
-    def cloud(self, strategy: str) -> dict:
-        with self.meter.cloud(f"cloud_{strategy}"):
-            return super().cloud(strategy)
-
-    def partition(self) -> dict:
-        with self.meter.cloud("partition"):
-            return super().partition()
-
-    def deployment(self) -> dict:
-        with self.meter.cloud("deployment"):
-            return super().deployment()
-
-    def evaluate_baim(self, *args: Any, **kw: Any) -> dict:
-        """The BAIM's FID evaluations are measurement, not training: booked apart."""
-        with self.meter.cloud("evaluation"):
-            return super().evaluate_baim(*args, **kw)
+    return hook
 
 
 def run_workflow(out: Path, cfg: RunConfig) -> dict:
@@ -84,8 +60,10 @@ def run_workflow(out: Path, cfg: RunConfig) -> dict:
         raise WorkflowError(f"{out} holds a finished run without its measurements; delete it to re-measure")
     meter, ledger = Meter(), ByteLedger()
     nodes = edge_nodes(rd, layout, ds, cfg.seed)
-    wf = MeteredWorkflow(rd, layout, ds, MeteredTransport(InProcessTransport(nodes, ledger), meter), ledger, cfg)
-    wf.meter = meter
+    evaluated = ("initial", "personalized")  # local's and baim's rows; the deployed model is not compared
+    wf = Workflow(
+        rd, layout, ds, InProcessTransport(nodes, ledger), ledger, cfg, meter=metering(meter), evaluated=evaluated
+    )
     t0 = time.perf_counter()
     with meter.counting():
         wf.run()
