@@ -17,8 +17,8 @@ from pathlib import Path
 from .config import RunConfig
 from .errors import ConfigError, WorkflowError
 from .metrics import get_extractor
-from .run import Workflow, edge_nodes, prepare
 from .transport import ByteLedger, InProcessTransport
+from .workflow import Workflow, edge_nodes, prepare
 
 
 def run(out: str | Path, cfg: RunConfig | None = None) -> dict:

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..run import deploy_message
 from ..runview import Run
 from ..transport import encode
+from ..workflow import deploy_message
 
 EDGE_BPS = 100e6 / 8  # bytes per second of one edge's link
 CLOUD_BPS = 10e9 / 8
@@ -161,7 +161,7 @@ def table(rows: list[dict], n0: int, m_tasks: int, per_task: list[int]) -> dict[
 
 def deploy_bytes(run_dir: Path) -> int:
     """The bytes the workflow's deployment phase sends: for every edge the encoded ``train.deploy``
-    message of its task's compact model (:func:`baim.run.deploy_message`, as the deployment
+    message of its task's compact model (:func:`baim.workflow.deploy_message`, as the deployment
     phase builds it), for a run stopped before its deployment finished."""
     run = Run(run_dir)
     names = run.layout.task_names

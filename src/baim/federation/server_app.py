@@ -17,8 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..config import STRATEGIES, RunConfig
 from ..metrics import get_extractor
-from ..run import Workflow, prepare
 from ..runfiles import RunFiles
+from ..workflow import Workflow, prepare
 from .transport import FlowerTransport
 
 app = ServerApp()

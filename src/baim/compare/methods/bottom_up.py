@@ -24,10 +24,10 @@ from ...learners import StagedVAE
 from ...models import BAIM, generate
 from ...models.evaluation import learner_prior
 from ...models.io import WEIGHTS
-from ...run import Metering, Workflow, edge_nodes, prepare
 from ...runfiles import RunFiles
 from ...runview import Run
 from ...transport import ByteLedger, InProcessTransport
+from ...workflow import Metering, Workflow, edge_nodes, prepare
 from ..common import QUALITY_KEYS, Context, quality
 from ..measure import Meter, latency_ms, ledger_totals
 
