@@ -43,6 +43,7 @@ from baim.cloud.budget import (
 from baim.errors import ConfigError
 from baim.learners import StagedVAE
 from baim.models import BAIM, load_model, reconstruction_metrics
+from baim.runfiles import RunFiles
 
 
 def main() -> None:
@@ -85,7 +86,7 @@ def main() -> None:
             if e.task == t:
                 tiers.setdefault(e.tier, e.edge)
         for tier, edge in tiers.items():
-            folder = run / "edges" / f"edge-{edge}" / "initial"
+            folder = RunFiles(run).edge(edge, "initial")
             upload = (folder / "weights.safetensors").stat().st_size
             edge_loss = test_loss(load_model(folder, "learner"), test, beta, args.seed)
             for factor in args.factor:

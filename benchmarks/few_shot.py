@@ -30,6 +30,7 @@ os.environ.setdefault("BAIM_QUIET", "1")
 from baim.config import RunConfig  # noqa: E402
 from baim.engines import run  # noqa: E402
 from baim.errors import BaimError  # noqa: E402
+from baim.runfiles import RunFiles  # noqa: E402
 
 
 def variants(task: str, shots: list[int], full_own: bool) -> dict[str, dict]:
@@ -45,7 +46,7 @@ def variants(task: str, shots: list[int], full_own: bool) -> dict[str, dict]:
 
 def connections_into(run_dir: Path, task: str) -> dict[str, int]:
     """Surviving connections of the trained BAIM that end in a learner of ``task``'s squad."""
-    cfg = json.loads((run_dir / "cloud" / "baim-finetune" / "manifest.json").read_text())["config"]
+    cfg = json.loads((RunFiles(run_dir).baim("finetune") / "manifest.json").read_text())["config"]
     t = cfg["task_names"].index(task)
     owner = cfg["learner_tasks"]
     into = [c for c in cfg["connections"] if owner[c["dst"]] == t]
@@ -56,7 +57,7 @@ def figures(run_dir: Path, summary: dict, task: str) -> dict:
     result = summary["strategies"]["finetune"]
     baim, step0 = result["per_task"][task], result["step0"][task]
     edges = [e for e in summary["edges"] if e["task"] == task]
-    layout = json.loads((run_dir / "layout.json").read_text())
+    layout = json.loads(RunFiles(run_dir).layout.read_text())
     classes = set(next(t["classes"] for t in layout["tasks"] if t["name"] == task))
     labels = _train_labels(layout)
     return {

@@ -54,6 +54,7 @@ from baim.data import to_uint8
 from baim.learners import StagedVAE, tier_spec
 from baim.models import load_model, save_model
 from baim.models.evaluation import generate
+from baim.runfiles import RunFiles
 from baim.service.toolbox import model_bytes
 
 N = 16
@@ -72,9 +73,9 @@ def build_run(root: Path, tasks: int, seed: int = 0) -> list[str]:
             m(torch.rand(16, 1, 32, 32))
             learners.append(m.eval())
         compact = partition(fuse(learners, [0, 0, 0], [name], top_k=2, height=3, seed=seed + t), 0)
-        save_model(compact, root / "cloud" / "compact" / name)
+        save_model(compact, RunFiles(root).compact(name))
         if t == 0:
-            save_model(compact, root / "edges" / "edge-0" / "deployed")
+            save_model(compact, RunFiles(root).edge(0, "deployed"))
     return names
 
 
@@ -294,7 +295,7 @@ def main() -> None:
         run = Path(tmp) / "run"
         t0 = time.perf_counter()
         names = build_run(run, args.tasks, args.seed)
-        registry = Registry(run / "registry")
+        registry = Registry(RunFiles(run).registry)
         registry.publish_run(run)
         token_file = Path(tmp) / "token"
         token_file.write_text(registry.issue_token("bench"))
@@ -317,22 +318,21 @@ def main() -> None:
             def edge(budget_mb: float, sub: str) -> tuple[subprocess.Popen, str]:
                 # a fresh toolbox per phase: its own copy of the edge folder
                 edge_run = Path(tmp) / sub
-                (edge_run / "edges").mkdir(parents=True)
-                (edge_run / "edges" / "edge-0").mkdir()
-                os.symlink(run / "edges" / "edge-0" / "deployed", edge_run / "edges" / "edge-0" / "deployed")
+                RunFiles(edge_run).edge(0).mkdir(parents=True)
+                os.symlink(RunFiles(run).edge(0, "deployed"), RunFiles(edge_run).edge(0, "deployed"))
                 port = free_port()
-                key = str(run / "registry" / "registry.pub")
+                key = str(RunFiles(run).registry / "registry.pub")
                 cmd = ["serve", "edge", "--run", str(edge_run), "--edge", "0", "--cloud", cloud_url]
                 cmd += ["--token-file", str(token_file), "--port", str(port), "--toolbox-mb", str(budget_mb)]
                 cmd += ["--registry-key", key, "--rate", "1000000"]  # one client here: no rate limit
                 procs.append(start(cmd, f"http://127.0.0.1:{port}", Path(tmp) / f"{sub}.log", args.threads))
                 return procs[-1], f"http://127.0.0.1:{port}"
 
-            mem_model = max(model_bytes(load_model(run / "cloud" / "compact" / t)) for t in names)
+            mem_model = max(model_bytes(load_model(RunFiles(run).compact(t))) for t in names)
             t0 = time.perf_counter()
             proc, url = edge(4096, "edge-a")
             started = time.perf_counter() - t0
-            figures = asyncio.run(drive(url, names, args, run / "edges" / "edge-0" / "deployed"))
+            figures = asyncio.run(drive(url, names, args, RunFiles(run).edge(0, "deployed")))
             figures["edge_start_s"] = started
             figures.update(chunked_attack(url, proc.pid, args.attack_mib))
             proc.terminate()

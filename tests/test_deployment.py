@@ -15,7 +15,7 @@ import pytest
 
 from baim.config import RunConfig
 from baim.federation.deploy import APP_DIR, make_credentials, superlink_command, supernode_command, write_flower_config
-from baim.run import prepare
+from baim.workflow import prepare
 
 pytestmark = pytest.mark.integration
 

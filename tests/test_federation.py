@@ -12,8 +12,8 @@ from baim.engines import run
 from baim.federation.client_app import app as client_app
 from baim.federation.server_app import run_workflow_on
 from baim.federation.transport import FlowerTransport, from_record, to_record
-from baim.run import prepare
 from baim.transport import Message, encode
+from baim.workflow import prepare
 
 
 class FakeGrid:

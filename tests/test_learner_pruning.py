@@ -156,7 +156,7 @@ def test_prune_learners_in_run_measures_both_sides(tmp_path, monkeypatch):
     have two learners and K = 2 gives each a share of exactly 1/2): a threshold above 1/2
     drops one learner per two-learner squad, and the report says what that cost."""
     from baim import config, engines
-    from baim.run import Workflow
+    from baim.workflow import phases
 
     smoke = config.get_preset("smoke")
     tiny = replace(
@@ -170,10 +170,10 @@ def test_prune_learners_in_run_measures_both_sides(tmp_path, monkeypatch):
     )
     monkeypatch.setitem(config.PRESETS, "tiny-pruning", tiny)
 
-    def stop(self):
+    def stop(ctx):
         raise _StopAfterCloud
 
-    monkeypatch.setattr(Workflow, "partition", stop)  # the phases after the BAIM's play no part here
+    monkeypatch.setattr(phases, "partition", stop)  # the phases after the BAIM's play no part here
     run = tmp_path / "run"
     with pytest.raises(_StopAfterCloud):
         engines.run(run, config.RunConfig(preset="tiny-pruning", strategies=("finetune",)))

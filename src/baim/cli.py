@@ -14,6 +14,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from .runfiles import RunFiles
+
 console = Console()
 
 
@@ -66,7 +68,7 @@ def _cmd_layout(args: argparse.Namespace) -> None:
     ds = load_dataset(args.dataset, args.data_dir)
     preset = get_preset(args.preset).with_overrides(num_edges=args.edges, alpha=args.alpha)
     layout = make_layout(ds, preset, seed=args.seed, data_dir=args.data_dir)
-    path = layout.save(Path(args.out) / "layout.json")
+    path = layout.save(RunFiles(args.out).layout)
     table = Table(title=f"{ds.name} layout, preset {preset.name}, seed {args.seed}, α = {preset.alpha}")
     for col in ("edge", "task", "tier", "size", "class histogram"):
         table.add_column(col)
@@ -233,8 +235,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     )
     summary = run(args.out, cfg)
     console.print(
-        f"run finished in {summary['wall_seconds']:.0f} s; summary: {Path(args.out) / 'summary.json'}, "
-        f"report: {Path(args.out) / 'report.html'}"
+        f"run finished in {summary['wall_seconds']:.0f} s; summary: {RunFiles(args.out).summary}, "
+        f"report: {RunFiles(args.out).report}"
     )
 
 
@@ -263,7 +265,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     for c in claims:
         mark = "[green]holds[/green]" if c["holds"] else "[red]does not hold[/red]"
         console.print(f"{mark} ({c['holds_on_seeds']}/{c['seeds']} seeds): {c['claim']}")
-    console.print(f"sweep of {len(summary['seeds'])} seeds: {Path(args.out) / 'report.html'}")
+    console.print(f"sweep of {len(summary['seeds'])} seeds: {RunFiles(args.out).report}")
 
 
 def _cmd_deploy_credentials(args: argparse.Namespace) -> None:
@@ -334,51 +336,52 @@ first steps (from a checkout):
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .config import CLOUD_RECIPES, DATASETS, ENGINES, EXTRACTORS, PRESETS, SCHEDULES, STRATEGIES
-    from .learners.spec import TIERS
+Subparsers = argparse._SubParsersAction  # what add_subparsers returns
+Formatter = type[argparse.HelpFormatter]
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(
-        prog="baim",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=EPILOG,
-        description="Edge-cloud collaborative generative AI: edges train small VAEs on private data, the cloud "
-        "fuses them into a bottom-up big AI model (BAIM), cuts it into compact per-task models and "
-        "sends them back to the edges.",
+
+def _data_args(sp: argparse.ArgumentParser) -> None:
+    from .config import DATASETS
+
+    sp.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="data set")
+    sp.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the data set's files (fashion-mnist: /usr/share/datasets/fashion-mnist when not given)",
     )
-    p.add_argument("--version", action="version", version=f"baim {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def data_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", default="fashion-mnist", choices=DATASETS, help="data set")
-        sp.add_argument(
-            "--data-dir",
-            default=None,
-            help="folder with the data set's files (fashion-mnist: /usr/share/datasets/fashion-mnist when not given)",
-        )
 
-    def extractor_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument(
-            "--fid-extractor",
-            default=None,
-            choices=EXTRACTORS,
-            help="feature network of FID/KID; by default the one that fits the data set: domain (the committed "
-            "Fashion-MNIST classifier) for fashion-mnist, lite0 (ImageNet EfficientNet-Lite0) otherwise",
-        )
+def _extractor_arg(sp: argparse.ArgumentParser) -> None:
+    from .config import EXTRACTORS
 
-    presets = sorted(PRESETS)
+    sp.add_argument(
+        "--fid-extractor",
+        default=None,
+        choices=EXTRACTORS,
+        help="feature network of FID/KID; by default the one that fits the data set: domain (the committed "
+        "Fashion-MNIST classifier) for fashion-mnist, lite0 (ImageNet EfficientNet-Lite0) otherwise",
+    )
+
+
+def _add_layout(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim layout``: a federation layout alone."""
+    from .config import PRESETS
+
     sp = sub.add_parser(
         "layout", formatter_class=fmt, help="create a federation layout (edges, cloud, test) as JSON indices"
     )
-    data_args(sp)
-    sp.add_argument("--preset", default="quick", choices=presets, help="named run settings (see README)")
+    _data_args(sp)
+    sp.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named run settings (see README)")
     sp.add_argument("--edges", type=_int_in(1), default=None, help="override the preset's number of edges")
     sp.add_argument("--alpha", type=_float_in(0), default=None, help="override the Dirichlet concentration")
     sp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     sp.add_argument("--out", required=True)
     sp.set_defaults(func=_cmd_layout)
+
+
+def _add_edge(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim edge train``: one edge's learner, on a layout's slice or a folder of images."""
+    from .learners.spec import TIERS
 
     sp = sub.add_parser("edge", formatter_class=fmt, help="edge-side commands")
     esub = sp.add_subparsers(dest="edge_command", required=True)
@@ -394,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     tp.set_defaults(func=_cmd_edge_train)
 
+
+def _add_evaluate(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim evaluate``: any saved learner or compact model on a task."""
     sp = sub.add_parser(
         "evaluate",
         formatter_class=fmt,
@@ -402,10 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True, help="folder of a saved model (manifest.json + weights.safetensors)")
     sp.add_argument("--layout", required=True)
     sp.add_argument("--task", required=True, help="task name or index")
-    extractor_arg(sp)
+    _extractor_arg(sp)
     sp.add_argument("--fid-count", type=_int_in(2), default=500, help="generated (and real) images per FID")
     sp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
     sp.set_defaults(func=_cmd_evaluate)
+
+
+def _add_cloud(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim cloud train | prune-learners | partition | add``: the cloud's steps, alone or on a finished run."""
+    from .config import STRATEGIES
 
     sp = sub.add_parser("cloud", formatter_class=fmt, help="cloud-side commands")
     csub = sp.add_subparsers(dest="cloud_command", required=True)
@@ -426,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--prune-interval", type=_int_in(0), default=None)
     tp.add_argument("--prune-ratio", type=_float_in(0, 1, closed=True), default=None)
     tp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
-    extractor_arg(tp)
+    _extractor_arg(tp)
     tp.set_defaults(func=_cmd_cloud_train)
     tp = csub.add_parser(
         "prune-learners",
@@ -485,11 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--seed", type=_int_in(0), default=0)
     tp.set_defaults(func=_cmd_cloud_add)
 
+
+def _add_run(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim run``: the workflow end to end, with its lifecycle settings."""
+    from .config import CLOUD_RECIPES, ENGINES, PRESETS, SCHEDULES, STRATEGIES
+
     sp = sub.add_parser("run", formatter_class=fmt, help="the workflow end to end into a run directory (resumable)")
-    data_args(sp)
-    sp.add_argument("--preset", default="quick", choices=presets, help="named run settings (see README)")
+    _data_args(sp)
+    sp.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named run settings (see README)")
     sp.add_argument("--seed", type=_int_in(0), default=0, help="seed of layout, training and sampling")
-    extractor_arg(sp)
+    _extractor_arg(sp)
     sp.add_argument(
         "--engine",
         default="inprocess",
@@ -544,17 +560,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_run)
 
+
+def _add_sweep(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim sweep``: ``baim run`` over several seeds."""
+    from .config import CLOUD_RECIPES, PRESETS
+
     sp = sub.add_parser(
         "sweep", formatter_class=fmt, help="the workflow over several seeds, with mean ± std and the paper's claims"
     )
-    data_args(sp)
-    sp.add_argument("--preset", default="fig5", choices=presets, help="named run settings (see README)")
+    _data_args(sp)
+    sp.add_argument("--preset", default="fig5", choices=sorted(PRESETS), help="named run settings (see README)")
     sp.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (at least two)")
-    extractor_arg(sp)
+    _extractor_arg(sp)
     sp.add_argument("--cloud-recipe", default="gentle", choices=CLOUD_RECIPES, help="see `baim run --help`")
     sp.add_argument("--out", required=True, help="sweep directory (one resumable run per seed inside)")
     sp.set_defaults(func=_cmd_sweep)
 
+
+def _add_deploy(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim deploy credentials | commands``: Flower's deployment engine."""
     sp = sub.add_parser("deploy", formatter_class=fmt, help="Flower deployment engine: credentials and commands")
     dsub = sp.add_subparsers(dest="deploy_command", required=True)
     tp = dsub.add_parser("credentials", formatter_class=fmt, help="CA, SuperLink TLS certificate, SuperNode key pairs")
@@ -578,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--flwr-home", default=str(Path.home() / ".flwr"))
     tp.set_defaults(func=_cmd_deploy_commands)
 
+
+def _add_domain(sub: Subparsers, fmt: Formatter) -> None:
+    """``baim domain train``: the domain FID feature network."""
     sp = sub.add_parser("domain", formatter_class=fmt, help="the domain FID feature network")
     dsub = sp.add_subparsers(dest="domain_command", required=True)
     tp = dsub.add_parser(
@@ -589,6 +616,23 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--out", default=None, help="default: the package's weights folder")
     tp.set_defaults(func=_cmd_domain_train)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="baim",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        description="Edge-cloud collaborative generative AI: edges train small VAEs on private data, the cloud "
+        "fuses them into a bottom-up big AI model (BAIM), cuts it into compact per-task models and "
+        "sends them back to the edges.",
+    )
+    p.add_argument("--version", action="version", version=f"baim {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_layout, _add_edge, _add_evaluate, _add_cloud, _add_run, _add_sweep, _add_deploy, _add_domain):
+        add(sub, fmt)
     from .service.commands import add_service_commands
 
     add_service_commands(sub, fmt)

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 from .config import RunConfig
-from .edge import EdgeNode
 from .errors import ConfigError, WorkflowError
 from .metrics import get_extractor
-from .run import Workflow, prepare
 from .transport import ByteLedger, InProcessTransport
+from .workflow import Workflow, edge_nodes, prepare
 
 
 def run(out: str | Path, cfg: RunConfig | None = None) -> dict:
@@ -37,9 +36,7 @@ def run(out: str | Path, cfg: RunConfig | None = None) -> dict:
     rd, layout, ds, _ = prepare(out, cfg)
     if cfg.engine == "inprocess":
         ledger = ByteLedger()
-        nodes = {
-            e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), cfg.seed) for e in layout.edges
-        }
+        nodes = edge_nodes(rd, layout, ds, cfg.seed)
         summary = Workflow(rd, layout, ds, InProcessTransport(nodes, ledger), ledger, cfg).run()
     else:
         from .federation.simulation import simulate
@@ -47,6 +44,6 @@ def run(out: str | Path, cfg: RunConfig | None = None) -> dict:
         simulate(rd.root, len(layout.edges), cfg.data_dir)
         if not rd.done("summary"):
             raise WorkflowError(f"the Flower simulation ended before the workflow finished; see {rd.root}/state")
-        summary = json.loads(rd.path("summary.json").read_text())
+        summary = json.loads(rd.files.summary.read_text())
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 2)
     return summary

@@ -16,40 +16,39 @@ import numpy as np
 
 from .atomic import write_text
 from .figures import image_grid, pyplot, save_figure, save_png
+from .runfiles import RunFiles
 
 PHASE_LABELS = {"initial": "edge (initial)", "deployed": "deployed", "personalized": "personalised"}
 
 
-def _grids(root: Path, tasks: list[str], strategies: list[str]) -> list[tuple[str, Path, str]]:
+def _grids(files: RunFiles, tasks: list[str], strategies: list[str]) -> list[tuple[str, Path, str]]:
     out = []
-    real = [np.load(root / "images" / "real" / f"{t}.npy")[:8] for t in tasks]
+    real = [np.load(files.real_images(t))[:8] for t in tasks]
     out.append(
         (
             "Real test images",
-            save_png(image_grid(np.concatenate(real)), root / "figures" / "real.png"),
+            save_png(image_grid(np.concatenate(real)), files.figure("real.png")),
             "one row per task: " + ", ".join(tasks),
         )
     )
     for which in ("initial", "deployed", "personalized"):
-        files = sorted(
-            (root / "images").glob(f"edge-*/{which}_fitted.npy"), key=lambda p: int(p.parent.name.split("-")[1])
-        )
-        if files:
-            grid = np.concatenate([np.load(f)[:8] for f in files])
+        found = files.edge_image_files(which, "fitted")
+        if found:
+            grid = np.concatenate([np.load(f)[:8] for _, f in found])
             out.append(
                 (
                     f"Samples: {PHASE_LABELS[which]}",
-                    save_png(image_grid(grid), root / "figures" / f"samples_{which}.png"),
-                    "one row per edge (" + ", ".join(f.parent.name for f in files) + "), z from the prior "
+                    save_png(image_grid(grid), files.figure(f"samples_{which}.png")),
+                    "one row per edge (" + ", ".join(f"edge-{e}" for e, _ in found) + "), z from the prior "
                     "fitted to the model's own training data",
                 )
             )
     for s in strategies:
-        grid = np.concatenate([np.load(root / "images" / f"baim-{s}" / f"{t}_fitted.npy")[:8] for t in tasks])
+        grid = np.concatenate([np.load(files.baim_images(s, t, "fitted"))[:8] for t in tasks])
         out.append(
             (
                 f"Samples: BAIM, strategy {s}",
-                save_png(image_grid(grid), root / "figures" / f"samples_baim_{s}.png"),
+                save_png(image_grid(grid), files.figure(f"samples_baim_{s}.png")),
                 "one row per task, z from the prior fitted to the cloud's common data",
             )
         )
@@ -60,7 +59,7 @@ def _metric(edge: dict, which: str, key: str) -> float | None:
     return edge["models"].get(which, {}).get(key)
 
 
-def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path, str]]:
+def _plots(files: RunFiles, summary: dict, tasks: list[str]) -> list[tuple[str, Path, str]]:
     plt = pyplot()
     out = []
     strat = summary["strategies"]
@@ -76,7 +75,7 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
     out.append(
         (
             "Convergence of the three strategies",
-            save_figure(fig, root / "figures" / "strategies_test_loss.png"),
+            save_figure(fig, files.figure("strategies_test_loss.png")),
             "test loss = MSE + β·KL on each task's test images after every epoch",
         )
     )
@@ -95,7 +94,7 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
     out.append(
         (
             "FID per edge: initial, deployed, personalised",
-            save_figure(fig, root / "figures" / "fid_edges.png"),
+            save_figure(fig, files.figure("fid_edges.png")),
             "every model sampled the same way (z from a prior fitted to its own training data); real-vs-real "
             "FID per task: " + ", ".join(f"{k} {v['fid']:.1f}" for k, v in summary["real_vs_real"].items()),
         )
@@ -110,13 +109,13 @@ def _plots(root: Path, summary: dict, tasks: list[str]) -> list[tuple[str, Path,
     ax.set_ylabel(f"FID, fitted prior ({summary['fid_extractor']}, n={summary['fid_count']})")
     ax.set_title("BAIM FID per strategy and task")
     ax.legend()
-    out.append(("FID per strategy", save_figure(fig, root / "figures" / "fid_strategies.png"), ""))
+    out.append(("FID per strategy", save_figure(fig, files.figure("fid_strategies.png")), ""))
     if "timeline" in summary:
-        out.append(_timeline(plt, root, summary))
+        out.append(_timeline(plt, files, summary))
     return out
 
 
-def _timeline(plt, root: Path, summary: dict) -> tuple[str, Path, str]:
+def _timeline(plt, files: RunFiles, summary: dict) -> tuple[str, Path, str]:
     """Who uploaded, joined, left and got which BAIM version when (one row per edge)."""
     tl, life = summary["timeline"], summary["lifecycle"]
     events = tl["events"]
@@ -147,7 +146,7 @@ def _timeline(plt, root: Path, summary: dict) -> tuple[str, Path, str]:
         f"{tl['final_version'] + 1} BAIM version(s); edges that left: {life['leave'] or 'none'}, joined late: "
         f"{life['join_late'] or 'none'}"
     )
-    return "Timeline: uploads, BAIM versions, deployments", save_figure(fig, root / "figures" / "timeline.png"), caption
+    return "Timeline: uploads, BAIM versions, deployments", save_figure(fig, files.figure("timeline.png")), caption
 
 
 def _img(path: Path) -> str:
@@ -163,9 +162,9 @@ def _fmt(v) -> str:
 
 
 def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
-    root = Path(root)
+    files = RunFiles(root)
     strategies = list(summary["strategies"])
-    sections = _grids(root, tasks, strategies) + _plots(root, summary, tasks)
+    sections = _grids(files, tasks, strategies) + _plots(files, summary, tasks)
     ext, n = summary["fid_extractor"], summary["fid_count"]
     parts = [
         f"<h1>baim run — preset {html.escape(summary['preset'])}</h1>",
@@ -284,4 +283,4 @@ def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
         f"<!doctype html><html><head><meta charset='utf-8'><title>baim report</title><style>{style}</style>"
         f"</head><body>{''.join(parts)}</body></html>"
     )
-    return write_text(root / "report.html", doc)
+    return write_text(files.report, doc)

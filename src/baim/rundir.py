@@ -26,7 +26,8 @@ from typing import IO, Any
 import torch
 
 from .atomic import write_json
-from .errors import RunConfigMismatch, RunDirBusy
+from .errors import RunConfigMismatch, RunDirBusy, WorkflowError
+from .runfiles import RunFiles
 
 
 class _Lock:
@@ -67,7 +68,7 @@ _HELD: weakref.WeakValueDictionary[str, _Lock] = weakref.WeakValueDictionary()  
 def lock_run_dir(root: Path) -> _Lock:
     """The lock of run directory ``root``: this process's, if it holds it already (the Flower
     simulation's ServerApp opens the folder ``baim run`` opened), else a new one."""
-    path = root / ".lock"
+    path = RunFiles(root).lock
     key = str(path.resolve())
     held = _HELD.get(key)
     if held is not None and held.holds(path):
@@ -78,12 +79,15 @@ def lock_run_dir(root: Path) -> _Lock:
 
 
 class RunDir:
+    """The writer's side of a run folder: the lock, the configuration check and the phase
+    records. Every path in it is :class:`~baim.runfiles.RunFiles`' (``rd.files``)."""
+
     def __init__(self, root: str | Path, config: dict):
-        self.root = Path(root)
-        self.state = self.root / "state"
-        self.state.mkdir(parents=True, exist_ok=True)
+        self.files = RunFiles(root)
+        self.root = self.files.root
+        self.files.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_run_dir(self.root)  # before anything in the folder is read or written
-        cfg_path = self.root / "config.json"
+        cfg_path = self.files.config
         if cfg_path.is_file():
             old = json.loads(cfg_path.read_text())
             if old != config:
@@ -98,7 +102,7 @@ class RunDir:
         self._check_threads()
 
     def _check_threads(self) -> None:
-        path, threads = self.root / "threads.json", torch.get_num_threads()
+        path, threads = self.files.threads, torch.get_num_threads()
         if not path.is_file():
             write_json(path, {"torch_threads": threads})
             return
@@ -110,24 +114,28 @@ class RunDir:
                 f"OMP_NUM_THREADS={recorded} baim run ... (same arguments), or use another --out"
             )
 
-    def path(self, *parts: str) -> Path:
-        return self.root.joinpath(*parts)
-
     def done(self, phase: str) -> bool:
-        return (self.state / f"{phase}.json").is_file()
+        return self.files.state(phase).is_file()
 
-    def phase(self, name: str, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` unless ``name`` already finished; return its (JSON) result either way."""
-        marker = self.state / f"{name}.json"
-        if marker.is_file():
-            return json.loads(marker.read_text())["result"]
+    def record(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run phase ``name`` (``fn``) and record its JSON result, unless a previous call
+        finished it (then ``fn`` is not called): the one place a killed run resumes. Returns
+        the result either way."""
+        if self.done(name):
+            return self.result(name)
         t0 = time.perf_counter()
         result = fn()
-        write_json(marker, {"phase": name, "seconds": round(time.perf_counter() - t0, 3), "result": result})
+        write_json(
+            self.files.state(name), {"phase": name, "seconds": round(time.perf_counter() - t0, 3), "result": result}
+        )
         return result
 
+    def result(self, name: str) -> Any:
+        """The recorded result of finished phase ``name``; never runs anything."""
+        marker = self.files.state(name)
+        if not marker.is_file():
+            raise WorkflowError(f"phase {name!r} has not finished in {self.root}: rerun `baim run` to resume it")
+        return json.loads(marker.read_text())["result"]
+
     def phase_seconds(self) -> dict[str, float]:
-        out = {}
-        for p in sorted(self.state.glob("*.json")):
-            out[p.stem] = json.loads(p.read_text())["seconds"]
-        return out
+        return {name: json.loads(p.read_text())["seconds"] for name, p in self.files.states().items()}

@@ -26,6 +26,7 @@ from .atomic import write_json, write_text
 from .config import RunConfig
 from .engines import run
 from .figures import pyplot, save_figure
+from .runfiles import RunFiles
 
 PROCEDURES = ("fitted", "standard")
 
@@ -168,7 +169,7 @@ def _figures(out: Path, runs: dict[int, dict], agg: dict[str, dict], tasks: list
     ax.set_ylabel("test loss (mean over tasks)")
     ax.set_title(f"Strategies, mean ± std over {len(seeds)} seeds (paper Fig. 5(c))")
     ax.legend()
-    figs.append(("Convergence of the three strategies", save_figure(fig, out / "figures" / "strategies.png")))
+    figs.append(("Convergence of the three strategies", save_figure(fig, RunFiles(out).figure("strategies.png"))))
 
     deployed = runs[seeds[0]]["partition"]["source_strategy"]
     for key, label in (
@@ -204,7 +205,7 @@ def _figures(out: Path, runs: dict[int, dict], agg: dict[str, dict], tasks: list
         figs.append(
             (
                 f"{label}: edges, fused BAIM, deployed, personalised",
-                save_figure(fig, out / "figures" / f"tasks_{key}.png"),
+                save_figure(fig, RunFiles(out).figure(f"tasks_{key}.png")),
             )
         )
     return figs
@@ -230,7 +231,7 @@ def aggregate(out: str | Path, runs: dict[int, dict]) -> dict:
         "headline": agg,
     }
     claims = _claims(runs, tasks)
-    write_json(out / "summary.json", summary)
+    write_json(RunFiles(out).summary, summary)
     write_json(out / "claims.json", claims)
     figs = _figures(out, runs, agg, tasks)
     _report(out, summary, claims, figs)
@@ -276,7 +277,7 @@ def _report(out: Path, summary: dict, claims: list[dict], figs: list[tuple[str, 
         f"<!doctype html><html><head><meta charset='utf-8'><title>baim sweep</title><style>{style}</style>"
         f"</head><body>{''.join(parts)}</body></html>"
     )
-    return write_text(out / "report.html", doc)
+    return write_text(RunFiles(out).report, doc)
 
 
 def sweep(out: str | Path, base: RunConfig, seeds: list[int]) -> dict:

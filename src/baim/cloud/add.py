@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from ..atomic import write_json
-from ..data import load_dataset
 from ..data.image_folder import read_images
-from ..data.layout import Layout
 from ..errors import ConfigError
 from ..learners import StagedVAE
-from ..models import BAIM, load_model, save_model
+from ..models import load_model, save_model
 from ..names import check_task_name
+from ..runfiles import RunFiles
+from ..runview import Run
 from .continual import integrate
 from .partition import partition
 from .pipeline import common_data
@@ -56,15 +56,14 @@ def add_to_run(
     """Grow the run's ``strategy`` BAIM by the learner in ``learner_dir`` for ``task`` and save
     it (default ``RUN/cloud/baim-STRATEGY-added-TASK``), with compact models of the touched
     tasks under ``OUT/compact/``; returns the report (also written to ``OUT/add.json``)."""
-    run = Path(run_dir)
-    source = run / "cloud" / f"baim-{strategy}"
-    if not (run / "layout.json").is_file() or not source.is_dir():
-        raise ConfigError(f"{run} holds no trained {strategy} BAIM (expected {source}); run `baim run` first")
+    run = Run(run_dir)
+    source = run.files.baim(strategy)
+    if not run.files.layout.is_file() or not source.is_dir():
+        raise ConfigError(f"{run.root} holds no trained {strategy} BAIM (expected {source}); run `baim run` first")
     check_task_name(task)
-    layout = Layout.load(run / "layout.json")
-    ds = load_dataset(layout.dataset, layout.data_dir)
-    model = load_model(source, "baim")
-    assert isinstance(model, BAIM)
+    layout = run.layout
+    ds = run.dataset()
+    model = run.baim(strategy)
     learner = _load_learner(Path(learner_dir))
     spec = learner.spec
     if (spec.image_size, spec.channels) != (model.image_size, model.channels):
@@ -98,14 +97,14 @@ def add_to_run(
     report = integrate(
         model, [(learner, task)], images, names, recipe, train_old=train_old, test_sets=test_sets, seed=seed
     )
-    target = Path(out) if out is not None else run / "cloud" / f"baim-{strategy}-added-{task}"
+    target = Path(out) if out is not None else run.files.added(strategy, task)
     save_model(model, target)
     compact = {}
     for name in report["touched_tasks"] if not train_old else model.task_names:
-        folder = save_model(partition(model, model.task_names.index(name)), target / "compact" / name)
+        folder = save_model(partition(model, model.task_names.index(name)), RunFiles.compact_beside(target, name))
         compact[name] = (folder / "weights.safetensors").stat().st_size
     report |= {
-        "run": str(run),
+        "run": str(run.root),
         "source": str(source),
         "saved": str(target),
         "learner": str(learner_dir),

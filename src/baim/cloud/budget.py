@@ -35,7 +35,6 @@ what is stored and sent.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -44,11 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import DataSet, load_dataset, to_float
+from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import ConfigError
 from ..learners import weights_bytes
-from ..models import BAIM, Connection, Projection, fit_priors, load_model
+from ..models import BAIM, Connection, Projection, fit_priors
+from ..runview import Run
 from .partition import closure, partition
 from .pipeline import common_data
 from .pruning import learner_usage
@@ -301,15 +301,7 @@ def _report(
 def source_baim(run_dir: str | Path) -> BAIM:
     """The BAIM a run partitioned: the strategy its partition record names; before that phase,
     finetune's if the run trains it (as the workflow chooses), else its first strategy's."""
-    run = Path(run_dir)
-    record, config = run / "state" / "partition.json", run / "config.json"
-    strategy = "finetune"
-    if record.is_file():
-        strategy = json.loads(record.read_text())["result"]["source_strategy"]
-    elif config.is_file():
-        strategies = json.loads(config.read_text())["strategies"]
-        strategy = "finetune" if "finetune" in strategies else strategies[0]
-    return cast(BAIM, load_model(run / "cloud" / f"baim-{strategy}", "baim"))
+    return Run(run_dir).baim()
 
 
 def selection_images(images: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -321,8 +313,8 @@ def selection_images(images: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def run_inputs(run_dir: str | Path) -> tuple[Layout, DataSet, BAIM]:
     """A finished run's layout, its data set and the BAIM it partitioned."""
-    layout = Layout.load(Path(run_dir) / "layout.json")
-    return layout, load_dataset(layout.dataset, layout.data_dir), source_baim(run_dir)
+    run = Run.open(run_dir)
+    return run.layout, run.dataset(), run.baim()
 
 
 def budgeted_from_run(

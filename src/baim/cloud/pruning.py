@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from ..config import default_extractor
-from ..data import load_dataset, to_float
-from ..data.layout import Layout
+from ..data import to_float
 from ..errors import ConfigError, ModelFileError
 from ..models import BAIM, is_saved, load_model, save_model
+from ..runview import Run
 from .partition import partition
 from .pipeline import common_data, evaluate_tasks
 
@@ -129,21 +129,21 @@ def prune_learners_in_run(
 
     The pruned BAIM goes to ``out`` (default ``RUN/cloud/baim-STRATEGY-pruned``) with the
     report beside it as ``pruning.json``; the run's own files are not touched. Returns the report."""
-    run = Path(run_dir)
-    source = run / "cloud" / f"baim-{strategy}"
-    target = Path(out) if out is not None else run / "cloud" / f"baim-{strategy}-pruned"
+    run = Run(run_dir)
+    source = run.files.baim(strategy)
+    target = Path(out) if out is not None else run.files.pruned(strategy)
     if not is_saved(source):
         raise ModelFileError(f"{source}: no trained BAIM of strategy {strategy!r} in this run (train it first)")
     if target.resolve() == source.resolve():
         raise ConfigError(f"{target} is the run's trained BAIM itself; write the pruned one elsewhere")
     model = load_model(source, "baim")
     assert isinstance(model, BAIM)
-    layout = Layout.load(run / "layout.json")
-    ds = load_dataset(layout.dataset, layout.data_dir)
-    cfg = _run_config(run)  # the run's own FID network and seed, so "before" is the run's evaluation
-    extractor = str(cfg.get("fid_extractor") or default_extractor(layout.dataset))
-    seed = int(cfg.get("seed", layout.seed))
-    edges = _learner_edges(run, strategy)
+    layout = run.layout
+    ds = run.dataset()
+    cfg = run.config  # the run's own FID network and seed, so "before" is the run's evaluation
+    extractor = cfg.fid_extractor if cfg is not None else default_extractor(layout.dataset)
+    seed = cfg.seed if cfg is not None else layout.seed
+    edges = run.learner_edges(strategy)
 
     def measure() -> dict[str, Any]:
         evals = evaluate_tasks(model, layout, ds, layout.settings, extractor, seed)
@@ -159,7 +159,7 @@ def prune_learners_in_run(
     dropped = prune_learners(model, usage, threshold)
     after = measure()
     report: dict[str, Any] = {
-        "run": str(run),
+        "run": str(run.root),
         "strategy": strategy,
         "threshold": threshold,
         "out": str(target),
@@ -193,25 +193,6 @@ def prune_learners_in_run(
     }
     save_model(model, target, {"pruning.json": json.dumps(report, indent=2) + "\n"})
     return report
-
-
-def _run_config(run: Path) -> dict[str, Any]:
-    """``RUN/config.json`` as stored (empty for a folder that ``baim run`` did not make)."""
-    try:
-        raw = json.loads((run / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
-
-
-def _learner_edges(run: Path, strategy: str) -> list[int] | None:
-    """The edge each learner of the run's BAIM came from (the cloud phase's record), if known."""
-    path = run / "state" / f"cloud_{strategy}.json"
-    try:
-        edges = json.loads(path.read_text())["result"]["learner_edges"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return edges if isinstance(edges, list) else None
 
 
 def _edge(edges: list[int] | None, learner: int) -> int | None:

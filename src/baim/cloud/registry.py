@@ -36,6 +36,7 @@ from ..atomic import write_bytes, write_text
 from ..errors import BaimError, ConfigError
 from ..models.io import MANIFEST, WEIGHTS, load_model
 from ..names import check_task_name
+from ..runfiles import RunFiles
 from ..signing import canonical, load_or_create_key, public_bytes, sign
 
 SCHEMA = """
@@ -189,7 +190,7 @@ class Registry:
 
     def publish_run(self, run_dir: str | Path) -> list[Entry]:
         """Publish every compact model of a finished run (``cloud/compact/*``)."""
-        compact = Path(run_dir) / "cloud" / "compact"
+        compact = RunFiles(run_dir).compact_dir()
         folders = sorted(p for p in compact.glob("*") if (p / MANIFEST).is_file()) if compact.is_dir() else []
         if not folders:
             raise RegistryError(

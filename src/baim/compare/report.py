@@ -12,6 +12,7 @@ from typing import Any
 
 from ..atomic import write_text
 from ..figures import pyplot, save_figure
+from ..runfiles import RunFiles
 
 MB = 1e6
 COLUMNS = (
@@ -261,14 +262,14 @@ def scaling_figure(result: dict, path: Path) -> Path:
 
 def write_outputs(out: Path, result: dict[str, Any]) -> None:
     write_text(out / "compare.md", markdown(result))
-    figs = out / "figures"
+    files = RunFiles(out)  # a comparison's figures go where a run's do
     made = []
     if len(result["methods"]) > 1:
-        made.append(("KPI radar (the paper's Fig. 2, measured)", radar(result, figs / "kpi_radar.png")))
+        made.append(("KPI radar (the paper's Fig. 2, measured)", radar(result, files.figure("kpi_radar.png"))))
     if any(r.get("rounds") for r in result["methods"]):
-        made.append(("Bytes against quality", bytes_vs_quality(result, figs / "bytes_vs_quality.png")))
+        made.append(("Bytes against quality", bytes_vs_quality(result, files.figure("bytes_vs_quality.png"))))
     if result.get("scaling"):
-        made.append(("Toward internet scale", scaling_figure(result, figs / "scaling.png")))
+        made.append(("Toward internet scale", scaling_figure(result, files.figure("scaling.png"))))
     write_text(out / "compare.html", section_html(result, made))
 
 

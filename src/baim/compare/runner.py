@@ -19,6 +19,8 @@ from ..data import load_dataset
 from ..data.layout import Layout, make_layout
 from ..errors import ConfigError
 from ..metrics import get_extractor
+from ..runfiles import RunFiles
+from ..runview import Run
 from . import scaling
 from .common import FID_SAMPLING, Context, Settings
 
@@ -62,7 +64,7 @@ def _run_method(name: str, ctx: Context, out: Path) -> dict:
 def make_context(out: Path, cfg: RunConfig, settings: Settings | None = None, keep_messages: bool = False) -> Context:
     preset = cfg.resolved_preset()
     ds = load_dataset(cfg.dataset, cfg.data_dir)
-    path = out / "layout.json"
+    path = RunFiles(out).layout
     if path.is_file():
         layout = Layout.load(path)
     else:
@@ -227,7 +229,7 @@ def scale_check(
         (small, RunConfig(**base)),  # type: ignore[arg-type]
         (big, RunConfig(**base, overrides={"num_edges": big_edges})),  # type: ignore[arg-type]
     ):
-        if not (folder / "state" / "partition.json").is_file():  # a run partitioned (metered or not) is reused
+        if not Run(folder).done("partition"):  # a run partitioned (metered or not) is reused
             run_workflow(folder, cfg)
     result = json.loads((out / "compare.json").read_text())
     result["scale_check"] = scaling.check(small, big)

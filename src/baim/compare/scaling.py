@@ -9,14 +9,14 @@ tasks keep the measured run's number M, and an N-edge federation puts N/M edges 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..models import load_model, to_parts
-from ..transport import Message, encode
+from ..runview import Run
+from ..transport import encode
+from ..workflow import deploy_message
 
 EDGE_BPS = 100e6 / 8  # bytes per second of one edge's link
 CLOUD_BPS = 10e9 / 8
@@ -159,46 +159,36 @@ def table(rows: list[dict], n0: int, m_tasks: int, per_task: list[int]) -> dict[
     return out
 
 
-def _dir_bytes(folder: Path, pattern: str = "**/*") -> int:
-    return sum(f.stat().st_size for f in folder.glob(pattern) if f.is_file())
-
-
 def deploy_bytes(run_dir: Path) -> int:
     """The bytes the workflow's deployment phase sends: for every edge the encoded ``train.deploy``
-    message of its task's compact model (manifest + weights), built as ``Workflow.deployment``
-    builds it, for a run stopped before its deployment finished."""
-    layout = json.loads((run_dir / "layout.json").read_text())
-    names = [t["name"] for t in layout["tasks"]]
+    message of its task's compact model (:func:`baim.workflow.deploy_message`, as the deployment
+    phase builds it), for a run stopped before its deployment finished."""
+    run = Run(run_dir)
+    names = run.layout.task_names
     size = {}
     for name in names:
-        manifest, weights = to_parts(load_model(run_dir / "cloud" / "compact" / name, "compact"))
-        size[name] = len(encode(Message("train.deploy", manifest, weights)))
-    return sum(size[names[e["task"]]] for e in layout["edges"])
+        size[name] = len(encode(deploy_message(run.compact(name))))
+    return sum(size[names[e.task]] for e in run.layout.edges)
 
 
 def run_facts(run_dir: Path) -> dict[str, Any]:
     """What a workflow run measured up to its deployment (read from its phase records, so a run
     stopped after deployment serves): model bytes up and down, cloud storage, cloud time."""
 
-    def phase(name: str) -> dict[str, Any]:
-        return json.loads((run_dir / "state" / f"{name}.json").read_text())
-
-    cloud = run_dir / "cloud"
-    up, part = phase("upload"), phase("partition")
-    if (run_dir / "state" / "deployment.json").is_file():
-        download, source = phase("deployment")["result"]["bytes"]["down"], "the deployment phase's ledger"
+    run = Run(run_dir)
+    up, part = run.result("upload"), run.result("partition")
+    if run.done("deployment"):
+        download, source = run.result("deployment")["bytes"]["down"], "the deployment phase's ledger"
     else:
         download, source = deploy_bytes(run_dir), "the deployment messages encoded from the compact models"
     return {
-        "edges": len(up["result"]["edges"]),
-        "upload_bytes": up["result"]["bytes"]["up"],
+        "edges": len(up["edges"]),
+        "upload_bytes": up["bytes"]["up"],
         "download_bytes": download,
         "download_source": source,
-        "cloud_storage_bytes": _dir_bytes(cloud / "uploads")
-        + _dir_bytes(cloud / "baim-finetune", "weights.safetensors")
-        + _dir_bytes(cloud / "compact", "*/weights.safetensors"),
-        "cloud_wall_s": sum(phase(p)["seconds"] for p in ("screening", "cloud_finetune", "partition")),
-        "compact": part["result"]["tasks"],
+        "cloud_storage_bytes": run.cloud_storage_bytes("finetune"),
+        "cloud_wall_s": sum(run.seconds(p) for p in ("screening", "cloud_finetune", "partition")),
+        "compact": part["tasks"],
     }
 
 
@@ -207,12 +197,12 @@ def check(small_dir: Path, big_dir: Path) -> dict[str, Any]:
     preset with N edges), against what ``big_dir`` measured."""
     small, big = run_facts(small_dir), run_facts(big_dir)
     n0, n = small["edges"], big["edges"]
-    layout = json.loads((big_dir / "layout.json").read_text())
-    m = len(layout["tasks"])
-    per_task = [sum(1 for e in layout["edges"] if e["task"] == t) for t in range(m)]
+    layout = Run(big_dir).layout
+    m = len(layout.tasks)
+    per_task = [sum(1 for e in layout.edges if e.task == t) for t in range(m)]
     u = small["upload_bytes"] / n0
-    small_layout = json.loads((small_dir / "layout.json").read_text())
-    small_per_task = [sum(1 for e in small_layout["edges"] if e["task"] == t) for t in range(m)]
+    small_layout = Run(small_dir).layout
+    small_per_task = [sum(1 for e in small_layout.edges if e.task == t) for t in range(m)]
     phi, c = compact_model(small["compact"], small_per_task, n0, u)
     predicted = {
         "upload_bytes": n * u,

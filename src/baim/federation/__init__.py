@@ -1,7 +1,7 @@
 """baim as a Flower App (Message API): the cloud is a ServerApp, each edge a ClientApp.
 
 Read ``server_app.py`` and ``client_app.py``; both are thin shells over the same workflow
-(:class:`baim.run.Workflow`) and edge node (:class:`baim.edge.EdgeNode`) that the
+(:class:`baim.workflow.Workflow`) and edge node (:class:`baim.edge.EdgeNode`) that the
 in-process engine runs, connected by :class:`FlowerTransport`.
 """
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from pathlib import Path
 
 from flwr.app import Context
 from flwr.app import Message as FlowerMessage
 from flwr.clientapp import ClientApp
 
-from ..data import load_dataset
-from ..data.layout import Layout
 from ..edge import EdgeNode
+from ..runview import Run
 from ..transport import decode, encode
 from .transport import from_record, to_record
 
@@ -27,9 +25,8 @@ app = ClientApp()
 
 @lru_cache(maxsize=4)
 def _node(edge: int, run_dir: str, data_dir: str, workdir: str, seed: int) -> EdgeNode:
-    layout = Layout.load(Path(run_dir) / "layout.json")
-    ds = load_dataset(layout.dataset, data_dir or layout.data_dir)
-    return EdgeNode(edge, layout, ds, workdir or Path(run_dir) / "edges" / f"edge-{edge}", seed)
+    run = Run.open(run_dir)
+    return EdgeNode(edge, run.layout, run.dataset(data_dir or None), workdir or run.files.edge(edge), seed)
 
 
 def node_from_context(context: Context) -> EdgeNode:

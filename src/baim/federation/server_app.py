@@ -17,7 +17,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from ..config import STRATEGIES, RunConfig
 from ..metrics import get_extractor
-from ..run import Workflow, prepare
+from ..runfiles import RunFiles
+from ..workflow import Workflow, prepare
 from .transport import FlowerTransport
 
 app = ServerApp()
@@ -27,7 +28,7 @@ def run_workflow_on(
     grid: Grid, run_dir: str | Path, cfg: RunConfig, expected_edges: int | None = None, timeout: float | None = None
 ) -> dict:
     """The workflow over ``grid``; ``cfg`` is used only when ``run_dir`` has no config yet."""
-    cfg_path = Path(run_dir) / "config.json"
+    cfg_path = RunFiles(run_dir).config
     if cfg_path.is_file():
         cfg = RunConfig.from_dict(json.loads(cfg_path.read_text()))
     get_extractor(cfg.fid_extractor)  # a missing FID network stops the run before it starts, not after training

@@ -31,6 +31,7 @@ from ..figures import image_grid, save_png
 from ..models.baim import BAIM
 from ..models.evaluation import generate
 from ..models.io import MANIFEST, WEIGHTS, is_saved, load_model
+from ..runfiles import RunFiles
 from ..signing import SigningError, public_from_hex
 from .client import RegistryClient
 from .cloud_app import create_cloud_app
@@ -46,7 +47,7 @@ def open_registry(run_dir: str | Path, publish: bool = True) -> Registry:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory; run `baim run --out {run_dir}` first")
-    registry = Registry(run_dir / "registry")
+    registry = Registry(RunFiles(run_dir).registry)
     if publish:
         registry.publish_run(run_dir)
     return registry
@@ -68,8 +69,8 @@ def registry_key(run_dir: Path | None, key_file: str | None) -> bytes | None:
     try:
         if key_file:
             return public_from_hex(Path(key_file).read_text())
-        if run_dir is not None and (run_dir / "registry" / "registry.pub").is_file():
-            return public_from_hex((run_dir / "registry" / "registry.pub").read_text())
+        if run_dir is not None and (RunFiles(run_dir).registry / "registry.pub").is_file():
+            return public_from_hex((RunFiles(run_dir).registry / "registry.pub").read_text())
     except (OSError, SigningError) as exc:
         raise ConfigError(f"registry public key: {exc}") from exc
     return None
@@ -122,7 +123,7 @@ async def edge_toolbox(
     the run's own, or pinned before) a miss is refused, unless ``trust_first_use``: then the
     toolbox pins the key the registry presents on its first miss."""
     run_dir = Path(run_dir)
-    edge_dir = run_dir / "edges" / f"edge-{edge}"
+    edge_dir = RunFiles(run_dir).edge(edge)
     if not edge_dir.is_dir():
         raise ConfigError(f"{edge_dir}: no such edge in this run (edges are numbered from 0)")
     client = RegistryClient(cloud, token or "", ca_file, transport=transport) if cloud else None

@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ...atomic import write_json
 from ...config import RunConfig
-from ...data.layout import Layout
-from ...edge import EdgeNode
 from ...errors import WorkflowError
 from ...learners import StagedVAE
-from ...models import BAIM, generate, load_model
+from ...models import BAIM, generate
 from ...models.evaluation import learner_prior
-from ...run import Workflow, prepare
-from ...transport import ByteLedger, InProcessTransport, Message
+from ...models.io import WEIGHTS
+from ...runfiles import RunFiles
+from ...runview import Run
+from ...transport import ByteLedger, InProcessTransport
+from ...workflow import Metering, Workflow, edge_nodes, prepare
 from ..common import QUALITY_KEYS, Context, quality
 from ..measure import Meter, latency_ms, ledger_totals
 
@@ -33,63 +35,39 @@ EDGE_PHASES = ("upload", "deployment", "personalization")
 CLOUD_PHASES = ("screening", "cloud_finetune", "partition")
 
 
-class MeteredTransport:
-    def __init__(self, inner: InProcessTransport, meter: Meter):
-        self.inner, self.meter = inner, meter
+def metering(meter: Meter) -> Metering:
+    """The workflow's metering hook for the comparison: each edge's work in the phases that
+    reach it, and the cloud's screening, BAIM training, partition and deployment; the BAIM's
+    FID evaluations are measurement, not training, and are booked apart (``cloud/evaluation``)."""
 
-    def edges(self) -> list[int]:
-        return self.inner.edges()
+    def hook(side: str, phase: str) -> AbstractContextManager[Any]:
+        if side == "edge":
+            wanted = phase in EDGE_PHASES
+        else:
+            wanted = phase in ("screening", "partition", "deployment", "evaluation") or phase.startswith("cloud_")
+        return meter.side(side, phase) if wanted else nullcontext()
 
-    def request(self, edge: int, msg: Message, timeout: float, phase: str) -> Message:
-        if phase not in EDGE_PHASES:
-            return self.inner.request(edge, msg, timeout, phase)
-        with self.meter.edge(phase):
-            return self.inner.request(edge, msg, timeout, phase)
-
-
-class MeteredWorkflow(Workflow):
-    meter: Meter
-    evaluated = ("initial", "personalized")  # local's and baim's rows; the deployed model is not compared
-
-    def screening(self) -> dict:
-        with self.meter.cloud("screening"):
-            return super().screening()
-
-    def cloud(self, strategy: str) -> dict:
-        with self.meter.cloud(f"cloud_{strategy}"):
-            return super().cloud(strategy)
-
-    def partition(self) -> dict:
-        with self.meter.cloud("partition"):
-            return super().partition()
-
-    def deployment(self) -> dict:
-        with self.meter.cloud("deployment"):
-            return super().deployment()
-
-    def evaluate_baim(self, *args: Any, **kw: Any) -> dict:
-        """The BAIM's FID evaluations are measurement, not training: booked apart."""
-        with self.meter.cloud("evaluation"):
-            return super().evaluate_baim(*args, **kw)
+    return hook
 
 
 def run_workflow(out: Path, cfg: RunConfig) -> dict:
     """Run (or reuse) the workflow in ``out`` with the meters on; returns what was measured."""
-    measured = out / "compare_measure.json"
+    measured = RunFiles(out).compare_measure
     if measured.is_file():
         return json.loads(measured.read_text())
     rd, layout, ds, _ = prepare(out, cfg)
     if rd.done("summary"):
         raise WorkflowError(f"{out} holds a finished run without its measurements; delete it to re-measure")
     meter, ledger = Meter(), ByteLedger()
-    nodes = {e.edge: EdgeNode(e.edge, layout, ds, rd.path("edges", f"edge-{e.edge}"), cfg.seed) for e in layout.edges}
-    wf = MeteredWorkflow(rd, layout, ds, MeteredTransport(InProcessTransport(nodes, ledger), meter), ledger, cfg)
-    wf.meter = meter
+    nodes = edge_nodes(rd, layout, ds, cfg.seed)
+    evaluated = ("initial", "personalized")  # local's and baim's rows; the deployed model is not compared
+    wf = Workflow(
+        rd, layout, ds, InProcessTransport(nodes, ledger), ledger, cfg, meter=metering(meter), evaluated=evaluated
+    )
     t0 = time.perf_counter()
     with meter.counting():
         wf.run()
-    summary = json.loads(rd.path("summary.json").read_text())
-    secs = summary["phase_seconds"]
+    secs = Run(out).summary()["phase_seconds"]
     result = {
         "meter": meter.to_dict(),
         "messages": ledger.messages,
@@ -102,9 +80,9 @@ def run_workflow(out: Path, cfg: RunConfig) -> dict:
 
 def _same_layout(ctx: Context, out: Path) -> None:
     """The workflow's layout is the one every other method uses (same edges, slices, tests)."""
-    theirs = Layout.load(out / "layout.json")
+    theirs = Run(out).layout
     if theirs.edges != ctx.layout.edges or theirs.cloud != ctx.layout.cloud or theirs.test != ctx.layout.test:
-        raise WorkflowError(f"{out}/layout.json differs from the comparison's layout; use a fresh folder")
+        raise WorkflowError(f"{RunFiles(out).layout} differs from the comparison's layout; use a fresh folder")
 
 
 def _meter_sums(meter: dict, side: str, phases: tuple[str, ...]) -> tuple[float, int]:
@@ -112,15 +90,12 @@ def _meter_sums(meter: dict, side: str, phases: tuple[str, ...]) -> tuple[float,
     return sum(r["cpu_s"] for r in rows), sum(r["flops"] for r in rows)
 
 
-def _dir_bytes(folder: Path, pattern: str = "**/*") -> int:
-    return sum(f.stat().st_size for f in folder.glob(pattern) if f.is_file())
-
-
 def run(ctx: Context, out: Path) -> dict:
     cfg = RunConfig.from_dict(ctx.cfg.to_dict() | {"strategies": ["finetune"]})
     m = run_workflow(out, cfg)
     _same_layout(ctx, out)
-    summary = json.loads((out / "summary.json").read_text())
+    run = Run(out)
+    summary = run.summary()
     ecpu, eflops = _meter_sums(m["meter"], "edge", EDGE_PHASES)
     ccpu, cflops = _meter_sums(m["meter"], "cloud", ("screening", "cloud_finetune", "partition", "deployment"))
     rows = [
@@ -130,13 +105,11 @@ def run(ctx: Context, out: Path) -> dict:
     ]
     latency, storage_edge = [], 0
     for e in ctx.edges:
-        folder = out / "edges" / f"edge-{e}" / "personalized"
-        storage_edge += (folder / "weights.safetensors").stat().st_size
-        model = load_model(folder, "compact")
+        storage_edge += (run.files.edge(e, "personalized") / WEIGHTS).stat().st_size
+        model = run.edge_model(e, "personalized")
         assert isinstance(model, BAIM)
         latency.append(latency_ms(partial(generate, model, 16, ctx.seed)))
     bytes_ = ledger_totals(m["messages"])
-    cloud = out / "cloud"
     per_task = summary["partition"]["tasks"]
     return {
         "method": "baim",
@@ -160,9 +133,7 @@ def run(ctx: Context, out: Path) -> dict:
         "edge_flops": int(eflops),
         "cloud_flops": int(cflops),
         "edge_storage_bytes": storage_edge,
-        "cloud_storage_bytes": _dir_bytes(cloud / "uploads")
-        + _dir_bytes(cloud / "baim-finetune", "weights.safetensors")
-        + _dir_bytes(cloud / "compact", "*/weights.safetensors"),
+        "cloud_storage_bytes": run.cloud_storage_bytes("finetune"),
         "latency_ms": round(sum(latency) / len(latency), 3),
         "round_trips": 0,
         "wall_s": m["wall_s"],
@@ -182,7 +153,8 @@ def run_local(ctx: Context, out: Path) -> dict:
     (the ``upload`` phase's edge work), that never leave their edge."""
     m = run_workflow(out, RunConfig.from_dict(ctx.cfg.to_dict() | {"strategies": ["finetune"]}))
     _same_layout(ctx, out)
-    summary = json.loads((out / "summary.json").read_text())
+    run = Run(out)
+    summary = run.summary()
     ecpu, eflops = _meter_sums(m["meter"], "edge", ("upload",))
     rows = [
         {"edge": e["edge"], "task": e["task"], **{k: e["models"]["initial"][k] for k in QUALITY_KEYS}}
@@ -190,9 +162,8 @@ def run_local(ctx: Context, out: Path) -> dict:
     ]
     latency, storage = [], 0
     for e in ctx.edges:
-        folder = out / "edges" / f"edge-{e}" / "initial"
-        storage += (folder / "weights.safetensors").stat().st_size
-        model = load_model(folder, "learner")
+        storage += (run.files.edge(e, "initial") / WEIGHTS).stat().st_size
+        model = run.edge_model(e, "initial")
         assert isinstance(model, StagedVAE)
         prior = learner_prior(model, ctx.local_images(e), ctx.seed)
         latency.append(latency_ms(partial(generate, model, 16, ctx.seed, prior=prior)))
