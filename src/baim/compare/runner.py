@@ -45,9 +45,9 @@ def _run_method(name: str, ctx: Context, out: Path) -> dict:
     from .methods import bottom_up, central, federated, split
 
     if name == "baim":
-        return bottom_up.run(ctx, out / "baim")
+        return bottom_up.run(ctx, out / "baim").to_dict()
     if name == "local":
-        return bottom_up.run_local(ctx, out / "baim")
+        return bottom_up.run_local(ctx, out / "baim").to_dict()
     if name == "central":
         return central.run_central(ctx).to_dict()
     if name == "kd":

@@ -28,8 +28,9 @@ from ...runfiles import RunFiles
 from ...runview import Run
 from ...transport import ByteLedger, InProcessTransport
 from ...workflow import Metering, Workflow, edge_nodes, prepare
-from ..common import QUALITY_KEYS, Context, quality
-from ..measure import Meter, latency_ms, ledger_totals
+from ..common import QUALITY_KEYS, Context
+from ..measure import Meter, latency_ms
+from ..row import Compute, MethodRow, method_row
 
 EDGE_PHASES = ("upload", "deployment", "personalization")
 CLOUD_PHASES = ("screening", "cloud_finetune", "partition")
@@ -90,7 +91,7 @@ def _meter_sums(meter: dict, side: str, phases: tuple[str, ...]) -> tuple[float,
     return sum(r["cpu_s"] for r in rows), sum(r["flops"] for r in rows)
 
 
-def run(ctx: Context, out: Path) -> dict:
+def run(ctx: Context, out: Path) -> MethodRow:
     cfg = RunConfig.from_dict(ctx.cfg.to_dict() | {"strategies": ["finetune"]})
     m = run_workflow(out, cfg)
     _same_layout(ctx, out)
@@ -109,46 +110,36 @@ def run(ctx: Context, out: Path) -> dict:
         model = run.edge_model(e, "personalized")
         assert isinstance(model, BAIM)
         latency.append(latency_ms(partial(generate, model, 16, ctx.seed)))
-    bytes_ = ledger_totals(m["messages"])
     per_task = summary["partition"]["tasks"]
-    return {
-        "method": "baim",
-        "description": "edges train their tier's learner, upload it once; the cloud screens, fuses, trains the "
-        "BAIM (finetune) on common data, partitions it; each edge downloads its task's compact model once "
-        "and personalises it",
-        "settings": {
+    return method_row(
+        "baim",
+        "edges train their tier's learner, upload it once; the cloud screens, fuses, trains the BAIM (finetune) "
+        "on common data, partitions it; each edge downloads its task's compact model once and personalises it",
+        {
             "edge_epochs": ctx.preset.edge.epochs,
             "cloud_epochs": ctx.preset.cloud.epochs,
             "personalize_epochs": ctx.preset.personalize.epochs,
             "strategy": "finetune",
             "run_dir": str(out),
         },
-        "bytes_up": bytes_["up"],
-        "bytes_down": bytes_["down"],
-        "messages": bytes_["messages"],
-        "bytes_per_edge": bytes_["per_edge"],
-        "raw_data_bytes": 0,  # no message of the workflow carries an image of an edge's slice
-        "edge_cpu_s": round(ecpu, 3),
-        "cloud_cpu_s": round(ccpu, 3),
-        "edge_flops": int(eflops),
-        "cloud_flops": int(cflops),
-        "edge_storage_bytes": storage_edge,
-        "cloud_storage_bytes": run.cloud_storage_bytes("finetune"),
-        "latency_ms": round(sum(latency) / len(latency), 3),
-        "round_trips": 0,
-        "wall_s": m["wall_s"],
-        **quality(rows),
-        "per_edge": rows,
-        "scaling_inputs": {
+        messages=m["messages"],
+        raw_data_bytes=0,  # no message of the workflow carries an image of an edge's slice
+        compute=Compute(ecpu, ccpu, int(eflops), int(cflops)),
+        storage=(storage_edge, run.cloud_storage_bytes("finetune")),
+        latency_ms=latency,
+        round_trips=0,
+        wall_s=m["wall_s"],
+        per_edge=rows,
+        scaling_inputs={
             "compact": {t: {"bytes": v["bytes"], "learners": v["learners"]} for t, v in per_task.items()},
             "edges_per_task": [len(ctx.edges_of(t)) for t in range(len(ctx.layout.tasks))],
             "edge_cpu_per_phase": {k: v for k, v in m["meter"].items() if k.startswith("edge/")},
             "cloud_cpu_per_phase": {k: v for k, v in m["meter"].items() if k.startswith("cloud/")},
         },
-    }
+    )
 
 
-def run_local(ctx: Context, out: Path) -> dict:
+def run_local(ctx: Context, out: Path) -> MethodRow:
     """``local``: the workflow's initial learners, trained by the same code on the same slices
     (the ``upload`` phase's edge work), that never leave their edge."""
     m = run_workflow(out, RunConfig.from_dict(ctx.cfg.to_dict() | {"strategies": ["finetune"]}))
@@ -167,25 +158,16 @@ def run_local(ctx: Context, out: Path) -> dict:
         assert isinstance(model, StagedVAE)
         prior = learner_prior(model, ctx.local_images(e), ctx.seed)
         latency.append(latency_ms(partial(generate, model, 16, ctx.seed, prior=prior)))
-    return {
-        "method": "local",
-        "description": "each edge trains its tier's learner on its own slice and never communicates (the "
-        "workflow's initial models)",
-        "settings": {"edge_epochs": ctx.preset.edge.epochs},
-        "bytes_up": 0,
-        "bytes_down": 0,
-        "messages": 0,
-        "bytes_per_edge": {},
-        "raw_data_bytes": 0,
-        "edge_cpu_s": round(ecpu, 3),
-        "cloud_cpu_s": 0.0,
-        "edge_flops": int(eflops),
-        "cloud_flops": 0,
-        "edge_storage_bytes": storage,
-        "cloud_storage_bytes": 0,
-        "latency_ms": round(sum(latency) / len(latency), 3),
-        "round_trips": 0,
-        "wall_s": round(summary["phase_seconds"].get("upload", 0.0), 2),
-        **quality(rows),
-        "per_edge": rows,
-    }
+    return method_row(
+        "local",
+        "each edge trains its tier's learner on its own slice and never communicates (the workflow's initial models)",
+        {"edge_epochs": ctx.preset.edge.epochs},
+        messages=[],
+        raw_data_bytes=0,
+        compute=Compute(ecpu, 0.0, int(eflops), 0),
+        storage=(storage, 0),
+        latency_ms=latency,
+        round_trips=0,
+        wall_s=summary["phase_seconds"].get("upload", 0.0),
+        per_edge=rows,
+    )
