@@ -78,6 +78,7 @@ def train_strategy(
         seed=seed,
         screening_losses=screening_losses if preset.gate_init_from_screening else None,
         cross_task=preset.cross_task_connections,
+        projection_rank=preset.projection_rank,
     )
     # Step 0: the fused model as it starts, its priors fitted the same way as after training.
     fit_priors(model, images, tasks, seed=seed)

@@ -3,7 +3,7 @@ latent priors), compact models (BAIMs of one task), one save/load, one training 
 one evaluation."""
 
 from .baim import BAIM, BAIMConfig, BAIMOutput
-from .connections import Connection, Projection, candidate_connections
+from .connections import Connection, LowRankProjection, Projection, candidate_connections
 from .evaluation import Evaluation, evaluate, fit_priors, generate, reconstruction_metrics, task_accuracy
 from .gates import LSGate, TaskClassifier
 from .io import is_saved, load_model, model_from, save_model, to_parts
@@ -18,6 +18,7 @@ __all__ = [
     "Evaluation",
     "LSGate",
     "LatentPrior",
+    "LowRankProjection",
     "Projection",
     "TaskClassifier",
     "candidate_connections",
