@@ -312,3 +312,30 @@ def test_removing_one_of_several_inputs_equals_a_baim_without_it():
     with torch.no_grad():
         torch.testing.assert_close(full.decode(z, tasks)[0], without.eval().decode(z, tasks)[0], rtol=0, atol=0)
         assert not torch.equal(full.decode(z, tasks)[0], learners[0].decode(z[:, : learners[0].spec.latent_dim]))
+
+
+def test_gentle_pruning_anneals_alpha_to_zero_before_removal():
+    """``prune_anneal``: chosen connections reach α = 0 over one interval and only then go;
+    none is chosen when no interval is left to anneal it."""
+    import numpy as np
+
+    from baim.config import Recipe
+    from baim.models import train_baim
+
+    model = fuse(trained_learners(["small", "small", "small"]), [0, 0, 1], ["a", "b"], height=0, projection_rank=4)
+    n0 = len(model.connections)
+    images = (np.random.default_rng(0).random((16, 1, 32, 32)) * 255).astype(np.uint8)
+    log = train_baim(
+        model,
+        images,
+        np.array([0, 1] * 8),
+        Recipe(3, batch_size=8),
+        prune_interval=1,
+        prune_ratio=0.5,
+        prune_anneal=True,
+    )
+    first, second = n0 // 2, (n0 - n0 // 2) // 2
+    assert [r["pruned"] for r in log] == [0, first, second]  # only connections whose α is exactly 0 go
+    assert [r["annealing"] for r in log] == [first, second, 0]
+    assert len(model.connections) == n0 - first - second
+    assert all(float(p.alpha) != 0.0 for p in model.connections.values())

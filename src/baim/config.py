@@ -80,8 +80,10 @@ class Preset:
     height: int = 3
     prune_interval: int = 10
     prune_ratio: float = 0.1
+    prune_anneal: bool = False  # True: a pruned connection's α is annealed to 0 over one interval, then removed
     gate_init_from_screening: bool = True  # LSGates start preferring each squad's best-screened upload
     cross_task_connections: bool = True  # False: candidate connections only within a squad
+    connections: bool = True  # False: a BAIM without projection connections (the ablation's baseline)
     projection_rank: int = 0  # P: 0 the exact 1×1 projection; r > 0 a rank-r bottleneck per target stage
     # evaluation
     fid_count: int = 500  # generated (and real) images per FID
@@ -100,6 +102,8 @@ class Preset:
         object.__setattr__(self, "few_shot", dict(self.few_shot))  # a copy: the preset stays frozen
         if not isinstance(self.cross_task_connections, bool):
             raise ConfigError(f"cross_task_connections is true or false, got {self.cross_task_connections!r}")
+        if not isinstance(self.connections, bool):
+            raise ConfigError(f"connections is true or false, got {self.connections!r}")
         rank = self.projection_rank
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= 4096:
             raise ConfigError(

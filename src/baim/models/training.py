@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import cast
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from ..data import to_float
 from ..errors import TrainingDiverged
 from ..progress import make_progress
 from .baim import BAIM
+from .connections import LowRankProjection, Projection
 from .evaluation import reconstruction_metrics
 from .gates import load_balance_loss, router_z_loss
 
@@ -80,6 +82,24 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         g["lr"] = lr * g["scale"]
 
 
+def _choose(model: BAIM, ratio: float, retiring: set[str], step: int) -> dict[str, tuple[float, int]]:
+    """The next ``floor(ratio × surviving)`` connections to anneal: smallest |α|·‖P‖ first."""
+    scored = sorted((_projection(model, n).score(), n) for n in model.connections if n not in retiring)
+    return {n: (float(_projection(model, n).alpha), step) for _, n in scored[: math.floor(ratio * len(scored))]}
+
+
+def _projection(model: BAIM, name: str) -> Projection | LowRankProjection:
+    return cast(Projection | LowRankProjection, model.connections[name])
+
+
+@torch.no_grad()
+def _anneal(model: BAIM, retiring: dict[str, tuple[float, int]], step: int, span: int) -> None:
+    """α of each retiring connection: linearly from its value when chosen to exactly 0 after ``span`` steps."""
+    for name, (alpha0, chosen) in retiring.items():
+        left = max(0.0, 1.0 - (step - chosen) / span)
+        _projection(model, name).alpha.fill_(alpha0 * left)
+
+
 def train_baim(
     model: BAIM,
     images: np.ndarray,
@@ -91,12 +111,16 @@ def train_baim(
     prune_interval: int = 0,
     prune_ratio: float = 0.0,
     trained: set[int] | None = None,
+    prune_anneal: bool = False,
 ) -> list[dict]:
     """Train in place; returns one log row per epoch (losses, test loss per task, usage,
     surviving connections, parameter count). Every ``prune_interval`` epochs the fraction
     ``prune_ratio`` of surviving connections is deleted (0 for either: never). ``trained``:
     the learners that start from trained weights, which get ``cfg``'s gentler treatment
-    (lower rate, kept normalisation statistics)."""
+    (lower rate, kept normalisation statistics). With ``prune_anneal`` a connection chosen for
+    pruning is not cut at once: its α falls linearly to 0 over the next ``prune_interval``
+    epochs' steps (the others adapt meanwhile), and it is removed when it is exactly 0, which
+    changes nothing; connections chosen too late to reach 0 before the last epoch stay."""
     trained = set(trained or ())
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -106,6 +130,7 @@ def train_baim(
     step = 0
     log = []
     steps = math.ceil(len(data) / cfg.batch_size)
+    retiring: dict[str, tuple[float, int]] = {}  # annealed connection -> (its α when chosen, step chosen)
     with make_progress() as progress:
         bar = progress.add_task(label, total=cfg.epochs * steps)
         for epoch in range(cfg.epochs):
@@ -140,13 +165,23 @@ def train_baim(
                 total.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
                 opt.step()
+                if retiring:
+                    _anneal(model, retiring, step, prune_interval * steps)
                 for task, (_, r) in out.routings.items():
                     usage[task] += torch.bincount(r.indices.flatten(), minlength=len(usage[task])).float()
                 for k, v in (("loss", loss), ("mse", mse), ("kld", kld), ("balance", balance), ("task_ce", task_ce)):
                     sums[k] += float(v.detach()) * len(x)
                 seen += len(x)
             pruned = []
-            if prune_ratio > 0 and prune_interval > 0 and (epoch + 1) % prune_interval == 0:
+            if prune_anneal and prune_ratio > 0 and prune_interval > 0 and (epoch + 1) % prune_interval == 0:
+                pruned = [n for n in retiring if float(_projection(model, n).alpha) == 0.0]
+                for name in pruned:
+                    model.remove_connection(name)
+                    del retiring[name]
+                if cfg.epochs - epoch - 1 >= prune_interval:  # time left to anneal the next ones to 0
+                    retiring |= _choose(model, prune_ratio, set(retiring), step)
+                opt = _optimizer(model, lr, _param_groups(model, trainable, trained, cfg.trained_lr_scale), old=opt)
+            elif prune_ratio > 0 and prune_interval > 0 and (epoch + 1) % prune_interval == 0:
                 pruned = model.prune_connections(prune_ratio)
                 opt = _optimizer(model, lr, _param_groups(model, trainable, trained, cfg.trained_lr_scale), old=opt)
             row = {
@@ -157,6 +192,7 @@ def train_baim(
                 "skipped_steps": skipped,
                 "connections": len(model.connections),
                 "pruned": len(pruned),
+                **({"annealing": len(retiring)} if prune_anneal else {}),
                 "parameters": model.num_parameters(),
                 "usage": {model.task_names[t]: (u / u.sum().clamp_min(1)).tolist() for t, u in usage.items()},
             }
