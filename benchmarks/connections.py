@@ -22,7 +22,8 @@ backward, Adam step) per image. Rows:
 
 The gate is fixed (noise off, a random z-dependent choice that spreads samples over each
 squad), and so is the reparameterisation noise, so that every step dispatches the same
-sample sets. The last line is one JSON object; ``ratio`` = per-image time at h = 3 with the
+sample sets; the rows take turns step by step (a shared machine's load falls on all alike).
+The last line is one JSON object; ``ratio`` = per-image time at h = 3 with the
 rank-r projection / without connections (``ratio_exact``: with the exact one).
 
 **Quality** (``--quality``). A small controlled experiment: per seed, three Fashion-MNIST tasks,
@@ -139,15 +140,19 @@ def train_step(model: BAIM, batch: int, tasks: int) -> Callable[[], None]:
     return step
 
 
-def time_it(fn: Callable[[], None], repeats: int, warmup: int) -> float:
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
+    """Fastest of ``repeats`` steps per row, the rows taking turns, so that a shared machine's
+    changing load falls on every row alike (other load only ever adds time)."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)  # other load on a shared machine only ever adds time
+        for label, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+    return {label: min(ts) for label, ts in times.items()}
 
 
 def timing(args: argparse.Namespace) -> None:
@@ -160,20 +165,21 @@ def timing(args: argparse.Namespace) -> None:
     rows = [("none", None, BAIM, 0), (low, 3, BAIM, r), ("h=3 exact", 3, BAIM, 0), ("h=3 closure", 3, ClosureOnly, 0)]
     if args.ungrouped:
         rows.append(("h=3 ungrouped", 3, Ungrouped, 0))
-    per_image: dict[str, float] = {}
     conns: dict[str, int] = {}
     macs: dict[str, tuple[float, float]] = {}
-    print(f"{'model':14} {'conns':>6} {'ms/step':>9} {'ms/image':>9} {'vs none':>8} {'proj MMAC/img':>14}")
+    steps: dict[str, Callable[[], None]] = {}
     for label, height, cls, rank in rows:
         model = build(n, tasks, height, cls, rank)
-        t = time_it(train_step(model, b, tasks), args.repeats, args.warmup)
-        per_image[label], conns[label] = t / b, len(model.connections)
-        macs[label] = macs_per_image(model)
+        conns[label], macs[label] = len(model.connections), macs_per_image(model)
+        steps[label] = train_step(model, b, tasks)
+    step_time = time_interleaved(steps, args.repeats, args.warmup)
+    per_image = {label: t / b for label, t in step_time.items()}
+    print(f"{'model':14} {'conns':>6} {'ms/step':>9} {'ms/image':>9} {'vs none':>8} {'proj MMAC/img':>14}")
+    for label in steps:
         print(
-            f"{label:14} {conns[label]:>6} {t * 1e3:>9.1f} {t / b * 1e3:>9.2f} "
+            f"{label:14} {conns[label]:>6} {step_time[label] * 1e3:>9.1f} {per_image[label] * 1e3:>9.2f} "
             f"{per_image[label] / per_image['none']:>8.2f} {macs[label][1] / 1e6:>14.1f}"
         )
-        del model
     stage_macs = macs["h=3 exact"][0]
     print(
         f"multiply-adds per image through every learner: stages {stage_macs / 1e6:.1f} M, projections "
