@@ -163,6 +163,8 @@ def timing(args: argparse.Namespace) -> None:
     )
     low = f"h=3 rank {r}"
     rows = [("none", None, BAIM, 0), (low, 3, BAIM, r), ("h=3 exact", 3, BAIM, 0), ("h=3 closure", 3, ClosureOnly, 0)]
+    extra = [int(x) for x in args.also_ranks.split(",") if x.strip() and int(x) != r]
+    rows[2:2] = [(f"h=3 rank {x}", 3, BAIM, x) for x in extra]
     if args.ungrouped:
         rows.append(("h=3 ungrouped", 3, Ungrouped, 0))
     conns: dict[str, int] = {}
@@ -191,12 +193,13 @@ def timing(args: argparse.Namespace) -> None:
         "rank": r,
         "ratio_exact": round(per_image["h=3 exact"] / per_image["none"], 3),
         "ratio_closure_floor": round(per_image["h=3 closure"] / per_image["none"], 3),
+        "ratio_by_rank": {x: round(per_image[f"h=3 rank {x}"] / per_image["none"], 3) for x in [r, *extra]},
         "ms_per_image": {k: round(v * 1e3, 3) for k, v in per_image.items()},
         "connections": conns[low],
         "stage_mmacs_per_image": round(stage_macs / 1e6, 1),
         "projection_mmacs_per_image": {
             "exact": round(macs["h=3 exact"][1] / 1e6, 1),
-            f"rank {r}": round(macs[low][1] / 1e6, 1),
+            **{f"rank {x}": round(macs[f"h=3 rank {x}"][1] / 1e6, 1) for x in [r, *extra]},
         },
         "learners": n,
         "tasks": tasks,
@@ -301,6 +304,7 @@ def quality(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, default=8, help="rank r of the low-rank projection timed")
+    ap.add_argument("--also-ranks", default="", help="timing: more ranks, comma-separated (rows for reference)")
     ap.add_argument("--learners", type=int, default=9)
     ap.add_argument("--tasks", type=int, default=3)
     ap.add_argument("--batch", type=int, default=64)
