@@ -132,11 +132,12 @@ def run_cells(out: Path, preset: str, seeds: list[int], plan: dict[str, tuple[di
             print(f"  {'done' if record['ok'] else 'failed'} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
 
 
-def bootstrap(diffs: list[float], draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean of paired differences, resampling seeds."""
+def bootstrap(diffs: list[float], draws: int = 10_000, seed: int = 0) -> tuple[float, float] | None:
+    """95 % percentile interval of the mean of paired differences, resampling seeds (None
+    for one seed: no interval)."""
     d = np.asarray(diffs, dtype=float)
     if len(d) < 2:
-        return float("nan"), float("nan")
+        return None
     idx = np.random.default_rng(seed).integers(0, len(d), size=(draws, len(d)))
     means = d[idx].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
@@ -175,9 +176,9 @@ def table(out: Path, plan: dict[str, tuple[dict, str]], task: str) -> dict[str, 
             txt = f"{entry['mean']:.5g}"
             if label != ref and paired:
                 diffs = [scope(ok[s][m]) - scope(found[ref][s][m]) for s in paired]
-                lo, hi = bootstrap(diffs)
-                entry["vs_" + ref] = {"mean": float(np.mean(diffs)), "ci95": [lo, hi], "seeds": paired}
-                txt += f" ({float(np.mean(diffs)):+.3g} [{lo:+.3g},{hi:+.3g}])"
+                ci = bootstrap(diffs)
+                entry["vs_" + ref] = {"mean": float(np.mean(diffs)), "ci95": ci and list(ci), "seeds": paired}
+                txt += f" ({float(np.mean(diffs)):+.3g} " + (f"[{ci[0]:+.3g},{ci[1]:+.3g}])" if ci else "[1 seed])")
             row[m] = entry
             cells_txt.append(f"{txt:>34}")
         conns = ",".join(str(c) for c in row["connections"])

@@ -42,3 +42,16 @@ def test_smoke_ablation_runs_resumes_and_pairs(tmp_path):
     again = _run(tmp_path)  # finished cells are read, not rerun
     assert again == first
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cells").iterdir()} == stamps
+
+
+def test_paired_bootstrap_interval():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("connections_ablation", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    lo, hi = mod.bootstrap([0.01, 0.02, 0.03, 0.04])
+    assert 0.01 <= lo < 0.025 < hi <= 0.04
+    assert mod.bootstrap([0.5]) is None  # one seed: no interval
+    lo, hi = mod.bootstrap([-0.02, 0.03, -0.01, 0.02])
+    assert lo < 0 < hi  # differences of both signs: the interval covers 0
