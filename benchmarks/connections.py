@@ -1,45 +1,63 @@
-"""How much slower does a BAIM train with every candidate connection at h = 3?
+"""How much slower does a BAIM train with every candidate connection at h = 3, and what does
+the cheaper (low-rank) projection cost in quality?
 
-    python benchmarks/connections.py [--learners 9] [--tasks 3] [--batch 64] [--repeats 4] [--threads 1]
+    python benchmarks/connections.py [--rank 8] [--learners 9] [--tasks 3] [--batch 64] [--repeats 4]
+    python benchmarks/connections.py --quality [--ranks 4,8] [--seeds 0,1,2] [--epochs 6]
 
-Builds a BAIM of small/medium/large learners (tiers cycled within each task, as the layout
-does) with every candidate connection at h = 3 and α = 0.1, and the same BAIM without
-connections, and times one training step (forward, pixel-mean MSE + β·KL, backward, Adam
-step) per image. Rows:
+**Timing** (the default). Builds a BAIM of small/medium/large learners (tiers cycled within
+each task, as the layout does) with every candidate connection at h = 3 and α = 0.1, and the
+same BAIM without connections, and times one training step (forward, pixel-mean MSE + β·KL,
+backward, Adam step) per image. Rows:
 
 - ``none``: no connections.
-- ``h=3``: all candidates, as the library runs them (the projections into one target stage
-  as a few wide convolutions, :meth:`Projection.summed`).
-- ``h=3 ungrouped``: the same, but one convolution per connection (each :class:`Projection`
-  called on its own; the sources' shrinking and row gathering stay shared, so this row
-  isolates the grouping of the convolutions).
+- ``h=3 exact``: all candidates with the exact 1×1 projections (:class:`Projection`), the
+  projections into one target stage run as a few wide convolutions.
+- ``h=3 rank r``: all candidates with the rank-r bottleneck per target stage
+  (:class:`LowRankProjection`): one convolution of all sources into r channels, one shared
+  up-projection.
 - ``h=3 closure``: every projection's value times 0: the cost of the stages the connections
   force to run (all stages of all learners, on both passes) without the projections, roughly
-  the floor for any way of running them.
-
-No way of running the same arithmetic brings h = 3 near the cost of no connections: every
-stage of every learner runs, and the projections' multiply-adds exceed all of theirs (1.7×
-at 6 learners, 2.8× at 9, growing with the count; printed).
+  the floor for any P.
+- ``h=3 ungrouped`` (``--ungrouped``): exact, one convolution per connection.
 
 The gate is fixed (noise off, a random z-dependent choice that spreads samples over each
 squad), and so is the reparameterisation noise, so that every step dispatches the same
-sample sets. The last line is one JSON object; ``ratio`` = per-image time at h = 3 / without
-connections.
+sample sets; the rows take turns step by step (a shared machine's load falls on all alike).
+The last line is one JSON object; ``ratio`` = per-image time at h = 3 with the
+rank-r projection / without connections (``ratio_exact``: with the exact one).
+
+**Quality** (``--quality``). A small controlled experiment: per seed, three Fashion-MNIST tasks,
+two edge learners each (small/medium/large cycled) trained on their own images, fused with every
+candidate at h = 3 and no pruning, trained on a few hundred common images with the quick
+preset's cloud recipe for the same epochs from the same seed, once per projection (none, exact,
+rank r…); reports each task's test loss and the paired differences against the exact
+projection, mean ± std over seeds. The last line is one JSON object of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from statistics import mean, stdev
 from typing import cast
 
-import torch
-import torch.nn.functional as F
+os.environ.setdefault("BAIM_QUIET", "1")
 
-from baim.learners import StagedVAE, tier_spec
-from baim.models import BAIM, Projection, candidate_connections
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from baim.cloud import fuse  # noqa: E402
+from baim.config import Recipe, get_preset  # noqa: E402
+from baim.data import load_fashion_mnist  # noqa: E402
+from baim.edge.train import train_learner  # noqa: E402
+from baim.learners import StagedVAE, tier_spec  # noqa: E402
+from baim.models import BAIM, LowRankProjection, Projection, candidate_connections, train_baim  # noqa: E402
+from baim.models.evaluation import reconstruction_metrics  # noqa: E402
 
 TIERS = ("small", "medium", "large")
 
@@ -60,7 +78,9 @@ class ClosureOnly(BAIM):
 
 def macs_per_image(model: BAIM) -> tuple[float, float]:
     """(multiply-adds of every stage of every learner, of every projection) for one image run
-    through all of them: what all connections cost before any sparsity."""
+    through all of them: what all connections cost before any sparsity. Each projection runs
+    at the smaller of its two sides (the resizes commute with it); a low-rank target stage adds
+    its up-projection r → c_out at its own side."""
     stages = 0
     for l in range(len(model.learners)):
         spec = model.learner(l).spec
@@ -69,18 +89,30 @@ def macs_per_image(model: BAIM) -> tuple[float, float]:
             stages += 9 * cin * cout * side * side
         for cin, (cout, side) in zip(w[::-1], model.learner(l).decoder_shapes()):
             stages += 9 * cin * cout * (side // 2) ** 2  # transposed: one 3×3 product per input pixel
-    projs = [cast(Projection, p) for p in model.connections.values()]
-    proj = sum(p.conv.in_channels * p.conv.out_channels * min(p.side_in, p.side_out) ** 2 for p in projs)
+    proj = 0
+    for p in model.connections.values():
+        if isinstance(p, LowRankProjection):
+            proj += p.down.in_channels * p.down.out_channels * min(p.side_in, p.side_out) ** 2
+        else:
+            p = cast(Projection, p)
+            proj += p.conv.in_channels * p.conv.out_channels * min(p.side_in, p.side_out) ** 2
+    for c in {c.target: c for c in model.conn_keys.values()}.values():
+        if c.target in model.projection_ups:
+            up = cast(torch.nn.Conv2d, model.projection_ups[c.target])
+            side = model.stage_shape(c.side, c.dst, c.dst_stage)[1]
+            proj += up.in_channels * up.out_channels * side * side
     return stages, proj
 
 
-def build(n: int, tasks: int, height: int | None, cls: type[BAIM] = BAIM) -> BAIM:
+def build(n: int, tasks: int, height: int | None, cls: type[BAIM] = BAIM, rank: int = 0) -> BAIM:
     torch.manual_seed(0)
     learner_tasks: list[int | None] = [l % tasks for l in range(n)]
     learners = [StagedVAE(tier_spec(TIERS[(l // tasks + l % tasks) % 3])) for l in range(n)]
     counts = [(lrn.spec.num_stages,) * 2 for lrn in learners]
     conns = candidate_connections(counts, height) if height is not None else []
-    model = cls.from_learners(learners, learner_tasks, [f"t{t}" for t in range(tasks)], conns, top_k=2)
+    model = cls.from_learners(
+        learners, learner_tasks, [f"t{t}" for t in range(tasks)], conns, top_k=2, projection_rank=rank
+    )
     with torch.no_grad():
         for p in model.connections.values():
             cast(Projection, p).alpha.fill_(0.1)
@@ -108,61 +140,67 @@ def train_step(model: BAIM, batch: int, tasks: int) -> Callable[[], None]:
     return step
 
 
-def time_it(fn: Callable[[], None], repeats: int, warmup: int) -> float:
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: int) -> dict[str, float]:
+    """Fastest of ``repeats`` steps per row, the rows taking turns, so that a shared machine's
+    changing load falls on every row alike (other load only ever adds time)."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)  # other load on a shared machine only ever adds time
+        for label, fn in steps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - t0)
+    return {label: min(ts) for label, ts in times.items()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--learners", type=int, default=9)
-    ap.add_argument("--tasks", type=int, default=3)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)")
-    ap.add_argument("--no-ungrouped", action="store_true", help="skip the (slow) one-conv-per-connection row")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    n, tasks, b = args.learners, args.tasks, args.batch
+def timing(args: argparse.Namespace) -> None:
+    n, tasks, b, r = args.learners, args.tasks, args.batch, args.rank
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {n} learners, {tasks} tasks, "
         f"top-K 2, batch {b} of 32×32, fastest of {args.repeats} steps after {args.warmup} warm-up"
     )
-    rows = [("none", None, BAIM), ("h=3", 3, BAIM), ("h=3 closure", 3, ClosureOnly)]
-    if not args.no_ungrouped:
-        rows.append(("h=3 ungrouped", 3, Ungrouped))
-    per_image: dict[str, float] = {}
+    low = f"h=3 rank {r}"
+    rows = [("none", None, BAIM, 0), (low, 3, BAIM, r), ("h=3 exact", 3, BAIM, 0), ("h=3 closure", 3, ClosureOnly, 0)]
+    extra = [int(x) for x in args.also_ranks.split(",") if x.strip() and int(x) != r]
+    rows[2:2] = [(f"h=3 rank {x}", 3, BAIM, x) for x in extra]
+    if args.ungrouped:
+        rows.append(("h=3 ungrouped", 3, Ungrouped, 0))
     conns: dict[str, int] = {}
-    print(f"{'model':14} {'conns':>6} {'ms/step':>9} {'ms/image':>9} {'vs none':>8}")
-    for label, height, cls in rows:
-        model = build(n, tasks, height, cls)
-        t = time_it(train_step(model, b, tasks), args.repeats, args.warmup)
-        per_image[label], conns[label] = t / b, len(model.connections)
-        if label == "h=3":
-            stage_macs, proj_macs = macs_per_image(model)
+    macs: dict[str, tuple[float, float]] = {}
+    steps: dict[str, Callable[[], None]] = {}
+    for label, height, cls, rank in rows:
+        model = build(n, tasks, height, cls, rank)
+        conns[label], macs[label] = len(model.connections), macs_per_image(model)
+        steps[label] = train_step(model, b, tasks)
+    step_time = time_interleaved(steps, args.repeats, args.warmup)
+    per_image = {label: t / b for label, t in step_time.items()}
+    print(f"{'model':14} {'conns':>6} {'ms/step':>9} {'ms/image':>9} {'vs none':>8} {'proj MMAC/img':>14}")
+    for label in steps:
         print(
-            f"{label:14} {conns[label]:>6} {t * 1e3:>9.1f} {t / b * 1e3:>9.2f} "
-            f"{per_image[label] / per_image['none']:>8.2f}"
+            f"{label:14} {conns[label]:>6} {step_time[label] * 1e3:>9.1f} {per_image[label] * 1e3:>9.2f} "
+            f"{per_image[label] / per_image['none']:>8.2f} {macs[label][1] / 1e6:>14.1f}"
         )
-        del model
+    stage_macs = macs["h=3 exact"][0]
     print(
-        f"multiply-adds per image through every learner: stages {stage_macs / 1e6:.1f} M, "
-        f"projections {proj_macs / 1e6:.1f} M ({proj_macs / stage_macs:.1f}×)"
+        f"multiply-adds per image through every learner: stages {stage_macs / 1e6:.1f} M, projections "
+        f"exact {macs['h=3 exact'][1] / 1e6:.1f} M, rank {r} {macs[low][1] / 1e6:.1f} M"
     )
     result = {
-        "ratio": round(per_image["h=3"] / per_image["none"], 3),
+        "ratio": round(per_image[low] / per_image["none"], 3),
+        "projection": f"lowrank r={r}",
+        "rank": r,
+        "ratio_exact": round(per_image["h=3 exact"] / per_image["none"], 3),
         "ratio_closure_floor": round(per_image["h=3 closure"] / per_image["none"], 3),
+        "ratio_by_rank": {x: round(per_image[f"h=3 rank {x}"] / per_image["none"], 3) for x in [r, *extra]},
         "ms_per_image": {k: round(v * 1e3, 3) for k, v in per_image.items()},
-        "connections": conns["h=3"],
+        "connections": conns[low],
         "stage_mmacs_per_image": round(stage_macs / 1e6, 1),
-        "projection_mmacs_per_image": round(proj_macs / 1e6, 1),
+        "projection_mmacs_per_image": {
+            "exact": round(macs["h=3 exact"][1] / 1e6, 1),
+            **{f"rank {x}": round(macs[f"h=3 rank {x}"][1] / 1e6, 1) for x in [r, *extra]},
+        },
         "learners": n,
         "tasks": tasks,
         "batch": b,
@@ -171,6 +209,121 @@ def main() -> None:
     if "h=3 ungrouped" in per_image:
         result["ratio_ungrouped"] = round(per_image["h=3 ungrouped"] / per_image["none"], 3)
     print(json.dumps(result))
+
+
+# -- quality: the projections at equal steps ------------------------------------------------------
+def _split(ds, seed: int, edge_images: int, cloud_images: int, test_images: int):
+    """Per task: two edges' images, the cloud's common images, test images (disjoint, seeded)."""
+    rng = np.random.default_rng(seed)
+    labels_train, labels_test = ds.train.labels, ds.test.labels
+    edges, cloud, cloud_tasks, tests = [], [], [], {}
+    for t, task in enumerate(ds.tasks):
+        pool = rng.permutation(np.flatnonzero(np.isin(labels_train, task.classes)))
+        for e in range(2):
+            edges.append((t, ds.train.load(np.sort(pool[e * edge_images : (e + 1) * edge_images]))))
+        start = 2 * edge_images
+        cloud.append(ds.train.load(np.sort(pool[start : start + cloud_images])))
+        cloud_tasks += [t] * cloud_images
+        test_pool = rng.permutation(np.flatnonzero(np.isin(labels_test, task.classes)))
+        tests[t] = ds.test.load(np.sort(test_pool[:test_images]))
+    return edges, np.concatenate(cloud), np.asarray(cloud_tasks), tests
+
+
+def quality(args: argparse.Namespace) -> None:
+    ds = load_fashion_mnist(os.environ.get("BAIM_FMNIST_DIR"))
+    names = [t.name for t in ds.tasks]
+    ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
+    variants = ["none", "exact"] + [f"rank {r}" for r in ranks]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    cloud_recipe = replace(get_preset("quick").cloud, epochs=args.epochs, batch_size=args.cloud_batch)
+    print(
+        f"quality: {len(names)} tasks × 2 edges ({args.edge_images} images, {args.edge_epochs} epochs each); "
+        f"{args.cloud_images} common images per task; every candidate at h = 3, no pruning; cloud recipe "
+        f"{cloud_recipe}; test {args.test_images} images per task; seeds {seeds}"
+    )
+    per: dict[str, dict[int, dict]] = {v: {} for v in variants}
+    for seed in seeds:
+        edges, images, tasks, tests = _split(ds, seed, args.edge_images, args.cloud_images, args.test_images)
+        torch.manual_seed(seed)
+        learners, owners = [], []
+        for k, (t, imgs) in enumerate(edges):
+            m = StagedVAE(tier_spec(TIERS[k % 3]))
+            train_learner(m, imgs, Recipe(args.edge_epochs, seed=seed + k))
+            learners.append(m.eval())
+            owners.append(t)
+        for v in variants:
+            rank = 0 if v in ("none", "exact") else int(v.split()[1])
+            model = fuse(learners, owners, names, height=3, seed=seed, connections=v != "none", projection_rank=rank)
+            t0 = time.perf_counter()
+            train_baim(model, images, tasks, cloud_recipe.with_seed(seed), pretrained=set(range(len(learners))))
+            seconds = time.perf_counter() - t0
+            loss = {names[t]: reconstruction_metrics(model, x, t, seed=seed)["test_loss"] for t, x in tests.items()}
+            per[v][seed] = {
+                "test_loss": loss,
+                "mean": float(np.mean(list(loss.values()))),
+                "train_seconds": round(seconds, 1),
+                "connections": len(model.connections),
+                "connection_parameters": sum(
+                    p.numel() for n, p in model.named_parameters() if n.startswith(("connections.", "projection_"))
+                ),
+            }
+            print(f"  seed {seed} {v:8} test loss {per[v][seed]['mean']:.5f}  ({seconds:.0f} s)", flush=True)
+
+    def pm(xs: list[float]) -> str:
+        return f"{mean(xs):.5f} ± {stdev(xs):.5f}" if len(xs) > 1 else f"{xs[0]:.5f}"
+
+    print(f"\n{'projection':10} {'conn params':>12} {'train s':>8} " + " ".join(f"{n:>20}" for n in names + ["mean"]))
+    for v in variants:
+        cells = [pm([per[v][s]["test_loss"][n] for s in seeds]) for n in names] + [
+            pm([per[v][s]["mean"] for s in seeds])
+        ]
+        print(
+            f"{v:10} {per[v][seeds[0]]['connection_parameters']:>12,} "
+            f"{mean(per[v][s]['train_seconds'] for s in seeds):>8.0f} " + " ".join(f"{c:>20}" for c in cells)
+        )
+    print("paired difference against exact (same seed), mean test loss over tasks:")
+    deltas = {}
+    for v in variants:
+        if v != "exact":
+            d = [per[v][s]["mean"] - per["exact"][s]["mean"] for s in seeds]
+            deltas[v] = {"mean": mean(d), "std": stdev(d) if len(d) > 1 else 0.0, "per_seed": d}
+            print(f"  {v:8} {pm(d)}  per seed {[round(x, 5) for x in d]}")
+    print(
+        json.dumps(
+            {
+                "seeds": seeds,
+                "epochs": args.epochs,
+                "cloud_images_per_task": args.cloud_images,
+                "runs": {v: {str(s): r for s, r in by.items()} for v, by in per.items()},
+                "delta_vs_exact": deltas,
+            }
+        )
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rank", type=int, default=8, help="rank r of the low-rank projection timed")
+    ap.add_argument("--also-ranks", default="", help="timing: more ranks, comma-separated (rows for reference)")
+    ap.add_argument("--learners", type=int, default=9)
+    ap.add_argument("--tasks", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a shared machine)")
+    ap.add_argument("--ungrouped", action="store_true", help="also the (slow) one-conv-per-connection exact row")
+    ap.add_argument("--quality", action="store_true", help="the quality experiment instead of the timing")
+    ap.add_argument("--ranks", default="4,8", help="quality: comma-separated ranks compared with the exact projection")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=6, help="quality: cloud epochs (equal for every projection)")
+    ap.add_argument("--cloud-batch", type=int, default=32)
+    ap.add_argument("--cloud-images", type=int, default=100, help="quality: common images per task")
+    ap.add_argument("--edge-images", type=int, default=300)
+    ap.add_argument("--edge-epochs", type=int, default=3)
+    ap.add_argument("--test-images", type=int, default=300)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    quality(args) if args.quality else timing(args)
 
 
 if __name__ == "__main__":

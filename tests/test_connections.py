@@ -1,12 +1,16 @@
-"""Grouped projections: the same function and gradients as one projection per connection,
-and connections still prune, by name, to the model built without them."""
+"""Grouped projections (exact and low-rank): the same function and gradients as one projection
+per connection; a fresh connection (α = 0) changes nothing; connections still prune, by name,
+to the model built without them; a low-rank BAIM partitions and saves without loss."""
 
 import pytest
 import torch
 
-from baim.cloud import fuse
+from baim.cloud import fuse, partition
 from baim.learners import StagedVAE, tier_spec
-from baim.models import BAIM, Connection, Projection
+from baim.models import BAIM, BAIMConfig, Connection, LowRankProjection, Projection, load_model, save_model
+from conftest import look_trained, trained_learners
+
+RANKS = [0, 4]  # exact 1×1 projections, and a rank-4 bottleneck per target stage
 
 
 def _reference_execute(model, side, targets, n, make_input):
@@ -60,17 +64,17 @@ class _OneByOne(BAIM):
         return _reference_execute(self, side, targets, n, make_input)
 
 
-def _model(dtype=torch.float64, seed=0):
+def _model(dtype=torch.float64, seed=0, rank=0):
     """Small and large learners (decoder sides 8/16/32 and 4/8/16/32) over two tasks, every
     candidate at h = 3 with random α, and gates that spread samples, so targets read several
     sources of several sizes (shrunk and grown) on differing sample sets."""
     torch.manual_seed(seed)
     learners = [StagedVAE(tier_spec(t)) for t in ("small", "large", "medium", "large")]
-    model = fuse(learners, [0, 0, 1, 1], ["a", "b"], top_k=1, height=3, seed=seed).to(dtype)
+    model = fuse(learners, [0, 0, 1, 1], ["a", "b"], top_k=1, height=3, seed=seed, projection_rank=rank).to(dtype)
     with torch.no_grad():
         for p in model.connections.values():
             p.alpha.normal_(0, 0.3)
-            p.conv.bias.normal_(0, 0.1)
+            p.bias.normal_(0, 0.1)
         for g in model.lsgates:
             g.net[2].weight.normal_(0, 1.0)
     return model.eval()
@@ -106,9 +110,10 @@ def test_a_target_reads_several_sources_of_several_sizes():
     assert any(s == {-1, 0, 1} for s in shapes.values())  # grown, same size and shrunk into one target
 
 
+@pytest.mark.parametrize("rank", RANKS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-def test_grouped_execution_equals_one_projection_per_connection(dtype, tol):
-    model = _model(dtype)
+def test_grouped_execution_equals_one_projection_per_connection(dtype, tol, rank):
+    model = _model(dtype, rank=rank)
     twin = _twin(model)
     out, ref = _run(model), _run(twin)
     assert model.stage_calls == twin.stage_calls  # the same stages on the same samples
@@ -125,6 +130,9 @@ def test_grouped_execution_equals_one_projection_per_connection(dtype, tol):
         torch.testing.assert_close(p.grad / scale, q.grad / scale, rtol=tol, atol=tol * 10, msg=name)
         checked += name.startswith("connections.")
     assert checked > 3 * 100  # α, weight and bias of well over a hundred connections
+    if rank:
+        ups = list(model.projection_ups.parameters())  # compared above with the rest; most stages run
+        assert sum(p.grad is not None and bool(p.grad.any()) for p in ups) > len(ups) // 2
 
 
 def test_summed_matches_projections_for_every_size_and_presized_sources():
@@ -152,13 +160,89 @@ def test_summed_matches_projections_for_every_size_and_presized_sources():
     assert {n for n, _ in projs[0].named_parameters()} == {"alpha", "conv.weight", "conv.bias"}
 
 
-def test_pruned_connection_gives_the_model_built_without_it():
-    model = _model(torch.float32)
+def test_low_rank_summed_matches_projections_for_every_size_and_presized_sources():
+    torch.manual_seed(0)
+    sides = [32, 16, 8, 8, 4, 2]
+    up = torch.nn.Conv2d(3, 5, 1, bias=False).double()
+    projs = [LowRankProjection(3 + k, s, up, 8).double() for k, s in enumerate(sides)]
+    for p in projs:
+        with torch.no_grad():
+            p.alpha.normal_()
+            p.bias.normal_()
+    feats = [torch.randn(4, 3 + k, s, s, dtype=torch.float64, requires_grad=True) for k, s in enumerate(sides)]
+    ref = sum(p(f) for p, f in zip(projs, feats))
+    presized = [torch.nn.functional.avg_pool2d(f, f.shape[-1] // 8) if f.shape[-1] > 8 else f for f in feats]
+    params = [*up.parameters()] + [q for p in projs for q in p.parameters()]
+    for inputs in (feats, presized):
+        out = LowRankProjection.summed(projs, inputs)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        tangent = torch.randn_like(ref)
+        mine = torch.autograd.grad(out, [*feats] + params, tangent, retain_graph=True)
+        theirs = torch.autograd.grad(ref, [*feats] + params, tangent, retain_graph=True)
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the up-projection is the target's, not the connection's: stored and counted once
+    assert {n for n, _ in projs[0].named_parameters()} == {"alpha", "down.weight", "down.bias"}
+    # ‖P‖ is the norm of the map U·D the connection applies
+    m = (up.weight.flatten(1) @ projs[0].down.weight.flatten(1)).norm()
+    assert projs[0].score() == pytest.approx(float(projs[0].alpha.detach().abs() * m.detach()), rel=1e-12)
+
+
+@pytest.mark.parametrize("rank", RANKS)
+def test_a_fresh_connection_changes_nothing(rank):
+    """Adding a connection with α = 0 (as every connection starts) leaves outputs and the other
+    parameters' gradients as they were; with α ≠ 0 the same connection changes the output."""
+    torch.manual_seed(0)
+    learners = trained_learners(["small", "large", "medium"])
+    conns = [Connection("dec", 1, 1, 0, 2), Connection("dec", 2, 0, 0, 1), Connection("enc", 1, 0, 0, 1)]
+    base = BAIM.from_learners(learners, [0, 0, 1], ["a", "b"], conns[:1], top_k=2, projection_rank=rank).double()
+    with torch.no_grad():
+        base.connections[conns[0].name].alpha.fill_(0.7)  # an old, trained connection into the same stage
+    grown = BAIM.from_learners(learners, [0, 0, 1], ["a", "b"], conns[:1], top_k=2, projection_rank=rank).double()
+    grown.load_state_dict(base.state_dict())
+    for c in conns[1:]:
+        grown.add_connection(c)
+    grown.double()
+    assert len(grown.connections) == 3 and grown.num_parameters() > base.num_parameters()
+    x = torch.rand(8, 1, 32, 32, dtype=torch.float64)
+    noise = torch.randn(8, base.latent_dim, dtype=torch.float64)
+    tasks = torch.tensor([0, 1] * 4)
+    outs = []
+    for m in (base.eval(), grown.eval()):
+        m.zero_grad(set_to_none=True)
+        out = m(x, tasks, noise=noise)
+        out.x_hat.square().mean().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1].x_hat, outs[0].x_hat, rtol=0, atol=0)
+    torch.testing.assert_close(outs[1].mu, outs[0].mu, rtol=0, atol=0)
+    grads = dict(base.named_parameters())
+    for name, p in grown.named_parameters():
+        if name in grads and grads[name].grad is not None:
+            torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-12, atol=1e-15, msg=name)
+    new = [grown.connections[c.name] for c in conns[1:]]
+    assert all(p.alpha.grad is not None and p.alpha.grad.abs() > 0 for p in new)  # they can learn
+    with torch.no_grad():
+        for p in new:
+            p.alpha.fill_(0.3)
+        changed = grown(x, tasks, noise=noise)
+    assert (changed.x_hat - outs[0].x_hat).abs().max() > 1e-4
+    assert (changed.mu - outs[0].mu).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("rank", RANKS)
+def test_pruned_connection_gives_the_model_built_without_it(rank):
+    model = _model(torch.float32, rank=rank)
     victims = model.prune_connections(0.2)
     assert victims and not any(v in model.connections for v in victims)
     kept = [c for c in model.conn_keys.values()]
     rebuilt = BAIM.from_learners(
-        [StagedVAE(s) for s in model.config.learner_specs], [0, 0, 1, 1], ["a", "b"], kept, top_k=1, height=3
+        [StagedVAE(s) for s in model.config.learner_specs],
+        [0, 0, 1, 1],
+        ["a", "b"],
+        kept,
+        top_k=1,
+        height=3,
+        projection_rank=rank,
     )
     rebuilt.load_state_dict(model.state_dict())  # strict: exactly the surviving connections' parameters
     rebuilt.eval()
@@ -167,6 +251,47 @@ def test_pruned_connection_gives_the_model_built_without_it():
     torch.testing.assert_close(out.x_hat, ref.x_hat, rtol=0, atol=0)
     a = model.connections[kept[0].name]
     assert a.alpha.grad is not None and torch.equal(a.alpha.grad, rebuilt.connections[kept[0].name].alpha.grad)
+    assert model.num_parameters() == rebuilt.num_parameters()
+
+
+def test_low_rank_up_projection_goes_with_the_last_connection_into_its_stage():
+    learners = [StagedVAE(tier_spec(t)) for t in ("small", "large", "medium")]
+    conns = [Connection("dec", 1, 1, 0, 2), Connection("dec", 2, 1, 0, 2), Connection("dec", 2, 0, 1, 1)]
+    model = BAIM.from_learners(learners, [0, 0, 0], ["a"], conns, projection_rank=4)
+    assert set(model.projection_ups) == {"dec_0_2", "dec_1_1"}
+    before = model.num_parameters()
+    own = [sum(p.numel() for p in model.connections[c.name].parameters()) for c in conns[:2]]
+    up = model.projection_ups["dec_0_2"].weight.numel()
+    model.remove_connection(conns[0].name)
+    assert set(model.projection_ups) == {"dec_0_2", "dec_1_1"}  # still read by conns[1]
+    assert before - model.num_parameters() == own[0]
+    model.remove_connection(conns[1].name)
+    assert set(model.projection_ups) == {"dec_1_1"}
+    assert before - model.num_parameters() == own[0] + own[1] + up
+    plain = BAIM.from_learners(learners, [0, 0, 0], ["a"], conns[2:], projection_rank=4)
+    assert plain.state_dict().keys() == model.state_dict().keys()
+
+
+def test_low_rank_baim_partitions_saves_and_loads_without_loss(tmp_path):
+    learners = trained_learners(["small", "medium", "large", "small", "large"])
+    model = fuse(learners, [0, 0, 1, 1, 2], ["a", "b", "c"], top_k=2, height=2, projection_rank=4)
+    model = look_trained(model, 0.2, 0.5)
+    model.prune_connections(0.8)
+    model.eval()
+    assert any(model.learner_tasks[c.src] != model.learner_tasks[c.dst] for c in model.conn_keys.values())
+    assert BAIMConfig.from_dict(model.config.to_dict()).projection_rank == 4
+    assert "projection_rank" not in _model(torch.float32).config.to_dict()  # exact models' files as before
+    x, noise = torch.rand(10, 1, 32, 32), torch.randn(10, model.latent_dim)
+    for t in range(3):
+        compact = partition(model, t)
+        assert compact.projection_rank == 4 and compact.num_parameters() < model.num_parameters()
+        save_model(compact, tmp_path / f"c{t}")
+        loaded = load_model(tmp_path / f"c{t}")
+        tasks = torch.full((10,), t, dtype=torch.long)
+        with torch.no_grad():
+            a = model(x, tasks, noise=noise).x_hat
+            for m in (compact, loaded):
+                assert (a - m(x, torch.zeros(10, dtype=torch.long), noise=noise).x_hat).abs().max() <= 1e-6
 
 
 def test_removing_one_of_several_inputs_equals_a_baim_without_it():
@@ -187,3 +312,30 @@ def test_removing_one_of_several_inputs_equals_a_baim_without_it():
     with torch.no_grad():
         torch.testing.assert_close(full.decode(z, tasks)[0], without.eval().decode(z, tasks)[0], rtol=0, atol=0)
         assert not torch.equal(full.decode(z, tasks)[0], learners[0].decode(z[:, : learners[0].spec.latent_dim]))
+
+
+def test_gentle_pruning_anneals_alpha_to_zero_before_removal():
+    """``prune_anneal``: chosen connections reach α = 0 over one interval and only then go;
+    none is chosen when no interval is left to anneal it."""
+    import numpy as np
+
+    from baim.config import Recipe
+    from baim.models import train_baim
+
+    model = fuse(trained_learners(["small", "small", "small"]), [0, 0, 1], ["a", "b"], height=0, projection_rank=4)
+    n0 = len(model.connections)
+    images = (np.random.default_rng(0).random((16, 1, 32, 32)) * 255).astype(np.uint8)
+    log = train_baim(
+        model,
+        images,
+        np.array([0, 1] * 8),
+        Recipe(3, batch_size=8),
+        prune_interval=1,
+        prune_ratio=0.5,
+        prune_anneal=True,
+    )
+    first, second = n0 // 2, (n0 - n0 // 2) // 2
+    assert [r["pruned"] for r in log] == [0, first, second]  # only connections whose α is exactly 0 go
+    assert [r["annealing"] for r in log] == [first, second, 0]
+    assert len(model.connections) == n0 - first - second
+    assert all(float(p.alpha) != 0.0 for p in model.connections.values())

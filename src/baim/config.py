@@ -80,8 +80,11 @@ class Preset:
     height: int = 3
     prune_interval: int = 10
     prune_ratio: float = 0.1
+    prune_anneal: bool = False  # True: a pruned connection's α is annealed to 0 over one interval, then removed
     gate_init_from_screening: bool = True  # LSGates start preferring each squad's best-screened upload
     cross_task_connections: bool = True  # False: candidate connections only within a squad
+    connections: bool = True  # False: a BAIM without projection connections (the ablation's baseline)
+    projection_rank: int = 0  # P: 0 the exact 1×1 projection; r > 0 a rank-r bottleneck per target stage
     # evaluation
     fid_count: int = 500  # generated (and real) images per FID
     curve_test_per_task: int | None = None  # test images per task for per-epoch curves (None: all)
@@ -99,6 +102,13 @@ class Preset:
         object.__setattr__(self, "few_shot", dict(self.few_shot))  # a copy: the preset stays frozen
         if not isinstance(self.cross_task_connections, bool):
             raise ConfigError(f"cross_task_connections is true or false, got {self.cross_task_connections!r}")
+        if not isinstance(self.connections, bool):
+            raise ConfigError(f"connections is true or false, got {self.connections!r}")
+        rank = self.projection_rank
+        if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= 4096:
+            raise ConfigError(
+                f"projection_rank is an int in 0..4096 (0: exact projections), got {self.projection_rank!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (a saved and reloaded preset compares equal)."""

@@ -31,6 +31,7 @@ def fuse(
     connections: bool = True,
     screening_losses: list[float] | None = None,
     cross_task: bool = True,
+    projection_rank: int = 0,
 ) -> BAIM:
     """The BAIM of ``learners`` (uploads) for ``strategy``. With ``screening_losses`` (each
     upload's loss on the cloud's common data), every LSGate starts out preferring its squad's
@@ -61,6 +62,7 @@ def fuse(
         candidates,
         top_k=top_k,
         height=height,
+        projection_rank=projection_rank,
         frozen=list(range(len(members))) if strategy == "freeze" else [],
     )
     if screening_losses is not None and strategy != "scratch":

@@ -67,6 +67,7 @@ def partition(model: BAIM, task: int) -> BAIM:
         has_tsgate=False,
         frozen=[index[old] for old in model.frozen_learners if old in index],
         trimmed=trimmed,
+        projection_rank=model.projection_rank,
     )
     compact = BAIM(config)
     # Copy the weights that survive the cut: the BAIM's state, renamed to the compact model's indices.
@@ -74,6 +75,9 @@ def partition(model: BAIM, task: int) -> BAIM:
     rename |= {f"adapters.{old}.": f"adapters.{index[old]}." for old in keep}
     rename |= {f"lsgates.{task}.": "lsgates.0.", f"priors.{task}.": "priors.0."}
     rename |= {f"connections.{name}.": f"connections.{c.name}." for name, c in zip(active, conns)}
+    rename |= {
+        f"projection_ups.{model.conn_keys[n].target}.": f"projection_ups.{c.target}." for n, c in zip(active, conns)
+    }
     target = compact.state_dict()
     state = {}
     for key, value in model.state_dict().items():

@@ -78,6 +78,8 @@ def train_strategy(
         seed=seed,
         screening_losses=screening_losses if preset.gate_init_from_screening else None,
         cross_task=preset.cross_task_connections,
+        projection_rank=preset.projection_rank,
+        connections=preset.connections,
     )
     # Step 0: the fused model as it starts, its priors fitted the same way as after training.
     fit_priors(model, images, tasks, seed=seed)
@@ -96,6 +98,7 @@ def train_strategy(
         label=f"BAIM {strategy}",
         prune_interval=preset.prune_interval,
         prune_ratio=preset.prune_ratio,
+        prune_anneal=preset.prune_anneal,
         pretrained=set() if strategy == "scratch" else set(range(len(learners))),
     )
     fit_priors(model, images, tasks, seed=seed)

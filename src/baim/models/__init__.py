@@ -3,7 +3,7 @@ latent priors), compact models (BAIMs of one task), one save/load, one training 
 and one evaluation."""
 
 from .baim import BAIM, BAIMConfig, BAIMOutput
-from .connections import Connection, Projection, candidate_connections
+from .connections import Connection, LowRankProjection, Projection, candidate_connections
 from .evaluation import Evaluation, evaluate, fit_priors, generate, reconstruction_metrics, task_accuracy
 from .fit import Epoch, Fitted, Loss, Objective, fit, vae_objective
 from .gates import LSGate, TaskClassifier
@@ -23,6 +23,7 @@ __all__ = [
     "Objective",
     "LSGate",
     "LatentPrior",
+    "LowRankProjection",
     "Projection",
     "TaskClassifier",
     "candidate_connections",

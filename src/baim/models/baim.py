@@ -33,7 +33,7 @@ from torch import nn
 
 from ..errors import SpecError
 from ..learners import LearnerSpec, StagedVAE
-from .connections import Connection, Projection
+from .connections import Connection, LowRankProjection, Projection
 from .gates import LSGate, Routing, TaskClassifier, grow_inputs
 from .prior import LatentPrior
 
@@ -77,6 +77,7 @@ class BAIMConfig:
     has_tsgate: bool = True
     frozen: Sequence[int] = ()
     trimmed: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
+    projection_rank: int = 0  # 0: exact 1×1 projections; r > 0: a rank-r bottleneck per target stage
 
     def __post_init__(self) -> None:
         for name in ("task_names", "learner_tasks", "learner_specs", "connections"):
@@ -97,7 +98,7 @@ class BAIMConfig:
             "has_tsgate": self.has_tsgate,
             "frozen": sorted(self.frozen),
             "trimmed": {str(k): dict(v) for k, v in sorted(self.trimmed.items())},
-        }
+        } | ({"projection_rank": self.projection_rank} if self.projection_rank else {})  # absent: exact
 
     @classmethod
     def from_dict(cls, raw: dict) -> BAIMConfig:
@@ -106,7 +107,7 @@ class BAIMConfig:
         if not isinstance(raw, dict):
             raise SpecError(f"a BAIM config must be a JSON object, got {type(raw).__name__}")
         missing = sorted(set(_FIELDS) - set(raw))
-        unknown = sorted(set(raw) - set(_FIELDS))
+        unknown = sorted(set(raw) - set(_FIELDS) - {"projection_rank"})  # optional: files before it
         if missing or unknown:
             raise SpecError(f"BAIM config: missing fields {missing}, unknown fields {unknown}")
         task_names = _list(raw, "task_names", MAX_TASKS)
@@ -168,6 +169,9 @@ class BAIMConfig:
             ):
                 raise SpecError(f"BAIM config field 'trimmed': {v!r:.200} must map enc/dec to a stage count")
             trimmed[lrn] = dict(v)
+        rank = raw.get("projection_rank", 0)
+        if not _is_int(rank) or not 0 <= rank <= 4096:
+            raise SpecError(f"BAIM config field 'projection_rank': an int in 0..4096 (0: exact), got {rank!r:.50}")
         return cls(
             task_names,
             tasks,
@@ -176,6 +180,7 @@ class BAIMConfig:
             frozen=frozen,
             trimmed=trimmed,
             has_tsgate=raw["has_tsgate"],
+            projection_rank=rank,
             **ints,
         )
 
@@ -250,6 +255,7 @@ class BAIM(nn.Module):
         )
         self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in self.task_names)
         self.connections = nn.ModuleDict()
+        self.projection_ups = nn.ModuleDict()  # low-rank only: target stage -> its shared up-projection
         for c in config.connections:
             self.add_connection(c)
         for lrn, sides in config.trimmed.items():
@@ -328,6 +334,11 @@ class BAIM(nn.Module):
         """Learner -> {side: stages kept}, for learners cut down by :meth:`trim`."""
         return {k: dict(v) for k, v in self._config.trimmed.items()}
 
+    @property
+    def projection_rank(self) -> int:
+        """0: exact 1×1 projections; r > 0: a rank-r bottleneck per target stage."""
+        return self._config.projection_rank
+
     def freeze(self, learners: Iterable[int]) -> None:
         """Fix these learners' weights and their normalisation statistics (``freeze`` strategy)."""
         learners = list(learners)
@@ -378,26 +389,33 @@ class BAIM(nn.Module):
     def add_connection(self, c: Connection) -> None:
         cin, sin = self.stage_shape(c.side, c.src, c.src_stage)
         cout, sout = self.stage_shape(c.side, c.dst, c.dst_stage)
-        self.connections[c.name] = Projection(cin, sin, cout, sout)
+        if self.projection_rank:
+            if c.target not in self.projection_ups:
+                self.projection_ups[c.target] = nn.Conv2d(self.projection_rank, cout, 1, bias=False)
+            up = cast(nn.Conv2d, self.projection_ups[c.target])
+            self.connections[c.name] = LowRankProjection(cin, sin, up, sout)
+        else:
+            self.connections[c.name] = Projection(cin, sin, cout, sout)
         self._conn_keys[c.name] = c
         self._reconfigure(connections=(*self._config.connections, c))
 
     def remove_connection(self, name: str) -> None:
+        target = self.conn_keys[name].target
         del self.connections[name]
         del self._conn_keys[name]
         self._reconfigure(connections=tuple(self._conn_keys.values()))
+        if target in self.projection_ups and all(c.target != target for c in self._conn_keys.values()):
+            del self.projection_ups[target]  # the last connection into it: its up-projection goes too
 
     def prune_connections(self, ratio: float) -> list[str]:
         """Delete ``floor(ratio × surviving)`` connections with the smallest |α|·‖P‖ (global
         ranking). Deleted means gone from the module and from the parameter count."""
         if not 0 <= ratio <= 1:
             raise ValueError(f"prune ratio must be in [0, 1], got {ratio}")
-        scored = sorted((cast(Projection, proj).score(), name) for name, proj in self.connections.items())
+        scored = sorted((cast(Projection | LowRankProjection, p).score(), name) for name, p in self.connections.items())
         victims = [name for _, name in scored[: math.floor(ratio * len(scored))]]
         for name in victims:
-            del self.connections[name]
-            del self._conn_keys[name]
-        self._reconfigure(connections=tuple(self._conn_keys.values()))
+            self.remove_connection(name)
         return victims
 
     def trim(self, learner: int, side: str, keep: int) -> None:
@@ -584,6 +602,8 @@ class BAIM(nn.Module):
     def _project(self, names: list[str], feats: list[torch.Tensor]) -> torch.Tensor:
         """Sum of the named connections' projections of ``feats`` into one target stage, run
         grouped (:meth:`Projection.summed`) rather than as one small convolution each."""
+        if self.projection_rank:
+            return LowRankProjection.summed([cast(LowRankProjection, self.connections[n]) for n in names], feats)
         return Projection.summed([cast(Projection, self.connections[name]) for name in names], feats)
 
     # -- encoder side: product of experts ---------------------------------------------------

@@ -1,4 +1,4 @@
-"""Projection connections between learners' stages (DESIGN.md §3).
+"""Projection connections between learners' stages.
 
 A connection (a, i) → (b, j) adds ``α · P(f(a, i))`` to the output of stage j of learner b,
 where f(a, i) is the *raw* output of stage i of learner a. Candidates: every ordered pair of
@@ -6,6 +6,12 @@ distinct learners, encoder→encoder or decoder→decoder only (sampling runs no
 nothing may cross the latent bottleneck), with ``0 ≤ j − i ≤ h``. Because sources are raw
 features and j ≥ i, the computation can proceed depth by depth, which makes the graph
 acyclic by construction.
+
+Two kinds of P: :class:`Projection`, the exact 1×1 convolution c_in → c_out per connection,
+and :class:`LowRankProjection`, a bottleneck of rank r per target stage (each connection
+owns a 1×1 convolution c_in → r; the target stage owns one shared c_out ← r up-projection),
+so a stage read by k sources costs Σ c_in·r + r·c_out multiply-adds per pixel instead of
+Σ c_in·c_out.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ class Connection:
     def name(self) -> str:
         return f"{self.side}_{self.src}_{self.src_stage}_to_{self.dst}_{self.dst_stage}"
 
+    @property
+    def target(self) -> str:
+        """The target stage's name: what a low-rank up-projection is stored under."""
+        return f"{self.side}_{self.dst}_{self.dst_stage}"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -49,6 +60,15 @@ def candidate_connections(stage_counts: list[tuple[int, int]], height: int) -> l
                     for j in range(i, min(i + height, sb[k] - 1) + 1):
                         out.append(Connection(side, a, i, b, j))
     return out
+
+
+def _resize(h: torch.Tensor, side_out: int) -> torch.Tensor:
+    side = h.shape[-1]
+    if side > side_out:
+        return F.avg_pool2d(h, side // side_out)
+    if side < side_out:
+        return F.interpolate(h, scale_factor=side_out // side, mode="nearest")
+    return h
 
 
 class Projection(nn.Module):
@@ -71,19 +91,11 @@ class Projection(nn.Module):
     def bias(self) -> torch.Tensor:
         return cast(torch.Tensor, self.conv.bias)  # always present: the conv is built with a bias
 
-    def _resize(self, h: torch.Tensor) -> torch.Tensor:
-        side = h.shape[-1]
-        if side > self.side_out:
-            return F.avg_pool2d(h, side // self.side_out)
-        if side < self.side_out:
-            return F.interpolate(h, scale_factor=self.side_out // side, mode="nearest")
-        return h
-
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         w, b = self.conv.weight * self.alpha, self.bias * self.alpha
         if self.side_out < self.side_in:
-            return F.conv2d(self._resize(f), w, b)
-        return self._resize(F.conv2d(f, w, b))
+            return F.conv2d(_resize(f, self.side_out), w, b)
+        return _resize(F.conv2d(f, w, b), self.side_out)
 
     def score(self) -> float:
         """|α|·‖P‖, the pruning criterion (‖P‖ = Frobenius norm of the 1×1 conv weight)."""
@@ -124,3 +136,80 @@ class Projection(nn.Module):
         if out.shape[-1] < side_out:
             out = F.interpolate(out, scale_factor=side_out // out.shape[-1], mode="nearest")
         return out
+
+
+class LowRankProjection(nn.Module):
+    """One connection's share of a rank-r bottleneck into its target stage:
+    ``α · U(D(f) + b)``, where D (1×1, c_in → r, bias b) and α are the connection's own and
+    U (1×1, r → c_out, no bias) is the target stage's, shared by every connection into it.
+
+    Sums into one stage are then a single convolution into r channels over all sources plus
+    one up-projection, not Σ c_in·c_out per pixel. As for :class:`Projection`, the resizes
+    are linear and commute with both 1×1 maps, and α = 0 makes the connection's share exactly
+    zero. U is held by reference, not as a submodule: the BAIM owns it (one per target stage,
+    gone with the last connection into it), so it is stored and counted once.
+    """
+
+    def __init__(self, c_in: int, side_in: int, up: nn.Conv2d, side_out: int):
+        super().__init__()
+        self.down = nn.Conv2d(c_in, up.in_channels, 1)
+        self.side_in, self.side_out = side_in, side_out
+        self.alpha = nn.Parameter(torch.zeros(()))
+        self._up = [up]  # a list, so nn.Module does not register it (and its state) here again
+
+    @property
+    def up(self) -> nn.Conv2d:
+        return self._up[0]
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.down.bias)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """This connection alone (the grouped :meth:`summed` is what a BAIM runs)."""
+        w, b = self.down.weight * self.alpha, self.bias * self.alpha
+        if self.side_out < self.side_in:
+            return F.conv2d(F.conv2d(_resize(f, self.side_out), w, b), self.up.weight)
+        return _resize(F.conv2d(F.conv2d(f, w, b), self.up.weight), self.side_out)
+
+    def matrix(self) -> torch.Tensor:
+        """The c_out × c_in linear map U·D this connection applies (before α)."""
+        return self.up.weight.flatten(1) @ self.down.weight.flatten(1)
+
+    def score(self) -> float:
+        """|α|·‖P‖ with ‖P‖ = ‖U·D‖_F: the same criterion as the exact projection's, on the map
+        the connection actually applies (invariant to rescaling U against the D's)."""
+        return float(self.alpha.detach().abs() * self.matrix().detach().norm())
+
+    @staticmethod
+    def summed(projections: Sequence[LowRankProjection], feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``Σ_k projections[k](feats[k])`` for projections into one target stage (one shared U):
+        sources at or above the target's side shrunk to it, then per side one convolution of all
+        sources into r channels (weights: the α-scaled D's concatenated), the sums grown coarse
+        to fine, and one up-projection at the target's side."""
+        side_out = projections[0].side_out
+        up = projections[0].up
+        if any(p.up is not up for p in projections):
+            raise ValueError("low-rank projections summed together must share their target's up-projection")
+        groups: dict[int, list[int]] = {}
+        xs = list(feats)
+        for k, f in enumerate(feats):
+            if f.shape[-1] > side_out:
+                xs[k] = F.avg_pool2d(f, f.shape[-1] // side_out)
+            groups.setdefault(xs[k].shape[-1], []).append(k)
+        alphas = torch.stack([p.alpha for p in projections])
+        bias = alphas @ torch.stack([p.bias for p in projections])
+        low: torch.Tensor | None = None
+        for side in sorted(groups):
+            ks = groups[side]
+            widths = [projections[k].down.in_channels for k in ks]
+            scale = alphas[ks].repeat_interleave(torch.tensor(widths, device=alphas.device), output_size=sum(widths))
+            w = torch.cat([projections[k].down.weight for k in ks], 1) * scale.view(1, -1, 1, 1)
+            x = torch.cat([xs[k] for k in ks], 1) if len(ks) > 1 else xs[ks[0]]
+            y = F.conv2d(x, w, bias if low is None else None)
+            low = y if low is None else F.interpolate(low, scale_factor=side // low.shape[-1], mode="nearest") + y
+        if low is None:
+            raise ValueError("no projections to sum")
+        if low.shape[-1] < side_out:
+            low = F.interpolate(low, scale_factor=side_out // low.shape[-1], mode="nearest")
+        return F.conv2d(low, up.weight)

@@ -11,6 +11,10 @@ three strategies, so their curves compare.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +23,7 @@ from torch import nn
 from ..config import Recipe
 from ..data import to_float
 from .baim import BAIM
+from .connections import LowRankProjection, Projection
 from .evaluation import reconstruction_metrics
 from .fit import Epoch, Loss, fit
 from .gates import load_balance_loss, router_z_loss
@@ -57,9 +62,10 @@ class _Objective:
     """The BAIM's objective for one batch of (images, tasks); counts, per task, how often the
     LSGate picked each squad position in the steps that were taken."""
 
-    def __init__(self, model: BAIM, kld_weight: float):
+    def __init__(self, model: BAIM, kld_weight: float, after_step: Callable[[int], None] | None = None):
         self.kld_weight = kld_weight
         self.usage = self.fresh_usage(model)
+        self.after_step = after_step  # called with the step's number (1-based) once it was taken
 
     @staticmethod
     def fresh_usage(model: BAIM) -> dict[int, torch.Tensor]:
@@ -77,11 +83,31 @@ class _Objective:
         loss = mse + self.kld_weight * kld + BALANCE_WEIGHT * balance + Z_LOSS_WEIGHT * zl
 
         def taken() -> None:
+            if self.after_step is not None:
+                self.after_step(step + 1)
             for task, (_, r) in out.routings.items():
                 self.usage[task] += torch.bincount(r.indices.flatten(), minlength=len(self.usage[task])).float()
 
         terms = {"loss": loss, "mse": mse, "kld": kld, "balance": balance, "task_ce": task_ce}
         return Loss(loss + TASK_WEIGHT * task_ce, terms, taken)
+
+
+def _choose(model: BAIM, ratio: float, retiring: set[str], step: int) -> dict[str, tuple[float, int]]:
+    """The next ``floor(ratio × surviving)`` connections to anneal: smallest |α|·‖P‖ first."""
+    scored = sorted((_projection(model, n).score(), n) for n in model.connections if n not in retiring)
+    return {n: (_projection(model, n).alpha.item(), step) for _, n in scored[: math.floor(ratio * len(scored))]}
+
+
+def _projection(model: BAIM, name: str) -> Projection | LowRankProjection:
+    return cast(Projection | LowRankProjection, model.connections[name])
+
+
+@torch.no_grad()
+def _anneal(model: BAIM, retiring: dict[str, tuple[float, int]], step: int, span: int) -> None:
+    """α of each retiring connection: linearly from its value when chosen to exactly 0 after ``span`` steps."""
+    for name, (alpha0, chosen) in retiring.items():
+        left = max(0.0, 1.0 - (step - chosen) / span)
+        _projection(model, name).alpha.fill_(alpha0 * left)
 
 
 def train_baim(
@@ -95,21 +121,43 @@ def train_baim(
     prune_interval: int = 0,
     prune_ratio: float = 0.0,
     pretrained: set[int] | None = None,
+    prune_anneal: bool = False,
 ) -> list[dict]:
     """Train in place; returns one log row per epoch (losses, test loss per task, usage,
     surviving connections, parameter count). ``only``: the names of the parameters that
     train (default: every one that requires grad). Every ``prune_interval`` epochs the
     fraction ``prune_ratio`` of surviving connections is deleted (0 for either: never).
     ``pretrained``: the learners that start from trained weights, which get ``recipe``'s
-    gentler treatment (lower rate, kept normalisation statistics)."""
+    gentler treatment (lower rate, kept normalisation statistics). With ``prune_anneal`` a
+    connection chosen for pruning is not cut at once: its α falls linearly to 0 over the next
+    ``prune_interval`` epochs' steps (the others adapt meanwhile), and it is removed when it is
+    exactly 0, which changes nothing; connections chosen too late to reach 0 before the last
+    epoch stay."""
     pretrained = set(pretrained or ())
-    objective = _Objective(model, recipe.kld_weight)
+    steps = math.ceil(len(images) / recipe.batch_size)
+    retiring: dict[str, tuple[float, int]] = {}  # annealed connection -> (its α when chosen, step chosen)
+    clock = {"step": 0}
+
+    def after_step(step: int) -> None:
+        clock["step"] = step
+        if retiring:
+            _anneal(model, retiring, step, prune_interval * steps)
+
+    objective = _Objective(model, recipe.kld_weight, after_step if prune_anneal else None)
     opt = _optimizer(recipe.lr, _param_groups(model, only, pretrained, recipe.trained_lr_scale))
 
     def end_epoch(ep: Epoch) -> dict:
-        pruned = []
+        pruned: list[str] = []
         if prune_ratio > 0 and prune_interval > 0 and ep.number % prune_interval == 0:
-            pruned = model.prune_connections(prune_ratio)
+            if prune_anneal:
+                pruned = [n for n in retiring if _projection(model, n).alpha.item() == 0.0]
+                for name in pruned:
+                    model.remove_connection(name)
+                    del retiring[name]
+                if recipe.epochs - ep.number >= prune_interval:  # time left to anneal the next ones to 0
+                    retiring.update(_choose(model, prune_ratio, set(retiring), clock["step"]))
+            else:
+                pruned = model.prune_connections(prune_ratio)
             groups = _param_groups(model, only, pretrained, recipe.trained_lr_scale)
             ep.optimizer = _optimizer(ep.lr, groups, old=ep.optimizer)
         usage, objective.usage = objective.usage, objective.fresh_usage(model)
@@ -121,6 +169,7 @@ def train_baim(
             "skipped_steps": ep.skipped,
             "connections": len(model.connections),
             "pruned": len(pruned),
+            **({"annealing": len(retiring)} if prune_anneal else {}),
             "parameters": model.num_parameters(),
             "usage": {model.task_names[t]: (u / u.sum().clamp_min(1)).tolist() for t, u in usage.items()},
         }
