@@ -14,10 +14,10 @@ def quick_layout(fmnist):
 
 def test_slices_disjoint_and_sized(quick_layout, fmnist):
     p = get_preset("quick")
-    all_idx = quick_layout.cloud + [i for e in quick_layout.edges for i in e.indices]
+    all_idx = quick_layout.cloud + quick_layout.cloud_val + [i for e in quick_layout.edges for i in e.indices + e.val]
     assert len(all_idx) == len(set(all_idx))
-    assert all(len(e.indices) == p.samples_per_edge for e in quick_layout.edges)
-    assert abs(len(quick_layout.cloud) - p.cloud_samples) <= len(fmnist.class_names)
+    assert all(len(e.indices) + len(e.val) == p.samples_per_edge for e in quick_layout.edges)
+    assert abs(len(quick_layout.cloud) + len(quick_layout.cloud_val) - p.cloud_samples) <= len(fmnist.class_names)
     tests = [i for v in quick_layout.test.values() for i in v]
     assert len(tests) == len(set(tests))
 
@@ -86,7 +86,7 @@ def test_tasks_get_edges_in_proportion_to_size():
 
 def test_paper_preset_eleven_equal_parts(fmnist):
     layout = make_layout(fmnist, get_preset("paper"), seed=0)
-    sizes = {len(e.indices) for e in layout.edges}
+    sizes = {len(e.indices) + len(e.val) for e in layout.edges}
     assert len(layout.edges) == 10 and sizes == {60000 // 11}
-    assert len(layout.cloud) == pytest.approx(60000 // 11, abs=10)
+    assert len(layout.cloud) + len(layout.cloud_val) == pytest.approx(60000 // 11, abs=10)
     assert sum(len(v) for v in layout.test.values()) == 10000

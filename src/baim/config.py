@@ -93,8 +93,17 @@ class Preset:
     # few-shot tasks: task name -> how many of its cloud common images the cloud keeps (the
     # rest are dropped, not handed to edges); measures what the other tasks' learners add
     few_shot: dict[str, int] = field(default_factory=dict)
+    # share of every edge slice and of the cloud's common data held out as validation (every
+    # choice is made there; test data only reports); stratified by class
+    val_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, int | float):
+            raise ConfigError(f"val_fraction is a number in [0, 0.5], got {self.val_fraction!r}")
+        if not 0 <= self.val_fraction <= 0.5:
+            raise ConfigError(
+                f"val_fraction {self.val_fraction} is outside 0 to 0.5; choose a share there (default 0.1)"
+            )
         if not isinstance(self.few_shot, dict) or any(
             not isinstance(k, str) or not _is_count(v) for k, v in self.few_shot.items()
         ):

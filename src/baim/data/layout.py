@@ -8,12 +8,19 @@ Dirichlet(α) over its task's classes; slices, the cloud's stratified common sli
 test sets are pairwise disjoint. The layout is saved as indices (JSON), so a run is
 repeatable from the same files and seed. A few-shot task (``Preset.few_shot``) keeps only the
 first N of its cloud images; everything else is as in the full-data layout of the same seed.
+
+Validation: a share ``Preset.val_fraction`` of every edge slice and of the cloud's common data
+(stratified by class) is held out as ``val`` / ``cloud_val``, where every choice is made;
+``indices`` and ``cloud`` are what trains. Each edge also gets its own test set from the
+official test split with its slice's class mix (``EdgeSlice.test``), beside the task-level
+``test`` sets; test sets only report. A layout saved before validation existed loads with no
+validation part and no per-edge test sets (``val_fraction`` 0).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +38,9 @@ class EdgeSlice:
     edge: int
     task: int
     tier: str
-    indices: list[int]
+    indices: list[int]  # training images (indices into the training split)
+    val: list[int] = field(default_factory=list)  # held-out validation images, same split
+    test: list[int] = field(default_factory=list)  # the edge's own test set (test split), its class mix
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Layout:
     cloud: list[int]
     test: dict[str, list[int]]  # task name -> indices into the test split
     format: int = FORMAT_VERSION
+    cloud_val: list[int] = field(default_factory=list)  # the common data's validation part
 
     @property
     def settings(self) -> Preset:
@@ -70,6 +80,8 @@ class Layout:
                 found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
                 raise DataError(f"{path}: layout format {found!r}, this baim reads {FORMAT_VERSION}")
             raw["edges"] = [EdgeSlice(**e) for e in raw["edges"]]
+            if isinstance(raw.get("preset"), dict) and "val_fraction" not in raw["preset"]:
+                raw["preset"] = {**raw["preset"], "val_fraction": 0.0}  # made before validation parts
             Preset.from_dict(raw["preset"])  # fail here, naming the file, rather than on first use
             layout = cls(**raw)
             layout.check_disjoint()
@@ -92,22 +104,30 @@ class Layout:
 
     def check_disjoint(self) -> None:
         """Indices are non-negative ints, edges are numbered 0..N-1 in order and name known
-        tasks, and no image is in two slices (or twice in one)."""
+        tasks, and no training-split image is in two parts (training or validation, of any
+        edge or the cloud) or twice in one; task test sets are disjoint. (Test sets come from
+        the other split, so they never meet training or validation images.)"""
         n_tasks = len(self.tasks)
         for pos, e in enumerate(self.edges):
             if e.edge != pos or not _is_index(e.task, n_tasks) or not isinstance(e.tier, str):
                 raise DataError(f"layout: edge entry {pos} ({e.edge!r}, task {e.task!r}) is malformed")
         if sorted(self.test) != sorted(t["name"] for t in self.tasks):
             raise DataError(f"layout: test sets {sorted(self.test)} do not match the tasks")
+        train_parts = [("cloud", self.cloud), ("cloud validation", self.cloud_val)]
+        for e in self.edges:
+            train_parts += [(f"edge {e.edge}", e.indices), (f"edge {e.edge} validation", e.val)]
         for name, idx in [
-            ("cloud", self.cloud),
-            *[(f"edge {e.edge}", e.indices) for e in self.edges],
+            *train_parts,
             *[(f"test set of {k}", v) for k, v in self.test.items()],
+            *[(f"edge {e.edge} test set", e.test) for e in self.edges],
         ]:
             if not isinstance(idx, list) or any(not _is_index(i, 1 << 62) for i in idx):
                 raise DataError(f"layout: {name} must list non-negative integer image indices")
+        for e in self.edges:
+            if len(set(e.test)) != len(e.test):
+                raise DataError(f"layout: edge {e.edge} test set repeats indices")
         seen: set[int] = set()
-        for name, idx in [("cloud", self.cloud)] + [(f"edge {e.edge}", e.indices) for e in self.edges]:
+        for name, idx in train_parts:
             s = set(idx)
             if len(s) != len(idx) or s & seen:
                 raise DataError(f"layout: {name} overlaps another slice or repeats indices")
@@ -179,7 +199,8 @@ def check_few_shot(ds: DataSet, preset: Preset) -> None:
         raise ConfigError(f"few-shot tasks {unknown} are not tasks of {ds.name}; its tasks are {', '.join(names)}")
     _, quota = _cloud_quota(ds, preset)
     for task in ds.tasks:
-        n, has = preset.few_shot.get(task.name), sum(quota[c] for c in task.classes)
+        total = sum(quota[c] for c in task.classes)
+        n, has = preset.few_shot.get(task.name), total - _val_count(total, preset.val_fraction)
         if n is not None and not MIN_FEW_SHOT <= n <= has:
             raise ConfigError(
                 f"few-shot task {task.name!r} asks for {n} cloud images; preset {preset.name!r} gives it "
@@ -187,18 +208,29 @@ def check_few_shot(ds: DataSet, preset: Preset) -> None:
             )
 
 
+def _val_count(n: int, fraction: float) -> int:
+    return int(round(n * fraction))
+
+
 def few_shot_pick(per_class: list[list[int]], n: int) -> list[int]:
     """The first images of each class (lists in the seeded order), ``n`` in all, split over the
     classes in proportion to their sizes (largest remainder, earlier class first on ties, never
-    more than a class has), so the few-shot common data is a miniature of the full one."""
+    more than a class has), so the pick is a miniature of the whole: a few-shot task's common
+    data, or a validation part."""
     have = [len(p) for p in per_class]
-    total = sum(have)
-    exact = [n * h / total for h in have]
-    take = [min(int(e), h) for e, h in zip(exact, have)]
+    return [i for p, t in zip(per_class, _apportion(have, n, have)) for i in p[:t]]
+
+
+def _apportion(weights: list[int], n: int, caps: list[int]) -> list[int]:
+    """``n`` split in proportion to ``weights`` (largest remainder, earlier first on ties), never
+    more than ``caps``."""
+    total = sum(weights)
+    exact = [n * w / total for w in weights]
+    take = [min(int(e), c) for e, c in zip(exact, caps)]
     while sum(take) < n:  # hand out the remainder, largest fractional part first
-        k = max((k for k in range(len(have)) if take[k] < have[k]), key=lambda k: (exact[k] - take[k], -k))
+        k = max((k for k in range(len(caps)) if take[k] < caps[k]), key=lambda k: (exact[k] - take[k], -k))
         take[k] += 1
-    return [i for p, t in zip(per_class, take) for i in p[:t]]
+    return take
 
 
 def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None = None) -> Layout:
@@ -212,12 +244,16 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
     pools = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in task_classes}
     per_edge, quota = _cloud_quota(ds, preset)
 
-    # Cloud common data: stratified over every class of every task.
+    # Cloud common data: stratified over every class of every task; its validation part first
+    # (the same whatever a few-shot task keeps for training).
     cloud: list[int] = []
+    cloud_val: list[int] = []
     for task in ds.tasks:
         per_class = [[int(i) for i in pools[c][: quota[c]]] for c in task.classes]
         for c in task.classes:
             pools[c] = pools[c][quota[c] :]
+        val, per_class = _hold_out(per_class, preset.val_fraction)
+        cloud_val += val
         n = preset.few_shot.get(task.name)
         cloud += few_shot_pick(per_class, n) if n is not None else [i for p in per_class for i in p]
 
@@ -236,11 +272,13 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
             short -= extra
         if short:
             raise DataError(f"task {ds.tasks[t].name!r} has too few images for {per_edge} per edge")
-        idx: list[int] = []
+        per_class = []
         for k, c in enumerate(classes):
-            idx += [int(i) for i in pools[c][: got[k]]]
+            per_class.append([int(i) for i in pools[c][: got[k]]])
             pools[c] = pools[c][got[k] :]
-        edges.append(EdgeSlice(e, t, assign_tier(edge_tasks[:e].count(t), t, preset.tiers), sorted(idx)))
+        val, train = _hold_out(per_class, preset.val_fraction)
+        tier = assign_tier(edge_tasks[:e].count(t), t, preset.tiers)
+        edges.append(EdgeSlice(e, t, tier, sorted(i for p in train for i in p), sorted(val)))
 
     test_labels = np.asarray(ds.test.labels)
     test = {}
@@ -249,6 +287,9 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
         if preset.test_per_task:
             chosen = chosen[: preset.test_per_task]
         test[task.name] = sorted(int(i) for i in chosen)
+    if preset.val_fraction:  # layouts made before validation parts had no per-edge test sets either
+        for piece in edges:
+            piece.test = edge_test_set(ds, piece, len(test[ds.tasks[piece.task].name]), rng)
 
     layout = Layout(
         ds.name,
@@ -260,9 +301,31 @@ def make_layout(ds: DataSet, preset: Preset, seed: int = 0, data_dir: str | None
         edges,
         sorted(cloud),
         test,
+        cloud_val=sorted(cloud_val),
     )
     layout.check_disjoint()
     return layout
+
+
+def _hold_out(per_class: list[list[int]], fraction: float) -> tuple[list[int], list[list[int]]]:
+    """The validation part (the first images of each class, in proportion) and what is left
+    for training, per class."""
+    val = few_shot_pick(per_class, _val_count(sum(len(p) for p in per_class), fraction))
+    held = set(val)
+    return val, [[i for i in p if i not in held] for p in per_class]
+
+
+def edge_test_set(ds: DataSet, edge: EdgeSlice, n: int, rng: np.random.Generator) -> list[int]:
+    """Up to ``n`` test-split images with the class mix of the edge's slice (training and
+    validation): each class's share by largest remainder; fewer images in all when a class the
+    edge leans on has too few test images, so the mix holds."""
+    labels = np.asarray(ds.test.labels)
+    hist = class_histogram(ds, edge.indices + edge.val)
+    weights = list(hist.values())
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in hist]
+    n = min([n] + [len(p) * sum(weights) // w for w, p in zip(weights, pools)])
+    take = _apportion(weights, n, [len(p) for p in pools])
+    return sorted(int(i) for p, t in zip(pools, take) for i in p[:t])
 
 
 def class_histogram(ds: DataSet, indices: list[int]) -> dict[int, int]:

@@ -4,7 +4,7 @@ and one evaluation."""
 
 from .baim import BAIM, BAIMConfig, BAIMOutput
 from .connections import Connection, LowRankProjection, Projection, candidate_connections
-from .evaluation import Evaluation, evaluate, fit_priors, generate, reconstruction_metrics, task_accuracy
+from .evaluation import Evaluation, evaluate, fit_priors, generate, nll_bpd, reconstruction_metrics, task_accuracy
 from .fit import Epoch, Fitted, Loss, Objective, fit, vae_objective
 from .gates import LSGate, TaskClassifier
 from .io import is_saved, load_model, model_from, save_model, to_parts
@@ -34,6 +34,7 @@ __all__ = [
     "is_saved",
     "load_model",
     "model_from",
+    "nll_bpd",
     "reconstruction_metrics",
     "save_model",
     "task_accuracy",

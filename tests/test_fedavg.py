@@ -1,0 +1,64 @@
+"""FedAvg at a fair budget: each edge's Adam survives the rounds; a lone edge sends nothing."""
+
+import pytest
+import torch
+
+from baim.compare.common import Settings, build, steps
+from baim.compare.measure import Meter, ledger_totals
+from baim.compare.methods.federated import _fedavg_round, run_fedavg
+from baim.compare.runner import make_context
+from baim.config import RunConfig
+
+# 4 edges over the three tasks: tops gets two, footwear and trousers & bags one each
+CFG = RunConfig(
+    preset="smoke",
+    overrides={"num_edges": 4, "samples_per_edge": 64, "cloud_samples": 96, "test_per_task": 16, "fid_count": 8},
+)
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fedavg")
+    return make_context(out, CFG, Settings(rounds=2, local_epochs=1, sl_epochs=1, central_epochs=1), keep_messages=True)
+
+
+def test_the_layout_has_a_shared_and_a_lone_task(ctx):
+    assert sorted(len(ctx.edges_of(t)) for t in range(3)) == [1, 1, 2]
+
+
+def test_each_edges_adam_state_survives_a_round(ctx):
+    t = next(t for t in range(3) if len(ctx.edges_of(t)) > 1)
+    wire, meter = ctx.wire(), Meter()
+    global_model = build("small", ctx.ds, 0)
+    local = {e: build("small", ctx.ds, e) for e in ctx.edges_of(t)}
+    opts: dict[int, torch.optim.Optimizer] = {}
+    with meter.counting():
+        _fedavg_round(ctx, wire, meter, t, 0, global_model, local, opts)
+        first = {e: opts[e] for e in local}
+        w = next(iter(local[ctx.edges_of(t)[0]].parameters()))
+        moment = {e: opts[e].state[next(iter(local[e].parameters()))]["exp_avg_sq"].clone() for e in local}
+        _fedavg_round(ctx, wire, meter, t, 1, global_model, local, opts)
+    for e in local:
+        per_round = steps(len(ctx.local_images(e)), ctx.preset.edge.batch_size) * ctx.settings.local_epochs
+        assert opts[e] is first[e]
+        state = opts[e].state[next(iter(local[e].parameters()))]
+        assert int(state["step"]) == 2 * per_round  # a fresh Adam per round would say per_round
+        # Adam's second moment decays from round 1's (β2 = 0.999 over a few steps), not from zero
+        assert torch.all(state["exp_avg_sq"] >= 0.99**per_round * moment[e])
+    # the edges' optimisers act on the weights the global model was loaded into
+    assert any(p is w for p in opts[ctx.edges_of(t)[0]].param_groups[0]["params"])
+
+
+@pytest.mark.integration
+def test_a_lone_edge_books_no_round_bytes(ctx):
+    result = run_fedavg(ctx)
+    wire = ctx.cache["wires"]["fedavg"]
+    lone = {e for t in range(3) if len(ctx.edges_of(t)) == 1 for e in ctx.edges_of(t)}
+    shared = set(ctx.edges) - lone
+    talked = {edge for _, edge, phase, _ in wire.kept if phase == "rounds"}
+    assert talked == shared
+    per_edge = ledger_totals(wire.ledger.messages)["per_edge"]
+    assert {int(e) for e in per_edge} == shared, per_edge  # the lone edges book no bytes at all
+    # two messages per shared edge per round, nothing else
+    assert sum(1 for _, _, phase, _ in wire.kept if phase == "rounds") == 2 * len(shared) * ctx.settings.rounds
+    assert result["bytes_up"] > 0 and len(result["rounds"]) == ctx.settings.rounds
