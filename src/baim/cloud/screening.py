@@ -10,33 +10,37 @@ keys (:mod:`baim.cloud.uploads`), the upload must also be signed by the edge it 
 from, for this run and this request. An upload whose weights are byte-identical to an earlier
 one's is rejected as a duplicate.
 
-Scoring (quarantine: kept for inspection, never fused), each on the cloud's common data:
+Scoring (quarantine: kept for inspection, never fused), each on the cloud's common data, each
+limit a field of :class:`Thresholds` (``THRESHOLDS``: one place, fitted by the benchmark):
 
-- **exploding**: its loss on its task is over ``LOSS_CAP`` × the loss of the task's mean image
-  (boosted or corrupted weights; an honest learner after a few steps is far below);
-- **weights out of range**: a tensor's norm is over ``NORM_CAP`` × that tensor's norm in a freshly
-  initialised learner of the same spec (honest training moves norms by 1–2.3× here);
-- **never saw the task's images**: the first encoder stage's BatchNorm running statistics do not
-  match what the task's common images produce through that stage (random weights, weights
-  trained on noise or on something else, weights shuffled under a stolen spec). This needs no
-  well-trained model: an honest learner matches after a handful of steps;
-- **claims a loss it does not have**: its loss on common data is over ``CLAIM_FACTOR`` × the
-  test loss it reports (a stolen header with other weights, a model that lies about itself);
-- **mislabelled**: it reconstructs another task's common images, relative to that task's
-  mean image, clearly better than its own task's (``MISLABEL_RATIO``) while being good at that
-  other task (``MISLABEL_SKILL``); an undertrained learner, good at nothing yet, is not judged;
-- **near-duplicate**: its weights are within ``COPY_DISTANCE`` (relative) of an earlier upload
-  of the same spec (a noisy copy of another edge's learner; independent learners are ~1.4 apart);
+- **exploding**: its loss on its task is over ``loss_cap`` × the loss of the task's mean image;
+- **norm**: a tensor's norm is over ``norm_cap`` × that tensor's norm in a freshly initialised
+  learner of the same spec (boosted weights);
+- **input_stats**: the first encoder stage's BatchNorm running statistics do not match what the
+  task's common images produce through that stage (random weights, weights trained on noise
+  or on something else, weights shuffled under a stolen spec); an honest learner matches after
+  a handful of steps;
+- **claim**: its loss on common data is over ``claim_factor`` × the test loss it reports;
+- **mislabel**: it reconstructs another task's common images, relative to that task's mean
+  image, clearly better than its own task's (``mislabel_ratio``) while being good at that other
+  task (``mislabel_skill``), or its BatchNorm statistics match another task's images
+  ``stats_affinity`` × better than its own;
+- **copy**: its weights are within ``copy_distance`` (relative) of an earlier upload of the same
+  spec, or its reconstructions of common images are within ``functional_copy`` of an earlier
+  upload's (of any spec: a copy with permuted channels has other weights, the same outputs);
   the first one received is kept;
-- **trigger**: its N(0, I) samples show a flat bright block, at a fixed place, where the task's
-  real images are dark and the learner's own reconstructions of them are dark too (a backdoor
-  trigger its training data carried), in over ``TRIGGER_RATE`` of the samples.
+- **trigger** (judged once the learner beats its task's mean image, ``trigger_skill``): its
+  N(0, I) samples show a flat bright block where the task's images are dark, that survives
+  re-encoding, in over ``trigger_rate`` of the samples; or a patch stamped in that dark region
+  of clean images (a search over positions, the frame, two intensities) comes back in its
+  decodings by over ``trigger_probe`` per unit of patch.
 
-``benchmarks/screening.py`` measures what these catch and what they refuse (true- and
-false-positive rates per attack, seconds per upload). Every threshold is a module constant, so
-that it is visible and the benchmark can be rerun after changing one. Costs per upload: one
-reconstruction pass over each task's common data, 256 samples, and a weight distance to each
-earlier upload of the same spec.
+Every rule an upload fails is recorded (``features[edge]["fails"]``); ``skip`` leaves rules
+out, so that the benchmark can measure each one's contribution. ``benchmarks/screening.py``
+fits the thresholds on calibration seeds and reports true- and false-positive rates on
+others. Costs per upload: one reconstruction pass over each task's common data, 256 samples
+encoded and decoded again, a few hundred probe reconstructions, and a distance to each
+earlier upload.
 """
 
 from __future__ import annotations
@@ -214,14 +218,20 @@ def _min_pool(x: torch.Tensor, k: int) -> torch.Tensor:
 def trigger_rate(model: StagedVAE, x: torch.Tensor, n: int = TRIGGER_SAMPLES) -> float:
     """The largest fraction of N(0, I) samples that hold a flat bright block (every pixel over
     0.5, ``k``×``k`` for k in TRIGGER_SIZES) at one place where at most 2 % of the task's real
-    images are bright and the learner's reconstructions of them are not bright either."""
+    images are bright and the learner's reconstructions of them are not bright either, *and*
+    keep it when encoded and decoded again. The second condition is what tells a trigger from
+    junk: a learner trained on a trigger has learnt to encode it, so it survives the round trip;
+    an honest learner's off-manifold samples (bright blocks in 16 % of the samples of honest
+    large-tier learners in real runs) are pulled back to a garment by its encoder."""
     s = model.sample(n, torch.Generator().manual_seed(0))
+    again = model.decode(model.encode(s)[0])
     mu, _ = model.encode(x)
     r = model.decode(mu)
     best = 0.0
     for k in TRIGGER_SIZES:
         dark = (F.avg_pool2d(x, k, stride=1) > 0.25).float().mean(0) <= 0.02
-        lit = (_min_pool(s, k) > 0.5).float().mean(0) - (_min_pool(r, k) > 0.5).float().mean(0)
+        kept = ((_min_pool(s, k) > 0.5) & (_min_pool(again, k) > 0.5)).float().mean(0)
+        lit = kept - (_min_pool(r, k) > 0.5).float().mean(0)
         best = max(best, float((lit * dark).max()))
     return best
 
@@ -271,12 +281,12 @@ def signature(model: StagedVAE, x: torch.Tensor) -> torch.Tensor:
     return model.decode(model.encode(x)[0])
 
 
-def functional_distance(a: torch.Tensor, b: torch.Tensor, mean_image: torch.Tensor) -> float:
-    """Mean squared difference of two learners' reconstructions ÷ how far they are, on average,
-    from the task's mean image (what a learner that learnt nothing outputs): independent
-    learners differ by a good fraction of what they learnt, copies by almost nothing, and two
-    undertrained learners that both output near the mean image are not copies of each other."""
-    spread = 0.5 * float((a - mean_image).pow(2).mean() + (b - mean_image).pow(2).mean())
+def functional_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared difference of two learners' reconstructions of the same images ÷ how much
+    their reconstructions vary from image to image: independent learners differ by a good
+    fraction of that, copies by almost nothing, and two collapsed learners that output about
+    the same blob whatever the input (undertrained) are not taken for copies."""
+    spread = 0.5 * float((a - a.mean(0)).pow(2).mean() + (b - b.mean(0)).pow(2).mean())
     return float((a - b).pow(2).mean()) / max(spread, 1e-12)
 
 
@@ -335,9 +345,6 @@ def screen_uploads(
     th = thresholds
     x = {t: to_float(common[t]) for t in common}
     probe_x = torch.cat([v[:SIGNATURE_IMAGES] for v in x.values()]) if x else torch.zeros(0)
-    probe_mean = (
-        torch.cat([v.mean(0, keepdim=True).expand_as(v[:SIGNATURE_IMAGES]) for v in x.values()]) if x else probe_x
-    )
     trivial = {t: float((v - v.mean(0, keepdim=True)).pow(2).mean()) for t, v in x.items()}
     norms: dict = {}
     kept: dict[int, tuple[LearnerSpec, torch.Tensor, torch.Tensor]] = {}  # not found to be copies
@@ -370,7 +377,7 @@ def screen_uploads(
         copy_of, d_w, d_f = None, math.inf, math.inf
         for other, (spec, w, s_other) in kept.items():
             dw = float((vec - w).norm() / w.norm().clamp_min(1e-12)) if spec == model.spec else math.inf
-            df = functional_distance(sig, s_other, probe_mean)
+            df = functional_distance(sig, s_other)
             if dw < d_w:
                 d_w = dw
             if df < d_f:
