@@ -6,8 +6,8 @@ Honest uploads on real Fashion-MNIST (the three default tasks, 32×32) from seve
 seed and task, four configurations (undertrained: 2 epochs on 500 images; long training on
 1200; 4 epochs on 250; 1 epoch on 300), each seed rotating which tier trains which, every
 model trained from its own seed on its own Dirichlet(0.5) non-IID slice. Seeds
-``CALIBRATION`` fit the thresholds (:func:`fit`: the largest honest value of each statistic
-× ``MARGIN``, the smallest ÷ ``MARGIN`` for copy distances); rates are reported on seeds
+``CALIBRATION`` fit the thresholds (:func:`fit`: past the largest honest value of each
+statistic, at the 99.9th percentile of a log-normal fitted to them); rates are reported on seeds
 ``HELD_OUT`` only, with 95 % Wilson intervals. ``--fit`` prints the fitted
 :class:`baim.cloud.screening.Thresholds` (the module's defaults are such a fit); without it the
 benchmark still fits its own and reports with those.
@@ -67,6 +67,7 @@ HONEST = (  # (name, tier offset, epochs, local images): small, so that 2 shared
 CALIBRATION = (0, 1)
 HELD_OUT = (2, 3)
 MARGIN = 1.25
+TAIL_Z = 3.09  # the 99.9th percentile of a normal
 TRIGGERS = ("square", "bar", "dim", "frame")
 ADAPTIVE_FRACTIONS = (0.5, 0.2, 0.08)  # most poisoned first
 # statistic -> (threshold field, direction): "max" = larger is suspicious
@@ -284,7 +285,8 @@ def attacks(b: Builder, seed: int, honest: list[Upload]) -> list[Upload]:
         add("noise_trained", tier, t, b.train(f"s{seed}-noise-{name}", tier, noise, 2), 500, claim)
         for other in range(n_tasks):  # both directions of every pair
             if other != t:
-                m = b.train(f"s{seed}-mislabelled-{b.names[other]}", tier, lambda o=other: b.local(seed, o, 600, 50), 4)
+                key = f"s{seed}-mislabelled-{b.names[other]}-as-{name}"
+                m = b.train(key, tier, lambda o=other: b.local(seed, o, 600, 50 + t), 4)
                 add("mislabelled", f"{b.names[other]}->{name}/{tier}", t, m, 600, b.metrics(m, t))
         factor = (2.0, 5.0, 20.0)[t]
         add("boosted", f"x{factor:g}", t, copy_of(src.model, lambda k, v, f=factor: v * f), 1200, claim)
@@ -375,12 +377,21 @@ def statistic(f: dict, name: str) -> float | None:
 
 
 def fit(features: list[dict]) -> Thresholds:
-    """Thresholds from honest uploads' features: largest × MARGIN (smallest ÷ MARGIN)."""
+    """Thresholds from honest uploads' features. The largest of a few dozen values is only
+    about their 96th percentile, and ten statistics each refusing 4 % would refuse a third of
+    honest edges, so each limit is the larger of the largest value × MARGIN and the 99.9th
+    percentile of a log-normal fitted to the values (the smaller and the 0.1th for the copy
+    distances, where small is suspicious)."""
     values = {}
     for stat, (field, direction) in STATISTICS.items():
         xs = [v for f in features if (v := statistic(f, stat)) is not None]
         if xs:
-            values[field] = round(max(xs) * MARGIN if direction == "max" else min(xs) / MARGIN, 4)
+            logs = np.log(np.maximum(xs, 1e-3))
+            if direction == "max":
+                limit = max(max(xs) * MARGIN, float(np.exp(logs.mean() + TAIL_Z * logs.std())))
+            else:
+                limit = min(min(xs) / MARGIN, float(np.exp(logs.mean() - TAIL_Z * logs.std())))
+            values[field] = round(limit, 4)
             CALIBRATED[stat] = {"n": len(xs), "min": round(min(xs), 4), "max": round(max(xs), 4)}
     return dataclasses.replace(Thresholds(), **values)
 

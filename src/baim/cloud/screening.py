@@ -74,10 +74,10 @@ RULES = ("exploding", "norm", "input_stats", "claim", "mislabel", "copy", "trigg
 @dataclass(frozen=True)
 class Thresholds:
     """Every limit screening applies, in one place. The defaults were fitted by
-    ``benchmarks/screening.py --fit`` on honest uploads of its calibration seeds only (the
-    largest calibration value of each statistic × a margin, the smallest ÷ the margin for the
-    copy distances); the sanity caps (``loss_cap``, ``norm_cap``) are never set below what
-    their description says. The benchmark reports rates on other seeds' uploads."""
+    ``benchmarks/screening.py --fit`` on honest uploads of its calibration seeds only (see its
+    ``fit``: a high percentile of the honest values, past the largest one); the benchmark
+    reports rates on other seeds' uploads. ``mislabel_skill`` and ``trigger_skill`` are
+    gates, not fitted."""
 
     loss_cap: float = 8.0  # loss on common data ÷ the task's mean image's loss (exploding)
     norm_cap: float = 6.0  # largest tensor norm ÷ its norm at initialisation (boosted)
