@@ -7,7 +7,8 @@ seed and task, four configurations (undertrained: 2 epochs on 500 images; long t
 1200; 4 epochs on 250; 1 epoch on 300), each seed rotating which tier trains which, every
 model trained from its own seed on its own Dirichlet(0.5) non-IID slice. Seeds
 ``CALIBRATION`` fit the thresholds (:func:`fit`: past the largest honest value of each
-statistic, at the 99.9th percentile of a log-normal fitted to them); rates are reported on seeds
+statistic, at the 99.9th percentile of a log-normal fitted to them, never stricter than the
+hand-set ``PRIOR``); rates are reported on seeds
 ``HELD_OUT`` only, with 95 % Wilson intervals. ``--fit`` prints the fitted
 :class:`baim.cloud.screening.Thresholds` (the module's defaults are such a fit); without it the
 benchmark still fits its own and reports with those.
@@ -391,11 +392,28 @@ def fit(features: list[dict]) -> Thresholds:
                 limit = max(max(xs) * MARGIN, float(np.exp(logs.mean() + TAIL_Z * logs.std())))
             else:
                 limit = min(min(xs) / MARGIN, float(np.exp(logs.mean() - TAIL_Z * logs.std())))
-            values[field] = round(limit, 4)
+            prior = getattr(PRIOR, field)
+            values[field] = round(max(limit, prior) if direction == "max" else min(limit, prior), 4)
             CALIBRATED[stat] = {"n": len(xs), "min": round(min(xs), 4), "max": round(max(xs), 4)}
-    return dataclasses.replace(Thresholds(), **values)
+    return dataclasses.replace(PRIOR, **values)
 
 
+# the hand-set limits screening had before any fit; a fit never makes a limit stricter than
+# these, because a few dozen small benchmark learners (mostly undertrained) do not show the
+# spread of well-trained honest learners (a first fit without this floor refused 4 of 24
+# held-out honest uploads, all the longest-trained, and 4 of 6 real uploads)
+PRIOR = Thresholds(
+    loss_cap=8.0,
+    norm_cap=6.0,
+    stats_error=0.2,
+    claim_factor=1.5,
+    mislabel_ratio=1.15,
+    stats_affinity=1.0,
+    copy_distance=0.3,
+    functional_copy=0.2,
+    trigger_rate=0.15,
+    trigger_probe=0.2,
+)
 CALIBRATED: dict[str, dict] = {}  # what fit() saw of each statistic
 
 
