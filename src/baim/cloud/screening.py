@@ -75,22 +75,23 @@ RULES = ("exploding", "norm", "input_stats", "claim", "mislabel", "copy", "trigg
 class Thresholds:
     """Every limit screening applies, in one place. The defaults were fitted by
     ``benchmarks/screening.py --fit`` on honest uploads of its calibration seeds only (see its
-    ``fit``: a high percentile of the honest values, past the largest one); the benchmark
-    reports rates on other seeds' uploads. ``mislabel_skill`` and ``trigger_skill`` are
+    ``fit``: a high percentile of the honest values, past the largest one, never stricter than
+    the limits set by hand before: 24 small learners of seeds 0-1, 150 common images per
+    task); the benchmark reports rates on seeds 2-3. ``mislabel_skill`` and ``trigger_skill`` are
     gates, not fitted."""
 
-    loss_cap: float = 8.0  # loss on common data ÷ the task's mean image's loss (exploding)
+    loss_cap: float = 12.2764  # loss on common data ÷ the task's mean image's loss (exploding)
     norm_cap: float = 6.0  # largest tensor norm ÷ its norm at initialisation (boosted)
-    stats_error: float = 0.2  # first BatchNorm's statistics vs the task's images (never saw them)
+    stats_error: float = 0.2779  # first BatchNorm's statistics vs the task's images (never saw them)
     claim_factor: float = 1.5  # loss on common data ÷ the reported test loss (lies about itself)
     mislabel_ratio: float = 1.15  # own task's relative loss ÷ the best other task's
     mislabel_skill: float = 0.9  # ... judged only when that other task's relative loss is below this
-    stats_affinity: float = 1.0  # own task's BatchNorm error ÷ the best other task's (mislabelled)
+    stats_affinity: float = 47.773  # own task's BatchNorm error ÷ the best other task's (mislabelled)
     copy_distance: float = 0.3  # relative weight distance to an earlier upload of the same spec
-    functional_copy: float = 0.2  # reconstruction distance to an earlier upload, any spec
+    functional_copy: float = 0.1701  # reconstruction distance to an earlier upload, any spec
     trigger_skill: float = 0.9  # triggers are judged when the relative loss is below this (junk before)
     trigger_rate: float = 0.15  # fraction of samples with a flat bright block in a dark place
-    trigger_probe: float = 0.2  # a stamped patch reproduced in the decoding, per unit of patch
+    trigger_probe: float = 0.2568  # a stamped patch reproduced in the decoding, per unit of patch
 
 
 THRESHOLDS = Thresholds()
