@@ -57,10 +57,10 @@ def test_a_channel_permuted_copy_is_a_functional_copy(common):
     assert not torch.equal(model.encoder_stages[0][0].weight, perm.encoder_stages[0][0].weight)
     x = torch.from_numpy(common[0]).float() / 255
     a, b = signature(model, x), signature(perm, x)
-    assert functional_distance(a, b) < 1e-6
+    assert functional_distance(a, b) < 1e-3  # the limit is ~0.17; independent learners are ~0.7+
     res = screen_uploads({0: _upload(model), 1: _upload(perm)}, TASKS, common, 32, 1)
     assert "copy" in res.features[1]["fails"] and "copy" not in res.features[0]["fails"]
-    assert res.features[1]["functional_distance"] < 1e-6
+    assert res.features[1]["functional_distance"] < 1e-3
 
 
 def test_thresholds_come_from_one_place_and_rules_can_be_left_out(common):
