@@ -1,40 +1,43 @@
-"""Poisoning and screening, measured: how many malicious uploads does screening catch, and how
-many honest ones does it refuse?
+"""Poisoning and screening, measured on uploads screening was not tuned on.
 
-    python benchmarks/screening.py [--per-task 200] [--seed 0] [--cache DIR]
+    python benchmarks/screening.py [--cache DIR] [--fit] [--field RUN_DIR ...]
 
-A population of uploads on real Fashion-MNIST (the three default tasks, 32×32):
+Honest uploads on real Fashion-MNIST (the three default tasks, 32×32) from several seeds: per
+seed and task, four configurations (undertrained: 2 epochs on 500 images; long training on
+1200; 4 epochs on 250; 1 epoch on 300), each seed rotating which tier trains which, every
+model trained from its own seed on its own Dirichlet(0.5) non-IID slice. Seeds
+``CALIBRATION`` fit the thresholds (:func:`fit`: past the largest honest value of each
+statistic, at the 99.9th percentile of a log-normal fitted to them, never stricter than the
+hand-set ``PRIOR``); rates are reported on seeds
+``HELD_OUT`` only, with 95 % Wilson intervals. ``--fit`` prints the fitted
+:class:`baim.cloud.screening.Thresholds` (the module's defaults are such a fit); without it the
+benchmark still fits its own and reports with those.
 
-- honest: every tier, short and long training (1–8 epochs), small and large local data
-  (250–1200 images, a Dirichlet(0.5) class mix within the task), including undertrained ones
-  (2 epochs on 500 images, 1 epoch on 300);
-- malicious, each aimed at every task once (the attacker's tier rotates with the task):
-  ``random`` (freshly initialised weights), ``noise_trained`` (trained on uniform noise),
-  ``mislabelled`` (trained on another task's data, labelled as this task), ``boosted``
-  (an honest model's weights × 2, 5, 20), ``backdoor`` (a 5×5 trigger patch on 30 % of the
-  training images; the benchmark reports how often its samples reproduce it),
-  ``stolen_spec`` (an honest edge's header, spec and metrics with that model's weights
-  shuffled inside each tensor), ``noisy_copy`` (an honest upload plus Gaussian noise of 1–10 %
-  of each tensor's spread), ``duplicate`` (an honest upload byte for byte under another edge),
-  ``absurd_samples`` (a real model claiming 10^9 samples, more than the training split, or
-  50× what the layout gave the edge), and ``adaptive``: an attacker that mixes honest and
-  poisoned data (a backdoor trigger on a fraction p of its images, or another task's images
-  at fraction p), screens its candidates with the real screening rule against the real honest
-  uploads (white-box), and uploads the most poisoned one that passes (or, if none passes, the
-  least poisoned).
+Attacks, on held-out seed ``HELD_OUT[0]``'s data and models, aimed at every task: random
+weights, trained on noise, mislabelled (another task's learner, in both directions of every
+pair), boosted, stolen spec (weights shuffled), noisy and channel-permuted copies of an honest
+learner, exact duplicates, absurd sample counts, and backdoors (30 % of the training images
+carry a trigger: a 5×5 square, a thin bar, a dim square, a one-pixel frame). The adaptive
+attacker (:func:`adaptive`) knows every rule and the fitted thresholds: for each trigger shape
+it trains at decreasing poisoned fractions, resets its BatchNorm statistics on clean images of
+its task, screens each candidate with the real rule, and uploads the most poisoned one that
+passes (or the least poisoned); a copy attacker permutes an honest learner's channels and adds
+noise at several strengths. What each upload that passes does: the fraction of its N(0, I)
+samples showing its trigger (vs honest learners of the task) and its loss on the task's common
+data (vs the honest median).
 
-Screening runs once per attack on the honest uploads plus that attack's uploads (attackers are
-a minority, as screening's robust statistics assume), and once on the honest uploads alone.
-TPR = malicious uploads refused (rejected or quarantined) / malicious uploads; FPR = honest
-refusals / honest screenings, over all rounds. The last line printed is one JSON object with
-``tpr``, ``fpr``, ``per_attack``, ``honest`` (per honest configuration) and the screening time.
+Each rule's contribution: TPR/FPR with that rule left out (every rule an upload fails is
+recorded). AUC: of the largest statistic/threshold ratio, honest held-out vs malicious. The
+last line printed is one JSON object of all figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -46,26 +49,41 @@ os.environ.setdefault("BAIM_QUIET", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from baim.cloud.screening import screen_uploads  # noqa: E402
+from baim.cloud.screening import RULES, Thresholds, screen_uploads  # noqa: E402
+from baim.cloud.uploads import weights_sha256  # noqa: E402
 from baim.config import Recipe  # noqa: E402
-from baim.data import load_fashion_mnist  # noqa: E402
+from baim.data import load_fashion_mnist, to_float  # noqa: E402
 from baim.edge import train_learner  # noqa: E402
-from baim.learners import StagedVAE, tier_spec  # noqa: E402
+from baim.learners import StagedVAE, tier_spec, weights_bytes  # noqa: E402
 from baim.models import reconstruction_metrics  # noqa: E402
 from baim.transport import Message, encode  # noqa: E402
 
 TIER_ORDER = ("small", "medium", "large")
-# (name, tier offset, epochs, local images): every tier meets short and long training and
-# small and large local data across the three tasks
-HONEST = (
-    ("undertrained", 0, 2, 500),
-    ("long_large_data", 1, 8, 1200),
-    ("small_data", 2, 4, 250),
-    ("one_epoch", 1, 1, 300),
+HONEST = (  # (name, tier offset, epochs, local images): small, so that 2 shared cores can train them
+    ("undertrained", 0, 1, 300),
+    ("long_large_data", 1, 4, 800),
+    ("small_data", 2, 3, 250),
+    ("two_epochs", 1, 2, 500),
 )
-TRIGGER = (slice(2, 7), slice(2, 7))  # rows, columns of the backdoor patch (top-left of the garment area)
-ADAPTIVE_BACKDOOR = (0.3, 0.15, 0.08, 0.04)  # trigger fractions, most poisoned first
-ADAPTIVE_MIX = (0.6, 0.4, 0.25, 0.15)  # fractions of another task's images
+CALIBRATION = (0, 1)
+HELD_OUT = (2, 3)
+MARGIN = 1.25
+TAIL_Z = 3.09  # the 99.9th percentile of a normal
+TRIGGERS = ("square", "bar", "dim", "frame")
+ADAPTIVE_FRACTIONS = (0.5, 0.2, 0.08)  # most poisoned first
+# statistic -> (threshold field, direction): "max" = larger is suspicious
+STATISTICS = {
+    "loss_vs_mean_image": ("loss_cap", "max"),
+    "norm_ratio": ("norm_cap", "max"),
+    "input_stats_error": ("stats_error", "max"),
+    "claim_ratio": ("claim_factor", "max"),
+    "mislabel_ratio": ("mislabel_ratio", "max"),
+    "stats_affinity": ("stats_affinity", "max"),
+    "copy_distance": ("copy_distance", "min"),
+    "functional_distance": ("functional_copy", "min"),
+    "trigger_rate": ("trigger_rate", "max"),
+    "trigger_probe": ("trigger_probe", "max"),
+}
 
 
 @dataclass
@@ -74,49 +92,89 @@ class Upload:
     variant: str
     task: int
     data: bytes
-    assigned: int  # the sample count the (simulated) layout gave this edge
+    assigned: int
+    model: StagedVAE
     note: dict | None = None
 
 
-def message(model: StagedVAE, edge: int, task: str, samples: int, metrics: dict | None = None) -> bytes:
-    meta = {"edge": edge, "task": task, "samples": samples, "spec": model.spec.to_dict(), "metrics": metrics or {}}
+def message(model: StagedVAE, task: str, samples: int, metrics: dict) -> bytes:
+    meta = {"task": task, "samples": samples, "spec": model.spec.to_dict(), "metrics": metrics}
     return encode(Message("upload", meta, dict(model.state_dict())))
 
 
-class Builder:
-    """Trains (or reads back from ``cache``) every model of the population."""
+def stamp(images: np.ndarray, fraction: float, shape: str, rng: np.random.Generator) -> np.ndarray:
+    """Put the trigger ``shape`` on a random ``fraction`` of the images."""
+    out = images.copy()
+    hit = rng.random(len(out)) < fraction
+    sub = out[hit]
+    trigger_mask(shape, sub, write=True)
+    out[hit] = sub
+    return out
 
-    def __init__(self, per_task: int, seed: int, cache: Path | None):
+
+def trigger_mask(shape: str, images: np.ndarray | None = None, write: bool = False) -> np.ndarray:
+    """The trigger's pixels (and, with ``write``, stamps them on ``images`` in place)."""
+    m = np.zeros((32, 32), bool)
+    if shape in ("square", "dim"):
+        m[2:7, 2:7] = True
+    elif shape == "bar":
+        m[1, 3:11] = True
+    elif shape == "frame":
+        m[0, :] = m[-1, :] = m[:, 0] = m[:, -1] = True
+    if write and images is not None:
+        v = 90 if shape == "dim" else 255
+        images[:, :, m] = np.maximum(images[:, :, m], v)
+    return m
+
+
+def trigger_intensity(shape: str) -> float:
+    return 90 / 255 if shape == "dim" else 1.0
+
+
+@torch.no_grad()
+def samples_with_trigger(model: StagedVAE, shape: str, n: int = 200) -> float:
+    """Fraction of N(0, I) samples whose trigger pixels average over half the trigger's intensity."""
+    s = model.sample(n, torch.Generator().manual_seed(0))[:, 0]
+    m = torch.from_numpy(trigger_mask(shape))
+    return float((s[:, m].mean(1) > 0.5 * trigger_intensity(shape)).float().mean())
+
+
+class Builder:
+    """Trains (or reads back from ``cache``) every model; one data split per seed."""
+
+    def __init__(self, per_task: int, cache: Path | None):
         self.ds = load_fashion_mnist(os.environ.get("BAIM_FMNIST_DIR"))
-        self.tasks = self.ds.tasks
-        self.names = [t.name for t in self.tasks]
-        self.rng = np.random.default_rng(seed)
-        self.seed, self.cache = seed, cache
-        labels = np.asarray(self.ds.train.labels)
-        self.pool: list[np.ndarray] = []
+        self.names = [t.name for t in self.ds.tasks]
+        self.labels = np.asarray(self.ds.train.labels)
+        self.cache = cache
+        rng = np.random.default_rng(12345)
         self.common: dict[int, np.ndarray] = {}
-        for t, task in enumerate(self.tasks):
-            idx = self.rng.permutation(np.flatnonzero(np.isin(labels, task.classes)))
+        self.pool: list[np.ndarray] = []
+        for t, task in enumerate(self.ds.tasks):  # the cloud's common data: the same for every seed
+            idx = rng.permutation(np.flatnonzero(np.isin(self.labels, task.classes)))
             self.common[t] = self.ds.train.load(np.sort(idx[:per_task]))
             self.pool.append(idx[per_task:])
-        self.labels = labels
-        self.trained = 0
-        self.train_seconds = 0.0
+        self.trained, self.train_seconds = 0, 0.0
+        self.memo: dict[str, StagedVAE] = {}
 
-    def local(self, t: int, n: int, key: int) -> np.ndarray:
-        """A non-IID slice of task t: Dirichlet(0.5) class proportions, n images."""
-        rng = np.random.default_rng(self.seed * 1000 + key)
-        classes = list(self.tasks[t].classes)
-        p = rng.dirichlet([0.5] * len(classes))
-        counts = rng.multinomial(n, p)
+    def local(self, seed: int, t: int, n: int, key: int) -> np.ndarray:
+        """A non-IID slice of task t for one edge: Dirichlet(0.5) class proportions, n images."""
+        rng = np.random.default_rng([seed, key])
+        classes = list(self.ds.tasks[t].classes)
+        counts = rng.multinomial(n, rng.dirichlet([0.5] * len(classes)))
         out = []
         for c, k in zip(classes, counts):
-            idx = self.pool[t][self.labels[self.pool[t]] == c]
+            idx = self.pool[t][:-300][self.labels[self.pool[t][:-300]] == c]
             out.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
         return self.ds.train.load(np.sort(np.concatenate(out)))
 
     def train(self, key: str, tier: str, images_fn, epochs: int) -> StagedVAE:
-        seed = int(hashlib.sha256(f"{self.seed}/{key}".encode()).hexdigest()[:6], 16)
+        if key not in self.memo:
+            self.memo[key] = self._train(key, tier, images_fn, epochs)
+        return self.memo[key]
+
+    def _train(self, key: str, tier: str, images_fn, epochs: int) -> StagedVAE:
+        seed = int(hashlib.sha256(key.encode()).hexdigest()[:6], 16)
         torch.manual_seed(seed)
         model = StagedVAE(tier_spec(tier))
         path = self.cache / f"{key}.safetensors" if self.cache else None
@@ -137,173 +195,258 @@ class Builder:
         return model.eval()
 
     def metrics(self, model: StagedVAE, t: int) -> dict:
-        """What an honest edge reports: its test loss (here on held-out images of its task)."""
-        test = self.ds.train.load(self.pool[t][-300:])
-        return {"test_loss": reconstruction_metrics(model, test)["test_loss"]}
+        """What an edge reports: its test loss (held-out images of its task)."""
+        return {"test_loss": reconstruction_metrics(model, self.ds.train.load(self.pool[t][-300:]))["test_loss"]}
 
 
-def stamp(images: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    out = images.copy()
-    hit = rng.random(len(out)) < fraction
-    out[hit, :, TRIGGER[0], TRIGGER[1]] = 255
-    return out
-
-
-def trigger_rate(model: StagedVAE, common: np.ndarray, n: int = 200) -> float:
-    """How often the model's N(0, I) samples show the trigger: patch mean over 0.5 where the
-    task's real images are dark there."""
-    with torch.no_grad():
-        s = model.sample(n, torch.Generator().manual_seed(0))
-    return float((s[:, :, TRIGGER[0], TRIGGER[1]].mean((1, 2, 3)) > 0.5).float().mean())
-
-
-def honest_population(b: Builder) -> tuple[list[Upload], dict[int, StagedVAE]]:
-    ups, models = [], {}
+def honest_population(b: Builder, seed: int) -> list[Upload]:
+    ups = []
     for t, name in enumerate(b.names):
         for k, (variant, off, epochs, n) in enumerate(HONEST):
-            tier = TIER_ORDER[(t + off) % 3]
-            m = b.train(f"honest-{name}-{variant}", tier, lambda t=t, n=n, k=k: b.local(t, n, 10 * t + k), epochs)
-            edge = len(ups)
-            models[edge] = m
-            ups.append(Upload("honest", f"{variant}/{tier}", t, message(m, edge, name, n, b.metrics(m, t)), n))
-    return ups, models
+            tier = TIER_ORDER[(t + off + seed) % 3]
+            key = f"s{seed}-honest-{name}-{variant}-{tier}-{epochs}-{n}"
+            m = b.train(key, tier, lambda t=t, n=n, k=k: b.local(seed, t, n, k), epochs)
+            ups.append(Upload("honest", f"s{seed}/{variant}/{tier}", t, message(m, name, n, b.metrics(m, t)), n, m))
+    return ups
 
 
-def attacks(b: Builder, honest: list[Upload], models: dict[int, StagedVAE]) -> dict[str, list[Upload]]:
-    """Every attack's uploads (edge ids after the honest ones: the cloud receives them later)."""
-    out: dict[str, list[Upload]] = {}
+def copy_of(model: StagedVAE, fn) -> StagedVAE:
+    m = StagedVAE(model.spec)
+    m.load_state_dict({k: fn(k, v) for k, v in model.state_dict().items()})
+    return m.eval()
+
+
+def permuted(model: StagedVAE, seed: int) -> StagedVAE:
+    """The same function, other weights: permute the first encoder stage's channels and the
+    latent dimensions (and every tensor that reads or writes them)."""
+    g = torch.Generator().manual_seed(seed)
+    c = model.spec.stage_widths[0]
+    d = model.spec.latent_dim
+    pc, pz = torch.randperm(c, generator=g), torch.randperm(d, generator=g)
+    s = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in list(s):
+        if k.startswith("encoder_stages.0.") and s[k].dim() >= 1 and s[k].shape[0] == c:
+            s[k] = s[k][pc]
+    s["encoder_stages.1.0.weight"] = s["encoder_stages.1.0.weight"][:, pc]
+    for k in ("posterior_head.weight", "posterior_head.bias"):
+        mu, lv = s[k].chunk(2, dim=0)
+        s[k] = torch.cat([mu[pz], lv[pz]])
+    s["latent_in.weight"] = s["latent_in.weight"][:, pz]
+    return copy_of(model, lambda k, v: s[k])
+
+
+def noisy(model: StagedVAE, sigma: float, seed: int) -> StagedVAE:
+    g = torch.Generator().manual_seed(seed)
+    return copy_of(
+        model,
+        lambda k, v: (
+            v + sigma * v.std() * torch.randn(v.shape, generator=g) if v.is_floating_point() and v.numel() > 1 else v
+        ),
+    )
+
+
+@torch.no_grad()
+def reset_batchnorm(model: StagedVAE, images: np.ndarray) -> StagedVAE:
+    """What an attacker who knows the BatchNorm rule does: recompute every BatchNorm's running
+    statistics on clean images of its task (cumulative average, then the count a short honest
+    training leaves)."""
+    m = copy_of(model, lambda k, v: v)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None
+    m.train()
+    m.decode(m.encode(to_float(images))[0])
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.momentum = 0.1
+            if mod.num_batches_tracked is not None:
+                mod.num_batches_tracked.fill_(200)
+    return m.eval()
+
+
+def attacks(b: Builder, seed: int, honest: list[Upload]) -> list[Upload]:
+    out: list[Upload] = []
     n_tasks = len(b.names)
 
-    def honest_of(t: int, variant: str) -> int:
-        return next(e for e, u in enumerate(honest) if u.task == t and u.variant.startswith(variant))
+    def honest_of(t: int, variant: str) -> Upload:
+        return next(u for u in honest if u.task == t and f"/{variant}/" in u.variant)
 
-    def claim(t: int) -> dict:
-        """A plausible lie: the median test loss the honest edges of task t report."""
-        losses = [json_meta(u.data)["metrics"]["test_loss"] for u in honest if u.task == t]
-        return {"test_loss": float(np.median(losses))}
-
-    def add(kind: str, variant: str, t: int, model: StagedVAE, samples: int, metrics, note=None, assigned=None):
-        lst = out.setdefault(kind, [])
-        edge = len(honest) + len(lst)
-        data = message(model, edge, b.names[t], samples, metrics)
-        lst.append(Upload(kind, variant, t, data, samples if assigned is None else assigned, note))
+    def add(kind, variant, t, model, samples, metrics, note=None, assigned=None):
+        data = message(model, b.names[t], samples, metrics)
+        out.append(Upload(kind, variant, t, data, samples if assigned is None else assigned, model, note))
 
     for t, name in enumerate(b.names):
         tier = TIER_ORDER[t]
-        # random weights: a fresh learner as PyTorch initialises it
-        torch.manual_seed(b.seed + 100 + t)
-        add("random", tier, t, StagedVAE(tier_spec(tier)), 500, claim(t))
-        # trained on noise
-        m = b.train(
-            f"noise-{name}",
-            tier,
-            lambda t=t: (np.random.default_rng(t).random((500, 1, 32, 32)) * 255).astype(np.uint8),
-            2,
-        )
-        add("noise_trained", tier, t, m, 500, claim(t))
-        # trained on the next task's data, labelled as this one; it reports its true loss on
-        # this task, so that only its content gives it away
-        other = (t + 1) % n_tasks
-        m = b.train(f"mislabelled-{name}", tier, lambda o=other: b.local(o, 600, 500 + o), 4)
-        add("mislabelled", f"{b.names[other]}->{name}/{tier}", t, m, 600, b.metrics(m, t))
-        # boosted weights of an honest upload
         src = honest_of(t, "long_large_data")
+        claim = b.metrics(src.model, t)
+        torch.manual_seed(seed * 100 + t)
+        add("random", tier, t, StagedVAE(tier_spec(tier)).eval(), 500, claim)
+        noise = lambda t=t: (np.random.default_rng(t).random((500, 1, 32, 32)) * 255).astype(np.uint8)  # noqa: E731
+        add("noise_trained", tier, t, b.train(f"s{seed}-noise-{name}", tier, noise, 2), 500, claim)
+        for other in range(n_tasks):  # both directions of every pair
+            if other != t:
+                key = f"s{seed}-mislabelled-{b.names[other]}-as-{name}"
+                m = b.train(key, tier, lambda o=other: b.local(seed, o, 600, 50 + t), 4)
+                add("mislabelled", f"{b.names[other]}->{name}/{tier}", t, m, 600, b.metrics(m, t))
         factor = (2.0, 5.0, 20.0)[t]
-        m = StagedVAE(models[src].spec)
-        m.load_state_dict(models[src].state_dict())
-        with torch.no_grad():
-            for p in m.parameters():
-                p.mul_(factor)
-        add("boosted", f"x{factor:g}", t, m.eval(), 1200, json_meta(honest[src].data)["metrics"])
-        # backdoor: a trigger patch on 30 % of the training images, which its samples reproduce
-        m = b.train(
-            f"backdoor-{name}",
-            tier,
-            lambda t=t: stamp(b.local(t, 800, 600 + t), 0.3, np.random.default_rng(t)),
-            6,
-        )
-        add("backdoor", tier, t, m, 800, b.metrics(m, t), {"trigger_rate": trigger_rate(m, b.common[t])})
-        # stolen spec: an honest edge's header with that model's weights shuffled in each tensor
-        src = honest_of(t, "long_large_data")
-        m = StagedVAE(models[src].spec)
+        add("boosted", f"x{factor:g}", t, copy_of(src.model, lambda k, v, f=factor: v * f), 1200, claim)
         g = torch.Generator().manual_seed(t)
-        state = {
-            k: (v.flatten()[torch.randperm(v.numel(), generator=g)].view_as(v) if v.is_floating_point() else v)
-            for k, v in models[src].state_dict().items()
-        }
-        m.load_state_dict(state)
-        stolen = json_meta(honest[src].data)
-        add("stolen_spec", models[src].spec.tier, t, m.eval(), stolen["samples"], stolen["metrics"])
-        # a noisy copy of an honest upload
-        src = honest_of(t, ("long_large_data", "undertrained", "small_data")[t])
-        sigma = (0.01, 0.05, 0.1)[t]
-        m = StagedVAE(models[src].spec)
-        state = {}
-        for k, v in models[src].state_dict().items():
-            if v.is_floating_point() and v.numel() > 1:
-                v = v + sigma * v.std() * torch.randn(v.shape, generator=g)
-            state[k] = v
-        m.load_state_dict(state)
-        add("noisy_copy", f"sigma {sigma:g} of edge {src}", t, m.eval(), 500, json_meta(honest[src].data)["metrics"])
-        # an exact duplicate of an honest upload under another edge id
-        src = honest_of(t, ("small_data", "one_epoch", "long_large_data")[t])
-        add("duplicate", f"of edge {src}", t, models[src], 250, json_meta(honest[src].data)["metrics"])
-        # a real model claiming an absurd sample count
-        m = b.train(f"absurd-{name}", tier, lambda t=t: b.local(t, 500, 700 + t), 3)
+        shuffled = copy_of(
+            src.model,
+            lambda k, v: v.flatten()[torch.randperm(v.numel(), generator=g)].view_as(v) if v.is_floating_point() else v,
+        )
+        add("stolen_spec", src.model.spec.tier, t, shuffled, 1200, claim)
+        for sigma in (0.01, 0.05, 0.1):
+            add("noisy_copy", f"sigma {sigma:g}", t, noisy(src.model, sigma, t), 500, claim)
+        add("permuted_copy", src.model.spec.tier, t, permuted(src.model, t), 1200, claim)
+        dup = honest_of(t, "small_data")
+        add("duplicate", dup.variant, t, dup.model, 250, b.metrics(dup.model, t))
         count = (10**9, len(b.ds.train) + 1, 25_000)[t]
-        add("absurd_samples", f"claims {count}", t, m, count, b.metrics(m, t), assigned=500)
+        add("absurd_samples", f"claims {count}", t, dup.model, count, b.metrics(dup.model, t), assigned=250)
+        for shape in TRIGGERS if t < 2 else ():
+            m = b.train(
+                f"s{seed}-backdoor-{shape}-{name}",
+                tier,
+                lambda t=t, shape=shape: stamp(b.local(seed, t, 600, 80), 0.3, shape, np.random.default_rng(t)),
+                4,
+            )
+            note = {"samples_with_trigger": samples_with_trigger(m, shape)}
+            add(f"backdoor_{shape}", tier, t, m, 800, b.metrics(m, t), note)
     return out
 
 
-def adaptive(b: Builder, honest: list[Upload], screen) -> list[Upload]:
-    """The white-box attacker: for each (task, poison) it trains a ladder of mixes, screens each
-    candidate with the real rule against the real honest uploads, and keeps the most poisoned
-    candidate that passes (or the least poisoned, if none does)."""
+def adaptive(b: Builder, seed: int, honest: list[Upload], screen) -> list[Upload]:
+    """The white-box attacker. It screens a candidate alone: every rule but the copy rule
+    judges an upload by itself, and its candidates are trained from scratch (no copies)."""
     out = []
-    for t, name in enumerate(b.names[:2]):
+    for t, name in enumerate(b.names[:1]):
         tier = TIER_ORDER[(t + 1) % 3]
-        for poison, ladder in (("backdoor", ADAPTIVE_BACKDOOR), ("mix", ADAPTIVE_MIX)):
+        clean = b.local(seed, t, 600, 90)
+        for shape in TRIGGERS:
             chosen = None
-            for p in ladder:
-                if poison == "backdoor":
-                    fn = lambda t=t, p=p: stamp(b.local(t, 800, 800 + t), p, np.random.default_rng(t))  # noqa: E731
-                else:
-                    other = (t + 1) % len(b.names)
-
-                    def fn(t=t, p=p, other=other) -> np.ndarray:
-                        n_other = int(round(800 * p))
-                        return np.concatenate([b.local(t, 800 - n_other, 800 + t), b.local(other, n_other, 900 + t)])
-
-                m = b.train(f"adaptive-{poison}-{name}-{p:g}", tier, fn, 6)
-                edge = len(honest)
-                data = message(m, edge, name, 800, b.metrics(m, t))
-                note = {"poison": poison, "fraction": p}
-                if poison == "backdoor":
-                    note["trigger_rate"] = trigger_rate(m, b.common[t])
-                cand = Upload("adaptive", f"{poison} p={p:g}", t, data, 800, note)
-                res = screen(honest + [cand])
-                passes = edge in res.accepted
-                note["passes_attacker_check"] = passes
-                chosen = cand
-                if passes:
+            for p in ADAPTIVE_FRACTIONS:
+                m = b.train(
+                    f"s{seed}-adaptive-{shape}-{name}-{p:g}",
+                    tier,
+                    lambda shape=shape, p=p: stamp(clean, p, shape, np.random.default_rng(t)),
+                    4,
+                )
+                for bn in (False, True):
+                    cand_m = reset_batchnorm(m, clean) if bn else m
+                    note = {"fraction": p, "bn_reset": bn, "samples_with_trigger": samples_with_trigger(cand_m, shape)}
+                    cand = Upload(
+                        "adaptive",
+                        f"{shape} p={p:g}{' bn' if bn else ''}",
+                        t,
+                        message(cand_m, name, 600, b.metrics(cand_m, t)),
+                        600,
+                        cand_m,
+                        note,
+                    )
+                    note["passes_attacker_check"] = 0 in screen([cand]).accepted
+                    chosen = cand
+                    if note["passes_attacker_check"]:
+                        break
+                if chosen is not None and chosen.note and chosen.note["passes_attacker_check"]:
                     break
             assert chosen is not None
             out.append(chosen)
+        src = next(u for u in honest if u.task == t and "/long_large_data/" in u.variant)
+        for sigma in (0.0, 0.05, 0.2, 0.5):  # permuted copies, noisier = less of a copy
+            m = noisy(permuted(src.model, 7), sigma, 7) if sigma else permuted(src.model, 7)
+            data = message(m, name, 1200, b.metrics(m, t))
+            out.append(Upload("adaptive", f"permuted copy sigma {sigma:g}", t, data, 1200, m))
     return out
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+
+
+def statistic(f: dict, name: str) -> float | None:
+    if name == "mislabel_ratio":
+        judged = f["best_other_vs_mean_image"] < Thresholds().mislabel_skill
+        return f["loss_vs_mean_image"] / f["best_other_vs_mean_image"] if judged else None
+    v = f.get(name)
+    return None if v is None or (isinstance(v, float) and math.isinf(v)) else float(v)
+
+
+def fit(features: list[dict]) -> Thresholds:
+    """Thresholds from honest uploads' features. The largest of a few dozen values is only
+    about their 96th percentile, and ten statistics each refusing 4 % would refuse a third of
+    honest edges, so each limit is the larger of the largest value × MARGIN and the 99.9th
+    percentile of a log-normal fitted to the values (the smaller and the 0.1th for the copy
+    distances, where small is suspicious)."""
+    values = {}
+    for stat, (field, direction) in STATISTICS.items():
+        xs = [v for f in features if (v := statistic(f, stat)) is not None]
+        if xs:
+            logs = np.log(np.maximum(xs, 1e-3))
+            if direction == "max":
+                limit = max(max(xs) * MARGIN, float(np.exp(logs.mean() + TAIL_Z * logs.std())))
+            else:
+                limit = min(min(xs) / MARGIN, float(np.exp(logs.mean() - TAIL_Z * logs.std())))
+            prior = getattr(PRIOR, field)
+            values[field] = round(max(limit, prior) if direction == "max" else min(limit, prior), 4)
+            CALIBRATED[stat] = {"n": len(xs), "min": round(min(xs), 4), "max": round(max(xs), 4)}
+    return dataclasses.replace(PRIOR, **values)
+
+
+# the hand-set limits screening had before any fit; a fit never makes a limit stricter than
+# these, because a few dozen small benchmark learners (mostly undertrained) do not show the
+# spread of well-trained honest learners (a first fit without this floor refused 4 of 24
+# held-out honest uploads, all the longest-trained, and 4 of 6 real uploads)
+PRIOR = Thresholds(
+    loss_cap=8.0,
+    norm_cap=6.0,
+    stats_error=0.2,
+    claim_factor=1.5,
+    mislabel_ratio=1.15,
+    stats_affinity=1.0,
+    copy_distance=0.3,
+    functional_copy=0.2,
+    trigger_rate=0.15,
+    trigger_probe=0.2,
+)
+CALIBRATED: dict[str, dict] = {}  # what fit() saw of each statistic
+
+
+def suspicion(f: dict | None, th: Thresholds) -> float:
+    """The largest statistic ÷ its threshold (threshold ÷ statistic for copy distances)."""
+    if f is None:
+        return math.inf
+    best = 0.0
+    for stat, (field, direction) in STATISTICS.items():
+        v, lim = statistic(f, stat), getattr(th, field)
+        if v is None:
+            continue
+        best = max(best, v / lim if direction == "max" else lim / max(v, 1e-9))
+    return best
+
+
+def auc(neg: list[float], pos: list[float]) -> float:
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / max(len(pos) * len(neg), 1)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--per-task", type=int, default=200, help="cloud common images per task")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=None, help="keep trained models here (reruns skip training)")
+    ap.add_argument("--fit", action="store_true", help="print the fitted Thresholds as Python")
+    ap.add_argument("--field", type=Path, nargs="*", default=[], help="run folders whose uploads to screen too")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    b = Builder(args.per_task, args.seed, args.cache)
+    torch.set_num_threads(1)
+    b = Builder(args.per_task, args.cache)
     timing = {"seconds": 0.0, "uploads": 0}
 
-    def screen(ups: list[Upload]):
-        """One screening, uploads in the order received; edge ids are positions."""
+    def screen(ups: list[Upload], th: Thresholds | None = None):
         started = time.perf_counter()
         res = screen_uploads(
             {e: u.data for e, u in enumerate(ups)},
@@ -313,77 +456,163 @@ def main() -> None:
             1,
             assigned={e: u.assigned for e, u in enumerate(ups)},
             max_samples=len(b.ds.train),
+            thresholds=th or thresholds,
         )
         timing["seconds"] += time.perf_counter() - started
         timing["uploads"] += len(ups)
         return res
 
-    honest, models = honest_population(b)
-    by_attack = attacks(b, honest, models)
-    by_attack["adaptive"] = adaptive(b, honest, screen)
-    timing.update(seconds=0.0, uploads=0)  # the attacker's own screenings are not the cloud's cost
+    # 1. calibration: honest uploads of the calibration seeds, screened per seed
+    thresholds = Thresholds()
+    cal_features = []
+    for seed in CALIBRATION:
+        ups = honest_population(b, seed)
+        res = screen(ups)
+        cal_features += [res.features[e] for e in range(len(ups)) if e in res.features]
+    thresholds = fit(cal_features)
+    print("fitted:", thresholds, file=sys.stderr)
+    if args.fit:
+        print(repr(thresholds), file=sys.stderr)
 
+    # 2. held-out seeds: honest alone, then honest + every attack (attacks from the first)
+    honest_refused, honest_seen, held_features = [], 0, []
+    attack_ups: list[Upload] = []
+    ablation_honest = {r: 0 for r in RULES}
+    ablation_mal = {r: 0 for r in RULES}
+    scores_honest, scores_mal = [], []
     per_attack: dict[str, dict] = {}
-    honest_refused: dict[str, int] = {}
-    honest_seen = 0
-    rounds: list[tuple[str, list[list[Upload]]]] = [("none", [[]])]
-    for name, ups in by_attack.items():
-        # the adaptive attacker screened itself alone against the honest uploads: so it is screened
-        rounds.append((name, [[u] for u in ups] if name == "adaptive" else [ups]))
-    for name, groups in rounds:
-        details = []
-        for group in groups:
-            res = screen(honest + group)
-            why = {r["edge"]: r["reason"] for r in res.rejected + res.quarantined}
-            for e, u in enumerate(honest):
-                honest_seen += 1
-                if e in why:
-                    key = f"{u.variant} ({b.names[u.task]})"
-                    honest_refused[key] = honest_refused.get(key, 0) + 1
-                    print(f"  honest refused in round {name}: edge {e} {u.variant}: {why[e]}", file=sys.stderr)
-            for k, u in enumerate(group):
-                e = len(honest) + k
-                details.append(
-                    {"task": b.names[u.task], "variant": u.variant, "caught": e in why, "reason": why.get(e)}
-                    | (u.note or {})
-                    | {"features": res.features.get(e)}
-                )
-        if name != "none":
-            n = len(details)
-            caught = sum(d["caught"] for d in details)
-            per_attack[name] = {"caught": caught, "total": n, "tpr": round(caught / n, 4), "uploads": details}
-    total = sum(v["total"] for v in per_attack.values())
-    caught = sum(v["caught"] for v in per_attack.values())
-    refused = sum(honest_refused.values())
-    for k, v in per_attack.items():
-        print(f"{k:16} caught {v['caught']}/{v['total']}", file=sys.stderr)
-        for d in v["uploads"]:
+
+    def refused_without(res, e: int, rule: str | None) -> bool:
+        if any(r["edge"] == e for r in res.rejected):
+            return True
+        fails = res.features[e]["fails"]
+        return any(r != rule for r in fails)
+
+    held_honest: list[Upload] = []
+    for i, seed in enumerate(HELD_OUT):
+        honest = honest_population(b, seed)
+        held_honest += honest
+        group = attacks(b, seed, honest) if i == 0 else []
+        attack_ups += group
+        res = screen(honest + group)
+        for e, u in enumerate(honest):
+            honest_seen += 1
+            held_features.append(res.features.get(e))
+            scores_honest.append(suspicion(res.features.get(e), thresholds))
+            if refused_without(res, e, None):
+                honest_refused.append({"upload": u.variant, "task": b.names[u.task], "why": res.features[e]["fails"]})
+            for r in RULES:
+                ablation_honest[r] += refused_without(res, e, r)
+        for k, u in enumerate(group):
+            e = len(honest) + k
+            hit = refused_without(res, e, None)
+            scores_mal.append(suspicion(res.features.get(e), thresholds))
+            for r in RULES:
+                ablation_mal[r] += refused_without(res, e, r)
+            reason = next((r["reason"] for r in res.rejected + res.quarantined if r["edge"] == e), None)
+            d = per_attack.setdefault(u.kind, {"caught": 0, "total": 0, "missed": []})
+            d["caught"] += hit
+            d["total"] += 1
+            if not hit:
+                d["missed"].append(f"{b.names[u.task]} {u.variant}")
             print(
-                f"    {d['task']:14} {d['variant']:32} {'CAUGHT' if d['caught'] else 'missed'}: {d['reason']}",
+                f"  {u.kind:18} {b.names[u.task]:14} {u.variant:30} {'CAUGHT' if hit else 'missed'}: "
+                f"{reason} {u.note or ''}",
                 file=sys.stderr,
             )
+    n_mal = len(attack_ups)
+    caught = sum(d["caught"] for d in per_attack.values())
+
+    # 3. the adaptive attacker, against the fitted thresholds, on held-out seed data
+    honest0 = honest_population(b, HELD_OUT[0])
+    adapt = adaptive(b, HELD_OUT[0], honest0, screen)
+    honest_losses = {
+        t: float(np.median([reconstruction_metrics(u.model, b.common[t])["test_loss"] for u in honest0 if u.task == t]))
+        for t in range(len(b.names))
+    }
+    honest_trigger = {
+        (t, s): float(np.median([samples_with_trigger(u.model, s) for u in honest0 if u.task == t]))
+        for t in range(1)
+        for s in TRIGGERS
+    }
+    timing.update(seconds=0.0, uploads=0)
+    res = screen(honest0 + adapt)
+    adaptive_rows = []
+    for k, u in enumerate(adapt):
+        e = len(honest0) + k
+        hit = refused_without(res, e, None)
+        scores_mal.append(suspicion(res.features.get(e), thresholds))
+        shape = u.variant.split()[0]
+        row = {
+            "task": b.names[u.task],
+            "attack": u.variant,
+            "caught": hit,
+            "fails": res.features[e]["fails"] if e in res.features else ["rejected"],
+            "loss_vs_honest_median": round(
+                reconstruction_metrics(u.model, b.common[u.task])["test_loss"] / honest_losses[u.task], 3
+            ),
+        }
+        if shape in TRIGGERS:
+            row["samples_with_trigger"] = (u.note or {}).get("samples_with_trigger")
+            row["honest_samples_with_trigger"] = honest_trigger[(u.task, shape)]
+        adaptive_rows.append(row)
+        print(f"  adaptive {row}", file=sys.stderr)
+    adaptive_caught = sum(bool(r["caught"]) for r in adaptive_rows)
+
+    field = []
+    for run in args.field:
+        field += screen_field(run, thresholds)
+
+    refused = len(honest_refused)
+    distinct = len({weights_sha256(weights_bytes(u.model)) for u in held_honest})
     result = {
-        "tpr": round(caught / total, 4),
+        "tpr": round(caught / n_mal, 4),
+        "tpr_ci95": wilson(caught, n_mal),
         "fpr": round(refused / honest_seen, 4),
-        "malicious": total,
+        "fpr_ci95": wilson(refused, honest_seen),
+        "adaptive_tpr": round(adaptive_caught / len(adaptive_rows), 4),
+        "adaptive_caught": adaptive_caught,
+        "adaptive_total": len(adaptive_rows),
+        "auc": round(auc(scores_honest, scores_mal), 4),
+        "malicious": n_mal,
         "caught": caught,
-        "honest_uploads": len(honest),
-        "honest_screenings": honest_seen,
-        "honest_refused": refused,
-        "honest_refused_by_config": honest_refused,
-        "per_attack": {k: {kk: v[kk] for kk in ("caught", "total", "tpr")} for k, v in per_attack.items()},
-        "details": {k: v["uploads"] for k, v in per_attack.items()},
+        "honest_distinct_models_held_out": distinct,
+        "honest_distinct_models_calibration": len(cal_features),
+        "honest_refused": honest_refused,
+        "calibration_seeds": list(CALIBRATION),
+        "held_out_seeds": list(HELD_OUT),
+        "thresholds": dataclasses.asdict(thresholds),
+        "calibration_statistics": CALIBRATED,
+        "ablation": {
+            r: {"tpr": round(ablation_mal[r] / n_mal, 4), "fpr": round(ablation_honest[r] / honest_seen, 4)}
+            for r in RULES
+        },
+        "per_attack": per_attack,
+        "adaptive": adaptive_rows,
+        "field": field,
         "seconds_per_upload": round(timing["seconds"] / max(timing["uploads"], 1), 4),
         "common_per_task": args.per_task,
         "models_trained": b.trained,
         "train_seconds": round(b.train_seconds, 1),
     }
+    for kind, v in per_attack.items():
+        print(f"{kind:18} caught {v['caught']}/{v['total']}", file=sys.stderr)
     print(json.dumps(result))
 
 
-def json_meta(data: bytes) -> dict:
-    n = int.from_bytes(data[5:9], "big")
-    return json.loads(data[9 : 9 + n])["meta"]
+def screen_field(run: Path, th: Thresholds) -> list[dict]:
+    """Honest uploads of a real run (its ``cloud/uploads``), screened with the fitted thresholds."""
+    from baim.cloud import common_data
+    from baim.data.layout import Layout
+
+    layout = Layout.load(run / "layout.json")
+    ds = load_fashion_mnist(os.environ.get("BAIM_FMNIST_DIR"))
+    images, tasks = common_data(layout, ds)
+    common = {t: images[tasks == t] for t in range(len(layout.tasks))}
+    ups = {int(f.stem.split("-")[1]): f.read_bytes() for f in sorted((run / "cloud" / "uploads").glob("edge-*.msg"))}
+    res = screen_uploads(ups, layout.task_names, common, ds.image_size, ds.channels, thresholds=th)
+    refused = [r["edge"] for r in res.rejected + res.quarantined]
+    return [{"run": str(run), "uploads": len(ups), "refused": refused}]
 
 
 if __name__ == "__main__":

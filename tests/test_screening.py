@@ -167,6 +167,14 @@ def test_screening_catches_untrained_mislabelled_liars_and_copies(trained):
     assert "duplicate" in why[5] and "near-copy" in why[6]
     assert "BatchNorm" in why[2] and "reports a test loss" in why[4]
     assert "trained on another task" in why[3] or "BatchNorm" in why[3]
+    # the other direction: tops labelled as footwear, claiming its true loss on footwear images
+    from baim.models import reconstruction_metrics
+
+    tops = models["a1"][0]
+    claim = reconstruction_metrics(tops, common[1])["test_loss"]
+    res = screen_uploads({0: _upload(tops, task="b", test_loss=claim)}, TASKS, common, 32, 1)
+    assert not res.accepted and res.features[0]["fails"], res.report()
+    assert {"mislabel", "input_stats"} & set(res.features[0]["fails"]), res.report()
 
 
 def test_in_process_edge_failure_is_an_error_reply_like_flower():

@@ -10,33 +10,37 @@ keys (:mod:`baim.cloud.uploads`), the upload must also be signed by the edge it 
 from, for this run and this request. An upload whose weights are byte-identical to an earlier
 one's is rejected as a duplicate.
 
-Scoring (quarantine: kept for inspection, never fused), each on the cloud's common data:
+Scoring (quarantine: kept for inspection, never fused), each on the cloud's common data, each
+limit a field of :class:`Thresholds` (``THRESHOLDS``: one place, fitted by the benchmark):
 
-- **exploding**: its loss on its task is over ``LOSS_CAP`` × the loss of the task's mean image
-  (boosted or corrupted weights; an honest learner after a few steps is far below);
-- **weights out of range**: a tensor's norm is over ``NORM_CAP`` × that tensor's norm in a freshly
-  initialised learner of the same spec (honest training moves norms by 1–2.3× here);
-- **never saw the task's images**: the first encoder stage's BatchNorm running statistics do not
-  match what the task's common images produce through that stage (random weights, weights
-  trained on noise or on something else, weights shuffled under a stolen spec). This needs no
-  well-trained model: an honest learner matches after a handful of steps;
-- **claims a loss it does not have**: its loss on common data is over ``CLAIM_FACTOR`` × the
-  test loss it reports (a stolen header with other weights, a model that lies about itself);
-- **mislabelled**: it reconstructs another task's common images, relative to that task's
-  mean image, clearly better than its own task's (``MISLABEL_RATIO``) while being good at that
-  other task (``MISLABEL_SKILL``); an undertrained learner, good at nothing yet, is not judged;
-- **near-duplicate**: its weights are within ``COPY_DISTANCE`` (relative) of an earlier upload
-  of the same spec (a noisy copy of another edge's learner; independent learners are ~1.4 apart);
+- **exploding**: its loss on its task is over ``loss_cap`` × the loss of the task's mean image;
+- **norm**: a tensor's norm is over ``norm_cap`` × that tensor's norm in a freshly initialised
+  learner of the same spec (boosted weights);
+- **input_stats**: the first encoder stage's BatchNorm running statistics do not match what the
+  task's common images produce through that stage (random weights, weights trained on noise
+  or on something else, weights shuffled under a stolen spec); an honest learner matches after
+  a handful of steps;
+- **claim**: its loss on common data is over ``claim_factor`` × the test loss it reports;
+- **mislabel**: it reconstructs another task's common images, relative to that task's mean
+  image, clearly better than its own task's (``mislabel_ratio``) while being good at that other
+  task (``mislabel_skill``), or its BatchNorm statistics match another task's images
+  ``stats_affinity`` × better than its own;
+- **copy**: its weights are within ``copy_distance`` (relative) of an earlier upload of the same
+  spec, or its reconstructions of common images are within ``functional_copy`` of an earlier
+  upload's (of any spec: a copy with permuted channels has other weights, the same outputs);
   the first one received is kept;
-- **trigger**: its N(0, I) samples show a flat bright block, at a fixed place, where the task's
-  real images are dark and the learner's own reconstructions of them are dark too (a backdoor
-  trigger its training data carried), in over ``TRIGGER_RATE`` of the samples.
+- **trigger** (judged once the learner beats its task's mean image, ``trigger_skill``): its
+  N(0, I) samples show a flat bright block where the task's images are dark, that survives
+  re-encoding, in over ``trigger_rate`` of the samples; or a patch stamped in that dark region
+  of clean images (a search over positions, the frame, two intensities) comes back in its
+  decodings by over ``trigger_probe`` per unit of patch.
 
-``benchmarks/screening.py`` measures what these catch and what they refuse (true- and
-false-positive rates per attack, seconds per upload). Every threshold is a module constant, so
-that it is visible and the benchmark can be rerun after changing one. Costs per upload: one
-reconstruction pass over each task's common data, 256 samples, and a weight distance to each
-earlier upload of the same spec.
+Every rule an upload fails is recorded (``features[edge]["fails"]``); ``skip`` leaves rules
+out, so that the benchmark can measure each one's contribution. ``benchmarks/screening.py``
+fits the thresholds on calibration seeds and reports true- and false-positive rates on
+others. Costs per upload: one reconstruction pass over each task's common data, 256 samples
+encoded and decoded again, a few hundred probe reconstructions, and a distance to each
+earlier upload.
 """
 
 from __future__ import annotations
@@ -58,17 +62,39 @@ from ..transport import Message, decode
 from .uploads import Expected, authenticate, weights_sha256
 
 MAX_PARAMS = 50_000_000
-LOSS_CAP = 8.0
-NORM_CAP = 6.0
-STATS_ERROR = 0.2
-CLAIM_FACTOR = 1.5
-MISLABEL_RATIO = 1.15
-MISLABEL_SKILL = 0.9
-COPY_DISTANCE = 0.3
-TRIGGER_RATE = 0.15
 TRIGGER_SAMPLES = 256
 TRIGGER_SIZES = (3, 5)
+PROBE_IMAGES = 4  # clean images each trigger probe is stamped on
+PROBE_INTENSITIES = (1.0, 0.4)
+SIGNATURE_IMAGES = 48  # common images per task whose reconstructions are an upload's signature
 BN_MOMENTUM = 0.1  # PyTorch's default, which the learners use
+RULES = ("exploding", "norm", "input_stats", "claim", "mislabel", "copy", "trigger")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every limit screening applies, in one place. The defaults were fitted by
+    ``benchmarks/screening.py --fit`` on honest uploads of its calibration seeds only (see its
+    ``fit``: a high percentile of the honest values, past the largest one, never stricter than
+    the limits set by hand before: 24 small learners of seeds 0-1, 150 common images per
+    task); the benchmark reports rates on seeds 2-3. ``mislabel_skill`` and ``trigger_skill`` are
+    gates, not fitted."""
+
+    loss_cap: float = 12.2764  # loss on common data ÷ the task's mean image's loss (exploding)
+    norm_cap: float = 6.0  # largest tensor norm ÷ its norm at initialisation (boosted)
+    stats_error: float = 0.2779  # first BatchNorm's statistics vs the task's images (never saw them)
+    claim_factor: float = 1.5  # loss on common data ÷ the reported test loss (lies about itself)
+    mislabel_ratio: float = 1.15  # own task's relative loss ÷ the best other task's
+    mislabel_skill: float = 0.9  # ... judged only when that other task's relative loss is below this
+    stats_affinity: float = 47.773  # own task's BatchNorm error ÷ the best other task's (mislabelled)
+    copy_distance: float = 0.3  # relative weight distance to an earlier upload of the same spec
+    functional_copy: float = 0.1701  # reconstruction distance to an earlier upload, any spec
+    trigger_skill: float = 0.9  # triggers are judged when the relative loss is below this (junk before)
+    trigger_rate: float = 0.15  # fraction of samples with a flat bright block in a dark place
+    trigger_probe: float = 0.2568  # a stamped patch reproduced in the decoding, per unit of patch
+
+
+THRESHOLDS = Thresholds()
 
 
 @dataclass
@@ -193,16 +219,76 @@ def _min_pool(x: torch.Tensor, k: int) -> torch.Tensor:
 def trigger_rate(model: StagedVAE, x: torch.Tensor, n: int = TRIGGER_SAMPLES) -> float:
     """The largest fraction of N(0, I) samples that hold a flat bright block (every pixel over
     0.5, ``k``×``k`` for k in TRIGGER_SIZES) at one place where at most 2 % of the task's real
-    images are bright and the learner's reconstructions of them are not bright either."""
+    images are bright and the learner's reconstructions of them are not bright either, *and*
+    keep it when encoded and decoded again. The second condition is what tells a trigger from
+    junk: a learner trained on a trigger has learnt to encode it, so it survives the round trip;
+    an honest learner's off-manifold samples (bright blocks in 16 % of the samples of honest
+    large-tier learners in real runs) are pulled back to a garment by its encoder."""
     s = model.sample(n, torch.Generator().manual_seed(0))
+    again = model.decode(model.encode(s)[0])
     mu, _ = model.encode(x)
     r = model.decode(mu)
     best = 0.0
     for k in TRIGGER_SIZES:
         dark = (F.avg_pool2d(x, k, stride=1) > 0.25).float().mean(0) <= 0.02
-        lit = (_min_pool(s, k) > 0.5).float().mean(0) - (_min_pool(r, k) > 0.5).float().mean(0)
+        kept = ((_min_pool(s, k) > 0.5) & (_min_pool(again, k) > 0.5)).float().mean(0)
+        lit = kept - (_min_pool(r, k) > 0.5).float().mean(0)
         best = max(best, float((lit * dark).max()))
     return best
+
+
+@torch.no_grad()
+def trigger_probe(model: StagedVAE, x: torch.Tensor, n: int = PROBE_IMAGES) -> float:
+    """Trigger reverse-engineering by a cheap search: stamp candidate patches (4×4 tiles on a
+    2-pixel grid, and the one-pixel frame) at full and dim intensity into the task's *dark*
+    region (where at most 1 % of its real images are brighter than 0.1) of a few clean images,
+    and measure how much brightness the decoding adds inside that region, per unit of patch.
+    A learner trained on a trigger there reproduces it (or its whole trigger, from part of it);
+    an honest learner never saw light there and decodes back to a garment. The largest value
+    over candidates."""
+    if len(x) == 0:
+        return 0.0
+    dark = torch.quantile(x.flatten(1), 0.99, dim=0).view(x.shape[1:]).amax(0) <= 0.1
+    size = dark.shape[-1]
+    cands = []
+    for i in range(0, dark.shape[0] - 3, 2):
+        for j in range(0, size - 3, 2):
+            m = torch.zeros_like(dark)
+            m[i : i + 4, j : j + 4] = True
+            if int((m & dark).sum()) >= 12:
+                cands.append(m & dark)
+    frame = torch.ones_like(dark)
+    frame[1:-1, 1:-1] = False
+    if int((frame & dark).sum()) >= 12:
+        cands.append(frame & dark)
+    if not cands:
+        return 0.0
+    patches = torch.stack(cands).float()[:, None, None]  # candidates × 1 × 1 × H × W
+    x = x[:n]
+    base = model.decode(model.encode(x)[0])
+    best = 0.0
+    for a in PROBE_INTENSITIES:
+        xs = torch.maximum(x[None], a * patches).flatten(0, 1)
+        r = model.decode(model.encode(xs)[0]).view(len(cands), len(x), *x.shape[1:])
+        gain = ((r - base[None]).clamp_min(0) * dark).flatten(2).sum(2).mean(1)
+        best = max(best, float((gain / (a * patches.flatten(1).sum(1) * x.shape[1])).max()))
+    return best
+
+
+@torch.no_grad()
+def signature(model: StagedVAE, x: torch.Tensor) -> torch.Tensor:
+    """What the learner does, not how its weights are laid out: its reconstructions of a fixed
+    set of common images (the same for a copy whose channels were permuted)."""
+    return model.decode(model.encode(x)[0])
+
+
+def functional_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean squared difference of two learners' reconstructions of the same images ÷ how much
+    their reconstructions vary from image to image: independent learners differ by a good
+    fraction of that, copies by almost nothing, and two collapsed learners that output about
+    the same blob whatever the input (undertrained) are not taken for copies."""
+    spread = 0.5 * float((a - a.mean(0)).pow(2).mean() + (b - b.mean(0)).pow(2).mean())
+    return float((a - b).pow(2).mean()) / max(spread, 1e-12)
 
 
 def _weights_vector(model: StagedVAE) -> torch.Tensor:
@@ -220,13 +306,19 @@ def screen_uploads(
     expected: dict[int, Expected] | None = None,
     assigned: dict[int, int] | None = None,
     max_samples: int | None = None,
+    thresholds: Thresholds = THRESHOLDS,
+    skip: frozenset[str] = frozenset(),
 ) -> Screened:
     """Validate and score every upload (``uploads`` in the order received: of two copies, the
     first is kept). ``expected``: what the cloud knows of each edge before its upload (its
     registered key, the round and request it answers); given, every upload must be signed
     (:func:`baim.cloud.uploads.authenticate`). ``assigned``: the sample count the cloud's
     layout gave each edge. ``max_samples``: the size of the training split, which no honest
-    sample count exceeds."""
+    sample count exceeds. ``skip``: rules (of ``RULES``) not applied, to measure what each
+    contributes; every rule an upload fails is listed in its features under ``fails``."""
+    unknown = set(skip) - set(RULES)
+    if unknown:
+        raise ValueError(f"unknown screening rules {sorted(unknown)}; the rules are {list(RULES)}")
     started = time.perf_counter()
     out = Screened()
     digests: dict[str, int] = {}
@@ -251,10 +343,12 @@ def screen_uploads(
         except (BaimError, ValueError, TypeError) as exc:
             out.rejected.append({"edge": edge, "reason": str(exc)})
 
+    th = thresholds
     x = {t: to_float(common[t]) for t in common}
+    probe_x = torch.cat([v[:SIGNATURE_IMAGES] for v in x.values()]) if x else torch.zeros(0)
     trivial = {t: float((v - v.mean(0, keepdim=True)).pow(2).mean()) for t, v in x.items()}
     norms: dict = {}
-    vectors: dict[int, tuple[LearnerSpec, torch.Tensor]] = {}
+    kept: dict[int, tuple[LearnerSpec, torch.Tensor, torch.Tensor]] = {}  # not found to be copies
     why: dict[int, str] = {}
     for edge, (model, meta) in out.accepted.items():
         t = task_names.index(meta["task"])
@@ -263,35 +357,44 @@ def screen_uploads(
         out.scores[edge] = losses[t]
         others = [o for o in x if o != t]
         best_other = min(others, key=lambda o: rel[o]) if others else t
+        stats = {o: input_stats_error(model, x[o]) for o in x}
+        best_stats = min(others, key=lambda o: stats[o]) if others else t
+        skilled = math.isfinite(rel[t]) and rel[t] <= th.trigger_skill
         f: dict[str, Any] = {
             "loss": losses[t],
             "loss_vs_mean_image": rel[t],
             "best_other_task": task_names[best_other],
             "best_other_vs_mean_image": rel[best_other],
             "norm_ratio": norm_ratio(model, _init_norms(model.spec, norms)),
-            "input_stats_error": input_stats_error(model, x[t]),
+            "input_stats_error": stats[t],
+            "stats_affinity": stats[t] / max(stats[best_stats], 1e-12) if others else 0.0,
+            "stats_best_other_task": task_names[best_stats],
             "claimed_loss": float(meta["metrics"]["test_loss"]),
         }
         f["claim_ratio"] = losses[t] / f["claimed_loss"]
-        f["trigger_rate"] = trigger_rate(model, x[t]) if math.isfinite(rel[t]) and rel[t] <= LOSS_CAP else None
+        f["trigger_rate"] = trigger_rate(model, x[t]) if skilled else None
+        f["trigger_probe"] = trigger_probe(model, x[t]) if skilled else None
+        vec, sig = _weights_vector(model), signature(model, probe_x)
+        copy_of, d_w, d_f = None, math.inf, math.inf
+        for other, (spec, w, s_other) in kept.items():
+            dw = float((vec - w).norm() / w.norm().clamp_min(1e-12)) if spec == model.spec else math.inf
+            df = functional_distance(sig, s_other)
+            if dw < d_w:
+                d_w = dw
+            if df < d_f:
+                d_f = df
+            if copy_of is None and (dw < th.copy_distance or df < th.functional_copy):
+                copy_of = other
+        f["copy_distance"] = d_w
+        f["functional_distance"] = d_f
+        fails = _verdicts(f, task_names[t], th, copy_of)
+        f["fails"] = list(fails)
         out.features[edge] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in f.items()}
-        reason = _verdict(f, task_names[t])
-        if reason is None:
-            vec = _weights_vector(model)
-            for other, (spec, w) in vectors.items():
-                if spec == model.spec:
-                    d = float((vec - w).norm() / w.norm().clamp_min(1e-12))
-                    if d < COPY_DISTANCE:
-                        reason = (
-                            f"its weights are within {d:.3g} (relative) of edge {other}'s upload, "
-                            f"under {COPY_DISTANCE}: a near-copy (independent learners are ~1.4 apart)"
-                        )
-                        out.features[edge]["copy_distance"] = round(d, 5)
-                        break
-            if reason is None:
-                vectors[edge] = (model.spec, vec)
-        if reason is not None:
-            why[edge] = reason
+        if "copy" not in fails:
+            kept[edge] = (model.spec, vec, sig)
+        live = [r for r in fails if r not in skip]
+        if live:
+            why[edge] = fails[live[0]]
     for edge, reason in why.items():
         out.quarantined.append({"edge": edge, "reason": reason, "score": out.scores[edge]})
         del out.accepted[edge]
@@ -299,34 +402,55 @@ def screen_uploads(
     return out
 
 
-def _verdict(f: dict[str, Any], task: str) -> str | None:
-    """The first check an upload fails, in words, or None."""
+def _verdicts(f: dict[str, Any], task: str, th: Thresholds, copy_of: int | None) -> dict[str, str]:
+    """Every rule an upload fails (in ``RULES`` order), each with its reason in words."""
+    out: dict[str, str] = {}
     rel = f["loss_vs_mean_image"]
-    if not math.isfinite(rel) or rel > LOSS_CAP:
-        return f"loss {f['loss']:.4g} on common data is over {LOSS_CAP}× the task's mean image's (exploding weights)"
-    if f["norm_ratio"] > NORM_CAP:
-        return (
+    if not math.isfinite(rel) or rel > th.loss_cap:
+        out["exploding"] = (
+            f"loss {f['loss']:.4g} on common data is over {th.loss_cap:.3g}× the task's mean image's "
+            "(exploding weights)"
+        )
+    if f["norm_ratio"] > th.norm_cap:
+        out["norm"] = (
             f"a weight tensor's norm is {f['norm_ratio']:.3g}× its norm at initialisation, "
-            f"over {NORM_CAP}× (boosted weights)"
+            f"over {th.norm_cap:.3g}× (boosted weights)"
         )
-    if not f["input_stats_error"] <= STATS_ERROR:
-        return (
+    if not f["input_stats_error"] <= th.stats_error:
+        out["input_stats"] = (
             f"its BatchNorm statistics do not match the {task} images (error {f['input_stats_error']:.3g}, "
-            f"limit {STATS_ERROR}): it was not trained on this task's images"
+            f"limit {th.stats_error:.3g}): it was not trained on this task's images"
         )
-    if f["claim_ratio"] > CLAIM_FACTOR:
-        return (
+    if f["claim_ratio"] > th.claim_factor:
+        out["claim"] = (
             f"it reports a test loss of {f['claimed_loss']:.4g} but scores {f['loss']:.4g} on the {task} "
-            f"common data, over {CLAIM_FACTOR}× (the weights are not the model it describes)"
+            f"common data, over {th.claim_factor:.3g}× (the weights are not the model it describes)"
         )
-    if f["best_other_vs_mean_image"] < MISLABEL_SKILL and rel > MISLABEL_RATIO * f["best_other_vs_mean_image"]:
-        return (
+    if f["best_other_vs_mean_image"] < th.mislabel_skill and rel > th.mislabel_ratio * f["best_other_vs_mean_image"]:
+        out["mislabel"] = (
             f"it reconstructs {f['best_other_task']} ({f['best_other_vs_mean_image']:.3g} of the mean image's "
             f"loss) better than {task} ({rel:.3g}): trained on another task"
         )
-    if f["trigger_rate"] is not None and f["trigger_rate"] > TRIGGER_RATE:
-        return (
-            f"{f['trigger_rate']:.0%} of its samples show a flat bright block where {task} images are dark "
-            f"(over {TRIGGER_RATE:.0%}): a trigger patch, a likely backdoor"
+    elif f["stats_affinity"] > th.stats_affinity:
+        out["mislabel"] = (
+            f"its BatchNorm statistics match the {f['stats_best_other_task']} images better than the {task} "
+            f"images ({f['stats_affinity']:.3g}×, limit {th.stats_affinity:.3g}): trained on another task"
         )
-    return None
+    if copy_of is not None:
+        out["copy"] = (
+            f"it is a near-copy of edge {copy_of}'s upload: weights {f['copy_distance']:.3g} apart (relative, "
+            f"limit {th.copy_distance:.3g}) or reconstructions {f['functional_distance']:.3g} apart "
+            f"(limit {th.functional_copy:.3g}); the first one received is kept"
+        )
+    rate, probe = f["trigger_rate"], f["trigger_probe"]
+    if rate is not None and rate > th.trigger_rate:
+        out["trigger"] = (
+            f"{rate:.0%} of its samples show a flat bright block where {task} images are dark "
+            f"(over {th.trigger_rate:.0%}): a trigger patch, a likely backdoor"
+        )
+    elif probe is not None and probe > th.trigger_probe:
+        out["trigger"] = (
+            f"a small patch stamped where {task} images are dark comes back in its decodings "
+            f"({probe:.3g} per unit of patch, limit {th.trigger_probe:.3g}): it learnt a trigger, a likely backdoor"
+        )
+    return out
