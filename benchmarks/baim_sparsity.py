@@ -1,4 +1,4 @@
-"""Does the BAIM's decoder cost grow with N? (DESIGN.md §3, sparse execution)
+"""Does the BAIM's decoder cost grow with N? (sparse execution)
 
     python benchmarks/baim_sparsity.py [--batch 128] [--repeats 5]
 

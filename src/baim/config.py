@@ -71,11 +71,11 @@ class Preset:
     test_per_task: int | None  # None: the full official test split
     alpha: float  # Dirichlet concentration of each edge's class mix (smaller = more skewed)
     tiers: tuple[str, ...]
-    # recipes (DESIGN.md §2: Adam 0.005, × 0.95 per epoch, β = 0.00025)
+    # recipes (the paper's: Adam 0.005, × 0.95 per epoch, β = 0.00025)
     edge: Recipe
     cloud: Recipe
     personalize: Recipe
-    # BAIM structure and connection pruning (DESIGN.md §3)
+    # BAIM structure and connection pruning
     top_k: int = 2
     height: int = 3
     prune_interval: int = 10

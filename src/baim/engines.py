@@ -1,4 +1,4 @@
-"""Which engine carries the workflow's messages (DESIGN.md §7): ``baim run --engine``.
+"""Which engine carries the workflow's messages: ``baim run --engine``.
 
 - ``inprocess``: edges are :class:`~baim.edge.EdgeNode` objects in this process; messages
   still go through the codec, so byte counts are exact.

@@ -1,4 +1,4 @@
-"""Budgeted partition: a compact task model that fits its edge's byte budget (DESIGN.md §4).
+"""Budgeted partition: a compact task model that fits its edge's byte budget.
 
 Why: the lossless compact model of task t holds squad t, its LSGate and adapters, and its
 whole execution closure (feeder stages of other tasks' learners and the connections that read

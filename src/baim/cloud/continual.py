@@ -1,4 +1,4 @@
-"""Continual learning: late uploads join a trained BAIM (DESIGN.md §3).
+"""Continual learning: late uploads join a trained BAIM.
 
 A new learner joins its task's squad (or opens a new task), gets its adapter, the gate of
 its squad grows by one output, and every candidate connection that involves it is added

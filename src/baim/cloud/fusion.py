@@ -1,4 +1,4 @@
-"""Fusing uploads into a BAIM, with one of the three strategies (DESIGN.md §3).
+"""Fusing uploads into a BAIM, with one of the three strategies.
 
 - ``finetune``: start from the uploaded weights, train everything (gently: see
   :class:`baim.config.Recipe`'s ``trained_lr_scale``, ``keep_norm_stats``, ``warmup_steps``).

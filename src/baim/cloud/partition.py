@@ -1,4 +1,4 @@
-"""Phase 5: cut the BAIM, without loss, into one compact model per task (DESIGN.md §4).
+"""Phase 5: cut the BAIM, without loss, into one compact model per task.
 
 ``partition(baim, t)`` keeps squad t's learners, LSGate_t, their adapters, the task's latent
 prior, and every learner stage and connection in the *execution closure* of squad t: the

@@ -1,3 +1,3 @@
 """``baim compare``: baim against local training, central training, knowledge distillation,
 FedAvg, federated distillation and split learning, on the same layout, data and evaluation,
-every method run and measured (DESIGN.md §6 KPIs, §8c; the paper's Table I and Fig. 2)."""
+every method run and measured (the paper's Table I and Fig. 2)."""

@@ -1,4 +1,4 @@
-"""What every method of ``baim compare`` is measured with (DESIGN.md §6 KPIs, §8c).
+"""What every method of ``baim compare`` is measured with.
 
 - :class:`Meter`: CPU seconds (``time.process_time``, every thread of this process) and FLOPs
   (``torch.utils.flop_counter``: matrix multiplications and convolutions, forward and backward)

@@ -1,4 +1,4 @@
-"""``baim compare``: every method on the run's layout, measured the same way (DESIGN.md §8c).
+"""``baim compare``: every method on the run's layout, measured the same way.
 
 Each method's row is written to ``DIR/methods/METHOD.json`` as soon as it is measured, so a
 rerun skips what is done. ``DIR/compare.json`` gathers them with the settings, the findings

@@ -1,4 +1,4 @@
-"""The JSON spec that fully defines a learner's architecture (DESIGN.md §2).
+"""The JSON spec that fully defines a learner's architecture.
 
 A spec plus a safetensors state dict is everything an edge uploads: no code, no pickle. The
 capability tiers differ in depth, width and latent size, so fused learners are really

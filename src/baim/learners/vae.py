@@ -1,4 +1,4 @@
-"""The staged convolutional VAE that every edge trains (DESIGN.md §2).
+"""The staged convolutional VAE that every edge trains.
 
     x → E1 … ES → posterior head (μ, log σ²) → z → latent-in → D1 … DS → image head → x̂
 

@@ -1,6 +1,6 @@
 """FID with a pluggable feature network, computed through torchmetrics.
 
-Extractors (DESIGN.md §6):
+Extractors:
 - ``domain``: the committed Fashion-MNIST classifier (128-d features); the default.
 - ``lite0``: ImageNet EfficientNet-Lite0 (1280-d) from the optional extra ``baim[lite0]``.
 - ``inception``: the standard FID network; only where torch-fidelity and its weights file are

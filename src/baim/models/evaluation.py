@@ -1,6 +1,6 @@
 """One evaluation for every generative model baim compares: edge learners, BAIMs, compact models.
 
-Like for like (DESIGN.md §3, §6): every model is scored with the same three procedures, and a
+Like for like: every model is scored with the same three procedures, and a
 comparison only ever puts the same procedure on both sides:
 
 - ``standard``: samples decoded from z ~ N(0, I);

@@ -1,4 +1,4 @@
-"""The latent prior each task samples from at generation time (DESIGN.md §3).
+"""The latent prior each task samples from at generation time.
 
 After training, a full-covariance Gaussian is fitted to the posterior codes (z sampled from
 q(z|x)) of the task's common data. Coordinates no squad encoder speaks for stay N(0, 1) in
