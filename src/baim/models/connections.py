@@ -113,29 +113,7 @@ class Projection(nn.Module):
         rebuilt on every call, so gradients reach each connection's own α, weight and bias (which
         pruning, saving and partition address by connection name).
         """
-        side_out = projections[0].side_out
-        groups: dict[int, list[int]] = {}  # side the convolution runs at -> source positions
-        xs = list(feats)
-        for k, f in enumerate(feats):
-            if f.shape[-1] > side_out:
-                xs[k] = F.avg_pool2d(f, f.shape[-1] // side_out)
-            groups.setdefault(xs[k].shape[-1], []).append(k)
-        alphas = torch.stack([p.alpha for p in projections])
-        bias = alphas @ torch.stack([p.bias for p in projections])  # a constant survives nearest growth
-        out: torch.Tensor | None = None
-        for side in sorted(groups):
-            ks = groups[side]
-            widths = [projections[k].conv.in_channels for k in ks]
-            scale = alphas[ks].repeat_interleave(torch.tensor(widths, device=alphas.device), output_size=sum(widths))
-            w = torch.cat([projections[k].conv.weight for k in ks], 1) * scale.view(1, -1, 1, 1)
-            x = torch.cat([xs[k] for k in ks], 1) if len(ks) > 1 else xs[ks[0]]
-            y = F.conv2d(x, w, bias if out is None else None)
-            out = y if out is None else F.interpolate(out, scale_factor=side // out.shape[-1], mode="nearest") + y
-        if out is None:
-            raise ValueError("no projections to sum")
-        if out.shape[-1] < side_out:
-            out = F.interpolate(out, scale_factor=side_out // out.shape[-1], mode="nearest")
-        return out
+        return _grouped_sum(projections, [p.conv for p in projections], feats)
 
 
 class LowRankProjection(nn.Module):
@@ -187,29 +165,44 @@ class LowRankProjection(nn.Module):
         sources at or above the target's side shrunk to it, then per side one convolution of all
         sources into r channels (weights: the α-scaled D's concatenated), the sums grown coarse
         to fine, and one up-projection at the target's side."""
-        side_out = projections[0].side_out
         up = projections[0].up
         if any(p.up is not up for p in projections):
             raise ValueError("low-rank projections summed together must share their target's up-projection")
-        groups: dict[int, list[int]] = {}
-        xs = list(feats)
-        for k, f in enumerate(feats):
-            if f.shape[-1] > side_out:
-                xs[k] = F.avg_pool2d(f, f.shape[-1] // side_out)
-            groups.setdefault(xs[k].shape[-1], []).append(k)
-        alphas = torch.stack([p.alpha for p in projections])
-        bias = alphas @ torch.stack([p.bias for p in projections])
-        low: torch.Tensor | None = None
-        for side in sorted(groups):
-            ks = groups[side]
-            widths = [projections[k].down.in_channels for k in ks]
-            scale = alphas[ks].repeat_interleave(torch.tensor(widths, device=alphas.device), output_size=sum(widths))
-            w = torch.cat([projections[k].down.weight for k in ks], 1) * scale.view(1, -1, 1, 1)
-            x = torch.cat([xs[k] for k in ks], 1) if len(ks) > 1 else xs[ks[0]]
-            y = F.conv2d(x, w, bias if low is None else None)
-            low = y if low is None else F.interpolate(low, scale_factor=side // low.shape[-1], mode="nearest") + y
-        if low is None:
-            raise ValueError("no projections to sum")
-        if low.shape[-1] < side_out:
-            low = F.interpolate(low, scale_factor=side_out // low.shape[-1], mode="nearest")
-        return F.conv2d(low, up.weight)
+        return F.conv2d(_grouped_sum(projections, [p.down for p in projections], feats), up.weight)
+
+
+def _grouped_sum(
+    projections: Sequence[Projection] | Sequence[LowRankProjection],
+    convs: Sequence[nn.Conv2d],
+    feats: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """``Σ_k α_k (convs[k](resize(feats[k])) + bias_k)`` at the target's side, as a few wide
+    convolutions: sources at or above the target's side are shrunk to it (a source may come
+    already shrunk), per side one convolution of the concatenated sources with the concatenated
+    α-scaled weights, those sums grown coarse to fine. The weights are rebuilt on every call, so
+    gradients reach each connection's own α, weight and bias (which pruning, saving and
+    partition address by connection name). Shared by both projections, which differ only in
+    what the sum is (the output, or the rank-r code before the shared up-projection)."""
+    side_out = projections[0].side_out
+    groups: dict[int, list[int]] = {}  # side the convolution runs at -> source positions
+    xs = list(feats)
+    for k, f in enumerate(feats):
+        if f.shape[-1] > side_out:
+            xs[k] = F.avg_pool2d(f, f.shape[-1] // side_out)
+        groups.setdefault(xs[k].shape[-1], []).append(k)
+    alphas = torch.stack([p.alpha for p in projections])
+    bias = alphas @ torch.stack([p.bias for p in projections])  # a constant survives nearest growth
+    out: torch.Tensor | None = None
+    for side in sorted(groups):
+        ks = groups[side]
+        widths = [convs[k].in_channels for k in ks]
+        scale = alphas[ks].repeat_interleave(torch.tensor(widths, device=alphas.device), output_size=sum(widths))
+        w = torch.cat([convs[k].weight for k in ks], 1) * scale.view(1, -1, 1, 1)
+        x = torch.cat([xs[k] for k in ks], 1) if len(ks) > 1 else xs[ks[0]]
+        y = F.conv2d(x, w, bias if out is None else None)
+        out = y if out is None else F.interpolate(out, scale_factor=side // out.shape[-1], mode="nearest") + y
+    if out is None:
+        raise ValueError("no projections to sum")
+    if out.shape[-1] < side_out:
+        out = F.interpolate(out, scale_factor=side_out // out.shape[-1], mode="nearest")
+    return out
