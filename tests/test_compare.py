@@ -60,9 +60,12 @@ def test_wire_counts_encoded_bytes_and_raw_data():
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """All seven methods once on the smoke preset (smaller slices), with tiny round and epoch counts."""
+    """All seven methods once on the smoke preset (smaller slices), with tiny round and epoch counts;
+    four edges, so that one task has two and FedAvg has something to average (a lone edge sends nothing)."""
     out = tmp_path_factory.mktemp("compare")
-    cfg = RunConfig(preset="smoke", overrides={"samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32})
+    cfg = RunConfig(
+        preset="smoke", overrides={"num_edges": 4, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
+    )
     ctx = make_context(out, cfg, Settings(rounds=2, local_epochs=1, sl_epochs=1, central_epochs=1), keep_messages=True)
     result = compare(out, cfg, METHODS, ctx=ctx)
     return out, result, ctx
