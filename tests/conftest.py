@@ -52,9 +52,9 @@ def run_dir(tmp_path: Path) -> Path:
     return run
 
 
-def trained_learners(tiers, seed: int = 0):
-    """Learners of these tiers with non-trivial BatchNorm statistics (one forward in train mode),
-    as uploads have; seeded once, then built in order."""
+def trained_learners(tiers, seed: int = 0, batch: int = 8):
+    """Learners of these tiers with non-trivial BatchNorm statistics (one forward of ``batch``
+    random images in train mode), as uploads have; seeded once, then built in order."""
     import torch
 
     from baim.learners import StagedVAE, tier_spec
@@ -64,7 +64,7 @@ def trained_learners(tiers, seed: int = 0):
     for t in tiers:
         m = StagedVAE(tier_spec(t))
         m.train()
-        m(torch.rand(8, 1, 32, 32))
+        m(torch.rand(batch, 1, 32, 32))
         out.append(m.eval())
     return out
 

@@ -9,19 +9,12 @@ from hypothesis import strategies as st
 
 from baim.cloud import add_learners, fuse, prune_learners
 from baim.config import Recipe
-from baim.learners import StagedVAE, tier_spec
 from baim.models import BAIM, Connection, candidate_connections, load_model, save_model, train_baim
+from conftest import trained_learners
 
 
 def _learners(tiers, seed=0):
-    torch.manual_seed(seed)
-    out = []
-    for t in tiers:
-        m = StagedVAE(tier_spec(t))
-        m.train()
-        m(torch.rand(16, 1, 32, 32))  # non-trivial BatchNorm statistics
-        out.append(m.eval())
-    return out
+    return trained_learners(tiers, seed, batch=16)
 
 
 def _data(n=48, tasks=3, seed=0):

@@ -9,17 +9,11 @@ from baim.cloud import fuse
 from baim.cloud.partition import partition
 from baim.learners import StagedVAE, tier_spec
 from baim.models import BAIM, BAIMConfig, Connection, load_model, save_model
+from conftest import trained_learners
 
 
 def _learners(tiers, seed=0):
-    torch.manual_seed(seed)
-    out = []
-    for t in tiers:
-        m = StagedVAE(tier_spec(t))
-        m.train()
-        m(torch.rand(16, 1, 32, 32))  # non-trivial BatchNorm statistics
-        out.append(m.eval())
-    return out
+    return trained_learners(tiers, seed, batch=16)
 
 
 def _spread(model: BAIM) -> BAIM:
