@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..runview import Run
 from ..transport import encode
 from ..workflow import deploy_message
@@ -50,13 +48,16 @@ def inputs(row: dict, n0: int) -> dict[str, float]:
 def compact_model(compact: dict[str, dict], per_task_edges: list[int], n0: int, b: float) -> tuple[float, float]:
     """From a measured run: φ, the fraction of the other tasks' learners a compact model keeps as
     feeders (their stages feed its squad through connections), and c, a compact model's bytes
-    besides its learners (gates, priors, projections), with b bytes per learner."""
-    phis, cs = [], []
+    besides its learners (gates, priors, projections), with b bytes per learner. Both are
+    weighted by how many edges download each task's model, so that :func:`compact_download`
+    reproduces the measured download exactly when tasks have different numbers of edges."""
+    feeders = others = extra = 0.0
     for (_, v), n_t in zip(compact.items(), per_task_edges):
-        others = n0 - n_t
-        phis.append((v["learners"] - n_t) / others if others else 0.0)
-        cs.append(v["bytes"] - v["learners"] * b)
-    return float(np.mean(phis)), float(np.mean(cs))
+        feeders += n_t * (v["learners"] - n_t)
+        others += n_t * (n0 - n_t)
+        extra += n_t * (v["bytes"] - v["learners"] * b)
+    downloads = sum(per_task_edges)
+    return (feeders / others if others else 0.0), (extra / downloads if downloads else 0.0)
 
 
 def compact_download(n_per_task: list[float], phi: float, b: float, c: float) -> float:
