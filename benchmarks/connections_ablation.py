@@ -48,6 +48,8 @@ from baim.atomic import write_json  # noqa: E402
 from baim.config import RunConfig  # noqa: E402
 from baim.engines import run  # noqa: E402
 from baim.errors import BaimError  # noqa: E402
+from baim.models.io import MANIFEST  # noqa: E402
+from baim.runfiles import RunFiles  # noqa: E402
 
 PAPER = {"prune_interval": 10, "prune_ratio": 0.1}
 AGGRESSIVE = {"prune_interval": 1, "prune_ratio": 0.5}
@@ -90,7 +92,7 @@ def figures(run_dir: Path, summary: dict) -> dict[str, Any]:
     """One finished run's numbers for the table."""
     result = summary["strategies"]["finetune"]
     per_task = result["per_task"]
-    cfg = json.loads((run_dir / "cloud" / "baim-finetune" / "manifest.json").read_text())["config"]
+    cfg = json.loads((RunFiles(run_dir).baim("finetune") / MANIFEST).read_text())["config"]
     owner = cfg["learner_tasks"]
     into = {name: 0 for name in cfg["task_names"]}
     cross = 0

@@ -604,12 +604,14 @@ def screen_field(run: Path, th: Thresholds) -> list[dict]:
     """Honest uploads of a real run (its ``cloud/uploads``), screened with the fitted thresholds."""
     from baim.cloud import common_data
     from baim.data.layout import Layout
+    from baim.runfiles import RunFiles
 
-    layout = Layout.load(run / "layout.json")
+    files = RunFiles(run)
+    layout = Layout.load(files.layout)
     ds = load_fashion_mnist(os.environ.get("BAIM_FMNIST_DIR"))
     images, tasks = common_data(layout, ds)
     common = {t: images[tasks == t] for t in range(len(layout.tasks))}
-    ups = {int(f.stem.split("-")[1]): f.read_bytes() for f in sorted((run / "cloud" / "uploads").glob("edge-*.msg"))}
+    ups = {e: f.read_bytes() for e, f in files.uploads().items()}
     res = screen_uploads(ups, layout.task_names, common, ds.image_size, ds.channels, thresholds=th)
     refused = [r["edge"] for r in res.rejected + res.quarantined]
     return [{"run": str(run), "uploads": len(ups), "refused": refused}]
