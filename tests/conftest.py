@@ -82,3 +82,12 @@ def look_trained(model, alpha_std: float, gate_std: float):
         for pr in model.priors:
             pr.mean.normal_(0, 0.3)
     return model
+
+
+def published_registry(run: Path):
+    """A cloud registry of ``run``'s compact models and a token for edge 0 (the service tests' cloud)."""
+    from baim.cloud.registry import Registry
+
+    registry = Registry(run / "registry")
+    registry.publish_run(run)
+    return registry, registry.issue_token("edge-0")

@@ -30,7 +30,7 @@ from baim.service.edge_app import create_edge_app
 from baim.service.http import BackgroundServer
 from baim.service.serve import edge_toolbox
 from baim.signing import verify
-from conftest import SERVICE_TASKS
+from conftest import SERVICE_TASKS, published_registry
 from conftest import compact_models as _compacts
 
 TASKS = SERVICE_TASKS
@@ -39,9 +39,7 @@ ADMIN = {"X-Baim-Admin": "1"}
 
 @pytest.fixture()
 def cloud(run_dir: Path):
-    registry = Registry(run_dir / "registry")
-    registry.publish_run(run_dir)
-    token = registry.issue_token("edge-0")
+    registry, token = published_registry(run_dir)
     server = BackgroundServer(create_cloud_app(registry))
     url = server.start()
     yield registry, url, token, server

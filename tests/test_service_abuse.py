@@ -25,13 +25,12 @@ import pytest
 from PIL import Image
 
 from baim.cli import main
-from baim.cloud.registry import Registry
 from baim.models import save_model
 from baim.service.cloud_app import create_cloud_app
 from baim.service.edge_app import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, create_edge_app, token_hash
 from baim.service.http import BackgroundServer
 from baim.service.serve import edge_toolbox
-from conftest import compact_models
+from conftest import compact_models, published_registry
 
 MiB = 1 << 20
 ADMIN = {"X-Baim-Admin": "1"}
@@ -39,9 +38,7 @@ ADMIN = {"X-Baim-Admin": "1"}
 
 @pytest.fixture()
 def cloud(run_dir: Path):
-    registry = Registry(run_dir / "registry")
-    registry.publish_run(run_dir)
-    token = registry.issue_token("edge-0")
+    registry, token = published_registry(run_dir)
     with BackgroundServer(create_cloud_app(registry)) as url:
         yield registry, url, token
 
