@@ -63,4 +63,4 @@ def test_a_lone_edge_books_no_round_bytes(ctx):
     assert {int(e) for e in per_edge} == shared, per_edge  # the lone edges book no bytes at all
     # two messages per shared edge per round, nothing else
     assert sum(1 for _, _, phase, _ in wire.kept if phase == "rounds") == 2 * len(shared) * ctx.settings.rounds
-    assert result["bytes_up"] > 0 and len(result["rounds"]) == ctx.settings.rounds
+    assert result.bytes_up > 0 and len(result.extra["rounds"]) == ctx.settings.rounds
