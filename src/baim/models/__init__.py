@@ -2,7 +2,8 @@
 latent priors), compact models (BAIMs of one task), one save/load, one training loop (``fit``)
 and one evaluation."""
 
-from .baim import BAIM, BAIMConfig, BAIMOutput
+from .baim import BAIM, BAIMOutput
+from .baim_config import BAIMConfig
 from .connections import Connection, LowRankProjection, Projection, candidate_connections
 from .evaluation import Evaluation, evaluate, fit_priors, generate, nll_bpd, reconstruction_metrics, task_accuracy
 from .fit import Epoch, Fitted, Loss, Objective, fit, vae_objective

@@ -22,7 +22,8 @@ from safetensors.torch import save as save_bytes
 from ..atomic import write_bytes, write_text
 from ..errors import ModelFileError, SpecError
 from ..learners import LearnerSpec, StagedVAE, check_state, plain_state, read_weights, weights_bytes
-from .baim import BAIM, BAIMConfig
+from .baim import BAIM
+from .baim_config import BAIMConfig
 
 FORMAT_VERSION = 2
 MANIFEST, WEIGHTS = "manifest.json", "weights.safetensors"
