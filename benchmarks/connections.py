@@ -76,40 +76,64 @@ class ClosureOnly(BAIM):
         return 0 * torch.stack([f.sum() for f in {id(f): f for f in feats}.values()]).sum()
 
 
-def macs_per_image(model: BAIM) -> tuple[float, float]:
-    """(multiply-adds of every stage of every learner, of every projection) for one image run
-    through all of them: what all connections cost before any sparsity. Each projection runs
-    at the smaller of its two sides (the resizes commute with it); a low-rank target stage adds
-    its up-projection r → c_out at its own side."""
-    stages = 0
+def stage_macs(model: BAIM) -> dict[tuple[str, int, int], int]:
+    """Multiply-adds of each stage ``(side, learner, stage)`` for one image."""
+    out = {}
     for l in range(len(model.learners)):
         spec = model.learner(l).spec
         w = list(spec.stage_widths)
-        for cin, (cout, side) in zip([spec.channels] + w[:-1], model.learner(l).encoder_shapes()):
-            stages += 9 * cin * cout * side * side
-        for cin, (cout, side) in zip(w[::-1], model.learner(l).decoder_shapes()):
-            stages += 9 * cin * cout * (side // 2) ** 2  # transposed: one 3×3 product per input pixel
+        for s, (cin, (cout, side)) in enumerate(zip([spec.channels] + w[:-1], model.learner(l).encoder_shapes())):
+            out[("enc", l, s)] = 9 * cin * cout * side * side
+        for s, (cin, (cout, side)) in enumerate(zip(w[::-1], model.learner(l).decoder_shapes())):
+            out[("dec", l, s)] = 9 * cin * cout * (side // 2) ** 2  # transposed: one 3×3 product per input pixel
+    return out
+
+
+def macs_run(model: BAIM, step: Callable[[], None], batch: int) -> dict[str, float]:
+    """Multiply-adds per image of the stages one training step actually runs, by side: where
+    the closure's cost comes from (every stage a connection reads must run on the target's
+    samples)."""
+    model.stage_calls.clear()
+    step()
+    macs = stage_macs(model)
+    return {
+        side: sum(n * macs[k] for k, n in model.stage_calls.items() if k[0] == side) / batch for side in ("enc", "dec")
+    }
+
+
+def macs_per_image(model: BAIM) -> tuple[float, float]:
+    """(multiply-adds of every stage of every learner, of every projection) for one image run
+    through all of them: what all connections cost before any sparsity. Each exact projection
+    runs at the smaller of its two sides (the resizes commute with it); low-rank: each shared
+    code at its source's side, each up-projection at its target's, and per connection one
+    scaled add of r channels."""
+    stages = sum(stage_macs(model).values())
     proj = 0
     for p in model.connections.values():
-        if isinstance(p, LowRankProjection):
-            proj += p.down.in_channels * p.down.out_channels * min(p.side_in, p.side_out) ** 2
+        if isinstance(p, LowRankProjection):  # one scaled add of r channels at the smaller side
+            proj += p.up.in_channels * min(p.side_in, p.side_out) ** 2
         else:
             p = cast(Projection, p)
             proj += p.conv.in_channels * p.conv.out_channels * min(p.side_in, p.side_out) ** 2
-    for c in {c.target: c for c in model.conn_keys.values()}.values():
-        if c.target in model.projection_ups:
-            up = cast(torch.nn.Conv2d, model.projection_ups[c.target])
-            side = model.stage_shape(c.side, c.dst, c.dst_stage)[1]
-            proj += up.in_channels * up.out_channels * side * side
+    shared = {}  # each shared code and up-projection once, at its own stage's side
+    for c in model.conn_keys.values():
+        shared[("down", c.source)] = (model.projection_downs, c.source, c.side, c.src, c.src_stage)
+        shared[("up", c.target)] = (model.projection_ups, c.target, c.side, c.dst, c.dst_stage)
+    for maps, key, side, learner, stage in shared.values():
+        if key in maps:
+            conv = cast(torch.nn.Conv2d, maps[key])
+            proj += conv.in_channels * conv.out_channels * model.stage_shape(side, learner, stage)[1] ** 2
     return stages, proj
 
 
-def build(n: int, tasks: int, height: int | None, cls: type[BAIM] = BAIM, rank: int = 0) -> BAIM:
+def build(n: int, tasks: int, height: int | None, cls: type[BAIM] = BAIM, rank: int = 0, own: bool = False) -> BAIM:
+    """``own``: only the candidates within a squad (no cross-task connections)."""
     torch.manual_seed(0)
     learner_tasks: list[int | None] = [l % tasks for l in range(n)]
     learners = [StagedVAE(tier_spec(TIERS[(l // tasks + l % tasks) % 3])) for l in range(n)]
     counts = [(lrn.spec.num_stages,) * 2 for lrn in learners]
     conns = candidate_connections(counts, height) if height is not None else []
+    conns = [c for c in conns if not own or learner_tasks[c.src] == learner_tasks[c.dst]]
     model = cls.from_learners(
         learners, learner_tasks, [f"t{t}" for t in range(tasks)], conns, top_k=2, projection_rank=rank
     )
@@ -161,53 +185,56 @@ def timing(args: argparse.Namespace) -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; {n} learners, {tasks} tasks, "
         f"top-K 2, batch {b} of 32×32, fastest of {args.repeats} steps after {args.warmup} warm-up"
     )
-    low = f"h=3 rank {r}"
-    rows = [("none", None, BAIM, 0), (low, 3, BAIM, r), ("h=3 exact", 3, BAIM, 0), ("h=3 closure", 3, ClosureOnly, 0)]
     extra = [int(x) for x in args.also_ranks.split(",") if x.strip() and int(x) != r]
-    rows[2:2] = [(f"h=3 rank {x}", 3, BAIM, x) for x in extra]
+    rows: list[tuple[str, int | None, type[BAIM], int, bool]] = [("none", None, BAIM, 0, False)]
+    for scope, own in (("all", False), ("own", True)):
+        rows += [(f"{scope} rank {x}", 3, BAIM, x, own) for x in [r, *extra]]
+        rows += [(f"{scope} exact", 3, BAIM, 0, own), (f"{scope} closure", 3, ClosureOnly, 0, own)]
     if args.ungrouped:
-        rows.append(("h=3 ungrouped", 3, Ungrouped, 0))
+        rows.append(("all ungrouped", 3, Ungrouped, 0, False))
     conns: dict[str, int] = {}
     macs: dict[str, tuple[float, float]] = {}
+    run: dict[str, dict[str, float]] = {}
     steps: dict[str, Callable[[], None]] = {}
-    for label, height, cls, rank in rows:
-        model = build(n, tasks, height, cls, rank)
+    for label, height, cls, rank, own in rows:
+        model = build(n, tasks, height, cls, rank, own)
         conns[label], macs[label] = len(model.connections), macs_per_image(model)
         steps[label] = train_step(model, b, tasks)
+        run[label] = macs_run(model, steps[label], b)
     step_time = time_interleaved(steps, args.repeats, args.warmup)
     per_image = {label: t / b for label, t in step_time.items()}
-    print(f"{'model':14} {'conns':>6} {'ms/step':>9} {'ms/image':>9} {'vs none':>8} {'proj MMAC/img':>14}")
+    print("all: every candidate at h = 3; own: every candidate within a squad at h = 3")
+    print(
+        f"{'model':16} {'conns':>6} {'ms/step':>9} {'ms/image':>9} {'vs none':>8} {'proj MMAC/img':>14} "
+        f"{'stages run MMAC/img enc+dec':>28}"
+    )
     for label in steps:
         print(
-            f"{label:14} {conns[label]:>6} {step_time[label] * 1e3:>9.1f} {per_image[label] * 1e3:>9.2f} "
-            f"{per_image[label] / per_image['none']:>8.2f} {macs[label][1] / 1e6:>14.1f}"
+            f"{label:16} {conns[label]:>6} {step_time[label] * 1e3:>9.1f} {per_image[label] * 1e3:>9.2f} "
+            f"{per_image[label] / per_image['none']:>8.2f} {macs[label][1] / 1e6:>14.1f} "
+            f"{run[label]['enc'] / 1e6:>13.1f} + {run[label]['dec'] / 1e6:.1f}"
         )
-    stage_macs = macs["h=3 exact"][0]
-    print(
-        f"multiply-adds per image through every learner: stages {stage_macs / 1e6:.1f} M, projections "
-        f"exact {macs['h=3 exact'][1] / 1e6:.1f} M, rank {r} {macs[low][1] / 1e6:.1f} M"
-    )
+    print(f"multiply-adds per image through every stage of every learner: {macs['all exact'][0] / 1e6:.1f} M")
+    chosen = f"{args.candidates} rank {r}"
+    ratio = {label: round(per_image[label] / per_image["none"], 3) for label in per_image}
     result = {
-        "ratio": round(per_image[low] / per_image["none"], 3),
-        "projection": f"lowrank r={r}",
+        "ratio": ratio[chosen],
+        "projection": f"shared codes r={r}",
+        "candidates": {"all": "every candidate at h = 3", "own": "every within-squad candidate at h = 3"}[
+            args.candidates
+        ],
         "rank": r,
-        "ratio_exact": round(per_image["h=3 exact"] / per_image["none"], 3),
-        "ratio_closure_floor": round(per_image["h=3 closure"] / per_image["none"], 3),
-        "ratio_by_rank": {x: round(per_image[f"h=3 rank {x}"] / per_image["none"], 3) for x in [r, *extra]},
+        "ratio_by_row": ratio,
         "ms_per_image": {k: round(v * 1e3, 3) for k, v in per_image.items()},
-        "connections": conns[low],
-        "stage_mmacs_per_image": round(stage_macs / 1e6, 1),
-        "projection_mmacs_per_image": {
-            "exact": round(macs["h=3 exact"][1] / 1e6, 1),
-            **{f"rank {x}": round(macs[f"h=3 rank {x}"][1] / 1e6, 1) for x in [r, *extra]},
-        },
+        "connections": conns,
+        "stages_run_mmacs_per_image": {k: {s: round(v / 1e6, 1) for s, v in m.items()} for k, m in run.items()},
+        "projection_mmacs_per_image": {k: round(m[1] / 1e6, 1) for k, m in macs.items() if k != "none"},
+        "stage_mmacs_per_image_all_learners": round(macs["all exact"][0] / 1e6, 1),
         "learners": n,
         "tasks": tasks,
         "batch": b,
         "threads": torch.get_num_threads(),
     }
-    if "h=3 ungrouped" in per_image:
-        result["ratio_ungrouped"] = round(per_image["h=3 ungrouped"] / per_image["none"], 3)
     print(json.dumps(result))
 
 
@@ -304,6 +331,9 @@ def quality(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rank", type=int, default=8, help="rank r of the low-rank projection timed")
+    ap.add_argument(
+        "--candidates", choices=("all", "own"), default="own", help="the rows whose ratio is the last line's `ratio`"
+    )
     ap.add_argument("--also-ranks", default="", help="timing: more ranks, comma-separated (rows for reference)")
     ap.add_argument("--learners", type=int, default=9)
     ap.add_argument("--tasks", type=int, default=3)

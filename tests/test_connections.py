@@ -1,4 +1,4 @@
-"""Grouped projections (exact and low-rank): the same function and gradients as one projection
+"""Grouped projections (exact and low-rank through shared codes): the same function and gradients as one projection
 per connection; a fresh connection (α = 0) changes nothing; connections still prune, by name,
 to the model built without them; a low-rank BAIM partitions and saves without loss."""
 
@@ -10,7 +10,7 @@ from baim.learners import StagedVAE, tier_spec
 from baim.models import BAIM, BAIMConfig, Connection, LowRankProjection, Projection, load_model, save_model
 from conftest import look_trained, trained_learners
 
-RANKS = [0, 4]  # exact 1×1 projections, and a rank-4 bottleneck per target stage
+RANKS = [0, 4]  # exact 1×1 projections, and rank 4 through shared codes
 
 
 def _reference_execute(model, side, targets, n, make_input):
@@ -129,10 +129,11 @@ def test_grouped_execution_equals_one_projection_per_connection(dtype, tol, rank
         scale = max(float(q.grad.abs().max()), 1e-3)  # a scalar α's gradient is a sum with cancellation
         torch.testing.assert_close(p.grad / scale, q.grad / scale, rtol=tol, atol=tol * 10, msg=name)
         checked += name.startswith("connections.")
-    assert checked > 3 * 100  # α, weight and bias of well over a hundred connections
-    if rank:
-        ups = list(model.projection_ups.parameters())  # compared above with the rest; most stages run
-        assert sum(p.grad is not None and bool(p.grad.any()) for p in ups) > len(ups) // 2
+    assert checked > (100 if rank else 3 * 100)  # α (and weight and bias) of over a hundred connections
+    if rank:  # the shared codes and up-projections: compared above with the rest; most stages run
+        for shared in (model.projection_downs, model.projection_ups):
+            ps = list(shared.parameters())
+            assert sum(p.grad is not None and bool(p.grad.any()) for p in ps) > len(ps) // 2
 
 
 def test_summed_matches_projections_for_every_size_and_presized_sources():
@@ -160,20 +161,22 @@ def test_summed_matches_projections_for_every_size_and_presized_sources():
     assert {n for n, _ in projs[0].named_parameters()} == {"alpha", "conv.weight", "conv.bias"}
 
 
-def test_low_rank_summed_matches_projections_for_every_size_and_presized_sources():
+def test_low_rank_summed_matches_projections_for_every_size_and_presized_codes():
     torch.manual_seed(0)
     sides = [32, 16, 8, 8, 4, 2]
     up = torch.nn.Conv2d(3, 5, 1, bias=False).double()
-    projs = [LowRankProjection(3 + k, s, up, 8).double() for k, s in enumerate(sides)]
+    downs = [torch.nn.Conv2d(3 + k, 3, 1).double() for k in range(len(sides))]
+    projs = [LowRankProjection(d, s, up, 8).double() for d, s in zip(downs, sides)]
     for p in projs:
         with torch.no_grad():
             p.alpha.normal_()
             p.bias.normal_()
     feats = [torch.randn(4, 3 + k, s, s, dtype=torch.float64, requires_grad=True) for k, s in enumerate(sides)]
     ref = sum(p(f) for p, f in zip(projs, feats))
-    presized = [torch.nn.functional.avg_pool2d(f, f.shape[-1] // 8) if f.shape[-1] > 8 else f for f in feats]
-    params = [*up.parameters()] + [q for p in projs for q in p.parameters()]
-    for inputs in (feats, presized):
+    codes = [p.code(f) for p, f in zip(projs, feats)]
+    presized = [torch.nn.functional.avg_pool2d(c, c.shape[-1] // 8) if c.shape[-1] > 8 else c for c in codes]
+    params = [*up.parameters()] + [q for d in downs for q in d.parameters()] + [p.alpha for p in projs]
+    for inputs in (codes, presized):
         out = LowRankProjection.summed(projs, inputs)
         torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
         tangent = torch.randn_like(ref)
@@ -181,10 +184,10 @@ def test_low_rank_summed_matches_projections_for_every_size_and_presized_sources
         theirs = torch.autograd.grad(ref, [*feats] + params, tangent, retain_graph=True)
         for a, b in zip(mine, theirs):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    # the up-projection is the target's, not the connection's: stored and counted once
-    assert {n for n, _ in projs[0].named_parameters()} == {"alpha", "down.weight", "down.bias"}
+    # the code is the source's and the up-projection the target's: a connection owns only its gate
+    assert {n for n, _ in projs[0].named_parameters()} == {"alpha"}
     # ‖P‖ is the norm of the map U·D the connection applies
-    m = (up.weight.flatten(1) @ projs[0].down.weight.flatten(1)).norm()
+    m = (up.weight.flatten(1) @ downs[0].weight.flatten(1)).norm()
     assert projs[0].score() == pytest.approx(float(projs[0].alpha.detach().abs() * m.detach()), rel=1e-12)
 
 
@@ -254,20 +257,21 @@ def test_pruned_connection_gives_the_model_built_without_it(rank):
     assert model.num_parameters() == rebuilt.num_parameters()
 
 
-def test_low_rank_up_projection_goes_with_the_last_connection_into_its_stage():
+def test_low_rank_code_and_up_projection_go_with_the_last_connection_that_uses_them():
     learners = [StagedVAE(tier_spec(t)) for t in ("small", "large", "medium")]
-    conns = [Connection("dec", 1, 1, 0, 2), Connection("dec", 2, 1, 0, 2), Connection("dec", 2, 0, 1, 1)]
+    conns = [Connection("dec", 1, 1, 0, 2), Connection("dec", 2, 1, 0, 2), Connection("dec", 2, 1, 1, 1)]
     model = BAIM.from_learners(learners, [0, 0, 0], ["a"], conns, projection_rank=4)
     assert set(model.projection_ups) == {"dec_0_2", "dec_1_1"}
+    assert set(model.projection_downs) == {"dec_1_1", "dec_2_1"}  # one code per source, shared by two targets
     before = model.num_parameters()
-    own = [sum(p.numel() for p in model.connections[c.name].parameters()) for c in conns[:2]]
-    up = model.projection_ups["dec_0_2"].weight.numel()
-    model.remove_connection(conns[0].name)
-    assert set(model.projection_ups) == {"dec_0_2", "dec_1_1"}  # still read by conns[1]
-    assert before - model.num_parameters() == own[0]
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    down_1, up_0 = size(model.projection_downs["dec_1_1"]), size(model.projection_ups["dec_0_2"])
+    model.remove_connection(conns[0].name)  # its target is still read by conns[1]; its source by none
+    assert set(model.projection_ups) == {"dec_0_2", "dec_1_1"} and set(model.projection_downs) == {"dec_2_1"}
+    assert before - model.num_parameters() == 1 + down_1  # its gate, and the code nobody reads now
     model.remove_connection(conns[1].name)
-    assert set(model.projection_ups) == {"dec_1_1"}
-    assert before - model.num_parameters() == own[0] + own[1] + up
+    assert set(model.projection_ups) == {"dec_1_1"} and set(model.projection_downs) == {"dec_2_1"}
+    assert before - model.num_parameters() == 2 + down_1 + up_0
     plain = BAIM.from_learners(learners, [0, 0, 0], ["a"], conns[2:], projection_rank=4)
     assert plain.state_dict().keys() == model.state_dict().keys()
 
@@ -338,4 +342,4 @@ def test_gentle_pruning_anneals_alpha_to_zero_before_removal():
     assert [r["pruned"] for r in log] == [0, first, second]  # only connections whose α is exactly 0 go
     assert [r["annealing"] for r in log] == [first, second, 0]
     assert len(model.connections) == n0 - first - second
-    assert all(float(p.alpha) != 0.0 for p in model.connections.values())
+    assert all(float(p.alpha.detach()) != 0.0 for p in model.connections.values())

@@ -78,6 +78,9 @@ def partition(model: BAIM, task: int) -> BAIM:
     rename |= {
         f"projection_ups.{model.conn_keys[n].target}.": f"projection_ups.{c.target}." for n, c in zip(active, conns)
     }
+    rename |= {
+        f"projection_downs.{model.conn_keys[n].source}.": f"projection_downs.{c.source}." for n, c in zip(active, conns)
+    }
     target = compact.state_dict()
     state = {}
     for key, value in model.state_dict().items():

@@ -90,6 +90,7 @@ class BAIM(nn.Module):
         )
         self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in self.task_names)
         self.connections = nn.ModuleDict()
+        self.projection_downs = nn.ModuleDict()  # low-rank only: source stage -> its shared code (c_in → r)
         self.projection_ups = nn.ModuleDict()  # low-rank only: target stage -> its shared up-projection
         for c in config.connections:
             self.add_connection(c)
@@ -171,7 +172,7 @@ class BAIM(nn.Module):
 
     @property
     def projection_rank(self) -> int:
-        """0: exact 1×1 projections; r > 0: a rank-r bottleneck per target stage."""
+        """0: exact 1×1 projections; r > 0: rank r through shared codes (one per source stage)."""
         return self._config.projection_rank
 
     def freeze(self, learners: Iterable[int]) -> None:
@@ -225,22 +226,29 @@ class BAIM(nn.Module):
         cin, sin = self.stage_shape(c.side, c.src, c.src_stage)
         cout, sout = self.stage_shape(c.side, c.dst, c.dst_stage)
         if self.projection_rank:
+            if c.source not in self.projection_downs:
+                self.projection_downs[c.source] = nn.Conv2d(cin, self.projection_rank, 1)
             if c.target not in self.projection_ups:
                 self.projection_ups[c.target] = nn.Conv2d(self.projection_rank, cout, 1, bias=False)
-            up = cast(nn.Conv2d, self.projection_ups[c.target])
-            self.connections[c.name] = LowRankProjection(cin, sin, up, sout)
+            down, up = (
+                cast(nn.Conv2d, d[k]) for d, k in ((self.projection_downs, c.source), (self.projection_ups, c.target))
+            )
+            self.connections[c.name] = LowRankProjection(down, sin, up, sout)
         else:
             self.connections[c.name] = Projection(cin, sin, cout, sout)
         self._conn_keys[c.name] = c
         self._reconfigure(connections=(*self._config.connections, c))
 
     def remove_connection(self, name: str) -> None:
-        target = self.conn_keys[name].target
+        gone = self.conn_keys[name]
         del self.connections[name]
         del self._conn_keys[name]
         self._reconfigure(connections=tuple(self._conn_keys.values()))
-        if target in self.projection_ups and all(c.target != target for c in self._conn_keys.values()):
-            del self.projection_ups[target]  # the last connection into it: its up-projection goes too
+        # the last connection into (out of) a stage takes its up-projection (code) along
+        if gone.target in self.projection_ups and all(c.target != gone.target for c in self._conn_keys.values()):
+            del self.projection_ups[gone.target]
+        if gone.source in self.projection_downs and all(c.source != gone.source for c in self._conn_keys.values()):
+            del self.projection_downs[gone.source]
 
     def prune_connections(self, ratio: float) -> list[str]:
         """Delete ``floor(ratio × surviving)`` connections with the smallest |α|·‖P‖ (global
@@ -387,14 +395,25 @@ class BAIM(nn.Module):
 
         # A source feeds up to h + 1 stages of every other learner: shrink it (area averaging,
         # one halving at a time) and gather its rows once per (side, sample set), not once per
-        # connection; equal sample sets are recognised by value.
+        # connection; equal sample sets are recognised by value. With low-rank projections what
+        # is shrunk and gathered is the source's r-channel code, computed once.
+        codes: dict[tuple[int, int], torch.Tensor] = {}
+
+        def source(key: tuple[int, int]) -> torch.Tensor:
+            if not self.projection_rank:
+                return raw[key][1]
+            if key not in codes:
+                down = cast(nn.Conv2d, self.projection_downs[f"{side}_{key[0]}_{key[1]}"])
+                codes[key] = torch.nn.functional.conv2d(raw[key][1], down.weight, down.bias)
+            return codes[key]
+
         shrunk: dict[tuple[int, int, int], torch.Tensor] = {}
         picked: dict[tuple[int, int, int, int], torch.Tensor] = {}
         mask_ids: dict[int, int] = {}  # id(mask) -> position of an equal mask in `distinct`
         distinct: list[torch.Tensor] = []
 
         def shrink(key: tuple[int, int], px: int) -> torch.Tensor:
-            f = raw[key][1]
+            f = source(key)
             if px >= f.shape[-1]:
                 return f
             if (*key, px) not in shrunk:
@@ -435,8 +454,9 @@ class BAIM(nn.Module):
         return {l: mixed[(l, depth[l] - 1)][1] for l in targets if targets[l].any()}
 
     def _project(self, names: list[str], feats: list[torch.Tensor]) -> torch.Tensor:
-        """Sum of the named connections' projections of ``feats`` into one target stage, run
-        grouped (:meth:`Projection.summed`) rather than as one small convolution each."""
+        """Sum of the named connections' projections of ``feats`` (raw features, or the sources'
+        codes for low-rank projections) into one target stage, run grouped
+        (:meth:`Projection.summed`, :meth:`LowRankProjection.summed`), not one by one."""
         if self.projection_rank:
             return LowRankProjection.summed([cast(LowRankProjection, self.connections[n]) for n in names], feats)
         return Projection.summed([cast(Projection, self.connections[name]) for name in names], feats)

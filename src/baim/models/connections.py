@@ -8,10 +8,10 @@ features and j ≥ i, the computation can proceed depth by depth, which makes th
 acyclic by construction.
 
 Two kinds of P: :class:`Projection`, the exact 1×1 convolution c_in → c_out per connection,
-and :class:`LowRankProjection`, a bottleneck of rank r per target stage (each connection
-owns a 1×1 convolution c_in → r; the target stage owns one shared c_out ← r up-projection),
-so a stage read by k sources costs Σ c_in·r + r·c_out multiply-adds per pixel instead of
-Σ c_in·c_out.
+and :class:`LowRankProjection`, rank r through shared codes: each source stage is coded once
+into r channels (D, c_in → r), each target stage decodes the α-weighted sum of its sources'
+codes once (U, r → c_out), and a connection owns only its gate α. Its cost grows with the
+number of stages, not with the number of connections (sources × targets).
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ class Connection:
     def target(self) -> str:
         """The target stage's name: what a low-rank up-projection is stored under."""
         return f"{self.side}_{self.dst}_{self.dst_stage}"
+
+    @property
+    def source(self) -> str:
+        """The source stage's name: what a low-rank code (down-projection) is stored under."""
+        return f"{self.side}_{self.src}_{self.src_stage}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,42 +118,54 @@ class Projection(nn.Module):
         rebuilt on every call, so gradients reach each connection's own α, weight and bias (which
         pruning, saving and partition address by connection name).
         """
-        return _grouped_sum(projections, [p.conv for p in projections], feats)
+        return _grouped_sum(projections, feats)
 
 
 class LowRankProjection(nn.Module):
-    """One connection's share of a rank-r bottleneck into its target stage:
-    ``α · U(D(f) + b)``, where D (1×1, c_in → r, bias b) and α are the connection's own and
-    U (1×1, r → c_out, no bias) is the target stage's, shared by every connection into it.
+    """One connection of the rank-r projection: ``α · U(resize(D f + β))``, where D (1×1,
+    c_in → r, bias β) belongs to the *source* stage and is shared by every connection out of
+    it, U (1×1, r → c_out, no bias) belongs to the *target* stage and is shared by every
+    connection into it, and only the scalar gate α is the connection's own.
 
-    Sums into one stage are then a single convolution into r channels over all sources plus
-    one up-projection, not Σ c_in·c_out per pixel. As for :class:`Projection`, the resizes
-    are linear and commute with both 1×1 maps, and α = 0 makes the connection's share exactly
-    zero. U is held by reference, not as a submodule: the BAIM owns it (one per target stage,
-    gone with the last connection into it), so it is stored and counted once.
+    Why: each source is coded once into r channels however many targets read it, and each
+    target decodes one r-channel sum; what a connection adds is one resize and scaled add of
+    r channels. The cost is linear in the number of stages, not in sources × targets (hundreds
+    of connections at h = 3). The resizes are linear and commute with both 1×1 maps, and α = 0
+    makes the connection's share exactly zero. D and U are held by reference, not as submodules:
+    the BAIM owns them (one per source and target stage, gone with the last connection that
+    uses them), so they are stored and counted once.
     """
 
-    def __init__(self, c_in: int, side_in: int, up: nn.Conv2d, side_out: int):
+    def __init__(self, down: nn.Conv2d, side_in: int, up: nn.Conv2d, side_out: int):
         super().__init__()
-        self.down = nn.Conv2d(c_in, up.in_channels, 1)
+        if down.out_channels != up.in_channels:
+            raise ValueError(
+                f"a code of {down.out_channels} channels cannot feed an up-projection from {up.in_channels}"
+            )
         self.side_in, self.side_out = side_in, side_out
         self.alpha = nn.Parameter(torch.zeros(()))
-        self._up = [up]  # a list, so nn.Module does not register it (and its state) here again
+        self._maps = (down, up)  # a tuple, so nn.Module does not register them (and their state) here again
+
+    @property
+    def down(self) -> nn.Conv2d:
+        return self._maps[0]
 
     @property
     def up(self) -> nn.Conv2d:
-        return self._up[0]
+        return self._maps[1]
 
     @property
     def bias(self) -> torch.Tensor:
         return cast(torch.Tensor, self.down.bias)
 
+    def code(self, f: torch.Tensor) -> torch.Tensor:
+        """The source's shared r-channel code ``D f + β`` (what :meth:`summed` reads)."""
+        return F.conv2d(f, self.down.weight, self.bias)
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         """This connection alone (the grouped :meth:`summed` is what a BAIM runs)."""
-        w, b = self.down.weight * self.alpha, self.bias * self.alpha
-        if self.side_out < self.side_in:
-            return F.conv2d(F.conv2d(_resize(f, self.side_out), w, b), self.up.weight)
-        return _resize(F.conv2d(F.conv2d(f, w, b), self.up.weight), self.side_out)
+        x = _resize(f, self.side_out) if self.side_out < self.side_in else f
+        return _resize(F.conv2d(self.code(x) * self.alpha, self.up.weight), self.side_out)
 
     def matrix(self) -> torch.Tensor:
         """The c_out × c_in linear map U·D this connection applies (before α)."""
@@ -156,34 +173,45 @@ class LowRankProjection(nn.Module):
 
     def score(self) -> float:
         """|α|·‖P‖ with ‖P‖ = ‖U·D‖_F: the same criterion as the exact projection's, on the map
-        the connection actually applies (invariant to rescaling U against the D's)."""
+        the connection actually applies."""
         return float(self.alpha.detach().abs() * self.matrix().detach().norm())
 
     @staticmethod
-    def summed(projections: Sequence[LowRankProjection], feats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """``Σ_k projections[k](feats[k])`` for projections into one target stage (one shared U):
-        sources at or above the target's side shrunk to it, then per side one convolution of all
-        sources into r channels (weights: the α-scaled D's concatenated), the sums grown coarse
-        to fine, and one up-projection at the target's side."""
-        up = projections[0].up
+    def summed(projections: Sequence[LowRankProjection], codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``Σ_k projections[k](f_k)`` into one target stage (one shared U) from the sources'
+        codes ``D_k f_k + β_k`` (:meth:`code`, at any side, possibly shrunk already): codes
+        above the target's side shrunk to it, per side the α-weighted sum of the codes, the sums
+        grown coarse to fine, one up-projection at the target's side."""
+        up, side_out = projections[0].up, projections[0].side_out
         if any(p.up is not up for p in projections):
             raise ValueError("low-rank projections summed together must share their target's up-projection")
-        return F.conv2d(_grouped_sum(projections, [p.down for p in projections], feats), up.weight)
+        groups: dict[int, list[int]] = {}
+        xs = list(codes)
+        for k, c in enumerate(codes):
+            if c.shape[-1] > side_out:
+                xs[k] = F.avg_pool2d(c, c.shape[-1] // side_out)
+            groups.setdefault(xs[k].shape[-1], []).append(k)
+        alphas = torch.stack([p.alpha for p in projections])
+        out: torch.Tensor | None = None
+        for side in sorted(groups):
+            ks = groups[side]
+            y = torch.einsum("k,knrhw->nrhw", alphas[ks], torch.stack([xs[k] for k in ks]))
+            out = y if out is None else F.interpolate(out, scale_factor=side // out.shape[-1], mode="nearest") + y
+        if out is None:
+            raise ValueError("no projections to sum")
+        if out.shape[-1] < side_out:
+            out = F.interpolate(out, scale_factor=side_out // out.shape[-1], mode="nearest")
+        return F.conv2d(out, up.weight)
 
 
-def _grouped_sum(
-    projections: Sequence[Projection] | Sequence[LowRankProjection],
-    convs: Sequence[nn.Conv2d],
-    feats: Sequence[torch.Tensor],
-) -> torch.Tensor:
-    """``Σ_k α_k (convs[k](resize(feats[k])) + bias_k)`` at the target's side, as a few wide
+def _grouped_sum(projections: Sequence[Projection], feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_k α_k (conv_k(resize(feats[k])) + bias_k)`` at the target's side, as a few wide
     convolutions: sources at or above the target's side are shrunk to it (a source may come
     already shrunk), per side one convolution of the concatenated sources with the concatenated
     α-scaled weights, those sums grown coarse to fine. The weights are rebuilt on every call, so
     gradients reach each connection's own α, weight and bias (which pruning, saving and
-    partition address by connection name). Shared by both projections, which differ only in
-    what the sum is (the output, or the rank-r code before the shared up-projection)."""
-    side_out = projections[0].side_out
+    partition address by connection name)."""
+    side_out, convs = projections[0].side_out, [p.conv for p in projections]
     groups: dict[int, list[int]] = {}  # side the convolution runs at -> source positions
     xs = list(feats)
     for k, f in enumerate(feats):
