@@ -260,7 +260,7 @@ def quality(args: argparse.Namespace) -> None:
     ds = load_fashion_mnist(os.environ.get("BAIM_FMNIST_DIR"))
     names = [t.name for t in ds.tasks]
     ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
-    variants = ["none", "exact"] + [f"rank {r}" for r in ranks]
+    variants = ["none", "exact"] + [f"rank {r}" for r in ranks] + [f"own rank {r}" for r in ranks if args.own]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     cloud_recipe = replace(get_preset("quick").cloud, epochs=args.epochs, batch_size=args.cloud_batch)
     print(
@@ -279,8 +279,17 @@ def quality(args: argparse.Namespace) -> None:
             learners.append(m.eval())
             owners.append(t)
         for v in variants:
-            rank = 0 if v in ("none", "exact") else int(v.split()[1])
-            model = fuse(learners, owners, names, height=3, seed=seed, connections=v != "none", projection_rank=rank)
+            rank = 0 if v in ("none", "exact") else int(v.split()[-1])
+            model = fuse(
+                learners,
+                owners,
+                names,
+                height=3,
+                seed=seed,
+                connections=v != "none",
+                cross_task=not v.startswith("own"),
+                projection_rank=rank,
+            )
             t0 = time.perf_counter()
             train_baim(model, images, tasks, cloud_recipe.with_seed(seed), pretrained=set(range(len(learners))))
             seconds = time.perf_counter() - t0
@@ -294,18 +303,18 @@ def quality(args: argparse.Namespace) -> None:
                     p.numel() for n, p in model.named_parameters() if n.startswith(("connections.", "projection_"))
                 ),
             }
-            print(f"  seed {seed} {v:8} test loss {per[v][seed]['mean']:.5f}  ({seconds:.0f} s)", flush=True)
+            print(f"  seed {seed} {v:10} test loss {per[v][seed]['mean']:.5f}  ({seconds:.0f} s)", flush=True)
 
     def pm(xs: list[float]) -> str:
         return f"{mean(xs):.5f} ± {stdev(xs):.5f}" if len(xs) > 1 else f"{xs[0]:.5f}"
 
-    print(f"\n{'projection':10} {'conn params':>12} {'train s':>8} " + " ".join(f"{n:>20}" for n in names + ["mean"]))
+    print(f"\n{'projection':12} {'conn params':>12} {'train s':>8} " + " ".join(f"{n:>20}" for n in names + ["mean"]))
     for v in variants:
         cells = [pm([per[v][s]["test_loss"][n] for s in seeds]) for n in names] + [
             pm([per[v][s]["mean"] for s in seeds])
         ]
         print(
-            f"{v:10} {per[v][seeds[0]]['connection_parameters']:>12,} "
+            f"{v:12} {per[v][seeds[0]]['connection_parameters']:>12,} "
             f"{mean(per[v][s]['train_seconds'] for s in seeds):>8.0f} " + " ".join(f"{c:>20}" for c in cells)
         )
     print("paired difference against exact (same seed), mean test loss over tasks:")
@@ -314,7 +323,7 @@ def quality(args: argparse.Namespace) -> None:
         if v != "exact":
             d = [per[v][s]["mean"] - per["exact"][s]["mean"] for s in seeds]
             deltas[v] = {"mean": mean(d), "std": stdev(d) if len(d) > 1 else 0.0, "per_seed": d}
-            print(f"  {v:8} {pm(d)}  per seed {[round(x, 5) for x in d]}")
+            print(f"  {v:10} {pm(d)}  per seed {[round(x, 5) for x in d]}")
     print(
         json.dumps(
             {
@@ -344,6 +353,7 @@ def main() -> None:
     ap.add_argument("--ungrouped", action="store_true", help="also the (slow) one-conv-per-connection exact row")
     ap.add_argument("--quality", action="store_true", help="the quality experiment instead of the timing")
     ap.add_argument("--ranks", default="4,8", help="quality: comma-separated ranks compared with the exact projection")
+    ap.add_argument("--own", action="store_true", help="quality: also each rank with within-squad candidates only")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=6, help="quality: cloud epochs (equal for every projection)")
     ap.add_argument("--cloud-batch", type=int, default=32)

@@ -84,7 +84,8 @@ def cells(shots: list[int], task: str, rank: int, only: list[str] | None) -> dic
         unknown = sorted(set(only) - set(out))
         if unknown:
             raise SystemExit(f"unknown variants {unknown}; choose from {sorted(out)}")
-        out = {k: v for k, v in out.items() if k in only or k == v[1]}
+        refs = {out[k][1] for k in only}
+        out = {k: v for k, v in out.items() if k in only or k in refs}
     return out
 
 

@@ -55,3 +55,20 @@ def test_paired_bootstrap_interval():
     assert mod.bootstrap([0.5]) is None  # one seed: no interval
     lo, hi = mod.bootstrap([-0.02, 0.03, -0.01, 0.02])
     assert lo < 0 < hi  # differences of both signs: the interval covers 0
+
+
+def test_only_runs_the_chosen_variants_and_their_own_references():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("connections_ablation", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    plan = mod.cells([10], "trousers_bags", 8, ["fs10-cross-h3"])
+    assert list(plan) == ["fs10-none", "fs10-cross-h3"]  # not the plain "none" reference
+    assert plan["fs10-cross-h3"][0]["projection_rank"] == 8 and "projection_rank" not in plan["fs10-none"][0]
+    assert set(mod.cells([10], "trousers_bags", 0, ["own-h3", "fs10-own-h3"])) == {
+        "none",
+        "own-h3",
+        "fs10-none",
+        "fs10-own-h3",
+    }
