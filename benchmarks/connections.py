@@ -1,30 +1,32 @@
 """How much slower does a BAIM train with every candidate connection at h = 3, and what does
 the cheaper (low-rank) projection cost in quality?
 
-    python benchmarks/connections.py [--rank 8] [--learners 9] [--tasks 3] [--batch 64] [--repeats 4]
-    python benchmarks/connections.py --quality [--ranks 4,8] [--seeds 0,1,2] [--epochs 6]
+    python benchmarks/connections.py [--rank 8] [--candidates own|all] [--learners 9] [--batch 64] [--repeats 4]
+    python benchmarks/connections.py --quality [--ranks 8] [--own] [--seeds 0,1,2] [--epochs 6]
 
 **Timing** (the default). Builds a BAIM of small/medium/large learners (tiers cycled within
 each task, as the layout does) with every candidate connection at h = 3 and α = 0.1, and the
 same BAIM without connections, and times one training step (forward, pixel-mean MSE + β·KL,
-backward, Adam step) per image. Rows:
+backward, Adam step) per image. Rows, for two candidate sets, ``all`` (every ordered pair of
+learners) and ``own`` (pairs within a squad only, no cross-task connections):
 
 - ``none``: no connections.
-- ``h=3 exact``: all candidates with the exact 1×1 projections (:class:`Projection`), the
-  projections into one target stage run as a few wide convolutions.
-- ``h=3 rank r``: all candidates with the rank-r bottleneck per target stage
-  (:class:`LowRankProjection`): one convolution of all sources into r channels, one shared
-  up-projection.
-- ``h=3 closure``: every projection's value times 0: the cost of the stages the connections
-  force to run (all stages of all learners, on both passes) without the projections, roughly
-  the floor for any P.
-- ``h=3 ungrouped`` (``--ungrouped``): exact, one convolution per connection.
+- ``… rank r``: the rank-r projection through shared codes (:class:`LowRankProjection`: one
+  code per source stage, one up-projection per target stage, a scalar gate per connection).
+- ``… exact``: the exact 1×1 projections (:class:`Projection`), the projections into one
+  target stage run as a few wide convolutions.
+- ``… closure``: every projection's value times 0: the cost of the stages the connections
+  force to run without the projections, the floor for any P. Each row also reports the stage
+  multiply-adds per image that a step actually runs, encoder + decoder: where that floor
+  comes from.
+- ``all ungrouped`` (``--ungrouped``): exact, one convolution per connection.
 
 The gate is fixed (noise off, a random z-dependent choice that spreads samples over each
 squad), and so is the reparameterisation noise, so that every step dispatches the same
 sample sets; the rows take turns step by step (a shared machine's load falls on all alike).
-The last line is one JSON object; ``ratio`` = per-image time at h = 3 with the
-rank-r projection / without connections (``ratio_exact``: with the exact one).
+The last line is one JSON object; ``ratio`` = per-image time with the rank-r projection over
+the candidates ``--candidates`` (default ``own``, the chosen design) / without connections;
+``ratio_by_row``: every row's.
 
 **Quality** (``--quality``). A small controlled experiment: per seed, three Fashion-MNIST tasks,
 two edge learners each (small/medium/large cycled) trained on their own images, fused with every
