@@ -52,6 +52,7 @@ os.environ.setdefault("BAIM_QUIET", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from scipy.stats import t as t_dist  # noqa: E402
 
 from baim.cloud import fuse  # noqa: E402
 from baim.config import Recipe, get_preset  # noqa: E402
@@ -263,6 +264,8 @@ def quality(args: argparse.Namespace) -> None:
     names = [t.name for t in ds.tasks]
     ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
     variants = ["none", "exact"] + [f"rank {r}" for r in ranks] + [f"own rank {r}" for r in ranks if args.own]
+    if args.variants:
+        variants = [v for v in variants if v in args.variants.split(",")]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     cloud_recipe = replace(get_preset("quick").cloud, epochs=args.epochs, batch_size=args.cloud_batch)
     print(
@@ -319,13 +322,17 @@ def quality(args: argparse.Namespace) -> None:
             f"{v:12} {per[v][seeds[0]]['connection_parameters']:>12,} "
             f"{mean(per[v][s]['train_seconds'] for s in seeds):>8.0f} " + " ".join(f"{c:>20}" for c in cells)
         )
-    print("paired difference against exact (same seed), mean test loss over tasks:")
+    ref = "exact" if "exact" in variants else "none"
+    print(f"paired difference against {ref} (same seed), mean test loss over tasks, ± std [95 % t-interval]:")
     deltas = {}
     for v in variants:
-        if v != "exact":
-            d = [per[v][s]["mean"] - per["exact"][s]["mean"] for s in seeds]
-            deltas[v] = {"mean": mean(d), "std": stdev(d) if len(d) > 1 else 0.0, "per_seed": d}
-            print(f"  {v:10} {pm(d)}  per seed {[round(x, 5) for x in d]}")
+        if v != ref and ref in variants:
+            d = [per[v][s]["mean"] - per[ref][s]["mean"] for s in seeds]
+            half = float(t_dist.ppf(0.975, len(d) - 1) * stdev(d) / len(d) ** 0.5) if len(d) > 1 else float("nan")
+            deltas[v] = {"mean": mean(d), "std": stdev(d) if len(d) > 1 else 0.0, "ci95_half": half, "per_seed": d}
+            print(
+                f"  {v:10} {pm(d)} [{mean(d) - half:+.5f}, {mean(d) + half:+.5f}]  per seed {[round(x, 5) for x in d]}"
+            )
     print(
         json.dumps(
             {
@@ -333,7 +340,7 @@ def quality(args: argparse.Namespace) -> None:
                 "epochs": args.epochs,
                 "cloud_images_per_task": args.cloud_images,
                 "runs": {v: {str(s): r for s, r in by.items()} for v, by in per.items()},
-                "delta_vs_exact": deltas,
+                f"delta_vs_{ref}": deltas,
             }
         )
     )
@@ -355,6 +362,7 @@ def main() -> None:
     ap.add_argument("--ungrouped", action="store_true", help="also the (slow) one-conv-per-connection exact row")
     ap.add_argument("--quality", action="store_true", help="the quality experiment instead of the timing")
     ap.add_argument("--ranks", default="4,8", help="quality: comma-separated ranks compared with the exact projection")
+    ap.add_argument("--variants", default="", help="quality: only these (comma-separated, e.g. none,own rank 8)")
     ap.add_argument("--own", action="store_true", help="quality: also each rank with within-squad candidates only")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=6, help="quality: cloud epochs (equal for every projection)")
