@@ -39,13 +39,13 @@ def test_parse_few_shot():
 
 
 def test_preset_round_trip_and_old_presets_load():
-    p = QUICK.with_overrides(few_shot={"tops": 10}, cross_task_connections=False)
+    p = QUICK.with_overrides(few_shot={"tops": 10}, cross_task_connections=True)
     again = Preset.from_dict(json.loads(json.dumps(p.to_dict())))
-    assert again == p and again.few_shot == {"tops": 10} and again.cross_task_connections is False
-    assert QUICK.few_shot == {} and QUICK.cross_task_connections is True
+    assert again == p and again.few_shot == {"tops": 10} and again.cross_task_connections is True
+    assert QUICK.few_shot == {} and QUICK.cross_task_connections is False  # measured not to pay (README)
     old = QUICK.to_dict()
-    del old["few_shot"], old["cross_task_connections"]  # stored before these settings existed
-    assert Preset.from_dict(old) == QUICK
+    del old["few_shot"], old["cross_task_connections"]  # stored before these settings existed: they had them
+    assert Preset.from_dict(old) == QUICK.with_overrides(cross_task_connections=True)
     for bad in ({"tops": 0}, {"tops": 1}, {"tops": True}, {"tops": "10"}, ["tops"], {3: 10}):
         with pytest.raises(ConfigError, match="few_shot"):
             QUICK.with_overrides(few_shot=bad)
@@ -64,9 +64,9 @@ def test_run_overrides_of_the_command_line():
 
 
 def test_run_config_carries_the_overrides():
-    cfg = RunConfig(overrides={"few_shot": {"tops": 10}, "cross_task_connections": False})
+    cfg = RunConfig(overrides={"few_shot": {"tops": 10}, "cross_task_connections": True})
     p = cfg.resolved_preset()
-    assert p.few_shot == {"tops": 10} and not p.cross_task_connections and p.name == "quick"
+    assert p.few_shot == {"tops": 10} and p.cross_task_connections and p.name == "quick"
     assert RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ConfigError, match="few_shot"):  # refused at construction, before a folder is claimed
         RunConfig(overrides={"few_shot": {"tops": 0}})
