@@ -230,9 +230,8 @@ class BAIM(nn.Module):
                 self.projection_downs[c.source] = nn.Conv2d(cin, self.projection_rank, 1)
             if c.target not in self.projection_ups:
                 self.projection_ups[c.target] = nn.Conv2d(self.projection_rank, cout, 1, bias=False)
-            down, up = (
-                cast(nn.Conv2d, d[k]) for d, k in ((self.projection_downs, c.source), (self.projection_ups, c.target))
-            )
+            down = cast(nn.Conv2d, self.projection_downs[c.source])
+            up = cast(nn.Conv2d, self.projection_ups[c.target])
             self.connections[c.name] = LowRankProjection(down, sin, up, sout)
         else:
             self.connections[c.name] = Projection(cin, sin, cout, sout)
