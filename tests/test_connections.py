@@ -198,6 +198,7 @@ def test_a_fresh_connection_changes_nothing(rank):
     torch.manual_seed(0)
     learners = trained_learners(["small", "large", "medium"])
     conns = [Connection("dec", 1, 1, 0, 2), Connection("dec", 2, 0, 0, 1), Connection("enc", 1, 0, 0, 1)]
+    conns.append(Connection("dec", 1, 1, 2, 1))  # reads the trained connection's source: its code, if low-rank
     base = BAIM.from_learners(learners, [0, 0, 1], ["a", "b"], conns[:1], top_k=2, projection_rank=rank).double()
     with torch.no_grad():
         base.connections[conns[0].name].alpha.fill_(0.7)  # an old, trained connection into the same stage
@@ -206,7 +207,9 @@ def test_a_fresh_connection_changes_nothing(rank):
     for c in conns[1:]:
         grown.add_connection(c)
     grown.double()
-    assert len(grown.connections) == 3 and grown.num_parameters() > base.num_parameters()
+    assert len(grown.connections) == 4 and grown.num_parameters() > base.num_parameters()
+    if rank:  # the fourth shares the first's code
+        assert set(grown.projection_downs) == {"dec_1_1", "dec_2_0", "enc_1_0"}
     x = torch.rand(8, 1, 32, 32, dtype=torch.float64)
     noise = torch.randn(8, base.latent_dim, dtype=torch.float64)
     tasks = torch.tensor([0, 1] * 4)
