@@ -12,8 +12,9 @@ from typing import Any, cast
 import torch
 
 from ..atomic import write_bytes, write_json
-from ..cloud import common_data, screen_uploads, train_strategy
+from ..cloud import common_data, train_strategy
 from ..cloud import partition as cut
+from ..cloud.door import admit
 from ..cloud.uploads import Expected
 from ..errors import WorkflowError
 from ..models import BAIM, load_model, save_model
@@ -80,7 +81,7 @@ def screening(ctx: Context) -> dict:
         int(e): Expected(public_key=a["public_key"], run=auth["run"], nonce=a["nonce"])
         for e, a in auth["edges"].items()
     }
-    return screen_uploads(
+    return admit(
         ctx._uploads(),
         ctx.layout.task_names,
         common,
