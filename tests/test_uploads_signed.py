@@ -245,3 +245,43 @@ def test_cloud_train_refuses_unsigned_and_misattributed_uploads(tmp_path, fmnist
     assert len(reasons) == 2 and any("wrong signature" in x for x in reasons)
     assert any("unsigned" in x and "--accept-unsigned" in x for x in reasons)
     assert not (out / "manifest.json").exists()
+
+
+def test_edge_keys_come_from_the_operator_not_from_whoever_comes_first(tmp_path, keys, monkeypatch):
+    """The workflow believes an edge's key when the operator registered it (or, on a simulated
+    engine, when it is the key in the edge's own folder of the run directory); an unregistered
+    edge is refused unless first-come pinning is explicitly turned on."""
+    from baim.cloud.door import FIRST_COME, enrol
+    from baim.errors import WorkflowError
+    from baim.signing import read_edge_keys, save_private_key, write_edge_keys
+
+    monkeypatch.delenv(FIRST_COME, raising=False)
+    hexes = {e: public_bytes(k).hex() for e, k in keys.items()}
+    registry = tmp_path / "identities.json"
+    write_edge_keys(registry, {0: hexes[0]})
+    assert enrol(registry, 0, hexes[0]) == "operator"
+    with pytest.raises(WorkflowError, match="registered for it"):
+        enrol(registry, 0, hexes[1])  # an impostor presenting its own key for edge 0
+    with pytest.raises(WorkflowError, match="no key registered.*edge-keys.json"):
+        enrol(registry, 1, hexes[1])
+    own = save_private_key(keys[1], tmp_path / "edge-1" / "identity.pem")
+    with pytest.raises(WorkflowError, match="other than its own"):
+        enrol(registry, 1, hexes[0], own)
+    assert enrol(registry, 1, hexes[1], own) == "run folder"
+    monkeypatch.setenv(FIRST_COME, "1")
+    third = public_bytes(new_key()).hex()
+    assert enrol(registry, 2, third) == "first-come"
+    assert read_edge_keys(registry) == {0: hexes[0], 1: hexes[1], 2: third}
+    with pytest.raises(WorkflowError):  # pinned now: another key is refused even with first-come on
+        enrol(registry, 2, hexes[0])
+
+
+def test_deploy_credentials_write_edge_identities(tmp_path):
+    from baim.signing import load_private_key, read_edge_keys
+
+    r = _cli("deploy", "credentials", "--out", tmp_path / "creds", "--nodes", 2)
+    assert r.returncode == 0, r.stderr
+    keys = read_edge_keys(tmp_path / "creds" / "edge-keys.json")
+    assert sorted(keys) == [0, 1]
+    for e in (0, 1):
+        assert public_bytes(load_private_key(tmp_path / "creds" / f"node-{e}.identity.pem")).hex() == keys[e]

@@ -12,12 +12,15 @@ learners came in unverified or unscreened, so a run's files say what was waived.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import BaimError, MessageError, WorkflowError
 from ..learners import weights_bytes
+from ..signing import load_private_key, public_bytes, read_edge_keys, write_edge_keys
 from ..transport import Message, decode
 from .screening import RULES, THRESHOLDS, Screened, Thresholds, model_of, screen_uploads
 from .uploads import Expected, authenticate, weights_sha256
@@ -54,6 +57,40 @@ class Admitted(Screened):
             "unverified": unverified,
             "unscreened": sorted(self.accepted) if self.waivers.skip_screening else [],
         }
+
+
+FIRST_COME = "BAIM_FIRST_COME_KEYS"  # set to 1: pin the first key an unregistered edge presents
+
+
+def enrol(registry: Path, edge: int, presented: str, own_file: Path | None = None) -> str:
+    """How the cloud believes ``edge``'s ``presented`` key, or WorkflowError: ``"operator"``,
+    the key the operator registered for it in ``registry`` (``edge-keys.json`` of ``baim deploy
+    credentials``, copied there); ``"run folder"``, the key in the edge's folder inside the run
+    directory (``own_file``: simulated engines, whose edges live on the operator's own disk);
+    ``"first-come"``, only when the operator set ``BAIM_FIRST_COME_KEYS=1``. The last two are
+    added to ``registry``, so a later key is refused."""
+    registered = read_edge_keys(registry) if registry.is_file() else {}
+    if edge in registered:
+        if registered[edge] != presented:
+            raise WorkflowError(
+                f"edge {edge} presents key {presented[:16]}…, but the key registered for it in {registry} is "
+                f"{registered[edge][:16]}…: refused"
+            )
+        return "operator"
+    if own_file is not None and own_file.is_file():
+        if public_bytes(load_private_key(own_file)).hex() != presented:
+            raise WorkflowError(f"edge {edge} presents a key other than its own ({own_file}): refused")
+        how = "run folder"
+    elif os.environ.get(FIRST_COME) == "1":
+        how = "first-come"
+    else:
+        raise WorkflowError(
+            f"edge {edge} has no key registered in {registry}: copy there the edge-keys.json that `baim deploy "
+            f"credentials` wrote (each edge runs with its node-N.identity.pem), or set {FIRST_COME}=1 to pin the "
+            "first key each edge presents"
+        )
+    write_edge_keys(registry, registered | {edge: presented})
+    return how
 
 
 def require_squads(admitted: Admitted, task_names: list[str], report: object) -> None:
