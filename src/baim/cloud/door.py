@@ -66,7 +66,7 @@ def enrol(registry: Path, edge: int, presented: str, own_file: Path | None = Non
     """How the cloud believes ``edge``'s ``presented`` key, or WorkflowError: ``"operator"``,
     the key the operator registered for it in ``registry`` (``edge-keys.json`` of ``baim deploy
     credentials``, copied there); ``"run folder"``, the key in the edge's folder inside the run
-    directory (``own_file``: simulated engines, whose edges live on the operator's own disk);
+    directory (``own_file``: edges that run on the operator's own disk, as simulated ones do);
     ``"first-come"``, only when the operator set ``BAIM_FIRST_COME_KEYS=1``. The last two are
     added to ``registry``, so a later key is refused."""
     registered = read_edge_keys(registry) if registry.is_file() else {}

@@ -27,7 +27,7 @@ from .context import Context, deploy_message, missing_edge, save_npy
 def register(ctx: Context, edge: int) -> tuple[str, str]:
     """The edge's public key (``query.info``) and how the cloud believes it
     (:func:`baim.cloud.door.enrol`: registered by the operator, or read from the edge's folder
-    in the run directory when the engine simulates the edges)."""
+    in the run directory, on the operator's own disk, where the edges run there)."""
     reply = ctx.request(edge, Message("query.info"), "upload")
     if reply.kind != "info":
         raise WorkflowError(str(reply.meta.get("error", f"unexpected reply {reply.kind!r} to query.info")))
@@ -36,8 +36,7 @@ def register(ctx: Context, edge: int) -> tuple[str, str]:
         public_from_hex(key)
     except SigningError as exc:
         raise WorkflowError(f"edge {edge} registered no usable public key: {exc}") from exc
-    own = ctx.rd.files.edge(edge) / IDENTITY if ctx.cfg.engine != "flower" else None
-    return key, enrol(ctx.rd.files.identities, edge, key, own)
+    return key, enrol(ctx.rd.files.identities, edge, key, ctx.rd.files.edge(edge) / IDENTITY)
 
 
 def upload(ctx: Context) -> dict:
