@@ -532,3 +532,22 @@ def test_an_edge_that_failed_for_a_local_reason_is_retried_on_rerun(tmp_path):
     rd.record("personalization", lambda: {"missing": []})
     assert reopen_local_failures(rd) == ["deployment", "personalization"]
     assert rd.done("screening") and not rd.done("deployment") and not rd.done("personalization")
+
+
+def test_task_folders_that_cannot_name_a_registry_entry_are_refused_up_front(tmp_path):
+    """Spaces, accents, CJK, a leading dash: refused when the data set is opened (before any
+    training or run folder), every bad name listed with a usable one to rename it to."""
+    from baim.data.image_folder import load_image_folder
+    from baim.errors import ConfigError
+    from baim.names import is_task_name, suggest_task_name
+
+    for name in ("good", "my cats", "café", "猫", "-dash"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.png").write_bytes(b"not an image: never read")
+    with pytest.raises(ConfigError) as info:
+        load_image_folder(tmp_path)
+    said = str(info.value)
+    assert "4 task name(s)" in said and "'my cats' → 'my_cats'" in said and "'café' → 'cafe'" in said
+    assert "'-dash' → 'dash'" in said and "'猫' → 'task'" in said and "'good'" not in said
+    for odd in ("..", "a/../b", " x ", "ü" * 300, "", "-", "._x", "a..b"):
+        assert is_task_name(suggest_task_name(odd)), odd
