@@ -236,10 +236,10 @@ def test_cloud_train_refuses_unsigned_and_misattributed_uploads(tmp_path, fmnist
         _model(), ups / "edge-3", {"metrics.json": json.dumps({"task": "tops", "samples": 10, "test_loss": 0.1})}
     )
     (ups / "edge-0.msg").write_bytes(_signed(_model(1), keys[1], edge=0, task="tops"))
-    write_edge_keys(tmp_path / "edge-keys.json", {e: public_bytes(k).hex() for e, k in keys.items()})
+    write_edge_keys(tmp_path / "edge_keys.json", {e: public_bytes(k).hex() for e, k in keys.items()})
     out = tmp_path / "out"
     args = ["cloud", "train", "--layout", tmp_path / "layout.json", "--uploads", ups, "--out", out, "--epochs", 1]
-    r = _cli(*args, "--edge-keys", tmp_path / "edge-keys.json")
+    r = _cli(*args, "--edge-keys", tmp_path / "edge_keys.json")
     assert r.returncode == 2 and "no learner admitted" in r.said
     reasons = [x["reason"] for x in json.loads((out / "screening.json").read_text())["rejected"]]
     assert len(reasons) == 2 and any("wrong signature" in x for x in reasons)
@@ -262,7 +262,7 @@ def test_edge_keys_come_from_the_operator_not_from_whoever_comes_first(tmp_path,
     assert enrol(registry, 0, hexes[0]) == "operator"
     with pytest.raises(WorkflowError, match="registered for it"):
         enrol(registry, 0, hexes[1])  # an impostor presenting its own key for edge 0
-    with pytest.raises(WorkflowError, match="no key registered.*edge-keys.json"):
+    with pytest.raises(WorkflowError, match="no key registered.*edge_keys.json"):
         enrol(registry, 1, hexes[1])
     own = save_private_key(keys[1], tmp_path / "edge-1" / "identity.pem")
     with pytest.raises(WorkflowError, match="other than its own"):
@@ -281,7 +281,7 @@ def test_deploy_credentials_write_edge_identities(tmp_path):
 
     r = _cli("deploy", "credentials", "--out", tmp_path / "creds", "--nodes", 2)
     assert r.returncode == 0, r.stderr
-    keys = read_edge_keys(tmp_path / "creds" / "edge-keys.json")
+    keys = read_edge_keys(tmp_path / "creds" / "edge_keys.json")
     assert sorted(keys) == [0, 1]
     for e in (0, 1):
         assert public_bytes(load_private_key(tmp_path / "creds" / f"node-{e}.identity.pem")).hex() == keys[e]

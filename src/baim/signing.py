@@ -113,7 +113,7 @@ def verify_document(public_key: bytes, doc: dict[str, Any], field: str = "signat
 
 def read_edge_keys(path: str | Path) -> dict[int, str]:
     """The edge keys an operator registered (``{"EDGE": "hex public key"}``, as ``baim deploy
-    credentials`` writes ``edge-keys.json``): the only keys the cloud believes an edge by."""
+    credentials`` writes ``edge_keys.json``): the only keys the cloud believes an edge by."""
     try:
         raw = json.loads(Path(path).read_text())
         if not isinstance(raw, dict):

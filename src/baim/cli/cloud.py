@@ -24,7 +24,7 @@ def _door_args(parser: argparse.ArgumentParser) -> None:
         "--edge-keys",
         default=None,
         help="the operator's registered edge keys (JSON edge -> hex Ed25519 public key, as `baim deploy "
-        "credentials` writes edge-keys.json): a signed upload must verify with its edge's key",
+        "credentials` writes edge_keys.json): a signed upload must verify with its edge's key",
     )
     parser.add_argument(
         "--accept-unsigned",

@@ -19,10 +19,10 @@ def _cmd_deploy_credentials(args: argparse.Namespace) -> None:
         key = new_key()
         save_private_key(key, Path(args.out) / f"node-{e}.identity.pem")
         keys[e] = public_bytes(key).hex()
-    made["edge_keys"] = str(write_edge_keys(Path(args.out) / "edge-keys.json", keys))
+    made["edge_keys"] = str(write_edge_keys(Path(args.out) / "edge_keys.json", keys))
     console.print(
         f"wrote CA, SuperLink certificate, {args.nodes} SuperNode key pairs and edge identities "
-        f"(node-N.identity.pem, public halves in edge-keys.json) to {args.out}"
+        f"(node-N.identity.pem, public halves in edge_keys.json) to {args.out}"
     )
     console.print_json(json.dumps(made))
 
@@ -41,7 +41,7 @@ def _cmd_deploy_commands(args: argparse.Namespace) -> None:
 
     # plain print: commands must not be wrapped, so they can be copied
     print(f"# flwr connection 'baim' written to {cfg}; export FLWR_HOME={args.flwr_home}")
-    print(f"# 0. register the edges' upload keys: copy {creds / 'edge-keys.json'} to RUN/cloud/identities.json;")
+    print(f"# 0. register the edges' upload keys: copy {creds / 'edge_keys.json'} to RUN/cloud/identities.json;")
     print("#    each edge's folder gets its node-N.identity.pem as identity.pem")
     print("# 1. on the cloud machine:")
     print(q(superlink_command(creds, args.listen, args.port)))

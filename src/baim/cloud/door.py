@@ -64,7 +64,7 @@ FIRST_COME = "BAIM_FIRST_COME_KEYS"  # set to 1: pin the first key an unregister
 
 def enrol(registry: Path, edge: int, presented: str, own_file: Path | None = None) -> str:
     """How the cloud believes ``edge``'s ``presented`` key, or WorkflowError: ``"operator"``,
-    the key the operator registered for it in ``registry`` (``edge-keys.json`` of ``baim deploy
+    the key the operator registered for it in ``registry`` (``edge_keys.json`` of ``baim deploy
     credentials``, copied there); ``"run folder"``, the key in the edge's folder inside the run
     directory (``own_file``: edges that run on the operator's own disk, as simulated ones do);
     ``"first-come"``, only when the operator set ``BAIM_FIRST_COME_KEYS=1``. The last two are
@@ -85,7 +85,7 @@ def enrol(registry: Path, edge: int, presented: str, own_file: Path | None = Non
         how = "first-come"
     else:
         raise WorkflowError(
-            f"edge {edge} has no key registered in {registry}: copy there the edge-keys.json that `baim deploy "
+            f"edge {edge} has no key registered in {registry}: copy there the edge_keys.json that `baim deploy "
             f"credentials` wrote (each edge runs with its node-N.identity.pem), or set {FIRST_COME}=1 to pin the "
             "first key each edge presents"
         )
@@ -133,7 +133,7 @@ def check_identity(
     if key is None or not isinstance(claimed, int):
         raise MessageError(
             f"upload {edge} is signed as edge {claimed!r}, which has no key registered with this cloud: give the "
-            "operator's keys file with --edge-keys FILE (`baim deploy credentials` writes edge-keys.json)"
+            "operator's keys file with --edge-keys FILE (`baim deploy credentials` writes edge_keys.json)"
         )
     authenticate(claimed, msg, Expected(public_key=key, run=None, nonce=None), digest)
     return SIGNED
