@@ -162,6 +162,7 @@ def test_cloud_train_command_from_edge_folders(tmp_path, tiny_preset, capsys):
                 str(tmp_path / "baim"),
                 "--epochs",
                 "1",
+                "--accept-unsigned",  # saved edge folders carry no signature
             ]
         )
         == 0
@@ -176,6 +177,7 @@ def test_cloud_train_command_from_edge_folders(tmp_path, tiny_preset, capsys):
     assert len(model.learners) == 3 and model.frozen_learners == {0, 1, 2}
     screening = json.loads((tmp_path / "baim" / "screening.json").read_text())
     assert screening["accepted"] == [1, 2, 3] and screening["rejected"][0]["edge"] == 0
+    assert screening["unverified"] == [1, 2, 3] and screening["waivers"]["accept_unsigned"]
 
 
 def test_sweep_needs_two_seeds_and_extractor_follows_the_data(tmp_path, capsys):

@@ -54,13 +54,17 @@ def test_a_learner_trained_on_a_users_folder_joins_as_a_new_task(tmp_path, fmnis
     learner = tmp_path / "my-learner"
     r = _baim("edge", "train", "--images", folder, "--tier", "small", "--epochs", 1, "--out", learner)
     assert r.returncode == 0, r.stderr
-    r = _baim("cloud", "add", "--run", run, "--learner", learner, "--task", "discs", "--images", folder, "--epochs", 1)
+    add = ("cloud", "add", "--run", run, "--learner", learner, "--task", "discs", "--images", folder, "--epochs", 1)
+    r = _baim(*add)  # the user's own learner carries no edge signature: the door refuses it ...
+    assert r.returncode == 2 and "unsigned" in r.said and "--accept-unsigned" in r.said
+    r = _baim(*add, "--accept-unsigned")  # ... unless the operator lets it in, unverified
     assert r.returncode == 0, r.stderr
     grown = run / "cloud" / "baim-finetune-added-discs"
     report = json.loads((grown / "add.json").read_text())
     old = load_model(run / "cloud" / "baim-finetune", "baim")
     new = load_model(grown, "baim")
     assert new.task_names == [*old.task_names, "discs"] and report["new_tasks"] == ["discs"]
+    assert report["admission"]["unverified"] == [0] and report["admission"]["unscreened"] == []
     assert report["untouched_tasks"] == old.task_names and report["untouched_max_abs_diff"] <= 1e-6
     assert np.isfinite(report["test_loss_after"]["discs"])
     assert (grown / "compact" / "discs" / "manifest.json").is_file()
@@ -88,3 +92,21 @@ def test_bad_additions_are_refused_with_a_reason(tmp_path, fmnist):
     r = _baim("cloud", "add", "--run", run, "--learner", grey, "--task", "../x", "--images", folder)
     assert r.returncode == 2 and "task name" in r.said
     assert not list((run / "cloud").glob("baim-finetune-added-*"))  # nothing half-written
+
+
+def test_a_random_weights_learner_is_refused_by_screening(tmp_path, fmnist):
+    """`baim cloud add` screens: a learner that never saw its task's images (random weights) is
+    refused even when unsigned learners are accepted; only --skip-screening lets it in."""
+    run = _baim_run(tmp_path, fmnist)
+    junk = tmp_path / "junk"
+    torch.manual_seed(1)
+    metrics = {"task": "tops", "samples": 500, "test_loss": 0.05}
+    save_model(StagedVAE(tier_spec("small")).eval(), junk, {"metrics.json": json.dumps(metrics)})
+    add = ("cloud", "add", "--run", run, "--learner", junk, "--task", "tops", "--epochs", 1, "--accept-unsigned")
+    r = _baim(*add)
+    assert r.returncode == 2 and "refused at the door" in r.said and "--skip-screening" in r.said
+    assert not list((run / "cloud").glob("baim-finetune-added-*"))
+    r = _baim(*add, "--skip-screening")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((run / "cloud" / "baim-finetune-added-tops" / "add.json").read_text())
+    assert report["admission"]["unscreened"] == [0] and report["admission"]["features"]["0"]["fails"]

@@ -222,6 +222,63 @@ def test_read_idx(data, gz):
         assert isinstance(arr, np.ndarray)
 
 
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = _png()
+
+
+@FUZZ
+@given(st.binary(max_size=256) | mutated_bytes(PNG), st.sampled_from([".png", ".jpg", ".bmp"]))
+def test_read_images(data, suffix):
+    """An image folder's reader: a damaged or hostile image file loads or is a DataError naming it."""
+    from baim.data.image_folder import read_images
+
+    with tempfile.TemporaryDirectory() as tmp, bounded_memory():
+        (Path(tmp) / f"x{suffix}").write_bytes(data)
+        arr = only_baim_errors(read_images, tmp, 16, 1)
+    if arr is not None:
+        assert arr.shape == (1, 1, 16, 16) and arr.dtype == np.uint8
+
+
+MULTIPART = (
+    b'--B\r\nContent-Disposition: form-data; name="task"\r\n\r\ntops\r\n'
+    b'--B\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n" + PNG + b"\r\n--B--\r\n"
+)
+
+
+@settings(FUZZ, deadline=None)  # an event loop per example: slow on a loaded machine, not unbounded
+@given(st.binary(max_size=256) | mutated_bytes(MULTIPART))
+def test_multipart_upload_parser(body):
+    """The edge service's multipart reader: a hostile body is a ValueError (the service's 400)
+    or UploadTooLarge (its 413), never another exception, and never more than the limits."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from baim.service.limits import UploadTooLarge, read_uploads
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    headers = [(b"content-type", b"multipart/form-data; boundary=B"), (b"content-length", str(len(body)).encode())]
+    request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+    with bounded_memory():
+        try:
+            fields, files = asyncio.run(read_uploads(request, 4, 1024))
+        except (ValueError, UploadTooLarge):
+            return
+    assert len(files) <= 4 and all(isinstance(v, str) for v in fields.values())
+
+
 def test_fuzz_inputs_are_really_hostile():
     """The seeds above are valid inputs, so the mutations start from something that loads."""
     assert decode(MESSAGE).kind == "upload" and read_weights(WEIGHTS, "w")["a"].shape == (2, 3)

@@ -438,7 +438,10 @@ def test_a_full_disk_mid_write_leaves_the_old_artifact_and_no_temporary_file(tmp
             fh.write(b'{"phase": "ne')
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    from baim.errors import DiskFull
+
+    # an error naming where and how much, not a traceback
+    with pytest.raises(DiskFull, match=r"no space left to write .*state\.json \(it needs over 0\.0 MB; .* MB free in"):
         atomic_write(target, half_then_enospc)
     assert json.loads(target.read_text()) == {"phase": "old"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]  # no .tmp left behind
@@ -472,3 +475,79 @@ def test_cloud_train_names_a_corrupt_saved_learner_instead_of_a_traceback(tmp_pa
     damage(folder)
     with pytest.raises(BaimError, match="edge-0"):
         read_uploads(tmp_path / "uploads")
+
+
+def _fmnist_copy(folder):
+    import shutil
+
+    from baim.data.fashion_mnist import DEFAULT_DIR
+
+    shutil.copytree(DEFAULT_DIR, folder)
+    return folder
+
+
+def test_a_resume_on_changed_inputs_is_refused(tmp_path):
+    """The run records a fingerprint of its inputs; a resume after a data file or the layout
+    changed is refused with a message naming what changed and the fix."""
+    import gzip
+
+    from baim.config import RunConfig
+    from baim.errors import RunConfigMismatch
+    from baim.workflow import prepare
+
+    data = _fmnist_copy(tmp_path / "data")
+    cfg = RunConfig(preset="smoke", data_dir=str(data))
+    run = tmp_path / "run"
+    rd = prepare(run, cfg)[0]
+    del rd
+    prepare(run, cfg)  # same inputs: resumes
+    labels = data / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(gzip.decompress(labels.read_bytes()))
+    raw[-1] = (raw[-1] + 1) % 10  # one test image changes class
+    labels.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(RunConfigMismatch, match="t10k-labels-idx1-ubyte.gz changed.*start a new run"):
+        prepare(run, cfg)
+    _fmnist_copy(tmp_path / "data2")
+    cfg2 = RunConfig(preset="smoke", data_dir=str(tmp_path / "data2"))
+    run2 = tmp_path / "run2"
+    prepare(run2, cfg2)
+    layout = run2 / "layout.json"
+    layout.write_text(layout.read_text().replace('"seed"', '"seed" ', 1) + " ")
+    with pytest.raises(RunConfigMismatch, match="layout.json was edited"):
+        prepare(run2, cfg2)
+
+
+def test_an_edge_that_failed_for_a_local_reason_is_retried_on_rerun(tmp_path):
+    """A phase that left an edge missing because its disk was full is redone on rerun (with
+    every phase recorded after it); one missing for another reason stays recorded."""
+    from baim.resume import reopen_local_failures
+    from baim.rundir import RunDir
+
+    rd = RunDir(tmp_path, {"k": 1})
+    rd.record("layout", lambda: {"edges": 2})
+    rd.record("upload", lambda: {"missing": [{"edge": 1, "reason": "edge 1: refused by the operator"}]})
+    rd.record("screening", lambda: {"accepted": [0]})
+    assert reopen_local_failures(rd) == [] and rd.done("upload")
+    rd.record("deployment", lambda: {"missing": [{"edge": 1, "reason": "edge 1: no space left to write x"}]})
+    rd.record("personalization", lambda: {"missing": []})
+    assert reopen_local_failures(rd) == ["deployment", "personalization"]
+    assert rd.done("screening") and not rd.done("deployment") and not rd.done("personalization")
+
+
+def test_task_folders_that_cannot_name_a_registry_entry_are_refused_up_front(tmp_path):
+    """Spaces, accents, CJK, a leading dash: refused when the data set is opened (before any
+    training or run folder), every bad name listed with a usable one to rename it to."""
+    from baim.data.image_folder import load_image_folder
+    from baim.errors import ConfigError
+    from baim.names import is_task_name, suggest_task_name
+
+    for name in ("good", "my cats", "café", "猫", "-dash"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0.png").write_bytes(b"not an image: never read")
+    with pytest.raises(ConfigError) as info:
+        load_image_folder(tmp_path)
+    said = str(info.value)
+    assert "4 task name(s)" in said and "'my cats' → 'my_cats'" in said and "'café' → 'cafe'" in said
+    assert "'-dash' → 'dash'" in said and "'猫' → 'task'" in said and "'good'" not in said
+    for odd in ("..", "a/../b", " x ", "ü" * 300, "", "-", "._x", "a..b"):
+        assert is_task_name(suggest_task_name(odd)), odd

@@ -47,3 +47,7 @@ class TrainingDiverged(BaimError):
 
 class RunDirBusy(BaimError):
     """Another baim process holds the run directory's lock; names its pid."""
+
+
+class DiskFull(BaimError):
+    """A write found no space left; names the folder, what it needed and what was free."""

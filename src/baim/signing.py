@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .atomic import write_bytes
+from .atomic import write_bytes, write_json
 from .errors import BaimError
 
 PUBLIC_KEY_BYTES = 32
@@ -109,3 +109,28 @@ def verify_document(public_key: bytes, doc: dict[str, Any], field: str = "signat
     except ValueError:
         return False
     return verify(public_key, canonical({k: v for k, v in doc.items() if k != field}), raw)
+
+
+def read_edge_keys(path: str | Path) -> dict[int, str]:
+    """The edge keys an operator registered (``{"EDGE": "hex public key"}``, as ``baim deploy
+    credentials`` writes ``edge_keys.json``): the only keys the cloud believes an edge by."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        if not isinstance(raw, dict):
+            raise TypeError("it must hold one JSON object")
+        keys = {int(e): str(k) for e, k in raw.items()}
+    except (OSError, ValueError, TypeError) as exc:
+        raise SigningError(
+            f"{path}: not an edge keys file ({exc}); it maps each edge number to its hex Ed25519 public key, "
+            'e.g. {"0": "ab12…"} (`baim deploy credentials` writes one)'
+        ) from exc
+    for edge, key in keys.items():
+        try:
+            public_from_hex(key)
+        except SigningError as exc:
+            raise SigningError(f"{path}: edge {edge}'s key: {exc}") from exc
+    return keys
+
+
+def write_edge_keys(path: str | Path, keys: dict[int, str]) -> Path:
+    return write_json(path, {str(e): k for e, k in sorted(keys.items())})

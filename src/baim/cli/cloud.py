@@ -10,11 +10,41 @@ from pathlib import Path
 from .common import Formatter, Subparsers, console, extractor_arg, float_in, int_in
 
 
+def _door(args: argparse.Namespace) -> dict:
+    """The door's keyword arguments from ``--edge-keys``, ``--accept-unsigned``, ``--skip-screening``."""
+    from ..cloud.door import Waivers
+    from ..signing import read_edge_keys
+
+    waivers = Waivers(accept_unsigned=args.accept_unsigned, skip_screening=args.skip_screening)
+    return {"keys": read_edge_keys(args.edge_keys) if args.edge_keys else None, "waivers": waivers}
+
+
+def _door_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--edge-keys",
+        default=None,
+        help="the operator's registered edge keys (JSON edge -> hex Ed25519 public key, as `baim deploy "
+        "credentials` writes edge_keys.json): a signed upload must verify with its edge's key",
+    )
+    parser.add_argument(
+        "--accept-unsigned",
+        action="store_true",
+        help="let unsigned learners in, unverified (recorded in the run's files); refused otherwise",
+    )
+    parser.add_argument(
+        "--skip-screening",
+        action="store_true",
+        help="let learners in without screening's rules (still validated and measured; recorded); "
+        "for a learner you trust",
+    )
+
+
 def _cmd_cloud_train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from ..atomic import write_json
-    from ..cloud import common_data, screen_uploads, train_strategy
+    from ..cloud import common_data, train_strategy
+    from ..cloud.door import admit, require_squads
     from ..cloud.uploads import read_uploads
     from ..config import default_extractor
     from ..data import load_dataset
@@ -32,8 +62,9 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
         preset = replace(preset, cloud=replace(preset.cloud, epochs=args.epochs))
     images, tasks = common_data(layout, ds)
     common = {t: images[tasks == t] for t in range(len(layout.tasks))}
-    screened = screen_uploads(read_uploads(args.uploads), layout.task_names, common, ds.image_size, ds.channels)
+    screened = admit(read_uploads(args.uploads), layout.task_names, common, ds.image_size, ds.channels, **_door(args))
     write_json(Path(args.out) / "screening.json", screened.report())
+    require_squads(screened, layout.task_names, Path(args.out) / "screening.json")
     for r in screened.rejected + screened.quarantined:
         console.print(f"[yellow]upload {r['edge']} not fused:[/yellow] {r['reason']}")
     edges = sorted(screened.accepted)
@@ -91,6 +122,7 @@ def _cmd_cloud_add(args: argparse.Namespace) -> None:
         train_old=args.train_old,
         out=args.out,
         seed=args.seed,
+        **_door(args),
     )
     shown = {
         k: report[k]
@@ -135,6 +167,7 @@ def add_cloud(sub: Subparsers, fmt: Formatter) -> None:
     tp.add_argument("--prune-ratio", type=float_in(0, 1, closed=True), default=None)
     tp.add_argument("--seed", type=int_in(0), default=0, help="seed of layout, training and sampling")
     extractor_arg(tp)
+    _door_args(tp)
     tp.set_defaults(func=_cmd_cloud_train)
     tp = csub.add_parser(
         "prune-learners",
@@ -179,7 +212,12 @@ def add_cloud(sub: Subparsers, fmt: Formatter) -> None:
         help="a late learner joins a finished run's BAIM (its task's squad, or a new task): continual learning",
     )
     tp.add_argument("--run", required=True, help="a run directory with a trained BAIM")
-    tp.add_argument("--learner", required=True, help="folder of a saved learner (an upload, or `baim edge train`)")
+    tp.add_argument(
+        "--learner",
+        required=True,
+        help="an edge's signed upload message (*.msg), or a folder saved by `baim edge train` (unsigned: "
+        "needs --accept-unsigned)",
+    )
     tp.add_argument("--task", required=True, help="the task it serves: one of the BAIM's, or a new name")
     tp.add_argument("--images", default=None, help="a new task's common images (folder; 20%% held out to measure)")
     tp.add_argument("--strategy", default="finetune", choices=STRATEGIES, help="which of the run's BAIMs grows")
@@ -191,4 +229,5 @@ def add_cloud(sub: Subparsers, fmt: Formatter) -> None:
     )
     tp.add_argument("--out", default=None, help="default: RUN/cloud/baim-STRATEGY-added-TASK")
     tp.add_argument("--seed", type=int_in(0), default=0)
+    _door_args(tp)
     tp.set_defaults(func=_cmd_cloud_add)

@@ -11,9 +11,19 @@ from .common import Formatter, Subparsers, console, int_in
 
 def _cmd_deploy_credentials(args: argparse.Namespace) -> None:
     from ..federation.deploy import make_credentials
+    from ..signing import new_key, public_bytes, save_private_key, write_edge_keys
 
     made = make_credentials(args.out, args.nodes, args.host or None)
-    console.print(f"wrote CA, SuperLink certificate and {args.nodes} SuperNode key pairs to {args.out}")
+    keys = {}  # each edge's upload-signing identity; the cloud believes only these public halves
+    for e in range(args.nodes):
+        key = new_key()
+        save_private_key(key, Path(args.out) / f"node-{e}.identity.pem")
+        keys[e] = public_bytes(key).hex()
+    made["edge_keys"] = str(write_edge_keys(Path(args.out) / "edge_keys.json", keys))
+    console.print(
+        f"wrote CA, SuperLink certificate, {args.nodes} SuperNode key pairs and edge identities "
+        f"(node-N.identity.pem, public halves in edge_keys.json) to {args.out}"
+    )
     console.print_json(json.dumps(made))
 
 
@@ -31,6 +41,8 @@ def _cmd_deploy_commands(args: argparse.Namespace) -> None:
 
     # plain print: commands must not be wrapped, so they can be copied
     print(f"# flwr connection 'baim' written to {cfg}; export FLWR_HOME={args.flwr_home}")
+    print(f"# 0. register the edges' upload keys: copy {creds / 'edge_keys.json'} to RUN/cloud/identities.json;")
+    print("#    each edge's folder gets its node-N.identity.pem as identity.pem")
     print("# 1. on the cloud machine:")
     print(q(superlink_command(creds, args.listen, args.port)))
     for e in range(args.nodes):

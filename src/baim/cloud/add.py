@@ -17,29 +17,62 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..atomic import write_json
 from ..data.image_folder import read_images
 from ..errors import ConfigError
-from ..learners import StagedVAE
+from ..learners import LearnerSpec, StagedVAE
 from ..models import load_model, save_model
 from ..names import check_task_name
 from ..runfiles import RunFiles
 from ..runview import Run
+from ..transport import decode
 from .continual import integrate
+from .door import NO_WAIVERS, Waivers, admit
 from .partition import partition
 from .pipeline import common_data
+from .uploads import folder_upload
 
 HELD_OUT = 0.2
 
 
-def _load_learner(folder: Path) -> StagedVAE:
-    model = load_model(folder, "learner")
+def _spec_of(path: Path) -> LearnerSpec:
+    """The learner's spec, for the geometry check (the door checks everything else)."""
+    if path.is_file():  # an edge's upload message
+        spec = decode(path.read_bytes()).meta.get("spec")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path} is not an upload message with a learner spec")
+        return LearnerSpec.from_dict(spec)
+    model = load_model(path, "learner")
     assert isinstance(model, StagedVAE)
-    if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
-        raise ConfigError(f"learner {folder} holds weights that are not finite; it cannot join a BAIM")
-    return model
+    return model.spec
+
+
+def _admit(
+    path: Path,
+    task: str,
+    images: np.ndarray,
+    names: list[str],
+    model: Any,
+    keys: dict[int, str] | None,
+    waivers: Waivers,
+) -> tuple[StagedVAE, dict]:
+    """The newcomer through the door, screened on every task's common images (a new task's
+    among them); its report, or ConfigError with the door's reason."""
+    offered = path.read_bytes() if path.is_file() else folder_upload(path, task=task)
+    meta = decode(offered).meta
+    if meta.get("task") != task:
+        raise ConfigError(f"{path} is an upload for task {meta.get('task')!r}, offered here as {task!r}")
+    tasks = list(dict.fromkeys([*model.task_names, task]))
+    common = {t: images[np.asarray(names) == name] for t, name in enumerate(tasks)}
+    admitted = admit({0: offered}, tasks, common, model.image_size, model.channels, keys=keys, waivers=waivers)
+    if 0 not in admitted.accepted:
+        (why,) = [r["reason"] for r in admitted.rejected + admitted.quarantined]
+        raise ConfigError(
+            f"learner {path} refused at the door: {why}. A learner you trust enters with --accept-unsigned "
+            "(no signature) or --skip-screening (recorded in add.json)"
+        )
+    return admitted.accepted[0][0], admitted.report()
 
 
 def add_to_run(
@@ -52,10 +85,14 @@ def add_to_run(
     train_old: bool = False,
     out: str | Path | None = None,
     seed: int = 0,
+    keys: dict[int, str] | None = None,
+    waivers: Waivers = NO_WAIVERS,
 ) -> dict[str, Any]:
     """Grow the run's ``strategy`` BAIM by the learner in ``learner_dir`` for ``task`` and save
     it (default ``RUN/cloud/baim-STRATEGY-added-TASK``), with compact models of the touched
-    tasks under ``OUT/compact/``; returns the report (also written to ``OUT/add.json``)."""
+    tasks under ``OUT/compact/``; returns the report (also written to ``OUT/add.json``). The
+    learner comes in through the door (:func:`baim.cloud.door.admit`): signed by a key in
+    ``keys`` and screened against the task's common images, unless ``waivers`` say otherwise."""
     run = Run(run_dir)
     source = run.files.baim(strategy)
     if not run.files.layout.is_file() or not source.is_dir():
@@ -64,8 +101,7 @@ def add_to_run(
     layout = run.layout
     ds = run.dataset()
     model = run.baim(strategy)
-    learner = _load_learner(Path(learner_dir))
-    spec = learner.spec
+    spec = _spec_of(Path(learner_dir))
     if (spec.image_size, spec.channels) != (model.image_size, model.channels):
         raise ConfigError(
             f"learner {learner_dir} works on {spec.channels}×{spec.image_size}² images, the BAIM on "
@@ -91,6 +127,7 @@ def add_to_run(
         names += [task] * (len(own) - cut)
     elif images_dir is not None:
         raise ConfigError(f"task {task!r} is one of the BAIM's: its common data is the run's; leave out --images")
+    learner, admission = _admit(Path(learner_dir), task, images, names, model, keys, waivers)
     recipe = layout.settings.cloud
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
@@ -109,6 +146,7 @@ def add_to_run(
         "saved": str(target),
         "learner": str(learner_dir),
         "compact_bytes": compact,
+        "admission": admission,
         "learner_bytes": (Path(learner_dir) / "weights.safetensors").stat().st_size,
     }
     report["log"] = [{k: v for k, v in row.items() if k != "usage"} for row in report["log"]]

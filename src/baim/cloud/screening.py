@@ -5,10 +5,9 @@ Uploads come from edges the cloud does not control, so nothing in them is truste
 Validation (reject): the message decodes, says it is an upload, names a known task, a sample
 count no training set could exceed (and, where the cloud assigned the edge's data, the count it
 assigned), its local test loss, a valid spec of the right image geometry under the size limit,
-and tensors that match that spec exactly with finite values. Where the cloud knows the edges'
-keys (:mod:`baim.cloud.uploads`), the upload must also be signed by the edge it claims to come
-from, for this run and this request. An upload whose weights are byte-identical to an earlier
-one's is rejected as a duplicate.
+and tensors that match that spec exactly with finite values. Who sent it is checked before, by
+:mod:`baim.cloud.door`, the only caller outside benchmarks and tests. An upload whose weights
+are byte-identical to an earlier one's is rejected as a duplicate.
 
 Scoring (quarantine: kept for inspection, never fused), each on the cloud's common data, each
 limit a field of :class:`Thresholds` (``THRESHOLDS``: one place, fitted by the benchmark):
@@ -59,7 +58,7 @@ from ..errors import BaimError, MessageError
 from ..learners import LearnerSpec, StagedVAE, check_state, weights_bytes
 from ..models import reconstruction_metrics
 from ..transport import Message, decode
-from .uploads import Expected, authenticate, weights_sha256
+from .uploads import weights_sha256
 
 MAX_PARAMS = 50_000_000
 TRIGGER_SAMPLES = 256
@@ -303,16 +302,13 @@ def screen_uploads(
     image_size: int,
     channels: int,
     *,
-    expected: dict[int, Expected] | None = None,
     assigned: dict[int, int] | None = None,
     max_samples: int | None = None,
     thresholds: Thresholds = THRESHOLDS,
     skip: frozenset[str] = frozenset(),
 ) -> Screened:
     """Validate and score every upload (``uploads`` in the order received: of two copies, the
-    first is kept). ``expected``: what the cloud knows of each edge before its upload (its
-    registered key, the round and request it answers); given, every upload must be signed
-    (:func:`baim.cloud.uploads.authenticate`). ``assigned``: the sample count the cloud's
+    first is kept). ``assigned``: the sample count the cloud's
     layout gave each edge. ``max_samples``: the size of the training split, which no honest
     sample count exceeds. ``skip``: rules (of ``RULES``) not applied, to measure what each
     contributes; every rule an upload fails is listed in its features under ``fails``."""
@@ -330,8 +326,6 @@ def screen_uploads(
             check_meta(msg.meta, task_names, max_samples)
             model = model_of(msg, image_size, channels)
             digest = weights_sha256(weights_bytes(model))
-            if expected is not None:
-                authenticate(edge, msg, expected.get(edge), digest)
             if assigned is not None and edge in assigned and msg.meta["samples"] != assigned[edge]:
                 raise MessageError(
                     f"upload claims {msg.meta['samples']:,} training samples; this edge was given {assigned[edge]:,}"

@@ -3,14 +3,16 @@ workflow stores them) or folders saved by ``baim edge train`` (``manifest.json``
 ``weights.safetensors`` + ``metrics.json``), which are wrapped into the same message so that
 both go through the same screening (which validates everything; nothing here is trusted).
 
-Attribution (:func:`authenticate`): in the workflow each edge signs its upload with its own
-Ed25519 key (:mod:`baim.signing`), whose public half the cloud pinned when the edge registered
-(``query.info``). The signed header names the edge, the run and the one-time nonce of the
-``train.local`` request it answers, and the sha256 of its weights; the cloud refuses an
-unsigned upload, a signature that does not verify with the registered key of the edge it came
-from, an upload naming another edge, one signed for another run or request (a replay), and one
-whose weights are not the ones signed. Uploads read from folders by ``baim cloud train`` carry
-no signature: that command has no registry of edge keys, and says so.
+Attribution (:func:`authenticate`, called by :mod:`baim.cloud.door` for every learner): each
+edge signs its upload with its own Ed25519 key (:mod:`baim.signing`), whose public half the
+operator registered (:func:`baim.signing.read_edge_keys`). The signed header names the edge,
+the run and the one-time nonce of the ``train.local`` request it answers, and the sha256 of its
+weights; the cloud refuses an unsigned upload, a signature that does not verify with the
+registered key of the edge it came from, an upload naming another edge, one signed for another
+run or request (a replay), and one whose weights are not the ones signed. Uploads read from
+disk (``baim cloud train``, ``baim cloud add``) answer no round: their signature, edge and
+weights are checked, not run and nonce; saved learner folders carry no signature and enter
+only with ``--accept-unsigned``.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from ..transport import Message, encode
 class Expected:
     """What the cloud knows of an edge before its upload arrives."""
 
-    public_key: str  # hex, pinned when the edge registered
-    run: str  # the upload round the cloud opened
-    nonce: str  # sent with this edge's train.local request, once
+    public_key: str  # hex, the key the operator registered for the edge
+    run: str | None  # the upload round the cloud opened (None: read from disk, no round)
+    nonce: str | None  # sent with this edge's train.local request, once (None: no round)
 
 
 def weights_sha256(data: bytes) -> str:
@@ -61,17 +63,41 @@ def authenticate(edge: int, msg: Message, expected: Expected | None, weights_dig
     auth = meta.get("auth")
     if not isinstance(auth, dict):
         raise MessageError(f"the upload from edge {edge} has no 'auth' header (run, nonce, weights_sha256)")
-    if auth.get("run") != expected.run:
+    if expected.run is not None and auth.get("run") != expected.run:
         raise MessageError(
             f"replay: the upload from edge {edge} was signed for run {auth.get('run')!r}, this is run {expected.run!r}"
         )
-    if auth.get("nonce") != expected.nonce:
+    if expected.nonce is not None and auth.get("nonce") != expected.nonce:
         raise MessageError(
             f"replay: the upload from edge {edge} answers request {auth.get('nonce')!r}, "
             f"not this round's request {expected.nonce!r}"
         )
     if auth.get("weights_sha256") != weights_digest:
         raise MessageError(f"the weights from edge {edge} are not the ones its signature covers")
+
+
+def folder_upload(d: Path, default_edge: int = 0, task: str | None = None) -> bytes:
+    """A learner folder saved by ``baim edge train`` as an (unsigned) upload message, so it goes
+    through the same door as a received one; ``task``: the task it is offered for, if not the
+    one its metrics name."""
+    try:
+        metrics = json.loads((d / "metrics.json").read_text())
+        manifest = json.loads((d / MANIFEST).read_text())
+        if not isinstance(metrics, dict) or not isinstance(manifest, dict):
+            raise TypeError("metrics.json and manifest.json must each hold a JSON object")
+        meta = {
+            "edge": metrics.get("edge", default_edge),
+            "task": task if task is not None else metrics["task"],
+            "samples": metrics["samples"],
+            "spec": manifest["config"],
+            "metrics": metrics,
+        }
+        return encode(Message("upload", meta, load_weights(d / WEIGHTS)))
+    except (OSError, KeyError, TypeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, not UTF-8
+        raise DataError(
+            f"unreadable learner folder {d}: {exc} (it needs {MANIFEST}, "
+            f"{WEIGHTS} and metrics.json with task and samples, as `baim edge train` writes)"
+        ) from exc
 
 
 def read_uploads(folder: str | Path) -> dict[int, bytes]:
@@ -82,25 +108,7 @@ def read_uploads(folder: str | Path) -> dict[int, bytes]:
     for k, f in enumerate(sorted(folder.glob("*.msg"))):
         out[k] = f.read_bytes()
     for d in sorted(p for p in folder.iterdir() if (p / MANIFEST).is_file()):
-        k = len(out)
-        try:
-            metrics = json.loads((d / "metrics.json").read_text())
-            manifest = json.loads((d / MANIFEST).read_text())
-            if not isinstance(metrics, dict) or not isinstance(manifest, dict):
-                raise TypeError("metrics.json and manifest.json must each hold a JSON object")
-            meta = {
-                "edge": metrics.get("edge", k),
-                "task": metrics["task"],
-                "samples": metrics["samples"],
-                "spec": manifest["config"],
-                "metrics": metrics,
-            }
-            out[k] = encode(Message("upload", meta, load_weights(d / WEIGHTS)))
-        except (OSError, KeyError, TypeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, not UTF-8
-            raise DataError(
-                f"unreadable upload folder {d}: {exc} (it needs {MANIFEST}, "
-                f"{WEIGHTS} and metrics.json with task and samples)"
-            ) from exc
+        out[len(out)] = folder_upload(d, default_edge=len(out))
     if not out:
         raise DataError(f"{folder} holds no uploads (*.msg files or saved edge models)")
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..names import check_task_names
 from .base import ArraySource, DataError, DataSet, Task
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
@@ -31,6 +32,7 @@ def load_image_folder(
     task_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p))
     if not task_dirs:
         raise DataError(f"{root} has no subfolders; put each task's images in root/<task>/")
+    check_task_names([d.name for d in task_dirs], f"task folders of {root}")  # before any image is read
     images, labels = [], []
     for t, d in enumerate(task_dirs):
         arr = read_images(d, image_size, channels)

@@ -28,6 +28,7 @@ import numpy as np
 from ..atomic import write_json
 from ..config import MIN_FEW_SHOT, Preset
 from ..errors import ConfigError
+from ..names import check_task_names
 from .base import DataError, DataSet
 
 FORMAT_VERSION = 2
@@ -111,6 +112,7 @@ class Layout:
         for pos, e in enumerate(self.edges):
             if e.edge != pos or not _is_index(e.task, n_tasks) or not isinstance(e.tier, str):
                 raise DataError(f"layout: edge entry {pos} ({e.edge!r}, task {e.task!r}) is malformed")
+        check_task_names([t["name"] for t in self.tasks], "layout")
         if sorted(self.test) != sorted(t["name"] for t in self.tasks):
             raise DataError(f"layout: test sets {sorted(self.test)} do not match the tasks")
         train_parts = [("cloud", self.cloud), ("cloud validation", self.cloud_val)]

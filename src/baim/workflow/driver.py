@@ -16,6 +16,7 @@ from pathlib import Path
 from ..config import Preset, RunConfig
 from ..data import DataSet, load_dataset
 from ..data.layout import Layout, make_layout
+from ..resume import check_inputs, fingerprint, reopen_local_failures
 from ..rundir import RunDir
 from . import lifecycle, phases
 from .context import Context
@@ -28,12 +29,17 @@ def prepare(out: str | Path, cfg: RunConfig) -> tuple[RunDir, Layout, DataSet, P
     ds = load_dataset(cfg.dataset, cfg.data_dir)  # before the folder is claimed: a typo costs nothing
     made = make_layout(ds, preset, seed=cfg.seed, data_dir=cfg.data_dir)  # so does a task name or size
     rd = RunDir(out, cfg.to_dict())
+    resumed = rd.done("layout")
 
     def do_layout() -> dict:
         made.save(rd.files.layout)
-        return {"edges": len(made.edges), "cloud": len(made.cloud)}
+        inputs = fingerprint(cfg.dataset, cfg.data_dir, rd.files.layout)
+        return {"edges": len(made.edges), "cloud": len(made.cloud), "inputs": inputs}
 
-    rd.record("layout", do_layout)
+    recorded = rd.record("layout", do_layout)
+    if resumed and "inputs" in recorded:  # resuming: on the inputs it started on, or not at all
+        check_inputs(recorded["inputs"], fingerprint(cfg.dataset, cfg.data_dir, rd.files.layout), rd.root)
+        reopen_local_failures(rd)
     layout = Layout.load(rd.files.layout)
     return rd, layout, ds, layout.settings
 

@@ -5,16 +5,17 @@ personalisation, and the evaluation at the edges."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any, cast
 
 import torch
 
-from ..atomic import write_bytes, write_json
-from ..cloud import common_data, screen_uploads, train_strategy
+from ..atomic import write_bytes
+from ..cloud import common_data, train_strategy
 from ..cloud import partition as cut
+from ..cloud.door import admit, enrol
 from ..cloud.uploads import Expected
+from ..edge.node import IDENTITY
 from ..errors import WorkflowError
 from ..models import BAIM, load_model, save_model
 from ..runfiles import source_strategy
@@ -23,11 +24,10 @@ from ..transport import Message, encode
 from .context import Context, deploy_message, missing_edge, save_npy
 
 
-def register(ctx: Context, edge: int) -> str:
-    """The edge's public key, pinned in ``cloud/identities.json`` the first time it is
-    seen (``query.info``); an edge that later presents another key is refused."""
-    path = ctx.rd.files.identities
-    pinned = json.loads(path.read_text()) if path.is_file() else {}
+def register(ctx: Context, edge: int) -> tuple[str, str]:
+    """The edge's public key (``query.info``) and how the cloud believes it
+    (:func:`baim.cloud.door.enrol`: registered by the operator, or read from the edge's folder
+    in the run directory, on the operator's own disk, where the edges run there)."""
     reply = ctx.request(edge, Message("query.info"), "upload")
     if reply.kind != "info":
         raise WorkflowError(str(reply.meta.get("error", f"unexpected reply {reply.kind!r} to query.info")))
@@ -36,11 +36,7 @@ def register(ctx: Context, edge: int) -> str:
         public_from_hex(key)
     except SigningError as exc:
         raise WorkflowError(f"edge {edge} registered no usable public key: {exc}") from exc
-    if pinned.get(str(edge), key) != key:
-        raise WorkflowError(f"edge {edge} presents a different key from the one it registered: refused")
-    if str(edge) not in pinned:
-        write_json(path, pinned | {str(edge): key})
-    return key
+    return key, enrol(ctx.rd.files.identities, edge, key, ctx.rd.files.edge(edge) / IDENTITY)
 
 
 def upload(ctx: Context) -> dict:
@@ -51,12 +47,12 @@ def upload(ctx: Context) -> dict:
     auth: dict[str, Any] = {"run": secrets.token_hex(16), "edges": {}}
     for e in ctx.transport.edges():
         try:
-            key = register(ctx, e)
+            key, how = register(ctx, e)
         except WorkflowError as exc:
             missing.append({"edge": e, "reason": str(exc)})
             continue
         nonce = secrets.token_hex(16)
-        auth["edges"][str(e)] = {"public_key": key, "nonce": nonce}
+        auth["edges"][str(e)] = {"public_key": key, "nonce": nonce, "key_from": how}
         request = Message("train.local", {"run": auth["run"], "nonce": nonce})
         reply = ctx.request(e, request, "upload")
         if reply.kind != "upload":
@@ -80,7 +76,7 @@ def screening(ctx: Context) -> dict:
         int(e): Expected(public_key=a["public_key"], run=auth["run"], nonce=a["nonce"])
         for e, a in auth["edges"].items()
     }
-    return screen_uploads(
+    return admit(
         ctx._uploads(),
         ctx.layout.task_names,
         common,
