@@ -1,0 +1,157 @@
+"""Per-edge delivery: every edge's download fits its own budget and is never worse than its
+upload on validation; a budget nothing fits falls back to the upload and says so."""
+
+import numpy as np
+import pytest
+import torch
+
+from baim.cloud import fuse
+from baim.cloud.budget import compact_bytes, lossless_compact
+from baim.cloud.delivery import CANDIDATES, Deliveries, as_compact, budget_bytes, with_prior
+from baim.config import Recipe, parse_download_budget
+from baim.errors import ConfigError
+from baim.learners import weights_bytes
+from baim.models import BAIM, LatentPrior, load_model, reconstruction_metrics, save_model
+from conftest import look_trained, trained_learners
+
+# squads: task 0 = learners 0 (small), 1 (medium); task 1 = 2 (large), 3 (small)
+TIERS, TASKS = ["small", "medium", "large", "small"], [0, 0, 1, 1]
+RNG = np.random.default_rng(0)
+COMMON = {t: RNG.integers(0, 256, (24, 1, 32, 32), dtype=np.uint8) for t in (0, 1)}
+VAL = RNG.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8)
+RECIPE = Recipe(1, batch_size=16, lr=0.005, trained_lr_scale=0.1, keep_norm_stats=True)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    learners = trained_learners(TIERS, 0)
+    model = look_trained(fuse(trained_learners(TIERS, 0), TASKS, ["a", "b"], top_k=2, height=1), 0.2, 0.5)
+    model.prune_connections(0.5)
+    return model.eval(), learners
+
+
+def _loss(model, images=VAL) -> float:
+    return reconstruction_metrics(model, images, 0, RECIPE.kld_weight, seed=0)["test_loss"]
+
+
+def test_budget_parsing():
+    assert parse_download_budget("1.25") == ("factor", 1.25)
+    assert parse_download_budget("3MB") == ("bytes", 3e6)
+    assert parse_download_budget(" None ") is None
+    assert budget_bytes("1.25", 1000) == 1250 and budget_bytes("0.5MB", 1000) == 500_000
+    assert budget_bytes("none", 1000) is None
+    for bad in ("", "-1", "0", "x", "3GB", "inf"):
+        with pytest.raises(ConfigError, match="download budget"):
+            parse_download_budget(bad)
+
+
+def test_an_upload_as_a_compact_model_is_exactly_the_upload(setup, tmp_path):
+    _, learners = setup
+    up = learners[1]
+    compact = as_compact(up, "a")
+    assert _loss(compact) == pytest.approx(_loss(up), abs=1e-7)
+    loaded = load_model(save_model(compact, tmp_path / "c"), "compact")
+    assert _loss(loaded) == pytest.approx(_loss(up), abs=1e-7)
+    # what it costs beyond the learner: an identity adapter, a one-way gate, the prior
+    assert compact_bytes(compact) < 1.1 * len(weights_bytes(up))
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_compact_priors_are_smaller_fit_and_survive_save(setup, tmp_path, rank):
+    model, _ = setup
+    full = lossless_compact(model, 0)
+    small = with_prior(full, rank)
+    codes = torch.randn(400, small.latent_dim) * torch.linspace(0.5, 2, small.latent_dim) + 1
+    small.prior(0).fit(codes)
+    d = small.latent_dim
+    assert compact_bytes(full) - compact_bytes(small) >= 4 * (d * d - d * (rank + 1)) - 200  # header: names
+    z = small.prior(0).sample(4000, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.mean(0), codes.mean(0), atol=0.15)
+    assert torch.allclose(z.std(0), codes.std(0), rtol=0.1)
+    loaded = load_model(save_model(small, tmp_path / "p"), "compact")
+    assert loaded.config.prior_rank == rank
+    g = torch.Generator
+    assert torch.equal(loaded.generate(0, 3, g().manual_seed(1)), small.generate(0, 3, g().manual_seed(1)))
+    x = torch.rand(5, 1, 32, 32)  # reconstructions do not depend on the prior
+    assert torch.equal(small(x, sample=False).x_hat, full(x, sample=False).x_hat)
+    with pytest.raises(ValueError, match="rank"):
+        LatentPrior(4, 4)
+
+
+def test_every_tier_gets_a_download_within_its_budget_never_worse_than_its_upload(setup, monkeypatch):
+    model, learners = setup
+    factor = 1.25
+    monkeypatch.setattr("baim.cloud.delivery.DISTILL_EPOCHS", 1)
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    chosen = set()
+    for edge, (up, task) in enumerate(zip(learners, TASKS)):
+        budget = budget_bytes(str(factor), compact_bytes(up))
+        d = deliveries.deliver(edge, task, up, budget, VAL)
+        rec = d.record()
+        assert rec["within_budget"] and d.bytes == compact_bytes(d.model) <= budget, rec
+        assert d.val_loss == pytest.approx(_loss(d.model), rel=1e-6)
+        assert d.val_loss <= d.upload_val_loss == pytest.approx(_loss(up), rel=1e-6)
+        assert set(rec["candidates"]) == set(CANDIDATES) and d.candidate in CANDIDATES and rec["reason"]
+        for c in rec["candidates"].values():  # every candidate that was built is measured
+            assert "error" in c or {"bytes", "val_loss", "fits"} <= set(c)
+        chosen.add(d.candidate)
+    assert chosen  # a record per edge
+
+
+def test_the_lossless_model_when_it_fits_and_without_a_budget(setup):
+    model, learners = setup
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    d = deliveries.deliver(0, 0, learners[0], None, VAL)
+    assert d.candidate == "lossless" and d.budget_bytes is None
+    x = torch.rand(6, 1, 32, 32)
+    t = torch.zeros(6, dtype=torch.long)
+    assert torch.allclose(d.model(x, t, sample=False).x_hat, model(x, t, sample=False).x_hat, atol=1e-6)
+    huge = deliveries.deliver(0, 0, learners[0], 10**9, VAL)
+    assert huge.candidates["lossless"]["fits"] and huge.candidates["lossless"]["prior"] == "full"
+
+
+def test_a_budget_too_small_for_anything_falls_back_to_the_upload_and_says_so(setup):
+    model, learners = setup
+    d = Deliveries(model, COMMON, RECIPE).deliver(3, 1, learners[3], 1000, VAL)
+    assert d.candidate == "upload" and not d.record()["within_budget"]
+    assert "no candidate fits the budget of 1,000 bytes" in d.reason and "keeps its own upload" in d.reason
+    assert d.val_loss == pytest.approx(d.upload_val_loss, rel=1e-6)
+
+
+def test_a_delivery_needs_validation_images(setup):
+    model, learners = setup
+    with pytest.raises(ConfigError, match="validation"):
+        Deliveries(model, COMMON, RECIPE).deliver(0, 0, learners[0], 10**6, VAL[:0])
+
+
+def test_a_worse_candidate_is_never_chosen(setup, monkeypatch):
+    """Candidates that fit but lose to the upload on validation are passed over."""
+    model, learners = setup
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    broken = lossless_compact(model, 0)
+    with torch.no_grad():
+        for l in broken.squad(0):
+            broken.learner(l).image_head.bias.fill_(-20.0)  # all-black images
+    deliveries._lossless[0] = broken
+    monkeypatch.setattr(Deliveries, "_distilled", lambda self, task, upload: broken_learner(upload))
+    d = deliveries.deliver(0, 0, learners[0], 10**9, VAL)
+    assert d.candidates["lossless"]["val_loss"] > d.upload_val_loss
+    assert d.candidate == "upload" and "worse on validation" in d.reason, d.reason
+
+
+def broken_learner(upload):
+    import copy
+
+    out = copy.deepcopy(upload)
+    with torch.no_grad():
+        out.image_head.bias.fill_(-20.0)
+    return out
+
+
+def test_delivered_models_are_compact_models(setup, tmp_path):
+    model, learners = setup
+    d = Deliveries(model, COMMON, RECIPE).deliver(
+        1, 0, learners[1], budget_bytes("1.25", compact_bytes(learners[1])), VAL
+    )
+    assert isinstance(d.model, BAIM) and d.model.tsgate is None and d.model.task_names == ["a"]
+    load_model(save_model(d.model, tmp_path / "d"), "compact")
