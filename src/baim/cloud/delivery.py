@@ -33,17 +33,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ..config import Recipe, parse_download_budget
-from ..data import to_float
+from ..data import DataSet, to_float
+from ..data.layout import Layout
 from ..errors import ConfigError
 from ..learners import StagedVAE, vae_loss, weights_bytes
 from ..models import BAIM, Loss, fit, fit_priors, reconstruction_metrics, train_baim
+from ..runview import Run
 from .budget import compact_bytes, lossless_compact, partition_within_budget, selection_images
+from .pipeline import common_data
 
 CANDIDATES = ("lossless", "budgeted", "distilled", "upload")
 COMPACT_PRIOR_RANK = 0  # a tight budget's prior: diagonal (D numbers instead of D²)
@@ -104,6 +108,7 @@ class Delivery:
     upload_val_loss: float | None
     reason: str
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sent_bytes: int | None = None  # the deployment message as sent (manifest and weights), once sent
 
     def record(self) -> dict[str, Any]:
         """JSON-ready: everything but the model."""
@@ -116,6 +121,7 @@ class Delivery:
             "bytes": self.bytes,
             "upload_bytes": self.upload_bytes,
             "within_budget": self.budget_bytes is None or self.bytes <= self.budget_bytes,
+            "sent_bytes": self.sent_bytes,
             "val_loss": self.val_loss,
             "upload_val_loss": self.upload_val_loss,
             "candidates": self.candidates,
@@ -296,3 +302,39 @@ def _form(rank: int | None) -> str:
 def _prior_bytes(dim: int, rank: int | None) -> int:
     """The float32 bytes of a prior's mean and scale buffers of the form ``rank``."""
     return 4 * dim * (1 + (dim if rank is None else 1 + rank))
+
+
+def deliver_all(
+    layout: Layout, ds: DataSet, baim: BAIM, uploads: dict[int, StagedVAE], edges: list[int], seed: int = 0
+) -> dict[int, Delivery]:
+    """Every edge's delivery from ``baim`` under the layout's ``download_budget``: each edge in
+    ``edges`` by its accepted upload in ``uploads`` and its validation slice; an edge with no
+    accepted upload has nothing to be budgeted by, and gets the lossless model of its task."""
+    images, tasks = common_data(layout, ds)
+    deliveries = Deliveries(
+        baim, {t: images[tasks == t] for t in range(len(layout.tasks))}, layout.settings.cloud, seed
+    )
+    out = {}
+    for e in edges:
+        task = layout.edges[e].task
+        if e not in uploads:
+            model = deliveries.lossless(task)
+            size = compact_bytes(model)
+            why = "no accepted upload to set a budget by: the lossless model"
+            out[e] = Delivery(e, layout.task_names[task], "lossless", model, None, size, 0, None, None, why)
+            continue
+        budget = budget_bytes(layout.settings.download_budget, len(weights_bytes(uploads[e])))
+        out[e] = deliveries.deliver(e, task, uploads[e], budget, ds.train.load(layout.edges[e].val))
+    return out
+
+
+def deliveries_from_run(run_dir: str | Path, budget: str | None = None, seed: int = 0) -> dict[int, Delivery]:
+    """:func:`deliver_all` for a finished run, without rerunning it: the BAIM it partitioned,
+    every edge's upload as stored (``initial``), the run's budget unless ``budget`` is given."""
+    run = Run.open(run_dir)
+    layout = run.layout
+    if budget is not None:
+        layout = replace(layout, preset=layout.preset | {"download_budget": budget})
+    edges = [s.edge for s in layout.edges]
+    uploads = {e: cast(StagedVAE, run.edge_model(e, "initial")) for e in edges}
+    return deliver_all(layout, run.dataset(), run.baim(), uploads, edges, seed)
