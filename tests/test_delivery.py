@@ -155,3 +155,34 @@ def test_delivered_models_are_compact_models(setup, tmp_path):
     )
     assert isinstance(d.model, BAIM) and d.model.tsgate is None and d.model.task_names == ["a"]
     load_model(save_model(d.model, tmp_path / "d"), "compact")
+
+
+@pytest.mark.integration
+def test_cloud_add_delivers_the_new_task_within_budget(tmp_path, fmnist):
+    from PIL import Image
+
+    from baim.cloud.add import add_to_run
+    from baim.config import get_preset
+    from baim.data.layout import make_layout
+    from baim.learners import StagedVAE, tier_spec
+
+    run = tmp_path / "run"
+    layout = make_layout(fmnist, get_preset("smoke"), seed=0)
+    layout.save(run / "layout.json")
+    torch.manual_seed(0)
+    olds = [StagedVAE(tier_spec("medium")).eval() for _ in layout.task_names]
+    save_model(fuse(olds, list(range(len(olds))), layout.task_names, height=1), run / "cloud" / "baim-finetune")
+    folder = tmp_path / "discs"
+    folder.mkdir()
+    yy, xx = np.mgrid[:32, :32]
+    for i, r in enumerate(np.random.default_rng(0).uniform(4, 14, 30)):
+        Image.fromarray(((xx - 16) ** 2 + (yy - 16) ** 2 < r * r).astype(np.uint8) * 255).save(folder / f"{i}.png")
+    learner = save_model(StagedVAE(tier_spec("small")).eval(), tmp_path / "learner")
+    report = add_to_run(run, learner, "discs", images_dir=folder, epochs=1)
+    d = report["delivery"]
+    assert d["within_budget"] and d["bytes"] <= d["budget_bytes"] == int(1.25 * d["upload_bytes"])
+    assert d["val_loss"] <= d["upload_val_loss"] and d["reason"]
+    assert set(report["held_out_loss"]) == {"learner", "delivered", "baim"}
+    assert all(np.isfinite(v) for v in report["held_out_loss"].values())
+    delivered = load_model(run / "cloud" / "baim-finetune-added-discs" / "delivered", "compact")
+    assert delivered.task_names == ["discs"] and compact_bytes(delivered) == d["bytes"]
