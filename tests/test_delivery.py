@@ -118,10 +118,13 @@ def test_a_budget_too_small_for_anything_falls_back_to_the_upload_and_says_so(se
     assert d.val_loss == pytest.approx(d.upload_val_loss, rel=1e-6)
 
 
-def test_a_delivery_needs_validation_images(setup):
+def test_without_validation_images_only_the_lossless_model_or_the_upload(setup):
     model, learners = setup
-    with pytest.raises(ConfigError, match="validation"):
-        Deliveries(model, COMMON, RECIPE).deliver(0, 0, learners[0], 10**6, VAL[:0])
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    small = deliveries.deliver(0, 0, learners[0], budget_bytes("1.25", compact_bytes(learners[0])), VAL[:0])
+    assert small.candidate == "upload" and "no validation images" in small.reason and small.val_loss is None
+    big = deliveries.deliver(0, 0, learners[0], 10**9, VAL[:0])
+    assert big.candidate == "lossless" and set(big.candidates) == {"lossless", "upload"}
 
 
 def test_a_worse_candidate_is_never_chosen(setup, monkeypatch):

@@ -22,8 +22,9 @@ The chosen model is the one with the lowest validation loss among those that fit
 worse than the upload on validation; so an edge is never sent a model worse than what it had.
 When nothing fits, not even the upload, the upload is chosen and the record says so: the
 edge loses nothing, and the budget could not be met. ``budget=None`` gives the lossless model
-(no choice is made). The record of each edge names the candidate, why, and every candidate's
-bytes and validation loss.
+(no choice is made); so does a layout without validation parts where the lossless model fits
+(else the upload: neither needs validation to be no worse). The record of each edge names the
+candidate, why, and every candidate's bytes and validation loss.
 
 Validation images are the edge's own validation slice. In this simulation the cloud scores
 the candidates itself; an edge could score them instead and send back only the losses.
@@ -159,15 +160,11 @@ class Deliveries:
             return Delivery(
                 edge, name, "lossless", model, None, size, up_bytes, None, None, "no download budget: lossless"
             )
-        if len(val) == 0:
-            raise ConfigError(
-                f"edge {edge} has no validation images to choose its download on; make the layout with "
-                "val_fraction > 0, or deliver without a budget (--download-budget none)"
-            )
-        upload_loss = self._loss(upload, val)
+        blind = len(val) == 0  # a layout without validation parts: nothing to compare on
+        upload_loss = None if blind else self._loss(upload, val)
         built: dict[str, BAIM] = {}
         notes: dict[str, dict[str, Any]] = {}
-        for cand in CANDIDATES:
+        for cand in ("lossless", "upload") if blind else CANDIDATES:
             try:
                 model, note = self._candidate(cand, task, upload, budget)
             except ConfigError as exc:  # nothing of this kind fits
@@ -175,8 +172,19 @@ class Deliveries:
                 continue
             size = compact_bytes(model)
             built[cand] = model
-            notes[cand] = note | {"bytes": size, "fits": size <= budget, "val_loss": self._loss(model, val)}
+            notes[cand] = note | {
+                "bytes": size,
+                "fits": size <= budget,
+                "val_loss": None if blind else self._loss(model, val),
+            }
         fitting = [c for c in built if notes[c]["fits"]]
+        if blind:
+            best = "lossless" if "lossless" in fitting else "upload"
+            what = "the lossless model fits" if best == "lossless" else "its own upload"
+            why = f"no validation images to choose on: {what}"
+            size = notes[best]["bytes"]
+            return Delivery(edge, name, best, built[best], budget, size, up_bytes, None, None, why, notes)
+        assert upload_loss is not None
         good = [c for c in fitting if notes[c]["val_loss"] <= upload_loss]
         if good:
             best = min(good, key=lambda c: (notes[c]["val_loss"], CANDIDATES.index(c)))
