@@ -189,3 +189,25 @@ def test_cloud_add_delivers_the_new_task_within_budget(tmp_path, fmnist):
     assert all(np.isfinite(v) for v in report["held_out_loss"].values())
     delivered = load_model(run / "cloud" / "baim-finetune-added-discs" / "delivered", "compact")
     assert delivered.task_names == ["discs"] and compact_bytes(delivered) == d["bytes"]
+
+
+@pytest.mark.integration
+def test_a_run_sends_every_edge_its_delivery_and_the_summary_says_so(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from baim import config, engines
+    from baim.config import RunConfig
+    from baim.runfiles import RunFiles
+
+    monkeypatch.setitem(config.PRESETS, "tiny", replace(config.get_preset("smoke"), name="tiny"))
+    summary = engines.run(tmp_path, RunConfig(preset="tiny", strategies=("finetune",)))
+    files = RunFiles(tmp_path)
+    for e in summary["edges"]:
+        d, sent = e["delivery"], e["bytes"]
+        assert d["candidate"] in CANDIDATES and d["reason"] and d["within_budget"]
+        assert d["bytes"] <= d["budget_bytes"] and d["val_loss"] <= d["upload_val_loss"]
+        assert e["bytes"]["up"] == files.upload(e["edge"]).stat().st_size
+        assert d["bytes"] < sent["down"] < d["bytes"] + 64_000  # the weights and their manifest
+        deployed = load_model(files.edge(e["edge"], "deployed"), "compact")
+        assert compact_bytes(deployed) == d["bytes"]
+    assert summary["bytes"]["download"] == sum(e["bytes"]["down"] for e in summary["edges"])
