@@ -52,8 +52,9 @@ from .pipeline import common_data
 
 CANDIDATES = ("lossless", "budgeted", "distilled", "upload")
 # A tight budget's prior: diagonal + rank 8, D·9 numbers instead of D². Measured on the quick
-# preset (seed 0, domain FID, 500 fitted-prior samples of the lossless models, per task): full
-# 505 / 939 / 603, diagonal 611 / 1089 / 828, diagonal + rank 8 503 / 922 / 596.
+# preset (domain FID, 500 fitted-prior samples of the lossless models; tops / footwear /
+# trousers & bags), seed 0: full 505 / 939 / 603, diagonal 611 / 1089 / 828, diagonal + rank 8
+# 503 / 922 / 596; seed 1: full 491 / 915 / 424, diagonal 582 / 1071 / 648, rank 8 493 / 903 / 413.
 COMPACT_PRIOR_RANK = 8
 FINETUNE_EPOCHS = 2  # the budgeted cut's short fine-tune on the task's common images
 DISTILL_EPOCHS = 6  # distillation into the edge's architecture, from its upload
