@@ -96,8 +96,12 @@ class Preset:
     # share of every edge slice and of the cloud's common data held out as validation (every
     # choice is made there; test data only reports); stratified by class
     val_fraction: float = 0.1
+    # what each edge may download, by its own upload: a factor ("1.25"), megabytes ("3MB"), or
+    # "none" (no limit: the lossless compact model of its task)
+    download_budget: str = "1.25"
 
     def __post_init__(self) -> None:
+        parse_download_budget(self.download_budget)
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, int | float):
             raise ConfigError(f"val_fraction is a number in [0, 0.5], got {self.val_fraction!r}")
         if not 0 <= self.val_fraction <= 0.5:
@@ -139,6 +143,24 @@ class Preset:
     def with_overrides(self, **kw: Any) -> Preset:
         """A copy with the given top-level fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def parse_download_budget(text: str) -> tuple[str, float] | None:
+    """``--download-budget``: ``"1.25"`` → ``("factor", 1.25)`` (× the edge's own upload),
+    ``"3MB"`` → ``("bytes", 3e6)``, ``"none"`` → ``None`` (the lossless compact model)."""
+    raw = str(text).strip().lower()
+    if raw == "none":
+        return None
+    kind, number = ("bytes", raw[:-2]) if raw.endswith("mb") else ("factor", raw)
+    try:
+        value = float(number)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(
+            f"a download budget is a positive factor of the edge's upload (1.25), megabytes (3MB) or none, got {text!r}"
+        )
+    return (kind, value * 1e6) if kind == "bytes" else (kind, value)
 
 
 # Screening measures each upload against the spread of its task's common images (zero for one

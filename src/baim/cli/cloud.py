@@ -137,6 +137,8 @@ def _cmd_cloud_add(args: argparse.Namespace) -> None:
             "test_loss_after",
             "untouched_max_abs_diff",
             "compact_bytes",
+            "held_out_loss",
+            "delivery",
             "seconds",
         )
     }

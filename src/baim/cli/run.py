@@ -27,7 +27,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         staleness=args.staleness,
         leave=args.leave,
         join_late=args.join_late,
-        overrides=run_overrides(args.few_shot, not args.no_cross_task_connections),
+        overrides=run_overrides(args.few_shot, not args.no_cross_task_connections)
+        | ({"download_budget": args.download_budget} if args.download_budget is not None else {}),
     )
     summary = run(args.out, cfg)
     console.print(
@@ -123,6 +124,13 @@ def add_run(sub: Subparsers, fmt: Formatter) -> None:
         "--no-cross-task-connections",
         action="store_true",
         help="candidate connections only between learners of the same squad (to measure what other tasks add)",
+    )
+    sp.add_argument(
+        "--download-budget",
+        default=None,
+        metavar="BUDGET",
+        help="what each edge may download: a factor of its own upload's bytes (default 1.25), megabytes (3MB), "
+        "or none (the lossless compact model of its task)",
     )
     sp.add_argument("--out", required=True, help="run directory (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_run)

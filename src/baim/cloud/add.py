@@ -4,13 +4,19 @@ The learner (a saved learner folder: an edge's upload, or one a user trained on 
 images with ``baim edge train --images``) joins the squad of a task the BAIM knows, or opens a
 new task. A new task brings the cloud's common images for it (``images``, a folder of images
 of the BAIM's geometry after resizing): a seeded 80 % trains the new parts, 20 % is held out to
-measure it. :func:`baim.cloud.continual.integrate` does the growing and training; this module
-reads the run, checks the newcomer, and writes the grown BAIM and the touched tasks' compact
-models beside the old ones (the old BAIM is never overwritten), with a report of what changed.
+measure it (and 10 % chooses its download). :func:`baim.cloud.continual.integrate` does the growing
+and training; this module reads the run, checks the newcomer, and writes the grown BAIM and the
+touched tasks' compact models beside the old ones (the old BAIM is never overwritten), with a
+report of what changed. The newcomer's own download is chosen as every edge's is
+(:mod:`baim.cloud.delivery`: within the run's download budget of its learner's bytes, on
+validation images: the new task's 10 %, or the run's common validation images of a known
+task) and saved as ``delivered/``; the report sets the learner alone beside the BAIM and the
+delivered model on the held-out images.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -19,21 +25,25 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json
+from ..data import DataSet
 from ..data.image_folder import read_images
+from ..data.layout import Layout
 from ..errors import ConfigError
-from ..learners import LearnerSpec, StagedVAE
-from ..models import load_model, save_model
+from ..learners import LearnerSpec, StagedVAE, weights_bytes
+from ..models import load_model, reconstruction_metrics, save_model
 from ..names import check_task_name
 from ..runfiles import RunFiles
 from ..runview import Run
 from ..transport import decode
 from .continual import integrate
+from .delivery import Deliveries, budget_bytes
 from .door import NO_WAIVERS, Waivers, admit
 from .partition import partition
 from .pipeline import common_data
 from .uploads import folder_upload
 
 HELD_OUT = 0.2
+VALIDATION = 0.1  # of a new task's images: where its delivery is chosen (neither trained on nor held out)
 
 
 def _spec_of(path: Path) -> LearnerSpec:
@@ -73,6 +83,13 @@ def _admit(
             "(no signature) or --skip-screening (recorded in add.json)"
         )
     return admitted.accepted[0][0], admitted.report()
+
+
+def _cloud_val(layout: Layout, ds: DataSet, task: int) -> np.ndarray:
+    """The validation part of the run's common data that belongs to ``task``."""
+    classes = set(layout.tasks[task]["classes"])
+    labels = np.asarray(ds.train.labels)
+    return ds.train.load([i for i in layout.cloud_val if int(labels[i]) in classes])
 
 
 def add_to_run(
@@ -122,15 +139,20 @@ def add_to_run(
             raise ConfigError(f"{images_dir} holds {len(own)} images; a new task needs at least 10 common images")
         order = np.random.default_rng(seed).permutation(len(own))
         cut = max(1, int(round(HELD_OUT * len(own))))
+        n_val = max(1, int(round(VALIDATION * len(own))))
         test_sets[task] = own[order[:cut]]
-        images = np.concatenate([images, own[order[cut:]]])
-        names += [task] * (len(own) - cut)
+        val = own[order[cut : cut + n_val]]
+        images = np.concatenate([images, own[order[cut + n_val :]]])
+        names += [task] * (len(own) - cut - n_val)
     elif images_dir is not None:
         raise ConfigError(f"task {task!r} is one of the BAIM's: its common data is the run's; leave out --images")
+    else:
+        val = _cloud_val(layout, ds, layout.task_names.index(task))
     learner, admission = _admit(Path(learner_dir), task, images, names, model, keys, waivers)
     recipe = layout.settings.cloud
     if epochs is not None:
         recipe = replace(recipe, epochs=epochs)
+    upload = copy.deepcopy(learner)  # the learner as it came: integrate trains the one that joins
     report = integrate(
         model, [(learner, task)], images, names, recipe, train_old=train_old, test_sets=test_sets, seed=seed
     )
@@ -140,7 +162,19 @@ def add_to_run(
     for name in report["touched_tasks"] if not train_old else model.task_names:
         folder = save_model(partition(model, model.task_names.index(name)), RunFiles.compact_beside(target, name))
         compact[name] = (folder / "weights.safetensors").stat().st_size
+    t = model.task_names.index(task)
+    own_common = images[np.array(names) == task]
+    budget = budget_bytes(layout.settings.download_budget, len(weights_bytes(upload)))
+    delivery = Deliveries(model, {t: own_common}, layout.settings.cloud, seed).deliver(-1, t, upload, budget, val)
+    save_model(delivery.model, target / "delivered")
+    held_out = test_sets[task]
     report |= {
+        "delivery": {k: v for k, v in delivery.record().items() if k != "candidates"},
+        "held_out_loss": {
+            "learner": reconstruction_metrics(upload, held_out, 0, recipe.kld_weight, seed=seed)["test_loss"],
+            "delivered": reconstruction_metrics(delivery.model, held_out, 0, recipe.kld_weight, seed=seed)["test_loss"],
+            "baim": reconstruction_metrics(model, held_out, t, recipe.kld_weight, seed=seed)["test_loss"],
+        },
         "run": str(run.root),
         "source": str(source),
         "saved": str(target),

@@ -68,6 +68,7 @@ def partition(model: BAIM, task: int) -> BAIM:
         frozen=[index[old] for old in model.frozen_learners if old in index],
         trimmed=trimmed,
         projection_rank=model.projection_rank,
+        prior_rank=model.config.prior_rank,
     )
     compact = BAIM(config)
     # Copy the weights that survive the cut: the BAIM's state, renamed to the compact model's indices.

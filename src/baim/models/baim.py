@@ -88,7 +88,7 @@ class BAIM(nn.Module):
         self.tsgate: TaskClassifier | None = (
             TaskClassifier(self.channels, self.image_size, len(self.task_names)) if config.has_tsgate else None
         )
-        self.priors = nn.ModuleList(LatentPrior(self.latent_dim) for _ in self.task_names)
+        self.priors = nn.ModuleList(LatentPrior(self.latent_dim, config.prior_rank) for _ in self.task_names)
         self.connections = nn.ModuleDict()
         self.projection_downs = nn.ModuleDict()  # low-rank only: source stage -> its shared code (c_in → r)
         self.projection_ups = nn.ModuleDict()  # low-rank only: target stage -> its shared up-projection
@@ -307,7 +307,7 @@ class BAIM(nn.Module):
         if new_task:
             self._reconfigure(task_names=(*self._config.task_names, task))
             self.lsgates.append(LSGate(self.latent_dim, 1, self.gate_hidden))
-            self.priors.append(LatentPrior(self.latent_dim))
+            self.priors.append(LatentPrior(self.latent_dim, self._config.prior_rank))
             if self.tsgate is not None:
                 self.tsgate.add_task()
         t = self._config.task_names.index(task)

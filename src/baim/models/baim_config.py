@@ -37,6 +37,7 @@ class BAIMConfig:
     frozen: Sequence[int] = ()
     trimmed: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
     projection_rank: int = 0  # 0: exact 1×1 projections; r > 0: a rank-r bottleneck per target stage
+    prior_rank: int | None = None  # the latent priors' form: None full covariance, 0 diagonal, r diagonal + rank r
 
     def __post_init__(self) -> None:
         for name in ("task_names", "learner_tasks", "learner_specs", "connections"):
@@ -57,7 +58,10 @@ class BAIMConfig:
             "has_tsgate": self.has_tsgate,
             "frozen": sorted(self.frozen),
             "trimmed": {str(k): dict(v) for k, v in sorted(self.trimmed.items())},
-        } | ({"projection_rank": self.projection_rank} if self.projection_rank else {})  # absent: exact
+        } | (
+            ({"projection_rank": self.projection_rank} if self.projection_rank else {})  # absent: exact
+            | ({"prior_rank": self.prior_rank} if self.prior_rank is not None else {})  # absent: full covariance
+        )
 
     @classmethod
     def from_dict(cls, raw: dict) -> BAIMConfig:
@@ -66,7 +70,7 @@ class BAIMConfig:
         if not isinstance(raw, dict):
             raise SpecError(f"a BAIM config must be a JSON object, got {type(raw).__name__}")
         missing = sorted(set(_FIELDS) - set(raw))
-        unknown = sorted(set(raw) - set(_FIELDS) - {"projection_rank"})  # optional: files before it
+        unknown = sorted(set(raw) - set(_FIELDS) - {"projection_rank", "prior_rank"})  # optional: files before them
         if missing or unknown:
             raise SpecError(f"BAIM config: missing fields {missing}, unknown fields {unknown}")
         task_names = _list(raw, "task_names", MAX_TASKS)
@@ -131,6 +135,9 @@ class BAIMConfig:
         rank = raw.get("projection_rank", 0)
         if not _is_int(rank) or not 0 <= rank <= 4096:
             raise SpecError(f"BAIM config field 'projection_rank': an int in 0..4096 (0: exact), got {rank!r:.50}")
+        prior_rank = raw.get("prior_rank")
+        if prior_rank is not None and (not _is_int(prior_rank) or not 0 <= prior_rank <= 4096):
+            raise SpecError(f"BAIM config field 'prior_rank': null (full) or an int in 0..4096, got {prior_rank!r:.50}")
         return cls(
             task_names,
             tasks,
@@ -140,6 +147,7 @@ class BAIMConfig:
             trimmed=trimmed,
             has_tsgate=raw["has_tsgate"],
             projection_rank=rank,
+            prior_rank=prior_rank,
             **ints,
         )
 

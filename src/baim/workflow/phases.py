@@ -13,6 +13,7 @@ import torch
 from ..atomic import write_bytes
 from ..cloud import common_data, train_strategy
 from ..cloud import partition as cut
+from ..cloud.delivery import deliver_all
 from ..cloud.door import admit, enrol
 from ..cloud.uploads import Expected
 from ..edge.node import IDENTITY
@@ -145,17 +146,22 @@ def partition(ctx: Context) -> dict:
 
 
 def deployment(ctx: Context) -> dict:
+    """Send each edge the model chosen for it within its download budget (:mod:`baim.cloud.delivery`)."""
     mark = len(ctx.ledger.messages)
     done, missing = [], []
+    learners, _, accepted, _ = ctx.accepted_learners()
+    baim = cast(BAIM, load_model(ctx.baim_folder(0), "baim"))
+    plan = deliver_all(ctx.layout, ctx.ds, baim, dict(zip(accepted, learners)), ctx.present(0), ctx.seed)
     for e in ctx.present(0):
-        task = ctx.layout.task_names[ctx.layout.edges[e].task]
-        message = deploy_message(cast(BAIM, load_model(ctx.rd.files.compact(task), "compact")))
-        reply = ctx.request(e, message, "deployment")
+        sent = len(ctx.ledger.messages)
+        reply = ctx.request(e, deploy_message(plan[e].model), "deployment")
         if reply.kind != "ack":
             missing.append(missing_edge(e, reply))
             continue
         done.append(e)
-    return {"edges": done, "missing": missing, "bytes": ctx.ledger.totals_since(mark)}
+        plan[e].sent_bytes = ctx.ledger.totals_since(sent)["down"]
+    deliveries = {str(e): d.record() for e, d in plan.items()}
+    return {"edges": done, "missing": missing, "bytes": ctx.ledger.totals_since(mark), "deliveries": deliveries}
 
 
 def personalization(ctx: Context) -> dict:

@@ -33,6 +33,7 @@ def summarize(ctx: Context) -> dict:
             "tier": u["tier"],
             "samples": u["samples"],
             "models": models.get(u["edge"], {}),
+            **_delivery(ctx, u["edge"], deployment.get("deliveries", {}).get(str(u["edge"]))),
         }
         for u in up["edges"]
     ]
@@ -110,3 +111,15 @@ def summarize(ctx: Context) -> dict:
     write_json(rd.files.summary, summary)
     write_report(rd.root, summary, ctx.layout.task_names)
     return summary
+
+
+def _delivery(ctx: Context, edge: int, record: dict | None) -> dict:
+    """An edge's bytes up (its upload message) and down (its deployment), and the model it was
+    sent: which candidate, why, within which budget."""
+    upload = ctx.rd.files.upload(edge)
+    sent = (record or {}).get("sent_bytes")
+    keep = ("candidate", "reason", "budget_bytes", "bytes", "within_budget", "val_loss", "upload_val_loss")
+    return {
+        "bytes": {"up": upload.stat().st_size if upload.is_file() else 0, "down": sent or 0},
+        "delivery": {k: record[k] for k in keep} if record else None,
+    }

@@ -1,0 +1,213 @@
+"""Per-edge delivery: every edge's download fits its own budget and is never worse than its
+upload on validation; a budget nothing fits falls back to the upload and says so."""
+
+import numpy as np
+import pytest
+import torch
+
+from baim.cloud import fuse
+from baim.cloud.budget import compact_bytes, lossless_compact
+from baim.cloud.delivery import CANDIDATES, Deliveries, as_compact, budget_bytes, with_prior
+from baim.config import Recipe, parse_download_budget
+from baim.errors import ConfigError
+from baim.learners import weights_bytes
+from baim.models import BAIM, LatentPrior, load_model, reconstruction_metrics, save_model
+from conftest import look_trained, trained_learners
+
+# squads: task 0 = learners 0 (small), 1 (medium); task 1 = 2 (large), 3 (small)
+TIERS, TASKS = ["small", "medium", "large", "small"], [0, 0, 1, 1]
+RNG = np.random.default_rng(0)
+COMMON = {t: RNG.integers(0, 256, (24, 1, 32, 32), dtype=np.uint8) for t in (0, 1)}
+VAL = RNG.integers(0, 256, (16, 1, 32, 32), dtype=np.uint8)
+RECIPE = Recipe(1, batch_size=16, lr=0.005, trained_lr_scale=0.1, keep_norm_stats=True)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    learners = trained_learners(TIERS, 0)
+    model = look_trained(fuse(trained_learners(TIERS, 0), TASKS, ["a", "b"], top_k=2, height=1), 0.2, 0.5)
+    model.prune_connections(0.5)
+    return model.eval(), learners
+
+
+def _loss(model, images=VAL) -> float:
+    return reconstruction_metrics(model, images, 0, RECIPE.kld_weight, seed=0)["test_loss"]
+
+
+def test_budget_parsing():
+    assert parse_download_budget("1.25") == ("factor", 1.25)
+    assert parse_download_budget("3MB") == ("bytes", 3e6)
+    assert parse_download_budget(" None ") is None
+    assert budget_bytes("1.25", 1000) == 1250 and budget_bytes("0.5MB", 1000) == 500_000
+    assert budget_bytes("none", 1000) is None
+    for bad in ("", "-1", "0", "x", "3GB", "inf"):
+        with pytest.raises(ConfigError, match="download budget"):
+            parse_download_budget(bad)
+
+
+def test_an_upload_as_a_compact_model_is_exactly_the_upload(setup, tmp_path):
+    _, learners = setup
+    up = learners[1]
+    compact = as_compact(up, "a")
+    assert _loss(compact) == pytest.approx(_loss(up), abs=1e-7)
+    loaded = load_model(save_model(compact, tmp_path / "c"), "compact")
+    assert _loss(loaded) == pytest.approx(_loss(up), abs=1e-7)
+    # what it costs beyond the learner: an identity adapter, a one-way gate, the prior
+    assert compact_bytes(compact) < 1.1 * len(weights_bytes(up))
+
+
+@pytest.mark.parametrize("rank", [0, 3])
+def test_compact_priors_are_smaller_fit_and_survive_save(setup, tmp_path, rank):
+    model, _ = setup
+    full = lossless_compact(model, 0)
+    small = with_prior(full, rank)
+    codes = torch.randn(400, small.latent_dim) * torch.linspace(0.5, 2, small.latent_dim) + 1
+    small.prior(0).fit(codes)
+    d = small.latent_dim
+    assert compact_bytes(full) - compact_bytes(small) >= 4 * (d * d - d * (rank + 1)) - 200  # header: names
+    z = small.prior(0).sample(4000, torch.Generator().manual_seed(0))
+    assert torch.allclose(z.mean(0), codes.mean(0), atol=0.15)
+    assert torch.allclose(z.std(0), codes.std(0), rtol=0.1)
+    loaded = load_model(save_model(small, tmp_path / "p"), "compact")
+    assert loaded.config.prior_rank == rank
+    g = torch.Generator
+    assert torch.equal(loaded.generate(0, 3, g().manual_seed(1)), small.generate(0, 3, g().manual_seed(1)))
+    x = torch.rand(5, 1, 32, 32)  # reconstructions do not depend on the prior
+    assert torch.equal(small(x, sample=False).x_hat, full(x, sample=False).x_hat)
+    with pytest.raises(ValueError, match="rank"):
+        LatentPrior(4, 4)
+
+
+def test_every_tier_gets_a_download_within_its_budget_never_worse_than_its_upload(setup, monkeypatch):
+    model, learners = setup
+    factor = 1.25
+    monkeypatch.setattr("baim.cloud.delivery.DISTILL_EPOCHS", 1)
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    chosen = set()
+    for edge, (up, task) in enumerate(zip(learners, TASKS)):
+        budget = budget_bytes(str(factor), compact_bytes(up))
+        d = deliveries.deliver(edge, task, up, budget, VAL)
+        rec = d.record()
+        assert rec["within_budget"] and d.bytes == compact_bytes(d.model) <= budget, rec
+        assert d.val_loss == pytest.approx(_loss(d.model), rel=1e-6)
+        assert d.val_loss <= d.upload_val_loss == pytest.approx(_loss(up), rel=1e-6)
+        assert set(rec["candidates"]) == set(CANDIDATES) and d.candidate in CANDIDATES and rec["reason"]
+        for c in rec["candidates"].values():  # every candidate that was built is measured
+            assert "error" in c or {"bytes", "val_loss", "fits"} <= set(c)
+        chosen.add(d.candidate)
+    assert chosen  # a record per edge
+
+
+def test_the_lossless_model_when_it_fits_and_without_a_budget(setup):
+    model, learners = setup
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    d = deliveries.deliver(0, 0, learners[0], None, VAL)
+    assert d.candidate == "lossless" and d.budget_bytes is None
+    x = torch.rand(6, 1, 32, 32)
+    t = torch.zeros(6, dtype=torch.long)
+    assert torch.allclose(d.model(x, t, sample=False).x_hat, model(x, t, sample=False).x_hat, atol=1e-6)
+    huge = deliveries.deliver(0, 0, learners[0], 10**9, VAL)
+    assert huge.candidates["lossless"]["fits"] and huge.candidates["lossless"]["prior"] == "full"
+
+
+def test_a_budget_too_small_for_anything_falls_back_to_the_upload_and_says_so(setup):
+    model, learners = setup
+    d = Deliveries(model, COMMON, RECIPE).deliver(3, 1, learners[3], 1000, VAL)
+    assert d.candidate == "upload" and not d.record()["within_budget"]
+    assert "no candidate fits the budget of 1,000 bytes" in d.reason and "keeps its own upload" in d.reason
+    assert d.val_loss == pytest.approx(d.upload_val_loss, rel=1e-6)
+
+
+def test_without_validation_images_only_the_lossless_model_or_the_upload(setup):
+    model, learners = setup
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    small = deliveries.deliver(0, 0, learners[0], budget_bytes("1.25", compact_bytes(learners[0])), VAL[:0])
+    assert small.candidate == "upload" and "no validation images" in small.reason and small.val_loss is None
+    big = deliveries.deliver(0, 0, learners[0], 10**9, VAL[:0])
+    assert big.candidate == "lossless" and set(big.candidates) == {"lossless", "upload"}
+
+
+def test_a_worse_candidate_is_never_chosen(setup, monkeypatch):
+    """Candidates that fit but lose to the upload on validation are passed over."""
+    model, learners = setup
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    broken = lossless_compact(model, 0)
+    with torch.no_grad():
+        for l in broken.squad(0):
+            broken.learner(l).image_head.bias.fill_(-20.0)  # all-black images
+    deliveries._lossless[0] = broken
+    monkeypatch.setattr(Deliveries, "_distilled", lambda self, task, upload: broken_learner(upload))
+    d = deliveries.deliver(0, 0, learners[0], 10**9, VAL)
+    assert d.candidates["lossless"]["val_loss"] > d.upload_val_loss
+    assert d.candidate == "upload" and "worse on validation" in d.reason, d.reason
+
+
+def broken_learner(upload):
+    import copy
+
+    out = copy.deepcopy(upload)
+    with torch.no_grad():
+        out.image_head.bias.fill_(-20.0)
+    return out
+
+
+def test_delivered_models_are_compact_models(setup, tmp_path):
+    model, learners = setup
+    d = Deliveries(model, COMMON, RECIPE).deliver(
+        1, 0, learners[1], budget_bytes("1.25", compact_bytes(learners[1])), VAL
+    )
+    assert isinstance(d.model, BAIM) and d.model.tsgate is None and d.model.task_names == ["a"]
+    load_model(save_model(d.model, tmp_path / "d"), "compact")
+
+
+@pytest.mark.integration
+def test_cloud_add_delivers_the_new_task_within_budget(tmp_path, fmnist):
+    from PIL import Image
+
+    from baim.cloud.add import add_to_run
+    from baim.config import get_preset
+    from baim.data.layout import make_layout
+    from baim.learners import StagedVAE, tier_spec
+
+    run = tmp_path / "run"
+    layout = make_layout(fmnist, get_preset("smoke"), seed=0)
+    layout.save(run / "layout.json")
+    torch.manual_seed(0)
+    olds = [StagedVAE(tier_spec("medium")).eval() for _ in layout.task_names]
+    save_model(fuse(olds, list(range(len(olds))), layout.task_names, height=1), run / "cloud" / "baim-finetune")
+    folder = tmp_path / "discs"
+    folder.mkdir()
+    yy, xx = np.mgrid[:32, :32]
+    for i, r in enumerate(np.random.default_rng(0).uniform(4, 14, 30)):
+        Image.fromarray(((xx - 16) ** 2 + (yy - 16) ** 2 < r * r).astype(np.uint8) * 255).save(folder / f"{i}.png")
+    learner = save_model(StagedVAE(tier_spec("small")).eval(), tmp_path / "learner")
+    report = add_to_run(run, learner, "discs", images_dir=folder, epochs=1)
+    d = report["delivery"]
+    assert d["within_budget"] and d["bytes"] <= d["budget_bytes"] == int(1.25 * d["upload_bytes"])
+    assert d["val_loss"] <= d["upload_val_loss"] and d["reason"]
+    assert set(report["held_out_loss"]) == {"learner", "delivered", "baim"}
+    assert all(np.isfinite(v) for v in report["held_out_loss"].values())
+    delivered = load_model(run / "cloud" / "baim-finetune-added-discs" / "delivered", "compact")
+    assert delivered.task_names == ["discs"] and compact_bytes(delivered) == d["bytes"]
+
+
+@pytest.mark.integration
+def test_a_run_sends_every_edge_its_delivery_and_the_summary_says_so(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from baim import config, engines
+    from baim.config import RunConfig
+    from baim.runfiles import RunFiles
+
+    monkeypatch.setitem(config.PRESETS, "tiny", replace(config.get_preset("smoke"), name="tiny"))
+    summary = engines.run(tmp_path, RunConfig(preset="tiny", strategies=("finetune",)))
+    files = RunFiles(tmp_path)
+    for e in summary["edges"]:
+        d, sent = e["delivery"], e["bytes"]
+        assert d["candidate"] in CANDIDATES and d["reason"] and d["within_budget"]
+        assert d["bytes"] <= d["budget_bytes"] and d["val_loss"] <= d["upload_val_loss"]
+        assert e["bytes"]["up"] == files.upload(e["edge"]).stat().st_size
+        assert d["bytes"] < sent["down"] < d["bytes"] + 64_000  # the weights and their manifest
+        deployed = load_model(files.edge(e["edge"], "deployed"), "compact")
+        assert compact_bytes(deployed) == d["bytes"]
+    assert summary["bytes"]["download"] == sum(e["bytes"]["down"] for e in summary["edges"])
