@@ -1,8 +1,9 @@
 """The workflow's phases that every run goes through, each a function of a
-:class:`~baim.workflow.context.Context` returning its JSON record: upload (after each edge
-registered its key), screening, BAIM training per strategy, partition, deployment,
-personalisation, and the evaluation at the edges. Each returns its typed record
-(:mod:`baim.workflow.results`)."""
+:class:`~baim.workflow.context.Context` returning its typed record
+(:mod:`baim.workflow.results`): upload (after each edge registered its key), screening, BAIM
+training per strategy, partition, deployment, personalisation, and the evaluation at the
+edges. The screening and cloud phases' work (:func:`screen`, :func:`train`) takes its inputs
+explicitly, so ``baim cloud train`` runs it too, outside any run folder."""
 
 from __future__ import annotations
 
