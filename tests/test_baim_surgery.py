@@ -116,6 +116,21 @@ def test_cut_squad_keeps_the_chosen_learners_and_slims_a_gate_of_one(tmp_path):
         two_tasks.cut_squad([0])
 
 
+def test_deselect_takes_a_learner_out_of_selection_but_never_the_last_one():
+    model = fuse(_learners(["small", "medium", "small"]), [0, 0, 1], ["a", "b"], top_k=2, height=1)
+    x = torch.rand(8, 1, 32, 32)
+    model.deselect(1)
+    assert not model.selectable(1) and model.selectable(0) and model.selectable(2)
+    mu, _, _ = model.posterior(x, torch.zeros(8, dtype=torch.long))
+    assert set(model.lsgate(0)(mu, 2, False).indices.flatten().tolist()) == {0}  # position 1 never picked
+    with pytest.raises(ValueError, match="last selectable one of task 'a'"):
+        model.deselect(0)
+    with pytest.raises(ValueError, match="last selectable one of task 'b'"):
+        model.deselect(2)
+    with pytest.raises(ValueError, match="in no squad"):
+        model.deselect(7)
+
+
 def test_freeze_and_unfreeze_keep_the_config_in_step():
     model = fuse(_learners(["small", "medium"]), [0, 1], ["a", "b"], top_k=1, height=1)
     model.freeze([1, 0])

@@ -1,6 +1,8 @@
 """Per-edge delivery: every edge's download fits its own budget and is never worse than its
 upload on validation; a budget nothing fits falls back to the upload and says so."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -180,8 +182,14 @@ def test_cloud_add_delivers_the_new_task_within_budget(tmp_path, fmnist):
     yy, xx = np.mgrid[:32, :32]
     for i, r in enumerate(np.random.default_rng(0).uniform(4, 14, 30)):
         Image.fromarray(((xx - 16) ** 2 + (yy - 16) ** 2 < r * r).astype(np.uint8) * 255).save(folder / f"{i}.png")
-    learner = save_model(StagedVAE(tier_spec("small")).eval(), tmp_path / "learner")
-    report = add_to_run(run, learner, "discs", images_dir=folder, epochs=1)
+    from baim.cloud.door import Waivers
+
+    metrics = {"task": "discs", "samples": 30}  # an untrained, unsigned learner: let in on the operator's word
+    learner = save_model(
+        StagedVAE(tier_spec("small")).eval(), tmp_path / "learner", {"metrics.json": json.dumps(metrics)}
+    )
+    waivers = Waivers(accept_unsigned=True, skip_screening=True)
+    report = add_to_run(run, learner, "discs", images_dir=folder, epochs=1, waivers=waivers)
     d = report["delivery"]
     assert d["within_budget"] and d["bytes"] <= d["budget_bytes"] == int(1.25 * d["upload_bytes"])
     assert d["val_loss"] <= d["upload_val_loss"] and d["reason"]

@@ -26,9 +26,11 @@ from PIL import Image
 
 from baim.cli import main
 from baim.models import save_model
+from baim.service.access import token_hash
 from baim.service.cloud_app import create_cloud_app
-from baim.service.edge_app import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, create_edge_app, token_hash
+from baim.service.edge_app import MAX_JSON_BYTES, create_edge_app
 from baim.service.http import BackgroundServer
+from baim.service.images import MAX_UPLOAD_BYTES
 from baim.service.serve import edge_toolbox
 from conftest import compact_models, published_registry
 

@@ -240,7 +240,7 @@ def test_cloud_train_refuses_unsigned_and_misattributed_uploads(tmp_path, fmnist
     out = tmp_path / "out"
     args = ["cloud", "train", "--layout", tmp_path / "layout.json", "--uploads", ups, "--out", out, "--epochs", 1]
     r = _cli(*args, "--edge-keys", tmp_path / "edge_keys.json")
-    assert r.returncode == 2 and "no learner admitted" in r.said
+    assert r.returncode == 2 and "no accepted upload for tasks" in r.said
     reasons = [x["reason"] for x in json.loads((out / "screening.json").read_text())["rejected"]]
     assert len(reasons) == 2 and any("wrong signature" in x for x in reasons)
     assert any("unsigned" in x and "--accept-unsigned" in x for x in reasons)

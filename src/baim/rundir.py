@@ -21,13 +21,23 @@ import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar, overload, runtime_checkable
 
 import torch
 
 from .atomic import write_json
 from .errors import RunConfigMismatch, RunDirBusy, WorkflowError
 from .runfiles import RunFiles
+
+
+@runtime_checkable
+class JsonRecord(Protocol):
+    """A typed phase result: what it stores (``to_json``); its class reads it back (``from_json``)."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=JsonRecord)
 
 
 class _Lock:
@@ -117,25 +127,39 @@ class RunDir:
     def done(self, phase: str) -> bool:
         return self.files.state(phase).is_file()
 
-    def record(self, name: str, fn: Callable[[], Any]) -> Any:
-        """Run phase ``name`` (``fn``) and record its JSON result, unless a previous call
-        finished it (then ``fn`` is not called): the one place a killed run resumes. Returns
-        the result either way."""
+    @overload
+    def record(self, name: str, fn: Callable[[], R], kind: type[R]) -> R: ...
+    @overload
+    def record(self, name: str, fn: Callable[[], Any], kind: None = None) -> Any: ...
+
+    def record(self, name: str, fn: Callable[[], Any], kind: type[Any] | None = None) -> Any:
+        """Run phase ``name`` (``fn``) and record its result as JSON (a typed result through
+        its ``to_json``), unless a previous call finished it (then ``fn`` is not called): the
+        one place a killed run resumes. Returns the result either way (read back as ``kind``
+        on a resume)."""
         if self.done(name):
-            return self.result(name)
+            return self.result(name, kind)
         t0 = time.perf_counter()
         result = fn()
+        stored = result.to_json() if isinstance(result, JsonRecord) else result
         write_json(
-            self.files.state(name), {"phase": name, "seconds": round(time.perf_counter() - t0, 3), "result": result}
+            self.files.state(name), {"phase": name, "seconds": round(time.perf_counter() - t0, 3), "result": stored}
         )
         return result
 
-    def result(self, name: str) -> Any:
-        """The recorded result of finished phase ``name``; never runs anything."""
+    @overload
+    def result(self, name: str, kind: type[R]) -> R: ...
+    @overload
+    def result(self, name: str, kind: None = None) -> Any: ...
+
+    def result(self, name: str, kind: type[Any] | None = None) -> Any:
+        """The recorded result of finished phase ``name`` (as ``kind``, through its
+        ``from_json``; the plain JSON without one); never runs anything."""
         marker = self.files.state(name)
         if not marker.is_file():
             raise WorkflowError(f"phase {name!r} has not finished in {self.root}: rerun `baim run` to resume it")
-        return json.loads(marker.read_text())["result"]
+        stored = json.loads(marker.read_text())["result"]
+        return stored if kind is None else kind.from_json(stored)
 
     def phase_seconds(self) -> dict[str, float]:
         return {name: json.loads(p.read_text())["seconds"] for name, p in self.files.states().items()}

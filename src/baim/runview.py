@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast, overload
 
 from torch import nn
 
@@ -21,7 +21,10 @@ from .data.layout import Layout
 from .errors import DataError, WorkflowError
 from .models import BAIM, load_model
 from .models.io import WEIGHTS
+from .rundir import JsonRecord
 from .runfiles import RunFiles, source_strategy
+
+R = TypeVar("R", bound=JsonRecord)
 
 
 class Run:
@@ -76,9 +79,16 @@ class Run:
             raise WorkflowError(f"phase {phase!r} has not finished in {self.root} (no {path})")
         return cast(dict[str, Any], json.loads(path.read_text()))
 
-    def result(self, phase: str) -> Any:
-        """What finished phase ``phase`` recorded."""
-        return self._record(phase)["result"]
+    @overload
+    def result(self, phase: str, kind: type[R]) -> R: ...
+    @overload
+    def result(self, phase: str, kind: None = None) -> Any: ...
+
+    def result(self, phase: str, kind: type[Any] | None = None) -> Any:
+        """What finished phase ``phase`` recorded (as ``kind``, a
+        :mod:`baim.workflow.results` record, if given)."""
+        stored = self._record(phase)["result"]
+        return stored if kind is None else kind.from_json(stored)
 
     def seconds(self, phase: str) -> float:
         """The wall seconds finished phase ``phase`` took."""

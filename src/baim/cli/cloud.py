@@ -43,13 +43,13 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from ..atomic import write_json
-    from ..cloud import common_data, train_strategy
-    from ..cloud.door import admit, require_squads
     from ..cloud.uploads import read_uploads
     from ..config import default_extractor
     from ..data import load_dataset
     from ..data.layout import Layout
     from ..metrics import get_extractor
+    from ..workflow import phases
+    from ..workflow.context import accepted_learners
 
     layout = Layout.load(args.layout)
     extractor = args.fid_extractor or default_extractor(layout.dataset)
@@ -60,33 +60,25 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     )
     if args.epochs is not None:
         preset = replace(preset, cloud=replace(preset.cloud, epochs=args.epochs))
-    images, tasks = common_data(layout, ds)
-    common = {t: images[tasks == t] for t in range(len(layout.tasks))}
-    screened = admit(read_uploads(args.uploads), layout.task_names, common, ds.image_size, ds.channels, **_door(args))
-    write_json(Path(args.out) / "screening.json", screened.report())
-    require_squads(screened, layout.task_names, Path(args.out) / "screening.json")
+    uploads = read_uploads(args.uploads)
+    screened = phases.screen(layout, ds, uploads, **_door(args))  # the workflow's screening phase: the door
+    record = write_json(Path(args.out) / "screening.json", screened.to_json())
     for r in screened.rejected + screened.quarantined:
         console.print(f"[yellow]upload {r['edge']} not fused:[/yellow] {r['reason']}")
-    edges = sorted(screened.accepted)
-    learners = [screened.accepted[e][0] for e in edges]
-    ltasks = [layout.task_names.index(screened.accepted[e][1]["task"]) for e in edges]
-    result, _ = train_strategy(
-        learners,
-        ltasks,
+    result, _ = phases.train(  # the workflow's cloud phase, into --out
+        accepted_learners(uploads, screened, layout, ds),
         layout,
         ds,
         preset,
         args.strategy,
         args.out,
-        seed=args.seed,
-        fid_extractor=extractor,
-        screening_losses=[screened.scores[e] for e in edges],
+        args.seed,
+        extractor,
+        screening_record=record,
     )
-    shown = {
-        k: result[k]
-        for k in ("strategy", "final_test_loss", "connections", "candidates", "parameters", "tsgate_accuracy")
-    }
-    shown["fid_fitted"] = {t: m["fid_fitted"] for t, m in result["per_task"].items()}
+    keys = ("strategy", "final_test_loss", "connections", "candidates", "parameters", "tsgate_accuracy")
+    shown = {k: getattr(result, k) for k in keys}
+    shown["fid_fitted"] = {t: m["fid_fitted"] for t, m in result.per_task.items()}
     console.print_json(json.dumps(shown))
 
 

@@ -93,16 +93,6 @@ def enrol(registry: Path, edge: int, presented: str, own_file: Path | None = Non
     return how
 
 
-def require_squads(admitted: Admitted, task_names: list[str], report: object) -> None:
-    """Raise WorkflowError naming the refusals when a task is left with no learner (a BAIM needs
-    a squad for every task); ``report``: where the door's report was written."""
-    have = {meta["task"] for _, meta in admitted.accepted.values()}
-    empty = [t for t in task_names if t not in have]
-    if empty:
-        why = "; ".join(f"upload {r['edge']}: {r['reason']}" for r in admitted.rejected + admitted.quarantined)
-        raise WorkflowError(f"no learner admitted for tasks {empty} (see {report}). {why or 'No upload names them.'}")
-
-
 def check_identity(
     edge: int,
     msg: Message,

@@ -64,27 +64,21 @@ def prune_learners(model: BAIM, usage: dict[int, torch.Tensor], threshold: float
         raise ConfigError(f"learner pruning threshold must be in [0, 1], got {threshold}")
     dropped: list[int] = []
     for t, counts in usage.items():
-        gate = model.lsgate(t)
         total = float(counts.sum())
         if total == 0:
             continue
         top = int(counts.argmax())
-        for pos in range(len(counts)):
-            if float(counts[pos]) / total < threshold and pos != top and bool(gate.active[pos]):
-                gate.active[pos] = False
-                dropped.append(model.squad(t)[pos])
+        for pos, learner in enumerate(model.squad(t)):
+            if float(counts[pos]) / total < threshold and pos != top and model.selectable(learner):
+                model.deselect(learner)
+                dropped.append(learner)
     _trim_deselected(model)
     return dropped
 
 
 def _deselected(model: BAIM) -> set[int]:
     """Learners of a squad that their LSGate can no longer pick."""
-    return {
-        l
-        for t in range(len(model.task_names))
-        for pos, l in enumerate(model.squad(t))
-        if not bool(model.lsgate(t).active[pos])
-    }
+    return {l for t in range(len(model.task_names)) for l in model.squad(t) if not model.selectable(l)}
 
 
 def _trim_deselected(model: BAIM) -> None:
@@ -172,7 +166,7 @@ def prune_learners_in_run(
                         "edge": _edge(edges, l),
                         "picks": int(usage[t][pos]),
                         "share": float(usage[t][pos]) / max(1, int(usage[t].sum())),
-                        "selectable": bool(model.lsgate(t).active[pos]),
+                        "selectable": model.selectable(l),
                     }
                     for pos, l in enumerate(model.squad(t))
                 ],

@@ -15,6 +15,7 @@ from typing import Any
 from ..runview import Run
 from ..transport import encode
 from ..workflow import deploy_message
+from ..workflow.results import Deployment, Partition, Upload
 
 EDGE_BPS = 100e6 / 8  # bytes per second of one edge's link
 CLOUD_BPS = 10e9 / 8
@@ -177,19 +178,19 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
     stopped after deployment serves): model bytes up and down, cloud storage, cloud time."""
 
     run = Run(run_dir)
-    up, part = run.result("upload"), run.result("partition")
+    up, part = run.result("upload", Upload), run.result("partition", Partition)
     if run.done("deployment"):
-        download, source = run.result("deployment")["bytes"]["down"], "the deployment phase's ledger"
+        download, source = run.result("deployment", Deployment).bytes.down, "the deployment phase's ledger"
     else:
         download, source = deploy_bytes(run_dir), "the deployment messages encoded from the compact models"
     return {
-        "edges": len(up["edges"]),
-        "upload_bytes": up["bytes"]["up"],
+        "edges": len(up.edges),
+        "upload_bytes": up.bytes.up,
         "download_bytes": download,
         "download_source": source,
         "cloud_storage_bytes": run.cloud_storage_bytes("finetune"),
         "cloud_wall_s": sum(run.seconds(p) for p in ("screening", "cloud_finetune", "partition")),
-        "compact": part["tasks"],
+        "compact": part.to_json()["tasks"],
     }
 
 

@@ -335,6 +335,27 @@ class BAIM(nn.Module):
         tasks = tuple(None if l in squad and l not in keep else t for l, t in enumerate(self._config.learner_tasks))
         self._reconfigure(gate_hidden=self.lsgate(0).hidden, learner_tasks=tasks)
 
+    def selectable(self, learner: int) -> bool:
+        """Whether its squad's LSGate can still pick ``learner``."""
+        t = self._task_of(learner)
+        return bool(self.lsgate(t).active[self.squad(t).index(learner)])
+
+    def deselect(self, learner: int) -> None:
+        """Its squad's LSGate never picks ``learner`` again (its weights stay, e.g. as a feeder
+        of connections; learner pruning then trims what no longer runs). The squad's last
+        selectable learner cannot go: every task needs one."""
+        t = self._task_of(learner)
+        gate, pos = self.lsgate(t), self.squad(t).index(learner)
+        if bool(gate.active[pos]) and int(gate.active.sum()) == 1:
+            raise ValueError(f"learner {learner} is the last selectable one of task {self.task_names[t]!r}")
+        gate.active[pos] = False
+
+    def _task_of(self, learner: int) -> int:
+        t = self.learner_tasks[learner] if 0 <= learner < len(self.learners) else None
+        if t is None:
+            raise ValueError(f"learner {learner} is in no squad of this BAIM (squads: {self.learner_tasks})")
+        return t
+
     def train(self, mode: bool = True) -> BAIM:
         super().train(mode)
         for l in self._config.frozen:  # frozen learners keep their normalisation statistics

@@ -13,8 +13,6 @@ cannot send without asking (a custom header or a JSON body).
 """
 
 import asyncio
-import hashlib
-import io
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -26,29 +24,24 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from PIL import Image
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..data import to_uint8
 from ..edge.toolbox import OWN, ToolboxError
-from ..figures import image_grid
 from ..models.baim import BAIM
 from ..models.evaluation import generate
 from ..names import is_task_name
+from .access import Access, is_operator, local_only
 from .client import CredentialRefused, RegistryRefused, RegistryUnavailable, UnknownTask
 from .http import Metrics, error, install_common, log
-from .limits import RateLimit, UploadTooLarge, install_body_limit, read_uploads
+from .images import MAX_IMAGES, MAX_UPLOAD_BYTES, BadImage, encode_images, read_images, side_by_side
+from .limits import InProgress, UploadTooLarge, install_body_limit, read_uploads
 from .toolbox import Loaded, Toolbox
 
-MAX_IMAGES = 256
 MAX_UPLOAD_FILES = 64
-MAX_UPLOAD_BYTES = 8 << 20  # per file
 MAX_UPLOAD_TOTAL = 32 << 20  # per request, counted as received (the spool never holds more)
-MAX_PIXELS = 4096 * 4096  # per image
-MAX_REQUEST_PIXELS = 4096 * 4096  # per request, read from the images' headers before decoding any
-DECODE_CPU_S = 2.0  # CPU seconds decoding one request's uploads may take
 MAX_JSON_BYTES = 64 << 10
 ADMIN_HEADER = "X-Baim-Admin"  # a custom header: a web page cannot send it cross-origin without asking
 
@@ -78,101 +71,6 @@ class GenerateRequest(BaseModel):
         if not 1 <= n <= MAX_IMAGES:
             raise ValueError(f"n must be between 1 and {MAX_IMAGES} images per request, got {n}")
         return n
-
-
-class BadImage(ValueError):
-    pass
-
-
-def encode_images(images: np.ndarray, fmt: str, ncol: int = 8) -> tuple[bytes, str]:
-    """uint8 images as a ``.npy`` array or a PNG grid, with the media type."""
-    buf = io.BytesIO()
-    if fmt == "npy":
-        np.save(buf, images, allow_pickle=False)
-        return buf.getvalue(), "application/x-npy"
-    image_grid(images, ncol=min(ncol, len(images))).save(buf, format="PNG")
-    return buf.getvalue(), "image/png"
-
-
-def side_by_side(x: np.ndarray, recon: np.ndarray, fmt: str) -> tuple[bytes, str]:
-    """The reconstructions (``npy``), or a PNG of inputs above reconstructions, 8 per row."""
-    if fmt == "npy":
-        return encode_images(recon, "npy")
-    ncol = min(8, len(x))
-    rows = []
-    for i in range(0, len(x), ncol):
-        rows += [x[i : i + ncol], recon[i : i + ncol]]
-    pad = [np.pad(r, ((0, ncol - len(r)), (0, 0), (0, 0), (0, 0)), constant_values=255) for r in rows]
-    return encode_images(np.concatenate(pad), "png", ncol=ncol)
-
-
-def read_images(files: list[tuple[bytes, str]], model: BAIM) -> np.ndarray:
-    """Uploaded images (PNG/JPEG/... or ``.npy`` uint8 arrays) → N×C×H×W uint8 at the model's
-    geometry, within the decode budget: every image's size is read from its header first and
-    the request refused if their pixels add up past :data:`MAX_REQUEST_PIXELS`; decoding then
-    stops once it has used :data:`DECODE_CPU_S` CPU seconds."""
-    opened: list[tuple[str, Image.Image | None, bytes]] = []
-    pixels = 0
-    for data, name in files:
-        if len(data) > MAX_UPLOAD_BYTES:
-            raise BadImage(f"{name}: {len(data)} bytes; the limit is {MAX_UPLOAD_BYTES} bytes per file")
-        if name.endswith(".npy"):
-            opened.append((name, None, data))
-            continue
-        try:
-            header: Image.Image = Image.open(io.BytesIO(data))  # reads the header only
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes; all are the file's fault
-            raise BadImage(f"{name}: not an image baim can read (PNG, JPEG, ... or .npy): {exc}") from exc
-        if header.width * header.height > MAX_PIXELS:
-            raise BadImage(f"{name}: {header.width}×{header.height} pixels; the limit is {MAX_PIXELS} pixels")
-        pixels += header.width * header.height
-        if pixels > MAX_REQUEST_PIXELS:
-            raise BadImage(
-                f"the images add up to more than {MAX_REQUEST_PIXELS} pixels (at {name}); the decode budget is "
-                f"{MAX_REQUEST_PIXELS} pixels per request: send fewer or smaller images"
-            )
-        opened.append((name, header, data))
-    cpu0 = time.thread_time()
-    parts = []
-    for name, img, data in opened:
-        if time.thread_time() - cpu0 > DECODE_CPU_S:
-            raise BadImage(f"decoding stopped at {name}: the decode budget is {DECODE_CPU_S} CPU seconds per request")
-        parts.append(_npy(data, name, model) if img is None else _pixels(img, name, model))
-    return np.concatenate(parts)
-
-
-def _npy(data: bytes, name: str, model: BAIM) -> np.ndarray:
-    size, channels = model.image_size, model.channels
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - whatever numpy makes of the bytes, it is the user's file
-        raise BadImage(f"{name}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
-    if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != size or arr.shape[-2] != size:
-        raise BadImage(f"{name}: a .npy upload must be uint8 N×H×W or N×C×H×W with H = W = {size}")
-    arr = arr[:, None] if arr.ndim == 3 else arr
-    if arr.shape[1] != channels or not 1 <= len(arr) <= MAX_IMAGES:
-        raise BadImage(f"{name}: needs {channels} channel(s) and 1 to {MAX_IMAGES} images")
-    return arr
-
-
-def _pixels(img: Image.Image, name: str, model: BAIM) -> np.ndarray:
-    size, channels = model.image_size, model.channels
-    try:
-        img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale
-        small = img.convert("L" if channels == 1 else "RGB").resize(
-            (size, size), Image.Resampling.BILINEAR, reducing_gap=3.0
-        )
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on hostile bytes; all are the file's fault
-        raise BadImage(f"{name}: not an image baim can read (PNG, JPEG, ... or .npy): {exc}") from exc
-    arr = np.asarray(small, dtype=np.uint8)
-    return (arr[None] if channels == 1 else arr.transpose(2, 0, 1))[None]
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient")
 
 
 def create_edge_app(
@@ -225,34 +123,12 @@ def create_edge_app(
     app.state.toolbox = toolbox
     page = resources.files("baim.service").joinpath("page.html").read_text()
     slots = asyncio.Semaphore(inference_slots)
-    limiter = RateLimit(rate_per_s, burst)
-    active = [0]
+    admit = Access(user_tokens, rate_per_s, burst).admit
+    busy_gate = InProgress(max_active).gate
 
     async def compute(fn: Any) -> Any:
         async with slots:
             return await asyncio.to_thread(fn)
-
-    def is_operator(request: Request) -> bool:
-        return (request.client.host if request.client else "") in LOOPBACK
-
-    def bearer(request: Request) -> str | None:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-    def admit(request: Request) -> Response | None:
-        """401 without a valid user token (when tokens are on), 429 past the client's rate."""
-        token = bearer(request)
-        who = request.client.host if request.client else "?"
-        if user_tokens is not None:
-            if token is None or token_hash(token) not in user_tokens():
-                return error(401, "this edge needs a user token (Authorization: Bearer TOKEN); ask its operator")
-            who = "token:" + token_hash(token)
-        wait = limiter.wait_s(who)
-        if wait > 0:
-            resp = error(429, f"too many requests from this client; the limit is {rate_per_s:g} per second")
-            resp.headers["Retry-After"] = str(max(1, round(wait)))
-            return resp
-        return None
 
     async def model_for(task: str) -> tuple[Loaded, str] | Response:
         try:
@@ -279,20 +155,6 @@ def create_edge_app(
             )
         except (ToolboxError, RegistryRefused) as exc:
             return error(502, f"the cloud's model for {task!r} was refused: {exc}")
-
-    @asynccontextmanager
-    async def busy_gate() -> AsyncIterator[Response | None]:
-        """At most ``max_active`` expensive requests in progress; the rest get 503 at once."""
-        if active[0] >= max_active:
-            resp = error(503, f"this edge is busy ({max_active} requests in progress); retry shortly")
-            resp.headers["Retry-After"] = "1"
-            yield resp
-            return
-        active[0] += 1
-        try:
-            yield None
-        finally:
-            active[0] -= 1
 
     def headers(loaded: Loaded, status: str, t0: float, **extra: Any) -> dict[str, str]:
         return {
@@ -337,12 +199,6 @@ def create_edge_app(
             except (RegistryUnavailable, RegistryRefused):
                 cloud = None
         return {"toolbox": held, "cloud": cloud, "tasks": sorted(set(held) | set(cloud or []))}
-
-    def local_only(request: Request) -> Response | None:
-        """Toolbox administration is for the edge's operator: from this machine only."""
-        if not is_operator(request):
-            return error(403, "toolbox administration is only allowed from the edge machine itself (loopback)")
-        return None
 
     @app.post("/v1/toolbox/refresh")
     async def refresh(request: Request, task: Annotated[str | None, Query()] = None) -> Any:

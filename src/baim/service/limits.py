@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .http import error
@@ -152,3 +154,25 @@ class RateLimit:
         while len(self.buckets) > self.max_clients:
             self.buckets.popitem(last=False)
         return wait
+
+
+class InProgress:
+    """At most ``limit`` expensive requests in progress at once; the rest are answered 503 at
+    once (they would only queue for the same CPU)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.active = limit, 0
+
+    @asynccontextmanager
+    async def gate(self) -> AsyncIterator[Response | None]:
+        """Yields None inside the limit (the request counts until the block ends), else the 503."""
+        if self.active >= self.limit:
+            resp = error(503, f"this edge is busy ({self.limit} requests in progress); retry shortly")
+            resp.headers["Retry-After"] = "1"
+            yield resp
+            return
+        self.active += 1
+        try:
+            yield None
+        finally:
+            self.active -= 1

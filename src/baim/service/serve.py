@@ -33,9 +33,10 @@ from ..models.evaluation import generate
 from ..models.io import MANIFEST, WEIGHTS, is_saved, load_model
 from ..runfiles import RunFiles
 from ..signing import SigningError, public_from_hex
+from .access import token_hash
 from .client import RegistryClient
 from .cloud_app import create_cloud_app
-from .edge_app import create_edge_app, token_hash
+from .edge_app import create_edge_app
 from .http import server_config
 from .toolbox import Toolbox
 

@@ -3,15 +3,17 @@ transport to the edges, the byte ledger, the run's configuration, and one meteri
 
 A phase is a function of a :class:`Context` (:mod:`baim.workflow.phases`,
 :mod:`baim.workflow.lifecycle`); what one phase needs of an earlier one it reads from that
-phase's record (``ctx.rd.result(name)``), never by running it.
+phase's typed record (``ctx.rd.result(name, Kind)``, :mod:`baim.workflow.results`), never by
+running it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 
@@ -27,6 +29,9 @@ from ..models import BAIM, to_parts
 from ..rundir import RunDir
 from ..runfiles import EDGE_MODELS, source_strategy
 from ..transport import ByteLedger, Message, Transport
+from .results import Arrivals, Deployment, Integration, MissingEdge, Record, Screening
+
+R = TypeVar("R", bound=Record)
 
 Metering = Callable[[str, str], AbstractContextManager[Any]]  # (side, phase) -> what to run the work inside
 
@@ -55,9 +60,40 @@ def deploy_message(compact: BAIM) -> Message:
     return Message("train.deploy", manifest, weights)
 
 
-def missing_edge(edge: int, reply: Message) -> dict[str, Any]:
+def missing_edge(edge: int, reply: Message, model: str | None = None) -> MissingEdge:
     """The one shape of a missing edge in every phase's result."""
-    return {"edge": edge, "reason": str(reply.meta.get("error", f"unexpected reply {reply.kind!r}"))}
+    return MissingEdge(edge, str(reply.meta.get("error", f"unexpected reply {reply.kind!r}")), model)
+
+
+@dataclass(frozen=True)
+class Learners:
+    """Accepted learners, with each one's task (index), edge and screening loss."""
+
+    learners: list[StagedVAE]
+    tasks: list[int]
+    edges: list[int]
+    losses: list[float]
+
+    def only(self, edges: Iterable[int]) -> Learners:
+        """Those of ``edges``, in this order."""
+        keep = set(edges)
+        i = [k for k, e in enumerate(self.edges) if e in keep]
+        return Learners(
+            [self.learners[k] for k in i],
+            [self.tasks[k] for k in i],
+            [self.edges[k] for k in i],
+            [self.losses[k] for k in i],
+        )
+
+
+def accepted_learners(uploads: dict[int, bytes], screened: Screening, layout: Layout, ds: DataSet) -> Learners:
+    """The learners of the uploads ``screened`` accepted, validated again from their bytes."""
+    learners, tasks = [], []
+    for e in screened.accepted:
+        model, meta = validate_upload(uploads[e], layout.task_names, ds.image_size, ds.channels)
+        learners.append(model)
+        tasks.append(layout.task_names.index(meta["task"]))
+    return Learners(learners, tasks, list(screened.accepted), [screened.scores[str(e)] for e in screened.accepted])
 
 
 class Context:
@@ -86,14 +122,20 @@ class Context:
         self.seed, self.extractor = cfg.seed, cfg.fid_extractor
         self.meter, self.evaluated = meter, evaluated
 
-    def phase(self, name: str, fn: Callable[[], Any]) -> Any:
-        """Phase ``name``, run (metered) and recorded unless a previous call finished it."""
+    @overload
+    def phase(self, name: str, fn: Callable[[], R], kind: type[R]) -> R: ...
+    @overload
+    def phase(self, name: str, fn: Callable[[], Any], kind: None = None) -> Any: ...
+
+    def phase(self, name: str, fn: Callable[[], Any], kind: type[Any] | None = None) -> Any:
+        """Phase ``name``, run (metered) and recorded unless a previous call finished it; its
+        result as ``kind`` either way."""
 
         def metered() -> Any:
             with self.meter("cloud", name):
                 return fn()
 
-        return self.rd.record(name, metered)
+        return self.rd.record(name, metered, kind)
 
     def request(self, edge: int, msg: Message, phase: str) -> Message:
         """One request to an edge, its work metered as the edge's."""
@@ -108,7 +150,7 @@ class Context:
 
     def present(self, k: int) -> list[int]:
         """Edges that can be deployed to once BAIM version ``k`` exists: not left, and joined."""
-        batches = self.rd.result("arrivals")["batches"]
+        batches = self.rd.result("arrivals", Arrivals).batches
         joined = {e for b in batches[: k + 1] for e in b}
         return [
             e
@@ -124,38 +166,22 @@ class Context:
 
     def deployed_versions(self, k: int) -> dict[int, int]:
         """Which BAIM version each edge holds after phase ``integration_k`` (0: the first deployment)."""
-        held = {e: 0 for e in self.rd.result("deployment")["edges"]}
+        held = {e: 0 for e in self.rd.result("deployment", Deployment).edges}
         for j in range(1, k + 1):
-            held |= {int(e): j for e in self.rd.result(f"integration_{j}")["deployed"]}
+            held |= {e: j for e in self.rd.result(f"integration_{j}", Integration).deployed}
         return held
 
     def final_version(self) -> int:
-        return len(self.rd.result("arrivals")["batches"]) - 1
+        return len(self.rd.result("arrivals", Arrivals).batches) - 1
 
-    def _uploads(self) -> dict[int, bytes]:
+    def uploads(self) -> dict[int, bytes]:
+        """Every upload the upload phase stored, by edge."""
         return {e: f.read_bytes() for e, f in self.rd.files.uploads().items()}
 
-    def first_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:
+    def first_learners(self) -> Learners:
         """The accepted learners of the first fusion (all of them with the sync schedule)."""
-        first = set(self.rd.result("arrivals")["batches"][0])
-        learners, tasks, edges, losses = self.accepted_learners()
-        keep = [i for i, e in enumerate(edges) if e in first]
-        return (
-            [learners[i] for i in keep],
-            [tasks[i] for i in keep],
-            [edges[i] for i in keep],
-            [losses[i] for i in keep],
-        )
+        return self.accepted_learners().only(self.rd.result("arrivals", Arrivals).batches[0])
 
-    def accepted_learners(self) -> tuple[list[StagedVAE], list[int], list[int], list[float]]:
-        """The learners screening accepted, their tasks, edges and screening losses (re-validated
-        from disk)."""
-        screened = self.rd.result("screening")
-        accepted = screened["accepted"]
-        uploads = self._uploads()
-        learners, tasks = [], []
-        for e in accepted:
-            model, meta = validate_upload(uploads[e], self.layout.task_names, self.ds.image_size, self.ds.channels)
-            learners.append(model)
-            tasks.append(self.layout.task_names.index(meta["task"]))
-        return learners, tasks, accepted, [screened["scores"][str(e)] for e in accepted]
+    def accepted_learners(self) -> Learners:
+        """The learners screening accepted (re-validated from disk)."""
+        return accepted_learners(self.uploads(), self.rd.result("screening", Screening), self.layout, self.ds)

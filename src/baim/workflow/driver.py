@@ -20,6 +20,19 @@ from ..resume import check_inputs, fingerprint, reopen_local_failures
 from ..rundir import RunDir
 from . import lifecycle, phases
 from .context import Context
+from .results import (
+    Arrivals,
+    CloudTraining,
+    Deployment,
+    EdgeEvaluation,
+    FinalBaim,
+    Integration,
+    LayoutResult,
+    Partition,
+    Personalization,
+    Screening,
+    Upload,
+)
 from .summary import summarize
 
 
@@ -31,14 +44,14 @@ def prepare(out: str | Path, cfg: RunConfig) -> tuple[RunDir, Layout, DataSet, P
     rd = RunDir(out, cfg.to_dict())
     resumed = rd.done("layout")
 
-    def do_layout() -> dict:
+    def do_layout() -> LayoutResult:
         made.save(rd.files.layout)
         inputs = fingerprint(cfg.dataset, cfg.data_dir, rd.files.layout)
-        return {"edges": len(made.edges), "cloud": len(made.cloud), "inputs": inputs}
+        return LayoutResult(edges=len(made.edges), cloud=len(made.cloud), inputs=inputs)
 
-    recorded = rd.record("layout", do_layout)
-    if resumed and "inputs" in recorded:  # resuming: on the inputs it started on, or not at all
-        check_inputs(recorded["inputs"], fingerprint(cfg.dataset, cfg.data_dir, rd.files.layout), rd.root)
+    recorded = rd.record("layout", do_layout, LayoutResult)
+    if resumed and recorded.inputs is not None:  # resuming: on the inputs it started on, or not at all
+        check_inputs(recorded.inputs, fingerprint(cfg.dataset, cfg.data_dir, rd.files.layout), rd.root)
         reopen_local_failures(rd)
     layout = Layout.load(rd.files.layout)
     return rd, layout, ds, layout.settings
@@ -51,17 +64,17 @@ class Workflow(Context):
         """Every phase, then the summary and report; resumes where a previous call stopped.
         With ``--schedule async`` the first BAIM is fused from the first quorum of uploads and
         every later one is integrated in a phase of its own (:mod:`baim.schedule`)."""
-        self.phase("upload", partial(phases.upload, self))
-        self.phase("screening", partial(phases.screening, self))
-        arrivals = self.phase("arrivals", partial(lifecycle.arrivals, self))
+        self.phase("upload", partial(phases.upload, self), Upload)
+        self.phase("screening", partial(phases.screening, self), Screening)
+        arrivals = self.phase("arrivals", partial(lifecycle.arrivals, self), Arrivals)
         for s in self.cfg.strategies:
-            self.phase(f"cloud_{s}", partial(phases.cloud, self, s))
-        self.phase("partition", partial(phases.partition, self))
-        self.phase("deployment", partial(phases.deployment, self))
-        self.phase("personalization", partial(phases.personalization, self))
-        for k in range(1, len(arrivals["batches"])):
-            self.phase(f"integration_{k}", partial(lifecycle.integration, self, k))
-        if len(arrivals["batches"]) > 1:
-            self.phase("final_baim", partial(lifecycle.final_baim, self))
-        self.phase("edge_evaluation", partial(phases.edge_evaluation, self))
+            self.phase(f"cloud_{s}", partial(phases.cloud, self, s), CloudTraining)
+        self.phase("partition", partial(phases.partition, self), Partition)
+        self.phase("deployment", partial(phases.deployment, self), Deployment)
+        self.phase("personalization", partial(phases.personalization, self), Personalization)
+        for k in range(1, len(arrivals.batches)):
+            self.phase(f"integration_{k}", partial(lifecycle.integration, self, k), Integration)
+        if len(arrivals.batches) > 1:
+            self.phase("final_baim", partial(lifecycle.final_baim, self), FinalBaim)
+        self.phase("edge_evaluation", partial(phases.edge_evaluation, self), EdgeEvaluation)
         return self.phase("summary", partial(summarize, self))

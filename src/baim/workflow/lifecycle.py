@@ -15,26 +15,29 @@ from ..cloud import common_data
 from ..cloud import partition as cut
 from ..cloud.continual import integrate
 from ..models import BAIM, load_model, save_model
-from ..runfiles import source_strategy
 from ..transport import Message
 from .context import Context, deploy_message, missing_edge, save_npy
+from .results import Arrivals, Bytes, CloudTraining, FinalBaim, Integration, MissingEdge, Screening
 
 
-def arrivals(ctx: Context) -> dict:
+def arrivals(ctx: Context) -> Arrivals:
     """When each accepted upload arrives (simulated) and which BAIM version it goes into."""
-    accepted = ctx.rd.result("screening")["accepted"]
+    accepted = list(ctx.rd.result("screening", Screening).accepted)
     late = tuple(e for e in ctx.cfg.join_late if e in accepted)
-    return schedule.plan(ctx.layout, accepted, ctx.cfg.schedule, (ctx.ds.image_size, ctx.ds.channels), late)
+    geometry = (ctx.ds.image_size, ctx.ds.channels)
+    return Arrivals.from_json(schedule.plan(ctx.layout, accepted, ctx.cfg.schedule, geometry, late))
 
 
-def integration(ctx: Context, k: int) -> dict:
+def integration(ctx: Context, k: int) -> Integration:
     """BAIM version ``k``: the upload of batch ``k`` joins by continual learning; the touched
     task's compact model is cut (losslessly) and goes to its edges whose models would now lag
     more than the staleness bound, and to an edge that has just joined."""
-    batches = ctx.rd.result("arrivals")["batches"]
+    batches = ctx.rd.result("arrivals", Arrivals).batches
     (edge,) = batches[k]
-    learners, tasks, edges, _ = ctx.accepted_learners()
-    learner, task = learners[edges.index(edge)], ctx.layout.task_names[tasks[edges.index(edge)]]
+    accepted = ctx.accepted_learners()
+    at = accepted.edges.index(edge)
+    learner, task_id = accepted.learners[at], accepted.tasks[at]  # the upload's task, as screening accepted it
+    task = ctx.layout.task_names[task_id]
     model = load_model(ctx.baim_folder(k - 1), "baim")
     assert isinstance(model, BAIM)
     images, cloud_tasks = common_data(ctx.layout, ctx.ds)
@@ -49,7 +52,6 @@ def integration(ctx: Context, k: int) -> dict:
     compact = cut(model, t)
     save_model(compact, ctx.compact_folder(k, task))
     versions = ctx.deployed_versions(k - 1)
-    task_id = tasks[edges.index(edge)]  # the upload's task, as screening accepted it
     touched_at = [0] + [j for j in range(1, k + 1) if ctx.layout.edges[batches[j][0]].task == task_id]
     present = ctx.present(k)
     lag = {
@@ -61,7 +63,8 @@ def integration(ctx: Context, k: int) -> dict:
     if edge in present and edge not in versions:  # just joined: its task's newest model
         send.append(edge)
     cloud_seconds = report["seconds"]
-    deployed, missing = [], []
+    deployed: list[int] = []
+    missing: list[MissingEdge] = []
     mark = len(ctx.ledger.messages)
     message = deploy_message(cast(BAIM, load_model(ctx.compact_folder(k, task), "compact")))
     t0 = time.perf_counter()
@@ -75,23 +78,23 @@ def integration(ctx: Context, k: int) -> dict:
             missing.append(missing_edge(e, reply))
             continue
         deployed.append(e)
-    return {
-        "version": k,
-        "edge": edge,
-        "task": task,
-        "deployed": deployed,
-        "lag_before": {str(e): v for e, v in sorted(lag.items())},
-        "missing": missing,
-        "cloud_seconds": cloud_seconds,
-        "edge_seconds": round(time.perf_counter() - t0, 3),
-        "bytes": ctx.ledger.totals_since(mark),
-        "continual": {k2: v for k2, v in report.items() if k2 != "log"},
-        "log": [{k2: v for k2, v in row.items() if k2 != "usage"} for row in report["log"]],
-        "compact_bytes": (ctx.compact_folder(k, task) / "weights.safetensors").stat().st_size,
-    }
+    return Integration(
+        version=k,
+        edge=edge,
+        task=task,
+        deployed=tuple(deployed),
+        lag_before={str(e): v for e, v in sorted(lag.items())},
+        missing=tuple(missing),
+        cloud_seconds=cloud_seconds,
+        edge_seconds=round(time.perf_counter() - t0, 3),
+        bytes=Bytes(**ctx.ledger.totals_since(mark)),
+        continual={k2: v for k2, v in report.items() if k2 != "log"},
+        log=tuple({k2: v for k2, v in row.items() if k2 != "usage"} for row in report["log"]),
+        compact_bytes=(ctx.compact_folder(k, task) / "weights.safetensors").stat().st_size,
+    )
 
 
-def final_baim(ctx: Context) -> dict:
+def final_baim(ctx: Context) -> FinalBaim:
     """The last BAIM version, evaluated exactly as the first one was (same test sets, FID
     sampling, extractor and seed), so the schedules compare on their final models."""
     model = load_model(ctx.baim_folder(ctx.final_version()), "baim")
@@ -101,48 +104,32 @@ def final_baim(ctx: Context) -> dict:
         for procedure, arr in ev.images.items():
             save_npy(ctx.rd.files.baim_images("final", task, procedure), arr)
     per_task = {name: ev.metrics for name, ev in evals.items()}
-    return {
-        "version": ctx.final_version(),
-        "parameters": model.num_parameters(),
-        "per_task": per_task,
-        "final_test_loss": float(np.mean([v["test_loss"] for v in per_task.values()])),
-    }
+    return FinalBaim(
+        version=ctx.final_version(),
+        parameters=model.num_parameters(),
+        per_task=per_task,
+        final_test_loss=float(np.mean([v["test_loss"] for v in per_task.values()])),
+    )
 
 
-def lifecycle_summary(ctx: Context, strategies: dict, integrations: list[dict]) -> dict:
+def lifecycle_summary(ctx: Context, first: CloudTraining, integrations: list[Integration]) -> dict:
     """The schedule's settings, which uploads went into which BAIM version, and the final
     BAIM's quality (the first one's with the sync schedule)."""
-    arrivals = ctx.rd.result("arrivals")
-    first = strategies[source_strategy(ctx.cfg.strategies)]
+    arrivals = ctx.rd.result("arrivals", Arrivals)
     final = (
-        ctx.rd.result("final_baim")
+        ctx.rd.result("final_baim", FinalBaim).to_json()
         if integrations
-        else {"version": 0, "per_task": first["per_task"], "final_test_loss": first["final_test_loss"]}
+        else {"version": 0, "per_task": first.per_task, "final_test_loss": first.final_test_loss}
     )
     return {
         "schedule": ctx.cfg.schedule,
         "staleness": ctx.cfg.staleness,
         "leave": sorted(ctx.cfg.leave),
         "join_late": sorted(ctx.cfg.join_late),
-        "finish_s": arrivals["finish_s"],
-        "tier_gflops": arrivals["tier_gflops"],
-        "batches": arrivals["batches"],
+        "finish_s": arrivals.finish_s,
+        "tier_gflops": arrivals.tier_gflops,
+        "batches": arrivals.to_json()["batches"],
         "deployed_versions": {str(e): v for e, v in sorted(ctx.deployed_versions(ctx.final_version()).items())},
-        "integrations": [
-            {k: i[k] for k in ("version", "edge", "task", "deployed", "lag_before", "compact_bytes", "missing")}
-            | {
-                k: i["continual"][k]
-                for k in (
-                    "untouched_tasks",
-                    "untouched_max_abs_diff",
-                    "test_loss_before",
-                    "test_loss_after",
-                    "parameters_before",
-                    "parameters_after",
-                    "trained_parameters",
-                )
-            }
-            for i in integrations
-        ],
+        "integrations": [i.summary() for i in integrations],
         "final": final,
     }

@@ -10,57 +10,53 @@ from ..report import write_report
 from ..runfiles import source_strategy
 from .context import Context
 from .lifecycle import lifecycle_summary
+from .results import (
+    Arrivals,
+    CloudTraining,
+    Deployment,
+    EdgeEvaluation,
+    Integration,
+    Partition,
+    Personalization,
+    Screening,
+    Upload,
+)
 
 
 def summarize(ctx: Context) -> dict:
     """The summary of a finished run (every number the report shows), written with the report."""
     rd = ctx.rd
-    up = rd.result("upload")
-    evaluation = rd.result("edge_evaluation")
-    deployment = rd.result("deployment")
-    personalization = rd.result("personalization")
-    integrations = [rd.result(f"integration_{k}") for k in range(1, ctx.final_version() + 1)]
-    later_down = sum(i["bytes"]["down"] for i in integrations)
+    up = rd.result("upload", Upload)
+    evaluation = rd.result("edge_evaluation", EdgeEvaluation)
+    deployment = rd.result("deployment", Deployment)
+    personalization = rd.result("personalization", Personalization)
+    integrations = [rd.result(f"integration_{k}", Integration) for k in range(1, ctx.final_version() + 1)]
+    later_down = sum(i.bytes.down for i in integrations)
     models: dict[int, dict[str, dict]] = {}
-    for r in evaluation["edges"]:
+    for r in evaluation.edges:
         models.setdefault(r["edge"], {})[r["model"]] = {
             k: v for k, v in r.items() if k not in ("edge", "task", "model")
         }
     edges = [
         {
-            "edge": u["edge"],
-            "task": u["task"],
-            "tier": u["tier"],
-            "samples": u["samples"],
-            "models": models.get(u["edge"], {}),
-            **_delivery(ctx, u["edge"], deployment.get("deliveries", {}).get(str(u["edge"]))),
+            "edge": u.edge,
+            "task": u.task,
+            "tier": u.tier,
+            "samples": u.samples,
+            "models": models.get(u.edge, {}),
+            **_delivery(ctx, u.edge, deployment.deliveries.get(str(u.edge))),
         }
-        for u in up["edges"]
+        for u in up.edges
     ]
-    strategies = {}
-    for s in ctx.cfg.strategies:
-        r = rd.result(f"cloud_{s}")
-        strategies[s] = {
-            k: r[k]
-            for k in (
-                "final_test_loss",
-                "curve",
-                "per_task",
-                "connections",
-                "candidates",
-                "parameters",
-                "tsgate_accuracy",
-                "step0",
-                "recipe",
-            )
-        }
-    part = rd.result("partition")
+    trained = {s: rd.result(f"cloud_{s}", CloudTraining) for s in ctx.cfg.strategies}
+    strategies = {s: r.summary() for s, r in trained.items()}
     seconds = rd.phase_seconds()
-    first_task = next(iter(next(iter(strategies.values()))["per_task"].values()))
+    first = next(iter(trained.values()))
+    first_task = next(iter(first.per_task.values()))
     real_vs_real = {
-        name: {"fid": m["fid_real_vs_real"], "kid": m["kid_real_vs_real"]}
-        for name, m in next(iter(strategies.values()))["per_task"].items()
+        name: {"fid": m["fid_real_vs_real"], "kid": m["kid_real_vs_real"]} for name, m in first.per_task.items()
     }
+    arrivals = rd.result("arrivals", Arrivals)
     summary = {
         "preset": ctx.p.name,
         "cloud_recipe": ctx.cfg.cloud_recipe,
@@ -79,33 +75,33 @@ def summarize(ctx: Context) -> dict:
         "real_vs_real": real_vs_real,
         "edges": edges,
         "strategies": strategies,
-        "partition": {k: part[k] for k in ("max_abs_diff", "source_strategy", "baim_parameters", "tasks")},
+        "partition": rd.result("partition", Partition).summary(),
         "bytes": {
-            "upload": up["bytes"]["up"],
-            "download": deployment["bytes"]["down"] + later_down,
+            "upload": up.bytes.up,
+            "download": deployment.bytes.down + later_down,
             "per_phase": {
-                "upload": up["bytes"],
-                "deployment": deployment["bytes"],
-                "integrations": {"up": sum(i["bytes"]["up"] for i in integrations), "down": later_down},
-                "evaluation": evaluation["bytes"],
+                "upload": up.bytes.to_json(),
+                "deployment": deployment.bytes.to_json(),
+                "integrations": {"up": sum(i.bytes.up for i in integrations), "down": later_down},
+                "evaluation": evaluation.bytes.to_json(),
             },
         },
-        "screening": rd.result("screening"),
-        "lifecycle": lifecycle_summary(ctx, strategies, integrations),
+        "screening": rd.result("screening", Screening).to_json(),
+        "lifecycle": lifecycle_summary(ctx, trained[source_strategy(ctx.cfg.strategies)], integrations),
         "timeline": schedule.timeline(
             ctx.layout,
-            rd.result("arrivals"),
+            arrivals.to_json(),
             seconds,
-            deployment["edges"],
-            integrations,
+            list(deployment.edges),
+            [i.to_json() for i in integrations],
             tuple(ctx.cfg.leave),
             source_strategy(ctx.cfg.strategies),
         ),
         "missing": {
-            "upload": up["missing"],
-            "deployment": deployment["missing"],
-            "personalization": personalization["missing"],
-            "evaluation": evaluation["missing"],
+            "upload": [m.to_json() for m in up.missing],
+            "deployment": [m.to_json() for m in deployment.missing],
+            "personalization": [m.to_json() for m in personalization.missing],
+            "evaluation": [m.to_json() for m in evaluation.missing],
         },
     }
     write_json(rd.files.summary, summary)
