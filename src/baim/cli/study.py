@@ -41,3 +41,8 @@ def _cmd_study(args: argparse.Namespace) -> None:
     result = run_study(args.out, args.preset, seeds, budgets, methods, args.data_dir, args.fid_extractor)
     print((Path(args.out) / "study.md").read_text())
     print(f"wrote {Path(args.out) / 'study.json'} ({len(result['cells'])} cells, {len(result['missing'])} missing)")
+    if result.get("failed"):
+        from ..errors import WorkflowError
+
+        cells = ", ".join(f"{f['method']} (seed {f['seed']}, budget {f['budget']})" for f in result["failed"])
+        raise WorkflowError(f"{len(result['failed'])} cells failed: {cells}; study.json's 'failed' has the tracebacks")

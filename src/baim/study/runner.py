@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from ..metrics import get_extractor
 from .budget import Budget
 from .paired import paired_differences
 
-# the set, cheapest first within a budget so partial seeds still have the controls
+# the set first (controls early: they are cheap and reuse baim's uploads), then the
+# FedAvg variants at a fairer capacity and with a fine-tune on the common data
 STUDY_METHODS = (
     "baim",
     "local",
@@ -37,10 +39,10 @@ STUDY_METHODS = (
     "central",
     "kd",
     "fedavg",
-    "fedavg_large",
-    "fedavg_ft",
     "fd",
     "sl",
+    "fedavg_large",
+    "fedavg_ft",
 )
 PER_EDGE = ("nll_bpd", "mse", "fid", "kid")
 TOTALS = ("bytes_up", "bytes_down", "edge_flops", "cloud_flops")
@@ -102,6 +104,7 @@ def run_study(
     done = sum((cell_dir(out, s, b) / "methods" / f"{m}.json").is_file() for s, b, m in todo)
     log(f"study {out}: {len(todo)} cells, {done} done")
     t_start, measured = time.perf_counter(), 0
+    failed: list[dict] = []
     result: dict[str, Any] = {}
     for s in seeds:
         layouts = []
@@ -114,7 +117,12 @@ def run_study(
                 if not path.is_file():
                     ctx = ctx or make_context(d, cfg, b.settings(cfg.resolved_preset()))
                     t0 = time.perf_counter()
-                    row = method_cell(m, ctx, d)
+                    try:
+                        row = method_cell(m, ctx, d)
+                    except Exception:  # one failed cell must not lose an unattended study's others
+                        failed.append({"seed": s, "budget": b.name, "method": m, "error": traceback.format_exc()})
+                        log(f"seed {s} budget {b.name} {m} FAILED (left missing):\n{failed[-1]['error']}")
+                        continue
                     measured += 1
                     done += 1
                     per = (time.perf_counter() - t_start) / measured
@@ -127,7 +135,11 @@ def run_study(
                     result = gather(out, preset, seeds, budgets, methods)
             layouts.append(json.loads((d / "layout.json").read_text()) if (d / "layout.json").is_file() else None)
         _check_one_layout(s, [x for x in layouts if x is not None])
-    return gather(out, preset, seeds, budgets, methods) if not result or measured == 0 else result
+    result = gather(out, preset, seeds, budgets, methods)
+    if failed:
+        result["failed"] = failed
+        write_json(out / "study.json", result)
+    return result
 
 
 def _check_one_layout(seed: int, layouts: list[dict]) -> None:
