@@ -10,6 +10,7 @@ import numpy as np
 
 from ..atomic import write_text
 from ..figures import pyplot, save_figure
+from .budget import CONVERGED
 
 MB = 1e6
 
@@ -104,13 +105,17 @@ def figure(result: dict, x_key: str, path: Path) -> Path:
                 ax.plot(xs, ys, "-*", markersize=12, color="black", label="baim (over budgets)")
                 for x, y, b in pts:
                     ax.annotate(b, (x, y), fontsize=7)
-            else:
-                ax.scatter(xs, ys, marker=markers[i % len(markers)], label=m)
+            else:  # filled: a fixed budget; hollow: converged
+                dots = ax.scatter(xs, ys, marker=markers[i % len(markers)], label=m)
+                colour = dots.get_facecolor()[0]
+                dots.set_facecolors([colour if b != CONVERGED else "none" for _, _, b in pts])
+                dots.set_edgecolors([colour] * len(pts))
         ax.set_xscale("log")
         ax.set_xlabel("bytes up + down, all edges (log; 1 = none)" if x_key == "bytes" else "edge FLOPs (log)")
         ax.set_ylabel(label)
         ax.legend(fontsize=6)
-    fig.suptitle(f"Quality against {'communication' if x_key == 'bytes' else 'edge compute'} (means over seeds)")
+    what = "communication" if x_key == "bytes" else "edge compute"
+    fig.suptitle(f"Quality against {what} (means over seeds; hollow: converged)")
     return save_figure(fig, path)
 
 
