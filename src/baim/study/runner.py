@@ -11,6 +11,7 @@ every cell from what is there.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ from ..compare.runner import METHODS, make_context, method_cell
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..metrics import get_extractor
+from ..runfiles import RunFiles
 from .budget import Budget
 from .paired import paired_differences
 
@@ -116,6 +118,7 @@ def run_study(
                 path = d / "methods" / f"{m}.json"
                 if not path.is_file():
                     ctx = ctx or make_context(d, cfg, b.settings(cfg.resolved_preset()))
+                    _drop_unmeasured_run(d, m, log)
                     t0 = time.perf_counter()
                     try:
                         row = method_cell(m, ctx, d)
@@ -140,6 +143,16 @@ def run_study(
         result["failed"] = failed
         write_json(out / "study.json", result)
     return result
+
+
+def _drop_unmeasured_run(d: Path, method: str, log: Any) -> None:
+    """A baim workflow run killed before its measurements were written cannot be resumed into
+    an honest cell (its meters and byte ledger live in the process that died: the resumed part
+    alone would be counted), so it starts over."""
+    run = d / "baim"
+    if method == "baim" and run.is_dir() and not RunFiles(run).compare_measure.is_file():
+        log(f"{run}: a workflow run stopped before it was measured; starting it over")
+        shutil.rmtree(run)
 
 
 def _check_one_layout(seed: int, layouts: list[dict]) -> None:
