@@ -117,7 +117,11 @@ def run_central(ctx: Context) -> MethodRow:
         "central",
         "edges send their raw slices to the cloud; the cloud trains one model per task "
         f"({ctx.cache['teachers']['tier']} tier) on the pooled images and serves generation",
-        {"tier": ctx.cache["teachers"]["tier"], "epochs": ctx.settings.central_epochs},
+        {
+            "tier": ctx.cache["teachers"]["tier"],
+            "epochs": ctx.settings.central_epochs,
+            "patience": ctx.settings.patience,
+        },
         messages=wire.ledger.messages,
         raw_data_bytes=wire.raw_data_bytes,
         compute=meter,
@@ -173,6 +177,7 @@ def run_kd(ctx: Context) -> MethodRow:
         {
             "teacher_tier": ctx.cache["teachers"]["tier"],
             "epochs": ctx.settings.central_epochs,
+            "patience": ctx.settings.patience,
             "distill_loss": "0.5*(MSE(x_hat, x) + beta*KL) + 0.5*MSE(x_hat, teacher reconstruction)",
         },
         messages=wire.ledger.messages,
