@@ -64,7 +64,7 @@ def markdown(result: dict) -> str:
     if f:
         lines += ["", "## Findings", ""]
         for key, v in f.items():
-            if key.endswith(("_fid", "_test_loss")) and "reach" in key:
+            if key.endswith(("_nll_bpd", "_test_loss")) and "reach" in key:
                 if v["reached"]:
                     lines.append(
                         f"- {key}: reached after round {v['round']} with {v['bytes_cum'] / MB:.3f} MB, "
