@@ -8,7 +8,7 @@ import torch
 from baim.compare import scaling
 from baim.compare.common import Settings
 from baim.compare.measure import Meter, Wire, ledger_totals
-from baim.compare.runner import METHODS, compare, make_context
+from baim.compare.runner import METHODS, SCALED, compare, make_context
 from baim.config import RunConfig
 from baim.learners import StagedVAE, tier_spec
 from baim.transport import Message, encode
@@ -58,9 +58,13 @@ def test_wire_counts_encoded_bytes_and_raw_data():
     assert wire.raw_data_bytes == 3 * 32 * 32
 
 
+def _measured(out):
+    return json.loads((out / "baim" / "compare_measure.json").read_text())["messages"]
+
+
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """All seven methods once on the smoke preset (smaller slices), with tiny round and epoch counts;
+    """Every method once on the smoke preset (smaller slices), with tiny round and epoch counts;
     four edges, so that one task has two and FedAvg has something to average (a lone edge sends nothing)."""
     out = tmp_path_factory.mktemp("compare")
     cfg = RunConfig(
@@ -89,14 +93,20 @@ def test_every_method_runs_and_is_measured(smoke):
         assert rows[name]["edge_flops"] > 0, name
     for name in ("baim", "central", "kd", "sl"):
         assert rows[name]["cloud_flops"] > 0, name
+    # the controls reuse baim's uploads: the same bytes up; cloud_only uses no edge upload at all
+    upload = sum(m["bytes"] for m in _measured(out) if m["phase"] == "upload" and m["direction"] == "up")
+    assert rows["broadcast"]["bytes_up"] == rows["ensemble_distill"]["bytes_up"] == upload > 0
+    assert rows["cloud_only"]["bytes_up"] == 0 < rows["cloud_only"]["bytes_down"]
+    assert rows["broadcast"]["settings"]["chosen_upload"]  # one chosen upload per task with edges
     for name in ("fedavg", "fd"):
         rounds = rows[name]["rounds"]
         assert [r["round"] for r in rounds] == [1, 2]
+        assert all(r["nll_bpd"] > 0 for r in rounds)
         assert rounds[0]["bytes_cum"] < rounds[1]["bytes_cum"] == rows[name]["bytes_up"] + rows[name]["bytes_down"]
     saved = json.loads((out / "compare.json").read_text())
     assert [m["method"] for m in saved["methods"]] == list(METHODS)
-    assert "fedavg_bytes_to_reach_baim_fid" in saved["findings"]
-    assert set(saved["scaling"]["methods"]) == set(METHODS)
+    assert "fedavg_bytes_to_reach_baim_nll_bpd" in saved["findings"]
+    assert set(saved["scaling"]["methods"]) == set(SCALED)
     for f in ("kpi_radar.png", "bytes_vs_quality.png", "scaling.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     assert "| baim |" in (out / "compare.md").read_text()

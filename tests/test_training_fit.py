@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from baim.config import Recipe
-from baim.errors import TrainingDiverged
+from baim.errors import ConfigError, TrainingDiverged
 from baim.models import Loss, fit
 
 
@@ -123,3 +123,43 @@ def test_the_schedule_position_and_a_kept_optimizer_carry_across_calls():
     assert second.optimizer is first.optimizer and steps == [0, 1, 2, 3]
     assert second.epochs[0]["epoch"] == 2 and second.epochs[0]["lr"] == pytest.approx(0.05)
     assert not model.training
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
+    model, data = _linear()
+    scores = iter([3.0, 1.0, 2.0, 2.5, 0.5, 0.1])  # best after epoch 2; epochs 3 and 4 do not improve
+    weights: list[torch.Tensor] = []
+
+    def validate(m):
+        weights.append(m.weight.detach().clone())
+        return next(scores)
+
+    done = fit(model, data, Recipe(epochs=6, batch_size=8, patience=2), _mse, validate=validate)
+    assert [r["epoch"] for r in done.epochs] == [1, 2, 3, 4]  # stopped: 2 epochs without improvement
+    assert [r["val_loss"] for r in done.epochs] == [3.0, 1.0, 2.0, 2.5]
+    assert done.best_epoch == 2 and done.stopped_early
+    assert torch.equal(model.weight, weights[1]) and not torch.equal(model.weight, weights[3])
+
+
+def test_without_patience_every_epoch_runs_and_the_last_weights_stay():
+    model, data = _linear()
+    done = fit(model, data, Recipe(epochs=3, batch_size=8), _mse, validate=lambda m: 1.0)
+    assert [r["val_loss"] for r in done.epochs] == [1.0, 1.0, 1.0]
+    assert done.best_epoch == 3 and not done.stopped_early
+
+
+def test_early_stopping_without_validation_data_is_refused():
+    model, data = _linear()
+    with pytest.raises(ConfigError, match="validation"):
+        fit(model, data, Recipe(epochs=3, patience=2), _mse)
+    with pytest.raises(ConfigError, match="patience"):
+        Recipe(epochs=3, patience=-1)
+
+
+def test_a_recipe_override_replaces_only_the_fields_it_names():
+    from baim.config import get_preset
+
+    p = get_preset("quick").with_overrides(edge={"epochs": 30, "patience": 3})
+    assert (p.edge.epochs, p.edge.patience, p.edge.lr) == (30, 3, get_preset("quick").edge.lr)
+    with pytest.raises(ConfigError, match="edge recipe"):
+        get_preset("quick").with_overrides(edge={"epoch": 3})

@@ -44,6 +44,9 @@ class Recipe:
     trained_lr_scale: float = 1.0
     keep_norm_stats: bool = False
     warmup_steps: int = 0
+    # 0: train exactly ``epochs``. n > 0: ``epochs`` is a cap; stop once n epochs in a row did
+    # not improve the validation loss and keep the best epoch's weights (needs validation data).
+    patience: int = 0
 
     def lr_at(self, epoch: int, step: int = 0) -> float:
         """The learning rate of epoch ``epoch`` (0-based) at global ``step``: the one schedule
@@ -57,8 +60,8 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or not self.lr > 0 or not 0 < self.lr_decay <= 1:
             raise ConfigError(f"invalid recipe {self}: epochs ≥ 0, batch size ≥ 1, lr > 0, 0 < decay ≤ 1")
-        if not 0 < self.trained_lr_scale <= 1 or self.warmup_steps < 0:
-            raise ConfigError(f"invalid recipe {self}: 0 < trained_lr_scale ≤ 1, warmup_steps ≥ 0")
+        if not 0 < self.trained_lr_scale <= 1 or self.warmup_steps < 0 or self.patience < 0:
+            raise ConfigError(f"invalid recipe {self}: 0 < trained_lr_scale ≤ 1, warmup_steps ≥ 0, patience ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,19 @@ class Preset:
             raise ConfigError(f"a stored preset is malformed ({exc}); recreate the layout with `baim layout`") from exc
 
     def with_overrides(self, **kw: Any) -> Preset:
-        """A copy with the given top-level fields replaced (``None`` values are ignored)."""
-        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+        """A copy with the given top-level fields replaced (``None`` values are ignored); a
+        recipe (``edge``, ``cloud``, ``personalize``) given as a dict replaces only the fields
+        it names, so a run config's JSON can say ``{"edge": {"epochs": 40, "patience": 3}}``."""
+        out = {k: v for k, v in kw.items() if v is not None}
+        for k in ("edge", "cloud", "personalize"):
+            if isinstance(out.get(k), dict):
+                try:
+                    out[k] = replace(getattr(self, k), **out[k])
+                except TypeError as exc:
+                    raise ConfigError(
+                        f"override of the {k} recipe: {exc}; recipes have {list(asdict(self.edge))}"
+                    ) from exc
+        return replace(self, **out)
 
 
 def parse_download_budget(text: str) -> tuple[str, float] | None:

@@ -15,6 +15,7 @@ from .common import console
 from .deploy import add_deploy
 from .edge import add_domain, add_edge, add_evaluate, add_layout
 from .run import add_run, add_sweep
+from .study import add_study
 
 EPILOG = """\
 first steps (from a checkout):
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"baim {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_layout, add_edge, add_evaluate, add_cloud, add_run, add_sweep, add_deploy, add_domain):
+    for add in (add_layout, add_edge, add_evaluate, add_cloud, add_run, add_sweep, add_deploy, add_domain, add_study):
         add(sub, fmt)
     from ..service.commands import add_service_commands
 

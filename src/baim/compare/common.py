@@ -3,7 +3,7 @@ for staged VAEs, and the workflow's like-for-like evaluation at the edges."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,11 +15,13 @@ from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import WorkflowError
 from ..learners import TIERS, StagedVAE, tier_spec, vae_loss
-from ..models import Loss, evaluate, fit
+from ..models import Loss, evaluate, fit, nll_bpd, reconstruction_metrics
+from ..models.evaluation import NLL_COUNT
 from .measure import Wire
 
 FID_SAMPLING = "fitted"  # z from a Gaussian fitted to the model's posterior codes of its own training data
 QUALITY_KEYS = (
+    "nll_bpd",
     "test_loss",
     "mse",
     "psnr",
@@ -33,13 +35,16 @@ QUALITY_KEYS = (
 
 @dataclass
 class Settings:
-    """Rounds and epochs of the round-based methods (stored in compare.json)."""
+    """Rounds and epochs of the round-based methods (stored in compare.json). With
+    ``patience`` > 0 every count is a cap: each method stops on its own validation data once
+    ``patience`` epochs (rounds) in a row did not improve it, and keeps its best weights."""
 
     rounds: int  # FedAvg and FD rounds
     local_epochs: int  # local epochs per round
     sl_epochs: int
     central_epochs: int
     distill_weight: float = 1.0  # FD and KD: weight of the distillation term
+    patience: int = 0  # 0: fixed budgets
 
 
 @dataclass
@@ -72,18 +77,34 @@ class Context:
     def local_images(self, edge: int) -> np.ndarray:
         return self.ds.train.load(self.layout.edges[edge].indices)
 
+    def val_images(self, edge: int) -> np.ndarray:
+        """The edge's held-out validation part (empty for a layout made without one)."""
+        return self.ds.train.load(self.layout.edges[edge].val)
+
+    def common_val(self) -> tuple[np.ndarray, np.ndarray]:
+        """The cloud's validation part of its common data and their tasks."""
+        return self._with_tasks(self.layout.cloud_val)
+
+    def converging(self, recipe: Recipe, epochs: int) -> Recipe:
+        """``recipe`` for ``epochs`` epochs, early-stopped on validation when the settings ask."""
+        return replace(recipe, epochs=epochs, patience=self.settings.patience)
+
     def common(self) -> tuple[np.ndarray, np.ndarray]:
         """The cloud's common images and their tasks (as the workflow's cloud sees them)."""
-        images = self.ds.train.load(self.layout.cloud)
+        return self._with_tasks(self.layout.cloud)
+
+    def _with_tasks(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        images = self.ds.train.load(indices)
         cls_task = {c: t for t, task in enumerate(self.layout.tasks) for c in task["classes"]}
-        tasks = np.array([cls_task[int(c)] for c in np.asarray(self.ds.train.labels)[self.layout.cloud]])
+        tasks = np.array([cls_task[int(c)] for c in np.asarray(self.ds.train.labels)[indices]], dtype=int)
         return images, tasks
 
     def wire(self) -> Wire:
         return Wire(keep=self.keep_messages)
 
     def recipe(self, seed_offset: int = 0) -> Recipe:
-        return self.preset.edge.with_seed(self.seed + seed_offset)
+        """The edges' recipe for a fixed number of epochs (see :meth:`converging`)."""
+        return replace(self.preset.edge.with_seed(self.seed + seed_offset), patience=0)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate_edge(self, edge: int, model: StagedVAE, prior_images: np.ndarray | None = None) -> dict:
@@ -104,12 +125,27 @@ class Context:
         )
         return {"edge": edge, "task": name, **{k: ev.metrics[k] for k in QUALITY_KEYS}}
 
+    def cheap_quality(self, edge: int, model: StagedVAE) -> dict[str, float]:
+        """Per-round numbers of a round-based method: the test loss and the likelihood bound on
+        the edge's task test set, and the loss on the edge's validation part (what stops it)."""
+        name = self.layout.task_names[self.task_of(edge)]
+        test = self.ds.test.load(self.layout.test[name])
+        beta, seed = self.preset.edge.kld_weight, self.seed
+        val = self.val_images(edge)
+        return {
+            "test_loss": reconstruction_metrics(model, test, kld_weight=beta, seed=seed)["test_loss"],
+            "nll_bpd": nll_bpd(model, test[:NLL_COUNT], kld_weight=beta, seed=seed),
+            "val_loss": reconstruction_metrics(model, val, kld_weight=beta, seed=seed)["test_loss"]
+            if len(val)
+            else float("nan"),
+        }
 
-def largest_tier(tiers: tuple[str, ...]) -> str:
+
+def largest_tier(tiers: Sequence[str]) -> str:
     return max(tiers, key=lambda t: tier_spec(t).state_elements())
 
 
-def smallest_tier(tiers: list[str]) -> str:
+def smallest_tier(tiers: Sequence[str]) -> str:
     return min(tiers, key=lambda t: tier_spec(t).state_elements())
 
 
@@ -138,13 +174,16 @@ def train_vae(
     opt: torch.optim.Optimizer | None = None,
     recon_weight: float = 1.0,
     target: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    val: np.ndarray | None = None,
 ) -> torch.optim.Optimizer:
     """The edges' recipe through the one training loop (:func:`baim.models.fit`: Adam, lr ×
     decay per epoch, MSE + β·KL, clipping, non-finite steps skipped and a diverged epoch
     reported) for ``epochs`` epochs counted from ``first_epoch`` (the schedule's position).
     ``extra(model, x)`` adds a term to each step's loss (distillation); ``target(x)`` is a
     second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output).
-    Returns the optimizer, for a method that keeps its state across rounds."""
+    ``val``: held-out images, the plain VAE test loss on them scored after every epoch (early
+    stopping when ``recipe.patience`` > 0; the best epoch's weights kept). Returns the
+    optimizer, for a method that keeps its state across rounds."""
 
     def objective(m: torch.nn.Module, batch: tuple[torch.Tensor, ...], step: int) -> Loss:
         assert isinstance(m, StagedVAE)
@@ -157,12 +196,17 @@ def train_vae(
             loss = loss + extra(m, x)
         return Loss(loss, {"loss": loss})
 
+    def validate(m: torch.nn.Module) -> float:
+        assert isinstance(m, StagedVAE) and val is not None
+        return reconstruction_metrics(m, val, kld_weight=recipe.kld_weight, seed=recipe.seed)["test_loss"]
+
     return fit(
         model,
         (to_float(images),),
         replace(recipe, epochs=epochs),
         objective,
         optimizer=opt,
+        validate=validate if val is not None and len(val) else None,
         generator=torch.Generator().manual_seed(recipe.seed + 7919 * first_epoch),
         first_epoch=first_epoch,
         label=f"baseline ({model.spec.tier})",

@@ -64,7 +64,7 @@ def markdown(result: dict) -> str:
     if f:
         lines += ["", "## Findings", ""]
         for key, v in f.items():
-            if key.endswith(("_fid", "_test_loss")) and "reach" in key:
+            if key.endswith(("_nll_bpd", "_test_loss")) and "reach" in key:
                 if v["reached"]:
                     lines.append(
                         f"- {key}: reached after round {v['round']} with {v['bytes_cum'] / MB:.3f} MB, "
@@ -87,13 +87,13 @@ def markdown(result: dict) -> str:
             lines.append(f"- baim loses on {key} to: {', '.join(methods)}")
     rounds = [r for r in rows if r.get("rounds")]
     if rounds:
-        lines += ["", "## Quality after every round", "", "| method | round | cumulative MB | test loss | FID |"]
+        lines += ["", "## Quality after every round", "", "| method | round | cumulative MB | test loss | nll (bpd) |"]
         lines.append("|---|---|---|---|---|")
         for r in rounds:
             for x in r["rounds"]:
                 lines.append(
                     f"| {r['method']} | {x['round']} | {x['bytes_cum'] / MB:.3f} | "
-                    f"{x['test_loss']:.5f} | {x['fid']:.2f} |"
+                    f"{x['test_loss']:.5f} | {x['nll_bpd']:.4f} |"
                 )
     sc = result.get("scaling")
     if sc:
@@ -207,12 +207,12 @@ def bytes_vs_quality(result: dict, path: Path) -> Path:
     rows = result["methods"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, key, label in (
-        (axes[0], "fid", "FID (fitted prior), mean over edges"),
+        (axes[0], "nll_bpd", "IWAE bound on test NLL (bits/dim), mean over edges"),
         (axes[1], "test_loss", "test loss"),
     ):
         for r in rows:
             total = r["bytes_up"] + r["bytes_down"]
-            if r.get("rounds"):
+            if r.get("rounds") and key in r["rounds"][0]:
                 xs = [x["bytes_cum"] / MB for x in r["rounds"]]
                 ax.plot(xs, [x[key] for x in r["rounds"]], marker="o", label=f"{r['method']} (after each round)")
             elif total > 0:

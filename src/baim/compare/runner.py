@@ -24,7 +24,22 @@ from ..runview import Run
 from . import scaling
 from .common import FID_SAMPLING, Context, Settings
 
-METHODS = ("baim", "local", "central", "kd", "fedavg", "fd", "sl")
+METHODS = (
+    "baim",
+    "local",
+    "central",
+    "kd",
+    "fedavg",
+    "fedavg_large",
+    "fedavg_ft",
+    "fd",
+    "sl",
+    "broadcast",
+    "cloud_only",
+    "ensemble_distill",
+)
+# the methods the scaling model has formulas for (the variants and controls are measured only)
+SCALED = ("baim", "local", "central", "kd", "fedavg", "fd", "sl")
 SAMPLING_NOTE = (
     "fitted: fid_count images decoded from z drawn from a full-covariance Gaussian fitted to the model's "
     "posterior codes of its own training data (an edge's model: the edge's slice; a cloud model: the task's "
@@ -42,7 +57,7 @@ def default_settings(cfg: RunConfig) -> Settings:
 
 
 def _run_method(name: str, ctx: Context, out: Path) -> dict:
-    from .methods import bottom_up, central, federated, split
+    from .methods import bottom_up, central, controls, federated, split
 
     if name == "baim":
         return bottom_up.run(ctx, out / "baim").to_dict()
@@ -54,11 +69,39 @@ def _run_method(name: str, ctx: Context, out: Path) -> dict:
         return central.run_kd(ctx).to_dict()
     if name == "fedavg":
         return federated.run_fedavg(ctx).to_dict()
+    if name == "fedavg_large":
+        return federated.run_fedavg(ctx, capacity="largest").to_dict()
+    if name == "fedavg_ft":
+        return federated.run_fedavg(ctx, finetune=True).to_dict()
+    if name == "broadcast":
+        return controls.run_broadcast(ctx, out / "baim").to_dict()
+    if name == "cloud_only":
+        return controls.run_cloud_only(ctx).to_dict()
+    if name == "ensemble_distill":
+        return controls.run_ensemble_distill(ctx, out / "baim").to_dict()
     if name == "fd":
         return federated.run_fd(ctx).to_dict()
     if name == "sl":
         return split.run_sl(ctx).to_dict()
     raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+def method_cell(name: str, ctx: Context, out: Path) -> dict:
+    """Method ``name``'s row in ``out/methods/NAME.json``: read if it is there (a rerun resumes),
+    else measured and written atomically."""
+    path = out / "methods" / f"{name}.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    t0 = time.perf_counter()
+    row = _run_method(name, ctx, out)
+    row.setdefault("fid_sampling", FID_SAMPLING)
+    row["fid"] = row["fid_fitted"]
+    row["kid"] = row["kid_fitted"]
+    row["method_wall_s_with_evaluation"] = round(time.perf_counter() - t0, 2)
+    write_json(path, row)
+    return row
 
 
 def make_context(out: Path, cfg: RunConfig, settings: Settings | None = None, keep_messages: bool = False) -> Context:
@@ -88,20 +131,7 @@ def compare(
     get_extractor(cfg.fid_extractor)
     out.mkdir(parents=True, exist_ok=True)
     ctx = ctx or make_context(out, cfg, settings, keep_messages)
-    rows = []
-    for name in methods:
-        path = out / "methods" / f"{name}.json"
-        if path.is_file():
-            rows.append(json.loads(path.read_text()))
-            continue
-        t0 = time.perf_counter()
-        row = _run_method(name, ctx, out)
-        row.setdefault("fid_sampling", FID_SAMPLING)
-        row["fid"] = row["fid_fitted"]
-        row["kid"] = row["kid_fitted"]
-        row["method_wall_s_with_evaluation"] = round(time.perf_counter() - t0, 2)
-        write_json(path, row)
-        rows.append(row)
+    rows = [method_cell(name, ctx, out) for name in methods]
     result: dict[str, Any] = {
         "preset": ctx.preset.name,
         "seed": cfg.seed,
@@ -138,9 +168,10 @@ def compare(
         "methods": rows,
     }
     result["findings"] = findings(rows)
-    if len(rows) > 1:
+    scaled = [r for r in rows if r["method"] in SCALED]
+    if len(scaled) > 1:
         per_task = [len(ctx.edges_of(t)) for t in range(len(ctx.layout.tasks))]
-        result["scaling"] = scaling.table(rows, len(ctx.layout.edges), len(ctx.layout.tasks), per_task)
+        result["scaling"] = scaling.table(scaled, len(ctx.layout.edges), len(ctx.layout.tasks), per_task)
     write_json(out / "compare.json", result)
     from .report import write_outputs
 
@@ -163,11 +194,11 @@ def findings(rows: list[dict]) -> dict[str, Any]:
         return out
     b = by["baim"]
     baim_bytes = b["bytes_up"] + b["bytes_down"]
-    out["baim"] = {"bytes": baim_bytes, "fid": b["fid"], "test_loss": b["test_loss"]}
-    for m in ("fedavg", "fd"):
+    out["baim"] = {"bytes": baim_bytes, "fid": b["fid"], "test_loss": b["test_loss"], "nll_bpd": b["nll_bpd"]}
+    for m in ("fedavg", "fedavg_large", "fedavg_ft", "fd"):
         if m not in by or not by[m].get("rounds"):
             continue
-        for key, baim_key in (("fid", "fid"), ("test_loss", "test_loss")):
+        for key, baim_key in (("nll_bpd", "nll_bpd"), ("test_loss", "test_loss")):
             r = _reach(by[m]["rounds"], key, b[baim_key])
             if r["reached"]:
                 r["ratio_to_baim_bytes"] = r["bytes_cum"] / baim_bytes
@@ -178,7 +209,7 @@ def findings(rows: list[dict]) -> dict[str, Any]:
     for m, r in by.items():
         if m == "baim":
             continue
-        better = [k for k in ("fid", "test_loss") if r[k] < b[k]]
+        better = [k for k in ("nll_bpd", "fid", "test_loss") if r[k] < b[k]]
         if better:
             beats.append(
                 {
@@ -186,6 +217,7 @@ def findings(rows: list[dict]) -> dict[str, Any]:
                     "better_on": better,
                     "fid": r["fid"],
                     "test_loss": r["test_loss"],
+                    "nll_bpd": r["nll_bpd"],
                     "bytes_vs_baim": (r["bytes_up"] + r["bytes_down"]) / baim_bytes,
                     "raw_data_bytes": r["raw_data_bytes"],
                     "cloud_cpu_s": r["cloud_cpu_s"],

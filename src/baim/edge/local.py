@@ -86,7 +86,10 @@ def train_edge(
         cfg = replace(cfg, epochs=epochs)
     test = ds.test.load(layout.test[layout.task_names[e.task]])
     curve = test[: preset.curve_test_per_task or None]
-    hist = train_learner(model, ds.train.load(e.indices), cfg, label=f"edge {edge} ({e.tier})", eval_images=curve)
+    val = ds.train.load(e.val) if e.val else None
+    hist = train_learner(
+        model, ds.train.load(e.indices), cfg, label=f"edge {edge} ({e.tier})", eval_images=curve, val_images=val
+    )
     metrics = {
         "edge": edge,
         "task": layout.task_names[e.task],

@@ -32,9 +32,15 @@ def train_learner(
     recipe: Recipe,
     label: str = "train",
     eval_images: np.ndarray | None = None,
+    val_images: np.ndarray | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on uint8 ``images``; returns per-epoch losses (and the test
-    loss on ``eval_images`` after each epoch, where given)."""
+    loss on ``eval_images`` after each epoch, where given). ``val_images``: the edge's held-out
+    validation part, scored after every epoch (early stopping when ``recipe.patience`` > 0)."""
+
+    def validate(m: object) -> float:
+        assert isinstance(m, StagedVAE) and val_images is not None
+        return reconstruction_metrics(m, val_images, kld_weight=recipe.kld_weight, seed=recipe.seed)["test_loss"]
 
     def row(ep: Epoch) -> dict:
         out = {"epoch": ep.number, **ep.train, "lr": ep.lr}
@@ -42,10 +48,18 @@ def train_learner(
             out["test_loss"] = reconstruction_metrics(model, eval_images, kld_weight=recipe.kld_weight)["test_loss"]
         return out
 
-    done = fit(model, (to_float(images),), recipe, vae_objective(recipe.kld_weight), end_epoch=row, label=label)
+    done = fit(
+        model,
+        (to_float(images),),
+        recipe,
+        vae_objective(recipe.kld_weight),
+        end_epoch=row,
+        validate=validate if val_images is not None and len(val_images) else None,
+        label=label,
+    )
     return TrainHistory(
         done.epochs,
         done.skipped_steps,
         done.seconds,
-        recipe.epochs * len(images) / max(done.seconds, 1e-9),
+        len(done.epochs) * len(images) / max(done.seconds, 1e-9),
     )

@@ -9,12 +9,19 @@ logged losses are not finite, raises :class:`baim.errors.TrainingDiverged`) and 
 bar live in one place. What differs between models is the objective and what an epoch's log
 row holds; the caller passes both.
 
+Early stopping: with ``recipe.patience`` > 0, ``recipe.epochs`` is a cap, not a budget: after
+every epoch ``validate(model)`` scores held-out data; training stops once ``patience`` epochs
+in a row did not improve on the best score, and the best epoch's weights are restored. That is
+how every method trains "to convergence" on its own validation data, so a comparison at
+convergence does not reward whichever method happened to get more steps.
+
 Deterministic for a seed on CPU: the order of random draws is shuffling (``generator``) once
 per epoch, then the objective's own draws step by step.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +31,7 @@ import torch
 from torch import nn
 
 from ..config import Recipe
-from ..errors import TrainingDiverged
+from ..errors import ConfigError, TrainingDiverged
 from ..learners import vae_loss
 from ..progress import make_progress
 
@@ -64,12 +71,47 @@ class Epoch:
 @dataclass
 class Fitted:
     """One row per epoch (``end_epoch``'s, or :meth:`Epoch.row`), steps skipped in all, wall
-    seconds, and the optimizer as it ended (a caller that trains on in rounds passes it back)."""
+    seconds, and the optimizer as it ended (a caller that trains on in rounds passes it back).
+    With early stopping, ``best_epoch`` is the epoch whose weights the model holds (its
+    ``val_loss`` in its row); otherwise it is the last one."""
 
     epochs: list[dict]
     skipped_steps: int
     seconds: float
     optimizer: torch.optim.Optimizer
+    best_epoch: int = 0
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.epochs) and self.best_epoch < self.epochs[-1]["epoch"]
+
+
+Validate = Callable[[nn.Module], float]
+
+
+class EarlyStopping:
+    """Tracks the best validation score and the weights that reached it; says when ``patience``
+    epochs in a row brought no improvement."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = math.inf
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad = 0
+
+    def update(self, model: nn.Module, epoch: int, score: float) -> bool:
+        """Record ``score`` for ``epoch``; True when training should stop."""
+        if math.isfinite(score) and score < self.best:
+            self.best, self.best_epoch, self.bad = score, epoch, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
 
 
 def fit(
@@ -83,6 +125,7 @@ def fit(
     first_epoch: int = 0,
     keep_eval: Iterable[nn.Module] = (),
     end_epoch: Callable[[Epoch], dict] | None = None,
+    validate: Validate | None = None,
     label: str = "train",
 ) -> Fitted:
     """Train ``model`` in place for ``recipe.epochs`` epochs on ``data`` (tensors with one row
@@ -94,7 +137,15 @@ def fit(
     repeats on its own. ``first_epoch``: the schedule's position (rounds of a federated
     method). ``keep_eval``: modules that stay in eval mode while the rest trains (BatchNorm
     statistics of trained weights). ``end_epoch`` makes the epoch's log row (evaluation,
-    pruning); the divergence guard checks it."""
+    pruning); the divergence guard checks it. ``validate(model)``: a held-out score (lower is
+    better) logged as ``val_loss`` after every epoch; required when ``recipe.patience`` > 0
+    (early stopping, best weights restored)."""
+    if recipe.patience and validate is None:
+        raise ConfigError(
+            f"{label}: early stopping (patience {recipe.patience}) needs validation data; pass validate= "
+            "or set patience 0 for a fixed number of epochs"
+        )
+    stopper = EarlyStopping(recipe.patience) if recipe.patience else None
     if generator is None:
         torch.manual_seed(recipe.seed)
         generator = torch.Generator().manual_seed(recipe.seed)
@@ -149,13 +200,21 @@ def fit(
             )
             row = end_epoch(ep) if end_epoch is not None else ep.row()
             opt = ep.optimizer
+            if validate is not None:
+                row["val_loss"] = float(validate(model))
             check_epoch(label, row, seen, skipped)
             rows.append(row)
             skipped_total += skipped
             if "train_loss" in row:
                 progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
+            if stopper is not None and stopper.update(model, epoch + 1, row["val_loss"]):
+                break
+    best = first_epoch + len(rows)
+    if stopper is not None:
+        stopper.restore(model)
+        best = stopper.best_epoch or best
     model.eval()
-    return Fitted(rows, skipped_total, time.perf_counter() - start, opt)
+    return Fitted(rows, skipped_total, time.perf_counter() - start, opt, best)
 
 
 def vae_objective(kld_weight: float) -> Objective:

@@ -1,7 +1,8 @@
 """``central`` and ``kd``: raw training images go to the cloud.
 
 - ``central``: every edge sends its slice (uint8 images, the codec's ``data.upload``); the cloud
-  trains one model per task, of the largest tier, on the task's pooled images (the edges' slices
+  trains one model per task, of the largest tier (early-stopped on the cloud's validation part of
+  the task's common data when the settings converge), on the task's pooled images (the edges' slices
   and its own common images of the task) with the edges' recipe, and serves generation itself:
   an edge's request costs one round trip (request up, 16 images down).
 - ``kd`` (Table I's knowledge distillation): the same raw upload and the same cloud teacher per
@@ -15,7 +16,6 @@ first, ``kd`` reuses its trained teachers and counts their measured cost as its 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -55,14 +55,15 @@ def teachers(ctx: Context, meter: Meter, pooled: dict[int, np.ndarray]) -> dict[
         ctx.cache["teacher_wall_reused"] = cached["wall"]
         return dict(cached["models"])
     tier = largest_tier(ctx.preset.tiers)
+    val, val_tasks = ctx.common_val()
     models = {}
     w0 = time.perf_counter()
     cpu0, flops0 = meter.totals("cloud", ("teacher",))
     for t, x in pooled.items():
         with meter.cloud("teacher"):
             model = build(tier, ctx.ds, ctx.seed + 500 + t)
-            recipe = replace(ctx.recipe(500 + t), epochs=ctx.settings.central_epochs)
-            train_vae(model, x, recipe, recipe.epochs)
+            recipe = ctx.converging(ctx.recipe(500 + t), ctx.settings.central_epochs)
+            train_vae(model, x, recipe, recipe.epochs, val=val[val_tasks == t] if recipe.patience else None)
         models[t] = model
     cpu1, flops1 = meter.totals("cloud", ("teacher",))
     ctx.cache["teachers"] = {
@@ -116,7 +117,11 @@ def run_central(ctx: Context) -> MethodRow:
         "central",
         "edges send their raw slices to the cloud; the cloud trains one model per task "
         f"({ctx.cache['teachers']['tier']} tier) on the pooled images and serves generation",
-        {"tier": ctx.cache["teachers"]["tier"], "epochs": ctx.settings.central_epochs},
+        {
+            "tier": ctx.cache["teachers"]["tier"],
+            "epochs": ctx.settings.central_epochs,
+            "patience": ctx.settings.patience,
+        },
         messages=wire.ledger.messages,
         raw_data_bytes=wire.raw_data_bytes,
         compute=meter,
@@ -134,6 +139,7 @@ def run_kd(ctx: Context) -> MethodRow:
     wire, meter = ctx.wire(), Meter()
     t0 = time.perf_counter()
     students: dict[int, StagedVAE] = {}
+    val, val_tasks = ctx.common_val()
     with meter.counting():
         pooled = raw_upload(ctx, wire, meter)
         models = teachers(ctx, meter, pooled)
@@ -142,13 +148,14 @@ def run_kd(ctx: Context) -> MethodRow:
             with meter.cloud("distill"):
                 teacher = models[t]
                 student = build(ctx.tier_of(e), ctx.ds, ctx.seed + 1000 * e + 1)
-                recipe = replace(ctx.recipe(1000 * e + 1), epochs=ctx.settings.central_epochs)
+                recipe = ctx.converging(ctx.recipe(1000 * e + 1), ctx.settings.central_epochs)
+                task_val = val[val_tasks == t] if recipe.patience else None
 
                 @torch.no_grad()
                 def target(x: torch.Tensor, teacher: Any = teacher) -> torch.Tensor:
                     return teacher.decode(teacher.encode(x)[0])
 
-                train_vae(student, pooled[t], recipe, recipe.epochs, target=target, recon_weight=0.5)
+                train_vae(student, pooled[t], recipe, recipe.epochs, target=target, recon_weight=0.5, val=task_val)
                 manifest, state = to_parts(student)
             got = wire.down(e, Message("deploy", manifest, state), "deployment")
             with meter.edge("deployment"):
@@ -170,6 +177,7 @@ def run_kd(ctx: Context) -> MethodRow:
         {
             "teacher_tier": ctx.cache["teachers"]["tier"],
             "epochs": ctx.settings.central_epochs,
+            "patience": ctx.settings.patience,
             "distill_loss": "0.5*(MSE(x_hat, x) + beta*KL) + 0.5*MSE(x_hat, teacher reconstruction)",
         },
         messages=wire.ledger.messages,

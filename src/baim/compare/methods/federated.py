@@ -32,10 +32,11 @@ import torch.nn.functional as F
 
 from ...data import to_float, to_uint8
 from ...learners import StagedVAE, plain_state
-from ...models import generate
+from ...models import generate, reconstruction_metrics
 from ...models.evaluation import learner_prior
+from ...models.fit import EarlyStopping
 from ...transport import Message
-from ..common import Context, build, quality, smallest_tier, train_vae
+from ..common import Context, build, largest_tier, smallest_tier, train_vae
 from ..measure import Meter, latency_ms, ledger_totals, model_bytes
 from ..row import MethodRow, method_row
 
@@ -51,17 +52,26 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[
     return out
 
 
-def _round_row(ctx: Context, r: int, wire: Any, models: dict[int, StagedVAE]) -> tuple[dict, list[dict]]:
-    rows = [ctx.evaluate_edge(e, models[e]) for e in ctx.edges]
-    q = quality(rows)
+def _round_row(ctx: Context, r: int, wire: Any, models: dict[int, StagedVAE]) -> dict:
+    """The round's cheap numbers (test loss, likelihood bound, validation loss; means over
+    edges) and the bytes so far; FID is taken once, on the final models."""
+    per = [ctx.cheap_quality(e, models[e]) for e in ctx.edges]
     b = ledger_totals(wire.ledger.messages)
-    return {
-        "round": r,
-        "bytes_cum": b["up"] + b["down"],
-        "test_loss": q["test_loss"],
-        "fid": q["fid_fitted"],
-        "kid": q["kid_fitted"],
-    }, rows
+    return {"round": r, "bytes_cum": b["up"] + b["down"], **{k: float(np.mean([p[k] for p in per])) for k in per[0]}}
+
+
+def _task_val(ctx: Context, t: int, models: dict[int, StagedVAE]) -> float:
+    """Sample-weighted validation loss of a task's models on its edges' validation parts (each
+    edge scores its own part and reports one number; left out of the bytes)."""
+    losses, weights = [], []
+    for e in ctx.edges_of(t):
+        val = ctx.val_images(e)
+        if len(val):
+            losses.append(reconstruction_metrics(models[e], val, kld_weight=ctx.preset.edge.kld_weight, seed=ctx.seed))
+            weights.append(len(val))
+    if not weights:
+        return float("nan")
+    return float(np.average([x["test_loss"] for x in losses], weights=weights))
 
 
 def _latency(ctx: Context, models: dict[int, StagedVAE]) -> float:
@@ -104,42 +114,78 @@ def _fedavg_round(
         global_model.eval()
 
 
-def run_fedavg(ctx: Context) -> MethodRow:
+def run_fedavg(ctx: Context, capacity: str = "smallest", finetune: bool = False) -> MethodRow:
+    """FedAvg per task at the task's ``smallest`` (``fedavg``) or ``largest`` tier
+    (``fedavg_large``: capacity nearer what baim deploys); with ``finetune`` the cloud then
+    fine-tunes each task's global model on its common data and sends it down once more
+    (``fedavg_ft``). With ``ctx.settings.patience`` the rounds are a cap: a task stops once its
+    edges' validation loss has not improved for that many rounds, and keeps its best round."""
     wire, meter = ctx.wire(), Meter()
-    R, E = ctx.settings.rounds, ctx.settings.local_epochs
+    R, E, P = ctx.settings.rounds, ctx.settings.local_epochs, ctx.settings.patience
+    pick = smallest_tier if capacity == "smallest" else largest_tier
     tasks = sorted({ctx.task_of(e) for e in ctx.edges})
-    tiers = {t: smallest_tier([ctx.tier_of(e) for e in ctx.edges_of(t)]) for t in tasks}
+    tiers = {t: pick([ctx.tier_of(e) for e in ctx.edges_of(t)]) for t in tasks}
     # only a task with several edges has a global model; a lone edge trains its own, locally
     global_models = {t: build(tiers[t], ctx.ds, ctx.seed + 700 + t) for t in tasks if len(ctx.edges_of(t)) > 1}
     local = {e: build(tiers[ctx.task_of(e)], ctx.ds, ctx.seed + 1000 * e) for e in ctx.edges}
     opts: dict[int, torch.optim.Optimizer] = {}
     held = {e: global_models.get(ctx.task_of(e), local[e]) for e in ctx.edges}  # what each edge serves
+    stoppers = {t: EarlyStopping(P) for t in tasks} if P else {}
+    active = set(tasks)
     rounds: list[dict] = []
-    rows: list[dict] = []
     train_wall = 0.0
     with meter.counting():
         for r in range(R):
+            if not active:
+                break
             t0 = time.perf_counter()
-            for t in tasks:
+            for t in sorted(active):
                 if t in global_models:
                     _fedavg_round(ctx, wire, meter, t, r, global_models[t], local, opts)
-                    continue
-                (e,) = ctx.edges_of(t)
-                with meter.edge("rounds"):
-                    opts[e] = train_vae(
-                        local[e], ctx.local_images(e), ctx.recipe(1000 * e + r), E, first_epoch=r * E, opt=opts.get(e)
-                    )
+                else:
+                    (e,) = ctx.edges_of(t)
+                    with meter.edge("rounds"):
+                        opts[e] = train_vae(
+                            local[e],
+                            ctx.local_images(e),
+                            ctx.recipe(1000 * e + r),
+                            E,
+                            first_epoch=r * E,
+                            opt=opts.get(e),
+                        )
+                if P:
+                    task_model = held[ctx.edges_of(t)[0]]
+                    if stoppers[t].update(task_model, r + 1, _task_val(ctx, t, held)):
+                        active.discard(t)
             train_wall += time.perf_counter() - t0
-            row, rows = _round_row(ctx, r + 1, wire, held)
-            rounds.append(row)
-    # after the last round each edge holds the task's global model (a lone edge: its own)
+            rounds.append(_round_row(ctx, r + 1, wire, held))
+        for t in tasks:  # the best round's weights (the edges keep what they were sent then)
+            if P:
+                stoppers[t].restore(held[ctx.edges_of(t)[0]])
+        t0 = time.perf_counter()
+        if finetune:
+            _finetune_globals(ctx, wire, meter, global_models)
+        train_wall += time.perf_counter() - t0
     final = held
     ctx.cache.setdefault("wires", {})["fedavg"] = wire
+    name = "fedavg" + ("_large" if capacity == "largest" else "") + ("_ft" if finetune else "")
     return method_row(
-        "fedavg",
-        "per task, FedAvg over the task's edges with one shared architecture (the task's "
-        f"smallest tier), {R} rounds × {E} local epochs, weighted by sample count",
-        {"rounds": R, "local_epochs": E, "tiers": {ctx.layout.task_names[t]: v for t, v in tiers.items()}},
+        name,
+        f"per task, FedAvg over the task's edges with one shared architecture (the task's {capacity} tier), "
+        f"{'up to ' if P else ''}{R} rounds × {E} local epochs, weighted by sample count"
+        + (
+            "; then the cloud fine-tunes each global model on the task's common data and sends it down"
+            if finetune
+            else ""
+        ),
+        {
+            "rounds": R,
+            "local_epochs": E,
+            "patience": P,
+            "rounds_run": len(rounds),
+            "best_round": {ctx.layout.task_names[t]: s.best_epoch for t, s in stoppers.items()},
+            "tiers": {ctx.layout.task_names[t]: v for t, v in tiers.items()},
+        },
         messages=wire.ledger.messages,
         raw_data_bytes=wire.raw_data_bytes,
         compute=meter,
@@ -150,9 +196,26 @@ def run_fedavg(ctx: Context) -> MethodRow:
         latency_ms=_latency(ctx, final),
         round_trips=0,
         wall_s=train_wall,
-        per_edge=rows,
+        per_edge=[ctx.evaluate_edge(e, final[e]) for e in ctx.edges],
         rounds=rounds,
     )
+
+
+def _finetune_globals(ctx: Context, wire: Any, meter: Meter, global_models: dict[int, StagedVAE]) -> None:
+    """Each task's global model fine-tuned in the cloud on the task's common images (early
+    stopping on the common validation part when converging), then sent to the task's edges."""
+    common, tasks = ctx.common()
+    val, val_tasks = ctx.common_val()
+    epochs = ctx.preset.personalize.epochs if not ctx.settings.patience else ctx.settings.central_epochs
+    for t, model in global_models.items():
+        with meter.cloud("finetune"):
+            recipe = ctx.converging(ctx.recipe(900 + t), epochs)
+            train_vae(
+                model, common[tasks == t], recipe, recipe.epochs, val=val[val_tasks == t] if recipe.patience else None
+            )
+            msg = Message("fedavg.model", {"task": t, "finetuned": True}, plain_state(model))
+        for e in ctx.edges_of(t):
+            wire.down(e, msg, "finetune")
 
 
 def run_fd(ctx: Context) -> MethodRow:
@@ -165,7 +228,9 @@ def run_fd(ctx: Context) -> MethodRow:
     consensus: dict[int, torch.Tensor | None] = {e: None for e in ctx.edges}
     cloud_consensus: dict[int, torch.Tensor] = {}
     rounds: list[dict] = []
-    rows: list[dict] = []
+    P = ctx.settings.patience
+    stoppers = {e: EarlyStopping(P) for e in ctx.edges} if P else {}
+    active = set(ctx.edges)
     train_wall = 0.0
     t0 = time.perf_counter()
     with meter.counting():
@@ -177,9 +242,11 @@ def run_fd(ctx: Context) -> MethodRow:
             public[e] = got.tensors["images"].numpy()
         train_wall += time.perf_counter() - t0
         for r in range(R):
+            if not active:
+                break
             t0 = time.perf_counter()
             outputs: dict[int, dict[int, torch.Tensor]] = {}
-            for e in ctx.edges:
+            for e in sorted(active):
                 with meter.edge("rounds"):
                     pub = to_float(public[e])
                     gen = torch.Generator().manual_seed(ctx.seed + 1000 * e + r)
@@ -222,15 +289,28 @@ def run_fd(ctx: Context) -> MethodRow:
                 for e in by_edge:
                     got = wire.down(e, Message("fd.consensus", {"round": r}, {"consensus": cons}), "rounds")
                     consensus[e] = got.tensors["consensus"].float() / 255
+            for e in sorted(active) if P else ():  # an edge that stopped improving stops taking part
+                val = ctx.val_images(e)
+                score = reconstruction_metrics(models[e], val, kld_weight=ctx.preset.edge.kld_weight, seed=ctx.seed)
+                if stoppers[e].update(models[e], r + 1, score["test_loss"]):
+                    active.discard(e)
             train_wall += time.perf_counter() - t0
-            row, rows = _round_row(ctx, r + 1, wire, models)
-            rounds.append(row)
+            rounds.append(_round_row(ctx, r + 1, wire, models))
+        for e in stoppers:
+            stoppers[e].restore(models[e])
     ctx.cache.setdefault("wires", {})["fd"] = wire
     return method_row(
         "fd",
         "federated distillation: edges keep their own tiers and exchange reconstructions of "
-        f"the cloud's public images (uint8), never weights; {R} rounds × {E} local epochs",
-        {"rounds": R, "local_epochs": E, "distill_weight": lam, "outputs": "uint8 reconstructions (z = mu)"},
+        f"the cloud's public images (uint8), never weights; {'up to ' if P else ''}{R} rounds × {E} local epochs",
+        {
+            "rounds": R,
+            "local_epochs": E,
+            "patience": P,
+            "rounds_run": len(rounds),
+            "distill_weight": lam,
+            "outputs": "uint8 reconstructions (z = mu)",
+        },
         messages=wire.ledger.messages,
         raw_data_bytes=wire.raw_data_bytes,
         compute=meter,
@@ -241,6 +321,6 @@ def run_fd(ctx: Context) -> MethodRow:
         latency_ms=_latency(ctx, models),
         round_trips=0,
         wall_s=train_wall,
-        per_edge=rows,
+        per_edge=[ctx.evaluate_edge(e, models[e]) for e in ctx.edges],
         rounds=rounds,
     )

@@ -25,7 +25,9 @@ from safetensors.torch import save as save_bytes
 
 from ...data import to_float, to_uint8
 from ...learners import StagedVAE, plain_state
+from ...models import reconstruction_metrics
 from ...models.evaluation import learner_prior
+from ...models.fit import EarlyStopping
 from ...transport import Message
 from ..common import Context, build
 from ..measure import Meter, latency_ms
@@ -62,10 +64,13 @@ def run_sl(ctx: Context) -> MethodRow:
     wire, meter = ctx.wire(), Meter()
     epochs = ctx.settings.sl_epochs
     models = {e: build(ctx.tier_of(e), ctx.ds, ctx.seed + 1000 * e) for e in ctx.edges}
+    best_epochs: dict[int, int] = {}
     t0 = time.perf_counter()
     with meter.counting():
         for e, m in models.items():
             recipe = replace(ctx.recipe(1000 * e), epochs=epochs)
+            val = ctx.val_images(e)
+            stopper = EarlyStopping(ctx.settings.patience) if ctx.settings.patience and len(val) else None
             with meter.edge("training"):
                 data = to_float(ctx.local_images(e))
                 edge_opt = torch.optim.Adam(edge_params(m), lr=recipe.lr)
@@ -108,6 +113,14 @@ def run_sl(ctx: Context) -> MethodRow:
                         h1.backward(got.tensors["g"])
                         torch.nn.utils.clip_grad_norm_(edge_params(m), recipe.grad_clip)
                         edge_opt.step()
+                if stopper is not None:  # the validation pass is measurement: off the meter and the wire
+                    score = reconstruction_metrics(m, val, kld_weight=recipe.kld_weight, seed=recipe.seed)
+                    if stopper.update(m, epoch + 1, score["test_loss"]):
+                        break
+                    m.train()
+            if stopper is not None:
+                stopper.restore(m)
+                best_epochs[e] = stopper.best_epoch
             m.eval()
     wall = time.perf_counter() - t0
     # generation: the edge sends z's request, the cloud decodes to its last map, the edge finishes
@@ -134,7 +147,12 @@ def run_sl(ctx: Context) -> MethodRow:
         "sl",
         "split learning: the edge runs the first encoder stage and the last decoder stage, the "
         f"cloud the middle (one per edge); activations and gradients cross every step; {epochs} epochs",
-        {"epochs": epochs, "cut": "edge: E1 + D_S + image head; cloud: E2..E_S, heads, D1..D_S-1"},
+        {
+            "epochs": epochs,
+            "patience": ctx.settings.patience,
+            "best_epoch": {str(e): b for e, b in best_epochs.items()},
+            "cut": "edge: E1 + D_S + image head; cloud: E2..E_S, heads, D1..D_S-1",
+        },
         messages=wire.ledger.messages,
         raw_data_bytes=wire.raw_data_bytes,
         compute=meter,

@@ -1,0 +1,248 @@
+"""Controls that locate baim's gain: what a cheaper use of the same uploads or the same common
+data gives, measured like every method of ``baim compare``.
+
+- ``broadcast``: per task, the upload with the lowest loss on the cloud's common images of the
+  task (what screening measures) is fine-tuned there on those images, sent to every edge of the
+  task, and personalised on each edge as baim's compact model is. If baim only beat its weaker
+  edges by handing them the best edge's quality, this matches it.
+- ``cloud_only``: per task, a VAE of the largest tier trained on the cloud's common images of the
+  task alone, sent to the task's edges: what the common data is worth without any edge.
+- ``ensemble_distill``: one-shot ensemble distillation (FedDF/FENS-style): per edge, a fresh
+  learner of the edge's own tier trained in the cloud on the task's common images with
+  ½·(MSE + β·KL) + ½·MSE to the mean reconstruction of the task's uploads, sent down once.
+
+All three reuse baim's own uploads (the workflow run of the same layout and budget in
+``DIR/baim``): their upload bytes and edge compute are baim's upload phase, counted as theirs.
+Fine-tuning a trained upload scales its rate like baim's recipe for trained weights
+(``trained_lr_scale``); with converging settings every cloud training stops on the common
+data's validation part of the task.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from ...learners import StagedVAE
+from ...models import generate, model_from, reconstruction_metrics, to_parts
+from ...models.evaluation import learner_prior
+from ...runview import Run
+from ...transport import Message
+from ..common import Context, build, largest_tier, train_vae
+from ..measure import Meter, Wire, latency_ms, model_bytes
+from ..row import Compute, MethodRow, method_row
+from .bottom_up import run_workflow
+
+
+def _uploads(ctx: Context, out: Path) -> tuple[dict[int, StagedVAE], list[dict], Compute]:
+    """baim's uploads (the workflow run in ``out``, run first if missing), their messages and
+    the edges' compute to make them."""
+    from ...config import RunConfig
+
+    m = run_workflow(out, RunConfig.from_dict(ctx.cfg.to_dict() | {"strategies": ["finetune"]}))
+    run = Run(out)
+    models = {}
+    for e in ctx.edges:
+        model = run.edge_model(e, "initial")
+        assert isinstance(model, StagedVAE)
+        models[e] = model
+    messages = [x for x in m["messages"] if x["phase"] == "upload"]
+    up = m["meter"].get("edge/upload", {"cpu_s": 0.0, "flops": 0})
+    return models, messages, Compute(up["cpu_s"], 0.0, int(up["flops"]), 0)
+
+
+def _trained_rate_opt(ctx: Context, model: StagedVAE) -> torch.optim.Optimizer:
+    """Adam whose rate is scaled like baim's for weights that arrive trained."""
+    return torch.optim.Adam([{"params": model.parameters(), "scale": ctx.preset.cloud.trained_lr_scale}])
+
+
+def _deliver(ctx: Context, wire: Wire, meter: Meter, e: int, model: StagedVAE, what: str) -> StagedVAE:
+    """The model down to edge ``e`` through the codec; returns what the edge decodes."""
+    manifest, state = to_parts(model)
+    got = wire.down(e, Message("deploy", manifest, state), "deployment")
+    with meter.edge("deployment"):
+        received = model_from(got.meta, got.tensors, f"{what} for edge {e}", "learner")
+    assert isinstance(received, StagedVAE)
+    return received
+
+
+def _row(
+    ctx: Context,
+    name: str,
+    description: str,
+    settings: dict,
+    wire: Wire,
+    meter: Meter,
+    models: dict[int, StagedVAE],
+    upload: tuple[list[dict], Compute] | None,
+    wall: float,
+    cloud_bytes: int,
+) -> MethodRow:
+    messages = (upload[0] if upload else []) + wire.ledger.messages
+    ecpu, eflops = meter.totals("edge")
+    ccpu, cflops = meter.totals("cloud")
+    if upload:
+        ecpu, eflops = ecpu + upload[1].edge_cpu_s, eflops + upload[1].edge_flops
+    lat = []
+    for e, m in models.items():
+        prior = learner_prior(m, ctx.local_images(e), ctx.seed)
+        lat.append(latency_ms(partial(generate, m, 16, ctx.seed, prior=prior)))
+    return method_row(
+        name,
+        description,
+        settings,
+        messages=messages,
+        raw_data_bytes=0,
+        compute=Compute(ecpu, ccpu, int(eflops), int(cflops), meter.to_dict()),
+        storage=(sum(model_bytes(m) for m in models.values()), cloud_bytes),
+        latency_ms=lat,
+        round_trips=0,
+        wall_s=wall,
+        per_edge=[ctx.evaluate_edge(e, models[e]) for e in ctx.edges],
+    )
+
+
+def _cloud_epochs(ctx: Context) -> int:
+    """A cloud training's epochs: the preset's cloud epochs at a fixed budget, the settings' cap
+    when converging."""
+    return ctx.settings.central_epochs if ctx.settings.patience else ctx.preset.cloud.epochs
+
+
+def run_broadcast(ctx: Context, out: Path) -> MethodRow:
+    uploads, up_messages, up_compute = _uploads(ctx, out)
+    common, tasks = ctx.common()
+    val, val_tasks = ctx.common_val()
+    wire, meter = ctx.wire(), Meter()
+    chosen: dict[str, int] = {}
+    deployed: dict[int, StagedVAE] = {}
+    cloud_bytes = 0
+    t0 = time.perf_counter()
+    with meter.counting():
+        for t in range(len(ctx.layout.tasks)):
+            edges = ctx.edges_of(t)
+            if not edges:
+                continue
+            x = common[tasks == t]
+            with meter.cloud("screening"):
+                loss = {
+                    e: reconstruction_metrics(uploads[e], x, kld_weight=ctx.preset.edge.kld_weight, seed=ctx.seed)[
+                        "test_loss"
+                    ]
+                    for e in edges
+                }
+            best = min(loss, key=lambda e: loss[e])
+            chosen[ctx.layout.task_names[t]] = best
+            with meter.cloud("cloud_finetune"):
+                model = copy.deepcopy(uploads[best])
+                recipe = ctx.converging(ctx.recipe(600 + t), _cloud_epochs(ctx))
+                task_val = val[val_tasks == t] if recipe.patience else None
+                train_vae(model, x, recipe, recipe.epochs, opt=_trained_rate_opt(ctx, model), val=task_val)
+            cloud_bytes += model_bytes(uploads[best]) + model_bytes(model)
+            for e in edges:
+                received = _deliver(ctx, wire, meter, e, model, "broadcast model")
+                with meter.edge("personalization"):
+                    recipe = ctx.recipe(1000 * e + 3)
+                    train_vae(
+                        received,
+                        ctx.local_images(e),
+                        recipe,
+                        ctx.preset.personalize.epochs,
+                        opt=_trained_rate_opt(ctx, received),
+                    )
+                deployed[e] = received
+    return _row(
+        ctx,
+        "broadcast",
+        "control: per task the upload with the lowest loss on the cloud's common images, fine-tuned on them in "
+        "the cloud, sent to every edge of the task and personalised there (baim's uploads, no fusion)",
+        {"chosen_upload": chosen, "cloud_epochs": _cloud_epochs(ctx), "patience": ctx.settings.patience},
+        wire,
+        meter,
+        deployed,
+        (up_messages, up_compute),
+        time.perf_counter() - t0,
+        cloud_bytes,
+    )
+
+
+def run_cloud_only(ctx: Context) -> MethodRow:
+    common, tasks = ctx.common()
+    val, val_tasks = ctx.common_val()
+    tier = largest_tier(ctx.preset.tiers)
+    wire, meter = ctx.wire(), Meter()
+    deployed: dict[int, StagedVAE] = {}
+    cloud_bytes = 0
+    t0 = time.perf_counter()
+    with meter.counting():
+        for t in range(len(ctx.layout.tasks)):
+            edges = ctx.edges_of(t)
+            if not edges:
+                continue
+            with meter.cloud("training"):
+                model = build(tier, ctx.ds, ctx.seed + 800 + t)
+                recipe = ctx.converging(ctx.recipe(800 + t), ctx.settings.central_epochs)
+                task_val = val[val_tasks == t] if recipe.patience else None
+                train_vae(model, common[tasks == t], recipe, recipe.epochs, val=task_val)
+            cloud_bytes += model_bytes(model)
+            for e in edges:
+                deployed[e] = _deliver(ctx, wire, meter, e, model, "cloud-only model")
+    return _row(
+        ctx,
+        "cloud_only",
+        f"control: per task a {tier}-tier VAE trained on the cloud's common images of the task alone, sent to "
+        "the task's edges (no edge data or weights used)",
+        {"tier": tier, "epochs": ctx.settings.central_epochs, "patience": ctx.settings.patience},
+        wire,
+        meter,
+        deployed,
+        None,
+        time.perf_counter() - t0,
+        cloud_bytes,
+    )
+
+
+def run_ensemble_distill(ctx: Context, out: Path) -> MethodRow:
+    uploads, up_messages, up_compute = _uploads(ctx, out)
+    common, tasks = ctx.common()
+    val, val_tasks = ctx.common_val()
+    wire, meter = ctx.wire(), Meter()
+    deployed: dict[int, StagedVAE] = {}
+    t0 = time.perf_counter()
+    with meter.counting():
+        for e in ctx.edges:
+            t = ctx.task_of(e)
+            teachers = [uploads[k] for k in ctx.edges_of(t)]
+            with meter.cloud("distill"):
+
+                @torch.no_grad()
+                def target(x: torch.Tensor, teachers: list[StagedVAE] = teachers) -> torch.Tensor:
+                    return torch.stack([m.decode(m.encode(x)[0]) for m in teachers]).mean(0)
+
+                student = build(ctx.tier_of(e), ctx.ds, ctx.seed + 1000 * e + 5)
+                recipe = ctx.converging(ctx.recipe(1000 * e + 5), ctx.settings.central_epochs)
+                task_val = val[val_tasks == t] if recipe.patience else None
+                train_vae(
+                    student, common[tasks == t], recipe, recipe.epochs, target=target, recon_weight=0.5, val=task_val
+                )
+            deployed[e] = _deliver(ctx, wire, meter, e, student, "distilled student")
+    return _row(
+        ctx,
+        "ensemble_distill",
+        "control: one-shot ensemble distillation of the task's uploads into a learner of each edge's own tier, "
+        "in the cloud on the task's common images, sent down once",
+        {
+            "epochs": ctx.settings.central_epochs,
+            "patience": ctx.settings.patience,
+            "distill_loss": "0.5*(MSE(x_hat, x) + beta*KL) + 0.5*MSE(x_hat, mean of the uploads' reconstructions)",
+        },
+        wire,
+        meter,
+        deployed,
+        (up_messages, up_compute),
+        time.perf_counter() - t0,
+        sum(model_bytes(m) for m in uploads.values()),
+    )

@@ -1,0 +1,70 @@
+"""A training budget: a fixed number of local epochs, or ``converged``.
+
+Why both: at a fixed budget every method is under-trained and a method's gain can be extra
+steps rather than collaboration; at ``converged`` every training stops on its own validation
+data (patience, a cap, the best weights kept), so no method wins by being trained longer.
+
+A fixed budget of ``b`` epochs: baim's edges train ``b`` epochs; local, central and KD train
+``b``; the round-based methods (FedAvg, FD) and split learning get as many passes over an
+edge's slice as baim's edges make (``b`` + the personalisation epochs). ``converged``: the
+same with every count a cap of ``cap`` and early stopping after ``patience`` epochs (rounds)
+without improvement. The BAIM's cloud training and baim's personalisation keep the preset's
+epochs at both budgets (they start from trained weights and run a few gentle epochs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..compare.common import Settings
+from ..config import Preset
+from ..errors import ConfigError
+
+CONVERGED = "converged"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``epochs`` for a fixed budget; ``None`` for converged (``cap`` and ``patience`` then)."""
+
+    epochs: int | None
+    cap: int = 30
+    patience: int = 3
+
+    @property
+    def name(self) -> str:
+        return CONVERGED if self.epochs is None else str(self.epochs)
+
+    def overrides(self) -> dict[str, Any]:
+        """The run config's preset overrides for baim's workflow at this budget."""
+        if self.epochs is None:
+            return {"edge": {"epochs": self.cap, "patience": self.patience}}
+        return {"edge": {"epochs": self.epochs, "patience": 0}}
+
+    def settings(self, preset: Preset) -> Settings:
+        """The comparison's rounds and epochs at this budget."""
+        if self.epochs is None:
+            c = self.cap
+            return Settings(rounds=c, local_epochs=1, sl_epochs=c, central_epochs=c, patience=self.patience)
+        passes = self.epochs + preset.personalize.epochs
+        return Settings(rounds=passes, local_epochs=1, sl_epochs=passes, central_epochs=self.epochs)
+
+
+def parse_budgets(text: str, cap: int = 30, patience: int = 3) -> list[Budget]:
+    """``"4,converged"`` → the budgets, in order."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if part == CONVERGED:
+            out.append(Budget(None, cap, patience))
+        elif part.isdigit() and int(part) > 0:
+            out.append(Budget(int(part), cap, patience))
+        else:
+            raise ConfigError(f"budget {part!r} is neither a number of epochs ≥ 1 nor {CONVERGED!r}; e.g. 4,converged")
+    if not out or len({b.name for b in out}) != len(out):
+        raise ConfigError(f"budgets {text!r}: give one or more distinct budgets, e.g. 4,converged")
+    if cap < 1 or patience < 1:
+        raise ConfigError(f"converged needs a cap ≥ 1 and a patience ≥ 1 (got {cap}, {patience})")
+    return out

@@ -1,0 +1,126 @@
+"""``study.md`` and the figures of ``baim study``: quality against bytes and against edge FLOPs,
+baim drawn as a curve over budgets, every other method one point per budget (seed means)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_text
+from ..figures import pyplot, save_figure
+from .budget import CONVERGED
+
+MB = 1e6
+
+
+def _means(result: dict) -> dict[tuple[str, str], dict[str, float]]:
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for m in result["methods"]:
+        for b in result["budgets"]:
+            cs = [c for c in result["cells"] if c["method"] == m and c["budget"] == b]
+            if cs:
+                keys = ("nll_bpd", "mse", "fid", "kid", "bytes_up", "bytes_down", "edge_flops", "cloud_flops")
+                out[(m, b)] = {k: float(np.mean([c[k] for c in cs])) for k in keys} | {"seeds": len(cs)}
+    return out
+
+
+def markdown(result: dict) -> str:
+    means = _means(result)
+    lines = [
+        f"# baim study: preset {result['preset']}, seeds {result['seeds']}, budgets {result['budgets']}",
+        "",
+        f"converged: early stopping on each method's own validation data, patience {result['converged']['patience']}, "
+        f"cap {result['converged']['cap']}. Means over seeds of the means over edges.",
+        "",
+        "| budget | method | seeds | nll (bpd) | MSE | FID | KID | MB up | MB down | edge GFLOP | cloud GFLOP |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in result["budgets"]:
+        for m in result["methods"]:
+            v = means.get((m, b))
+            if v is None:
+                continue
+            lines.append(
+                f"| {b} | {m} | {v['seeds']:.0f} | {v['nll_bpd']:.4f} | {v['mse']:.5f} | {v['fid']:.1f} | "
+                f"{v['kid']:.4f} | {v['bytes_up'] / MB:.3f} | {v['bytes_down'] / MB:.3f} | "
+                f"{v['edge_flops'] / 1e9:.1f} | {v['cloud_flops'] / 1e9:.1f} |"
+            )
+    lines += ["", "## Paired differences baim − method (95 % bootstrap; negative: baim lower)", ""]
+    lines += [
+        "| budget | method | Δ nll (bpd) | Δ FID | Δ MSE | baim better on (CI excludes 0) |",
+        "|---|---|---|---|---|---|",
+    ]
+    pairs: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in result["paired"]:
+        pairs.setdefault((p["budget"], p["method"]), {})[p["metric"]] = p
+
+    def fmt(p: dict) -> str:
+        return f"{p['mean']:+.4g} [{p['ci_low']:+.4g}, {p['ci_high']:+.4g}]"
+
+    for (b, m), ps in pairs.items():
+        better = [k for k in ("nll_bpd", "fid", "mse", "kid") if ps[k]["ci_high"] < 0]
+        worse = [k for k in ("nll_bpd", "fid", "mse", "kid") if ps[k]["ci_low"] > 0]
+        verdict = ", ".join(better) or "none"
+        if worse:
+            verdict += f"; baim worse on {', '.join(worse)}"
+        lines.append(f"| {b} | {m} | {fmt(ps['nll_bpd'])} | {fmt(ps['fid'])} | {fmt(ps['mse'])} | {verdict} |")
+    if result.get("match"):
+        lines += [
+            "",
+            "## Bytes to match baim's nll (per seed)",
+            "",
+            "| budget | seed | method | MB to match | baim MB |",
+        ]
+        lines.append("|---|---|---|---|---|")
+        for x in result["match"]:
+            hit = x["bytes_to_match_baim_nll"]
+            matched = "not matched" if hit is None else f"{hit / MB:.3f}"
+            lines.append(f"| {x['budget']} | {x['seed']} | {x['method']} | {matched} | {x['baim_bytes'] / MB:.3f} |")
+    if result.get("missing"):
+        lines += ["", f"{len(result['missing'])} cells not measured yet (rerun the same command to resume)."]
+    return "\n".join(lines) + "\n"
+
+
+def figure(result: dict, x_key: str, path: Path) -> Path:
+    """nll_bpd and FID against ``x_key`` (``bytes`` or ``edge_flops``), log x."""
+    plt = pyplot()
+    means = _means(result)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    markers = "os^vD<>ph*XP"
+    for ax, key, label in ((axes[0], "nll_bpd", "test NLL bound (bits/dim)"), (axes[1], "fid", "FID (fitted prior)")):
+        for i, m in enumerate(result["methods"]):
+            pts = []
+            for b in result["budgets"]:
+                v = means.get((m, b))
+                if v is None:
+                    continue
+                x = v["bytes_up"] + v["bytes_down"] if x_key == "bytes" else v["edge_flops"]
+                pts.append((max(x, 1.0), v[key], b))
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            if m == "baim":
+                ax.plot(xs, ys, "-*", markersize=12, color="black", label="baim (over budgets)")
+                for x, y, b in pts:
+                    ax.annotate(b, (x, y), fontsize=7)
+            else:  # filled: a fixed budget; hollow: converged
+                dots = ax.scatter(xs, ys, marker=markers[i % len(markers)], label=m)
+                colour = dots.get_facecolor()[0]
+                dots.set_facecolors([colour if b != CONVERGED else "none" for _, _, b in pts])
+                dots.set_edgecolors([colour] * len(pts))
+        ax.set_xscale("log")
+        ax.set_xlabel("bytes up + down, all edges (log; 1 = none)" if x_key == "bytes" else "edge FLOPs (log)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=6)
+    what = "communication" if x_key == "bytes" else "edge compute"
+    fig.suptitle(f"Quality against {what} (means over seeds; hollow: converged)")
+    return save_figure(fig, path)
+
+
+def write_report(out: Path, result: dict) -> None:
+    write_text(out / "study.md", markdown(result))
+    if result["cells"]:
+        figure(result, "bytes", out / "figures" / "quality_vs_bytes.png")
+        figure(result, "edge_flops", out / "figures" / "quality_vs_edge_flops.png")

@@ -1,0 +1,258 @@
+"""Run the study: for each seed one layout, for each budget every method on it, one cell per
+(seed, budget, method).
+
+Resumable: a cell is ``DIR/seed-S/budget-B/methods/METHOD.json``, written atomically once the
+method is measured (baim's workflow run in ``DIR/seed-S/budget-B/baim`` resumes too), so a
+killed study reruns only what is missing. Seeds run in the order given, so partial results
+cover whole seeds. ``DIR/study.json`` and ``DIR/study.md`` and the figures are rewritten after
+every cell from what is there.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_json
+from ..compare.common import QUALITY_KEYS
+from ..compare.runner import METHODS, make_context, method_cell
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..metrics import get_extractor
+from ..runfiles import RunFiles
+from .budget import Budget
+from .paired import paired_differences
+
+# the issue's set first (controls early: they are cheap and reuse baim's uploads), then the
+# FedAvg variants at a fairer capacity and with a fine-tune on the common data
+STUDY_METHODS = (
+    "baim",
+    "local",
+    "broadcast",
+    "cloud_only",
+    "ensemble_distill",
+    "central",
+    "kd",
+    "fedavg",
+    "fd",
+    "sl",
+    "fedavg_large",
+    "fedavg_ft",
+)
+PER_EDGE = ("nll_bpd", "mse", "fid", "kid")
+TOTALS = ("bytes_up", "bytes_down", "edge_flops", "cloud_flops")
+
+
+def cell_dir(out: Path, seed: int, budget: Budget) -> Path:
+    return out / f"seed-{seed}" / f"budget-{budget.name}"
+
+
+def _cell(row: dict, seed: int, budget: Budget) -> dict[str, Any]:
+    """What study.json keeps of a method's row: the issue's numbers, per edge and in total."""
+    per_edge = [
+        {
+            "edge": r["edge"],
+            "task": r["task"],
+            "nll_bpd": r["nll_bpd"],
+            "mse": r["mse"],
+            "fid": r["fid_fitted"],
+            "kid": r["kid_fitted"],
+        }
+        for r in row["per_edge"]
+    ]
+    out: dict[str, Any] = {"method": row["method"], "budget": budget.name, "seed": seed}
+    out |= {k: float(np.mean([r[k] for r in per_edge])) for k in PER_EDGE}
+    out |= {k: int(row[k]) for k in TOTALS}
+    out["settings"] = row.get("settings", {})
+    out["wall_s"] = row.get("method_wall_s_with_evaluation")
+    out["per_edge"] = per_edge
+    if row.get("rounds"):
+        out["rounds"] = [
+            {k: x[k] for k in ("round", "bytes_cum", "nll_bpd", "test_loss") if k in x} for x in row["rounds"]
+        ]
+    return out
+
+
+def run_study(
+    out: str | Path,
+    preset: str,
+    seeds: list[int],
+    budgets: list[Budget],
+    methods: tuple[str, ...] = STUDY_METHODS,
+    data_dir: str | None = None,
+    extractor: str = "domain",
+    log: Any = None,
+) -> dict[str, Any]:
+    """Every cell not yet on disk, then ``study.json``/``study.md``/figures from all cells."""
+    out = Path(out)
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
+    if "baim" not in methods:
+        raise ConfigError("the study pairs every method with baim: include baim in --methods")
+    if not seeds:
+        raise ConfigError("give at least one seed, e.g. --seeds 0,1,2")
+    get_extractor(extractor)
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(s, b, m) for s in seeds for b in budgets for m in methods]
+    done = sum((cell_dir(out, s, b) / "methods" / f"{m}.json").is_file() for s, b, m in todo)
+    log(f"study {out}: {len(todo)} cells, {done} done")
+    t_start, measured = time.perf_counter(), 0
+    failed: list[dict] = []
+    result: dict[str, Any] = {}
+    for s in seeds:
+        layouts = []
+        for b in budgets:
+            cfg = RunConfig(preset=preset, seed=s, data_dir=data_dir, fid_extractor=extractor, overrides=b.overrides())
+            d = cell_dir(out, s, b)
+            ctx = None
+            for m in methods:
+                path = d / "methods" / f"{m}.json"
+                if not path.is_file():
+                    ctx = ctx or make_context(d, cfg, b.settings(cfg.resolved_preset()))
+                    _drop_unmeasured_run(d, m, log)
+                    t0 = time.perf_counter()
+                    try:
+                        row = method_cell(m, ctx, d)
+                    except Exception:  # one failed cell must not lose an unattended study's others
+                        failed.append({"seed": s, "budget": b.name, "method": m, "error": traceback.format_exc()})
+                        log(f"seed {s} budget {b.name} {m} FAILED (left missing):\n{failed[-1]['error']}")
+                        continue
+                    measured += 1
+                    done += 1
+                    per = (time.perf_counter() - t_start) / measured
+                    nll = np.mean([r["nll_bpd"] for r in row["per_edge"]])
+                    left = per * (len(todo) - done) / 60
+                    log(
+                        f"[{done}/{len(todo)}] seed {s} budget {b.name} {m}: nll {nll:.4f} bpd, FID {row['fid']:.1f} "
+                        f"({time.perf_counter() - t0:.0f} s; ~{left:.0f} min left at this pace)"
+                    )
+                    result = gather(out, preset, seeds, budgets, methods)
+            layouts.append(json.loads((d / "layout.json").read_text()) if (d / "layout.json").is_file() else None)
+        _check_one_layout(s, [x for x in layouts if x is not None])
+    result = gather(out, preset, seeds, budgets, methods)
+    if failed:
+        result["failed"] = failed
+        write_json(out / "study.json", result)
+    return result
+
+
+def _drop_unmeasured_run(d: Path, method: str, log: Any) -> None:
+    """A baim workflow run killed before its measurements were written cannot be resumed into
+    an honest cell (its meters and byte ledger live in the process that died: the resumed part
+    alone would be counted), so it starts over."""
+    run = d / "baim"
+    if method == "baim" and run.is_dir() and not RunFiles(run).compare_measure.is_file():
+        log(f"{run}: a workflow run stopped before it was measured; starting it over")
+        shutil.rmtree(run)
+
+
+def _check_one_layout(seed: int, layouts: list[dict]) -> None:
+    """Every budget of a seed ran on the same layout (same slices, validation and test sets)."""
+    keys = ("edges", "cloud", "cloud_val", "test")
+    if any({k: x.get(k) for k in keys} != {k: layouts[0].get(k) for k in keys} for x in layouts[1:]):
+        raise ConfigError(f"seed {seed}: the budgets' layouts differ; delete the seed's folders and rerun")
+
+
+def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], methods: tuple[str, ...]) -> dict[str, Any]:
+    """study.json from the cells on disk (and study.md, figures)."""
+    cells = []
+    for s in seeds:
+        for b in budgets:
+            for m in methods:
+                path = cell_dir(out, s, b) / "methods" / f"{m}.json"
+                if path.is_file():
+                    cells.append(_cell(json.loads(path.read_text()), s, b))
+    paired = []
+    for b in budgets:
+        by = {m: {c["seed"]: c for c in cells if c["method"] == m and c["budget"] == b.name} for m in methods}
+        for m in methods:
+            if m == "baim" or not by[m] or not by["baim"]:
+                continue
+            diffs = paired_differences(by["baim"], by[m], PER_EDGE, TOTALS)
+            for metric, v in diffs.items():
+                paired.append(
+                    {
+                        "method": m,
+                        "budget": b.name,
+                        "metric": metric,
+                        **v,
+                        "seeds": sorted(set(by["baim"]) & set(by[m])),
+                    }
+                )
+    result = {
+        "preset": preset,
+        "seeds": seeds,
+        "budgets": [b.name for b in budgets],
+        "converged": {"cap": budgets[0].cap, "patience": budgets[0].patience},
+        "methods": list(methods),
+        "definitions": {
+            "nll_bpd": "IWAE bound (k = 64) on the test negative log-likelihood, bits per dimension, first 64 test "
+            "images of the edge's task; mean over edges",
+            "mse": "reconstruction MSE (z = mu) on the task's test set; mean over edges",
+            "fid/kid": "fitted prior (each edge model's prior fitted to the edge's own images; a cloud-served model's "
+            "to its training images), domain extractor; mean over edges",
+            "bytes_up/down": "encoded message bytes, all edges, evaluation and inference left out",
+            "edge_flops/cloud_flops": "torch flop counter, training and delivery, evaluation left out",
+            "paired": "baim - method; mean over (seed, edge) pairs (totals: over seeds); 95 % hierarchical bootstrap "
+            "(seeds, then edges within a seed), 2000 resamples; negative = baim lower (better for quality)",
+        },
+        "cells": cells,
+        "paired": paired,
+        "match": match_bytes(cells, budgets),
+        "missing": [
+            {"seed": s, "budget": b.name, "method": m}
+            for s in seeds
+            for b in budgets
+            for m in methods
+            if not (cell_dir(out, s, b) / "methods" / f"{m}.json").is_file()
+        ],
+        "quality_keys": list(QUALITY_KEYS),
+    }
+    write_json(out / "study.json", result)
+    from .report import write_report
+
+    write_report(out, result)
+    return result
+
+
+def match_bytes(cells: list[dict], budgets: list[Budget]) -> list[dict[str, Any]]:
+    """Per budget, seed and method: the bytes at which the method first matches baim's mean
+    ``nll_bpd`` (round-based methods: the first round that does; one-shot methods: their bytes
+    if they match at all), or that it does not."""
+    out = []
+    for b in budgets:
+        for c in cells:
+            if c["budget"] != b.name or c["method"] == "baim":
+                continue
+            base = next(
+                (x for x in cells if x["method"] == "baim" and x["budget"] == b.name and x["seed"] == c["seed"]), None
+            )
+            if base is None:
+                continue
+            target = base["nll_bpd"]
+            hit = None
+            for r in c.get("rounds", []):
+                if r.get("nll_bpd", float("inf")) <= target:
+                    hit = r["bytes_cum"]
+                    break
+            if hit is None and not c.get("rounds") and c["nll_bpd"] <= target:
+                hit = c["bytes_up"] + c["bytes_down"]
+            out.append(
+                {
+                    "budget": b.name,
+                    "seed": c["seed"],
+                    "method": c["method"],
+                    "baim_bytes": base["bytes_up"] + base["bytes_down"],
+                    "bytes_to_match_baim_nll": hit,
+                }
+            )
+    return out

@@ -1,0 +1,87 @@
+"""``baim study``: budgets, paired bootstrap intervals, and (integration) the command end to end
+with a resume."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from baim.config import get_preset
+from baim.errors import ConfigError
+from baim.study import CONVERGED, parse_budgets
+from baim.study.paired import bootstrap, paired_differences
+
+
+def test_budgets_parse_into_fixed_and_converged_settings():
+    fixed, conv = parse_budgets("4,converged", cap=20, patience=2)
+    assert (fixed.name, conv.name) == ("4", CONVERGED)
+    quick = get_preset("quick")
+    s = fixed.settings(quick)
+    assert (s.central_epochs, s.rounds, s.patience) == (4, 4 + quick.personalize.epochs, 0)
+    c = conv.settings(quick)
+    assert (c.central_epochs, c.rounds, c.sl_epochs, c.patience) == (20, 20, 20, 2)
+    assert conv.overrides() == {"edge": {"epochs": 20, "patience": 2}}
+    assert quick.with_overrides(**fixed.overrides()).edge.epochs == 4
+
+
+@pytest.mark.parametrize("text", ["", "0", "four", "4,4", "converged,converged"])
+def test_bad_budgets_are_refused(text):
+    with pytest.raises(ConfigError, match="budget"):
+        parse_budgets(text)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_excludes_zero_for_a_clear_difference():
+    rng = np.random.default_rng(1)
+    clear = bootstrap([rng.normal(-1.0, 0.1, 6) for _ in range(3)])
+    assert clear["ci_low"] < clear["mean"] < clear["ci_high"] < 0 and clear["n"] == 18
+    noise = bootstrap([rng.normal(0.0, 1.0, 6) for _ in range(3)])
+    assert noise["ci_low"] < 0 < noise["ci_high"]
+    assert np.isnan(bootstrap([])["mean"])
+
+
+def test_paired_differences_pair_edges_of_the_same_seed():
+    def cell(vals, total):
+        return {"per_edge": [{"edge": e, "nll_bpd": v} for e, v in vals.items()], "bytes_up": total}
+
+    baim = {0: cell({0: 1.0, 1: 2.0}, 10), 1: cell({0: 1.5, 1: 2.5}, 30)}
+    other = {0: cell({1: 2.5, 0: 1.25}, 40), 1: cell({0: 2.0, 1: 3.0}, 50), 2: cell({0: 0.0, 1: 0.0}, 0)}
+    d = paired_differences(baim, other, ("nll_bpd",), ("bytes_up",))
+    assert d["nll_bpd"]["mean"] == pytest.approx(np.mean([-0.25, -0.5, -0.5, -0.5]))
+    assert d["nll_bpd"]["n"] == 4  # seed 2 has no baim cell: not paired
+    assert d["bytes_up"]["mean"] == pytest.approx(-25.0) and d["bytes_up"]["ci_high"] <= -20.0
+
+
+@pytest.mark.integration
+def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
+    from baim.cli import main
+
+    out = tmp_path / "study"
+    # one budget (converged, tiny cap): one workflow run; the fixed-budget cells are compare's, tested there
+    args = ["study", "--preset", "smoke", "--seeds", "0", "--budgets", "converged", "--cap", "2", "--patience", "1"]
+    args += ["--methods", "baim,local,cloud_only", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "study.json").read_text())
+    assert not result["missing"] and len(result["cells"]) == 3
+    for c in result["cells"]:
+        for k in ("nll_bpd", "mse", "fid", "kid", "bytes_up", "bytes_down", "edge_flops", "cloud_flops"):
+            assert np.isfinite(c[k]), (c["method"], k)
+    keys = {(p["method"], p["budget"], p["metric"]) for p in result["paired"]}
+    assert ("cloud_only", CONVERGED, "nll_bpd") in keys and ("local", CONVERGED, "bytes_up") in keys
+    assert all({"mean", "ci_low", "ci_high"} <= set(p) for p in result["paired"])
+    # the converged edges validated after every epoch and stopped within the cap
+    edge = out / "seed-0" / "budget-converged" / "baim" / "edges" / "edge-0" / "initial" / "metrics.json"
+    epochs = json.loads(edge.read_text())["train"]["epochs"]
+    assert 1 <= len(epochs) <= 2 and "val_loss" in epochs[0]
+    for f in ("quality_vs_bytes.png", "quality_vs_edge_flops.png"):
+        assert (out / "figures" / f).stat().st_size > 1000
+    # resume: a deleted cell is measured again, the others are read back untouched
+    cells = sorted(out.glob("seed-0/budget-*/methods/*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in cells}
+    gone = out / "seed-0" / "budget-converged" / "methods" / "cloud_only.json"
+    gone.unlink()
+    assert main(args) == 0
+    assert gone.is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != gone)
+    assert not json.loads((out / "study.json").read_text())["missing"]
+    assert os.path.getsize(out / "study.md") > 0
