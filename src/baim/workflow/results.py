@@ -12,7 +12,7 @@ objects inside the record.
 from __future__ import annotations
 
 import types
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ..errors import WorkflowError
@@ -44,6 +44,14 @@ def _from_json(hint: Any, value: Any) -> Any:
     return value
 
 
+def _at_default(f: Field[Any], value: Any) -> bool:
+    """A field a later version added, left at its default: not written, so a record without it
+    is stored exactly as the version before wrote it."""
+    if f.default is not MISSING:
+        return bool(value == f.default)
+    return f.default_factory is not MISSING and bool(value == f.default_factory())
+
+
 def _mismatch(cls: type, data: Any, names: list[str]) -> WorkflowError:
     got = sorted(data) if isinstance(data, dict) else type(data).__name__
     return WorkflowError(
@@ -59,7 +67,9 @@ class Record:
     with a default is one a later version added: older run folders lack it)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: _to_json(getattr(self, f.name)) for f in fields(self)}
+        return {
+            f.name: _to_json(getattr(self, f.name)) for f in fields(self) if not _at_default(f, getattr(self, f.name))
+        }
 
     @classmethod
     def from_json(cls: type[R], data: Any) -> R:
