@@ -72,6 +72,9 @@ def budget_value(text: str) -> Any:
 
 def run_config(n: int, args: argparse.Namespace) -> RunConfig:
     overrides: dict[str, Any] = {"num_edges": n}
+    if args.smoke:  # the wiring only: fewer images everywhere
+        overrides |= {"samples_per_edge": 128, "cloud_samples": 96, "test_per_task": 32, "fid_count": 8}
+        overrides |= {"curve_test_per_task": 8}
     if args.download_budget is not None and budget_supported():
         overrides["download_budget"] = budget_value(args.download_budget)
     return RunConfig(
@@ -232,7 +235,7 @@ def one(n: int, args: argparse.Namespace) -> Path:
 
 def child_args(args: argparse.Namespace) -> list[str]:
     out = ["--out", args.out, "--preset", args.preset, "--seed", str(args.seed)]
-    out += ["--prune-threshold", str(args.prune_threshold)]
+    out += ["--prune-threshold", str(args.prune_threshold)] + (["--smoke"] if args.smoke else [])
     if args.data_dir:
         out += ["--data-dir", args.data_dir]
     if args.download_budget is not None:
