@@ -341,7 +341,9 @@ def scaling_figure(rows: list[dict[str, Any]], fit: dict[str, Any], path: Path) 
         ("peak RSS (MB)", "peak_rss_mb", [v["rss_mb_a"] + v["rss_mb_slope"] * n for n in grid], 1.0),
     )
     for ax, (title, key, curve, unit) in zip(axes, panels):
-        ax.plot(grid, curve, "-", color="tab:blue", label="fitted to the runs")
+        # memory is drawn over the measured range only: a line in N may cross zero beyond it
+        span = len(grid) if key != "peak_rss_mb" else int(np.searchsorted(grid, max(ns), side="right"))
+        ax.plot(grid[:span], curve[:span], "-", color="tab:blue", label="fitted to the runs")
         if key == "download_per_edge":
             ax.plot(grid, [t / unit for t in table], "--", color="tab:red", label=f"table from N = {ns[0]}")
         ax.plot(ns, [r[key] / unit for r in rows], "o", color="black", label="measured")
