@@ -88,6 +88,7 @@ class Preset:
     cross_task_connections: bool = True  # False: candidate connections only within a squad
     connections: bool = True  # False: a BAIM without projection connections (the ablation's baseline)
     projection_rank: int = 0  # P: 0 the exact 1×1 projection; r > 0 a rank-r bottleneck per target stage
+    max_sources: int = 0  # > 0: each learner's stages read from at most this many others (candidates ∝ N, not N²)
     # evaluation
     fid_count: int = 500  # generated (and real) images per FID
     curve_test_per_task: int | None = None  # test images per task for per-epoch curves (None: all)
@@ -120,6 +121,8 @@ class Preset:
             raise ConfigError(f"cross_task_connections is true or false, got {self.cross_task_connections!r}")
         if not isinstance(self.connections, bool):
             raise ConfigError(f"connections is true or false, got {self.connections!r}")
+        if not isinstance(self.max_sources, int) or isinstance(self.max_sources, bool) or self.max_sources < 0:
+            raise ConfigError(f"max_sources is an int ≥ 0 (0: every other learner), got {self.max_sources!r}")
         rank = self.projection_rank
         if not isinstance(rank, int) or isinstance(rank, bool) or not 0 <= rank <= 4096:
             raise ConfigError(
@@ -330,6 +333,28 @@ PRESETS: dict[str, Preset] = {
         prune_interval=1,
         prune_ratio=0.7,  # 966 candidates: the first epoch with all of them costs more than the other seven
         curve_test_per_task=200,
+    ),
+    # scale measured, not extrapolated (benchmarks/scale.py): the whole workflow in process at
+    # N = 10, 30, 100 edges, so small slices, small learners, one or two epochs; the candidate
+    # connections still grow ∝ N², hence h = 0 and most of them pruned after the first epoch
+    "scale": _preset(
+        "scale",
+        2,
+        2,
+        1,
+        cloud_batch=64,  # every row runs through all N decoders while connections join them
+        num_edges=10,
+        samples_per_edge=200,
+        cloud_samples=600,
+        test_per_task=200,
+        alpha=0.5,
+        tiers=("small",),
+        fid_count=32,
+        height=0,
+        prune_interval=1,
+        prune_ratio=0.9,
+        max_sources=4,
+        curve_test_per_task=32,
     ),
 }
 

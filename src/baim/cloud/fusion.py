@@ -17,7 +17,7 @@ import torch
 from ..config import STRATEGIES
 from ..errors import ConfigError
 from ..learners import StagedVAE
-from ..models import BAIM, candidate_connections
+from ..models import BAIM, Connection, candidate_connections
 
 
 def fuse(
@@ -32,13 +32,15 @@ def fuse(
     screening_losses: list[float] | None = None,
     cross_task: bool = True,
     projection_rank: int = 0,
+    max_sources: int = 0,
 ) -> BAIM:
     """The BAIM of ``learners`` (uploads) for ``strategy``. With ``screening_losses`` (each
     upload's loss on the cloud's common data), every LSGate starts out preferring its squad's
     best-screened learner (weight ≈ 0.9 of two), so the fused model begins where the best edge is
     rather than at an even mix of unrelated decoders; ``scratch`` ignores them (no trained weights).
     Without ``cross_task``, candidate connections join only learners of the same squad (to
-    measure what the other tasks' learners add)."""
+    measure what the other tasks' learners add). With ``max_sources`` > 0 each learner's stages
+    read from at most that many other learners (see :func:`limit_sources`)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     missing = [t for t in range(len(task_names)) if t not in learner_tasks]
@@ -55,6 +57,8 @@ def fuse(
     candidates = candidate_connections(counts, height) if connections else []
     if not cross_task:
         candidates = [c for c in candidates if learner_tasks[c.src] == learner_tasks[c.dst]]
+    if max_sources:
+        candidates = limit_sources(candidates, max_sources, seed)
     model = BAIM.from_learners(
         members,
         list(learner_tasks),
@@ -68,6 +72,26 @@ def fuse(
     if screening_losses is not None and strategy != "scratch":
         prefer_best(model, screening_losses)
     return model
+
+
+def limit_sources(candidates: list[Connection], max_sources: int, seed: int = 0) -> list[Connection]:
+    """Keep, for every learner and side, the candidates from at most ``max_sources`` source
+    learners drawn at random (seeded). All-pairs candidates grow ∝ N², and so do the BAIM's
+    first epoch, whose every row runs all of them, and its memory; a bounded fan-in keeps both
+    ∝ N while every learner can still read from other squads."""
+    if max_sources < 1:
+        raise ConfigError(f"max_sources is ≥ 1 (0 in a preset: no limit), got {max_sources}")
+    sources: dict[tuple[str, int], list[int]] = {}
+    for c in candidates:
+        have = sources.setdefault((c.side, c.dst), [])
+        if c.src not in have:
+            have.append(c.src)
+    gen = torch.Generator().manual_seed(seed)
+    kept = {}
+    for key, srcs in sources.items():
+        order = torch.randperm(len(srcs), generator=gen).tolist()
+        kept[key] = {srcs[i] for i in order[:max_sources]}
+    return [c for c in candidates if c.src in kept[(c.side, c.dst)]]
 
 
 GATE_PREFERENCE = math.log(9.0)  # softmax over two kept logits: 0.9 vs 0.1

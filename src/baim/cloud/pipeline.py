@@ -80,6 +80,7 @@ def train_strategy(
         cross_task=preset.cross_task_connections,
         projection_rank=preset.projection_rank,
         connections=preset.connections,
+        max_sources=preset.max_sources,
     )
     # Step 0: the fused model as it starts, its priors fitted the same way as after training.
     fit_priors(model, images, tasks, seed=seed)

@@ -1,6 +1,7 @@
 """Toward internet scale, on paper from measurements: each method's measured per-edge and
-per-round costs extrapolated to N edges, with the formula said next to every number; and one
-real run with many edges that checks the extrapolation at one point.
+per-round costs extrapolated to N edges, with the formula said next to every number; one
+real run with many edges that checks the extrapolation at one point; and the same model fitted
+to several real runs (``benchmarks/scale.py``), drawn beside the measured points.
 
 Assumptions (stated in the output): edges work in parallel; the cloud is one machine of the
 measuring machine's speed; every edge has a 100 Mbit/s link and the cloud a 10 Gbit/s one;
@@ -9,9 +10,13 @@ tasks keep the measured run's number M, and an N-edge federation puts N/M edges 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from ..figures import pyplot, save_figure
 from ..runview import Run
 from ..transport import encode
 from ..workflow import deploy_message
@@ -237,3 +242,116 @@ def check(small_dir: Path, big_dir: Path) -> dict[str, Any]:
         "machine whose load varied, one of them possibly metered (FLOP counter on), so it checks the order of "
         "magnitude at best",
     }
+
+
+def _least_squares(x: list[float], y: list[float]) -> tuple[float, float]:
+    """(intercept, slope) of y ≈ a + b·x; with one point, the line through it and the origin."""
+    if len(x) == 1:
+        return 0.0, y[0] / x[0]
+    b, a = np.polyfit(np.asarray(x, dtype=float), np.asarray(y, dtype=float), 1)
+    return float(a), float(b)
+
+
+def fit_measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scaling model fitted to real runs at several N (rows of ``benchmarks/scale.py``,
+    one per N: ``edges``, ``edges_per_task``, ``upload_per_edge``, ``download_per_edge``,
+    ``compact`` per task with ``bytes`` and ``learners``, ``cloud_seconds``, ``peak_rss_mb``).
+
+    Download per edge: with n_t = N/M edges per task, the table's Σ_t n_t·(L_t·b + c) / N is
+    c + b·(1/M + φ·(1 − 1/M))·N, a line in N; its intercept and slope are fitted by least
+    squares and φ read off the slope. Beside it, what the table predicts from the smallest run
+    alone (its φ and c), and the exponent p of download per edge ∝ N^p between the extreme runs.
+    Cloud seconds: a power law a·N^p fitted in log-log (the table assumes p = 1). Peak RSS: a
+    line in N."""
+    rows = sorted(rows, key=lambda r: r["edges"])
+    ns = [float(r["edges"]) for r in rows]
+    down = [float(r["download_per_edge"]) for r in rows]
+    m = len(rows[0]["edges_per_task"])
+    b = float(np.mean([r["upload_per_edge"] for r in rows]))
+    c, slope = _least_squares(ns, down)
+    phi = (slope / b - 1 / m) / (1 - 1 / m) if m > 1 else 0.0
+    first = rows[0]
+    phi0, c0 = compact_model(first["compact"], first["edges_per_task"], first["edges"], first["upload_per_edge"])
+    secs = [max(float(r["cloud_seconds"]), 1e-6) for r in rows]
+    if len(rows) > 1:
+        p_cloud, log_a = np.polyfit(np.log(ns), np.log(secs), 1)
+        a_cloud = math.exp(float(log_a))
+    else:
+        p_cloud, a_cloud = 1.0, secs[0] / ns[0]
+    rss_a, rss_b = _least_squares(ns, [float(r["peak_rss_mb"]) for r in rows])
+    p_down = math.log(down[-1] / down[0]) / math.log(ns[-1] / ns[0]) if len(rows) > 1 and down[0] > 0 else 0.0
+
+    def per_edge_table(n: float) -> float:
+        return compact_download([n / m] * m, phi0, first["upload_per_edge"], c0) / n
+
+    points = sorted({*SCALES, *(r["edges"] for r in rows)})
+    return {
+        "values": {
+            "download_c": _num(c),
+            "download_slope": _num(slope),
+            "phi": _num(phi),
+            "download_exponent": _num(p_down),
+            "table_phi": _num(phi0),
+            "table_c": _num(c0),
+            "cloud_a": _num(a_cloud),
+            "cloud_exponent": _num(float(p_cloud)),
+            "rss_mb_a": _num(rss_a),
+            "rss_mb_slope": _num(rss_b),
+        },
+        "formulas": {
+            "download_per_edge": "c + s·N = c + b·(1/M + φ·(1 − 1/M))·N, c and s by least squares",
+            "table_download_per_edge": "Σ_t n_t·(L_t·b + c₀)/N with φ₀, c₀ from the smallest run",
+            "cloud_seconds": "a·N^p, fitted in log-log",
+            "peak_rss_mb": "a + s·N",
+        },
+        "by_edges": {
+            str(n): {
+                "download_per_edge": _num(c + slope * n),
+                "table_download_per_edge": _num(per_edge_table(n)),
+                "cloud_seconds": _num(a_cloud * n**p_cloud),
+                "peak_rss_mb": _num(rss_a + rss_b * n),
+            }
+            for n in points
+        },
+        "measured": {
+            str(r["edges"]): {k: r[k] for k in ("download_per_edge", "cloud_seconds", "peak_rss_mb")} for r in rows
+        },
+    }
+
+
+def scaling_figure(rows: list[dict[str, Any]], fit: dict[str, Any], path: Path) -> Path:
+    """Measured points (download per edge, cloud CPU seconds, peak RSS against N) beside the
+    fitted model and, for downloads, the table's extrapolation from the smallest run."""
+    plt = pyplot()
+    rows = sorted(rows, key=lambda r: r["edges"])
+    ns = [r["edges"] for r in rows]
+    grid = np.unique(np.geomspace(min(ns), max(SCALES), 60).round())
+    v = fit["values"]
+    m = len(rows[0]["edges_per_task"])
+    first = rows[0]
+    table = [compact_download([n / m] * m, v["table_phi"], first["upload_per_edge"], v["table_c"]) / n for n in grid]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = (
+        (
+            "download per edge (MB)",
+            "download_per_edge",
+            [(v["download_c"] + v["download_slope"] * n) / 1e6 for n in grid],
+            1e6,
+        ),
+        ("cloud CPU seconds", "cloud_seconds", [v["cloud_a"] * n ** v["cloud_exponent"] for n in grid], 1.0),
+        ("peak RSS (MB)", "peak_rss_mb", [v["rss_mb_a"] + v["rss_mb_slope"] * n for n in grid], 1.0),
+    )
+    for ax, (title, key, curve, unit) in zip(axes, panels):
+        # memory is drawn over the measured range only: a line in N may cross zero beyond it
+        span = len(grid) if key != "peak_rss_mb" else int(np.searchsorted(grid, max(ns), side="right"))
+        ax.plot(grid[:span], curve[:span], "-", color="tab:blue", label="fitted to the runs")
+        if key == "download_per_edge":
+            ax.plot(grid, [t / unit for t in table], "--", color="tab:red", label=f"table from N = {ns[0]}")
+        ax.plot(ns, [r[key] / unit for r in rows], "o", color="black", label="measured")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("edges N")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.suptitle("baim at scale: measured runs and the fitted scaling model")
+    return save_figure(fig, path)
