@@ -184,7 +184,8 @@ def test_cloud_add_delivers_the_new_task_within_budget(tmp_path, fmnist):
         Image.fromarray(((xx - 16) ** 2 + (yy - 16) ** 2 < r * r).astype(np.uint8) * 255).save(folder / f"{i}.png")
     from baim.cloud.door import Waivers
 
-    metrics = {"task": "discs", "samples": 30}  # an untrained, unsigned learner: let in on the operator's word
+    # an untrained, unsigned learner: let in on the operator's word
+    metrics = {"task": "discs", "samples": 30, "test_loss": 0.05}
     learner = save_model(
         StagedVAE(tier_spec("small")).eval(), tmp_path / "learner", {"metrics.json": json.dumps(metrics)}
     )

@@ -51,6 +51,12 @@ def inputs(row: dict, n0: int) -> dict[str, float]:
     }
 
 
+BUDGETED_DOWNLOAD = (
+    "N·u·ρ: each edge downloads a model within its own budget (a factor of its own upload's bytes), so the "
+    "download grows with N; ρ = measured bytes down per byte up"
+)
+
+
 def compact_model(compact: dict[str, dict], per_task_edges: list[int], n0: int, b: float) -> tuple[float, float]:
     """From a measured run: φ, the fraction of the other tasks' learners a compact model keeps as
     feeders (their stages feed its squad through connections), and c, a compact model's bytes
@@ -97,17 +103,23 @@ def predict(
             t: {"bytes": si["compact_bytes"][t], "learners": si["compact_learners"][t]} for t in si["compact_bytes"]
         }
         phi, c = compact_model(compact, measured_per_task, n0, b)
-        out = compact_download(shares, phi, b, c)
+        budgeted = bool(si.get("budgeted"))
+        rho = row["bytes_down"] / row["bytes_up"] if budgeted and row["bytes_up"] else 0.0
+        out = n * b * rho if budgeted else compact_download(shares, phi, b, c)
         p = {"in": n * q["up_e"], "out": out, "cloud_s": q["cloud_s"] * k, "store": q["cloud_store"] * k}
         f = {
             "in": "N·u (u: one upload)",
-            "out": "Σ_t n_t·(L_t·b + c), L_t = n_t + φ·(N − n_t): each edge downloads its task's compact "
+            "out": BUDGETED_DOWNLOAD
+            if budgeted
+            else "Σ_t n_t·(L_t·b + c), L_t = n_t + φ·(N − n_t): each edge downloads its task's compact "
             "model, which holds its squad's n_t learners, a fraction φ of the other learners as feeders (b bytes "
             "per learner; φ and c measured) and c bytes of gates, priors and projections; ∝ N² when φ > 0",
             "cloud_s": "C0·N/N0 (screening and BAIM training grow with the number of learners)",
             "store": "S0·N/N0 (uploads, the BAIM, the compact models)",
         }
         p["b"], p["c"], p["phi"] = b, c, phi
+        if budgeted:
+            p["rho"] = rho
     elif method == "central":
         p = {"in": n * q["up_e"], "out": n * q["down_e"], "cloud_s": q["cloud_s"] * k, "store": q["cloud_store"] * k}
         f = {
@@ -184,8 +196,11 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
 
     run = Run(run_dir)
     up, part = run.result("upload", Upload), run.result("partition", Partition)
+    budgeted = False
     if run.done("deployment"):
-        download, source = run.result("deployment", Deployment).bytes.down, "the deployment phase's ledger"
+        deployment = run.result("deployment", Deployment)
+        download, source = deployment.bytes.down, "the deployment phase's ledger"
+        budgeted = any(d.get("budget_bytes") is not None for d in deployment.deliveries.values())
     else:
         download, source = deploy_bytes(run_dir), "the deployment messages encoded from the compact models"
     return {
@@ -196,6 +211,7 @@ def run_facts(run_dir: Path) -> dict[str, Any]:
         "cloud_storage_bytes": run.cloud_storage_bytes("finetune"),
         "cloud_wall_s": sum(run.seconds(p) for p in ("screening", "cloud_finetune", "partition")),
         "compact": part.to_json()["tasks"],
+        "budgeted": budgeted,
     }
 
 
@@ -213,7 +229,9 @@ def check(small_dir: Path, big_dir: Path) -> dict[str, Any]:
     phi, c = compact_model(small["compact"], small_per_task, n0, u)
     predicted = {
         "upload_bytes": n * u,
-        "download_bytes": compact_download([float(x) for x in per_task], phi, u, c),
+        "download_bytes": n * u * small["download_bytes"] / small["upload_bytes"]
+        if small["budgeted"]
+        else compact_download([float(x) for x in per_task], phi, u, c),
         "cloud_storage_bytes": small["cloud_storage_bytes"] * n / n0,
         "cloud_wall_s": small["cloud_wall_s"] * n / n0,
     }
@@ -228,7 +246,9 @@ def check(small_dir: Path, big_dir: Path) -> dict[str, Any]:
         "edges_per_task": per_task,
         "formulas": {
             "upload_bytes": "N·u, u = upload bytes per edge of the small run",
-            "download_bytes": "Σ_t n_t·(L_t·b + c), L_t = n_t + φ·(N − n_t); b = u; φ (feeder fraction) and c "
+            "download_bytes": BUDGETED_DOWNLOAD
+            if small["budgeted"]
+            else "Σ_t n_t·(L_t·b + c), L_t = n_t + φ·(N − n_t); b = u; φ (feeder fraction) and c "
             "(compact bytes besides learners) from the small run",
             "cloud_storage_bytes": "S0·N/N0",
             "cloud_wall_s": "C0·N/N0 (wall seconds of screening + BAIM training + partition)",

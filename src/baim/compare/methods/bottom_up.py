@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...atomic import write_json
-from ...config import RunConfig
+from ...config import RunConfig, parse_download_budget
 from ...errors import WorkflowError
 from ...learners import StagedVAE
 from ...models import BAIM, generate
@@ -133,6 +133,7 @@ def run(ctx: Context, out: Path) -> MethodRow:
         scaling_inputs={
             "compact": {t: {"bytes": v["bytes"], "learners": v["learners"]} for t, v in per_task.items()},
             "edges_per_task": [len(ctx.edges_of(t)) for t in range(len(ctx.layout.tasks))],
+            "budgeted": parse_download_budget(ctx.preset.download_budget) is not None,
             "edge_cpu_per_phase": {k: v for k, v in m["meter"].items() if k.startswith("edge/")},
             "cloud_cpu_per_phase": {k: v for k, v in m["meter"].items() if k.startswith("cloud/")},
         },

@@ -167,8 +167,8 @@ def run_fedavg(ctx: Context, capacity: str = "smallest", finetune: bool = False)
             _finetune_globals(ctx, wire, meter, global_models)
         train_wall += time.perf_counter() - t0
     final = held
-    ctx.cache.setdefault("wires", {})["fedavg"] = wire
     name = "fedavg" + ("_large" if capacity == "largest" else "") + ("_ft" if finetune else "")
+    ctx.cache.setdefault("wires", {})[name] = wire  # each variant's own messages
     return method_row(
         name,
         f"per task, FedAvg over the task's edges with one shared architecture (the task's {capacity} tier), "
