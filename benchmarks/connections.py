@@ -55,12 +55,13 @@ import torch.nn.functional as F  # noqa: E402
 from scipy.stats import t as t_dist  # noqa: E402
 
 from baim.cloud import fuse  # noqa: E402
-from baim.config import Recipe, get_preset  # noqa: E402
+from baim.config import Recipe  # noqa: E402
 from baim.data import load_fashion_mnist  # noqa: E402
 from baim.edge.train import train_learner  # noqa: E402
 from baim.learners import StagedVAE, tier_spec  # noqa: E402
 from baim.models import BAIM, LowRankProjection, Projection, candidate_connections, train_baim  # noqa: E402
 from baim.models.evaluation import reconstruction_metrics  # noqa: E402
+from baim.presets import get_preset  # noqa: E402
 
 TIERS = ("small", "medium", "large")
 

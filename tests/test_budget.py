@@ -18,11 +18,11 @@ from baim.cloud.budget import (
     partition_within_budget,
     smallest_bytes,
 )
-from baim.config import get_preset
 from baim.data.layout import make_layout
 from baim.errors import ConfigError
 from baim.learners import StagedVAE, tier_spec
 from baim.models import BAIM, load_model, reconstruction_metrics, save_model
+from baim.presets import get_preset
 from conftest import FMNIST_DIR, look_trained, trained_learners
 
 # squads: task 0 = learners 0 (small), 1 (medium); task 1 = 2 (large), 3 (small); task 2 = 4 (medium)

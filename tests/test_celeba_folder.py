@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from baim.config import Recipe, get_preset
+from baim.config import Recipe
 from baim.data import DataError, load_dataset
 from baim.data.celeba import CLASS_ATTRIBUTES
 from baim.data.layout import make_layout
+from baim.presets import get_preset
 
 
 def _write_celeba(root, n=24, seed=0):

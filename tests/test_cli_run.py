@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from baim import config
+from baim import config, presets
 from baim.cli import main
 from baim.config import RunConfig
 from baim.errors import RunConfigMismatch
@@ -14,8 +14,8 @@ from baim.rundir import RunDir
 
 @pytest.fixture
 def tiny_preset(monkeypatch):
-    tiny = replace(config.get_preset("smoke"), name="tiny")
-    monkeypatch.setitem(config.PRESETS, "tiny", tiny)
+    tiny = replace(presets.get_preset("smoke"), name="tiny")
+    monkeypatch.setitem(presets.PRESETS, "tiny", tiny)
     return tiny
 
 
@@ -24,7 +24,7 @@ def test_layout_command_prints_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "edge" in out and "tops" in out and ("Sneaker" in out or "Sandal" in out)
     layout = json.loads((tmp_path / "layout.json").read_text())
-    assert len(layout["edges"]) == config.get_preset("quick").num_edges
+    assert len(layout["edges"]) == presets.get_preset("quick").num_edges
     assert layout["preset"]["edge"]["lr"] == 0.005  # the whole preset travels with the layout
 
 

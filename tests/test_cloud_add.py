@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from baim.cloud import fuse
-from baim.config import get_preset
 from baim.data.layout import make_layout
 from baim.learners import StagedVAE, tier_spec
 from baim.models import load_model, save_model
+from baim.presets import get_preset
 
 pytestmark = pytest.mark.integration
 

@@ -167,9 +167,9 @@ def test_cloud_add_delivers_the_new_task_within_budget(tmp_path, fmnist):
     from PIL import Image
 
     from baim.cloud.add import add_to_run
-    from baim.config import get_preset
     from baim.data.layout import make_layout
     from baim.learners import StagedVAE, tier_spec
+    from baim.presets import get_preset
 
     run = tmp_path / "run"
     layout = make_layout(fmnist, get_preset("smoke"), seed=0)
@@ -204,11 +204,11 @@ def test_cloud_add_delivers_the_new_task_within_budget(tmp_path, fmnist):
 def test_a_run_sends_every_edge_its_delivery_and_the_summary_says_so(tmp_path, monkeypatch):
     from dataclasses import replace
 
-    from baim import config, engines
+    from baim import engines, presets
     from baim.config import RunConfig
     from baim.runfiles import RunFiles
 
-    monkeypatch.setitem(config.PRESETS, "tiny", replace(config.get_preset("smoke"), name="tiny"))
+    monkeypatch.setitem(presets.PRESETS, "tiny", replace(presets.get_preset("smoke"), name="tiny"))
     summary = engines.run(tmp_path, RunConfig(preset="tiny", strategies=("finetune",)))
     files = RunFiles(tmp_path)
     for e in summary["edges"]:

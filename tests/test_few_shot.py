@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from baim.cloud import fuse
-from baim.config import Preset, RunConfig, get_preset, parse_few_shot, run_overrides
+from baim.config import Preset, RunConfig, parse_few_shot, run_overrides
 from baim.data.layout import Layout, class_histogram, few_shot_pick, make_layout
 from baim.errors import ConfigError, DataError
 from baim.learners import StagedVAE, tier_spec
 from baim.models import candidate_connections
+from baim.presets import get_preset
 
 QUICK = get_preset("quick")
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from baim.cloud import fuse
-from baim.config import Recipe, get_preset, with_cloud_recipe
+from baim.config import Recipe
 from baim.edge import train_learner
 from baim.learners import StagedVAE, tier_spec
 from baim.models import reconstruction_metrics, train_baim
+from baim.presets import get_preset, with_cloud_recipe
 
 
 @pytest.fixture(scope="module")

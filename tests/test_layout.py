@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from baim.config import get_preset
 from baim.data.layout import Layout, assign_tasks, class_histogram, make_layout
+from baim.presets import get_preset
 
 
 @pytest.fixture(scope="module")

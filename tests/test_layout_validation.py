@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from baim.config import get_preset
 from baim.data.layout import Layout, class_histogram, make_layout
 from baim.errors import ConfigError
+from baim.presets import get_preset
 
 QUICK = get_preset("quick")
 

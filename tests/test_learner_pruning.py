@@ -155,10 +155,10 @@ def test_prune_learners_in_run_measures_both_sides(tmp_path, monkeypatch):
     """A tiny run stopped after its cloud phase (the smoke preset with six edges, so squads
     have two learners and K = 2 gives each a share of exactly 1/2): a threshold above 1/2
     drops one learner per two-learner squad, and the report says what that cost."""
-    from baim import config, engines
+    from baim import config, engines, presets
     from baim.workflow import phases
 
-    smoke = config.get_preset("smoke")
+    smoke = presets.get_preset("smoke")
     tiny = replace(
         smoke,
         name="tiny-pruning",
@@ -168,7 +168,7 @@ def test_prune_learners_in_run_measures_both_sides(tmp_path, monkeypatch):
         test_per_task=32,
         edge=replace(smoke.edge, epochs=1),
     )
-    monkeypatch.setitem(config.PRESETS, "tiny-pruning", tiny)
+    monkeypatch.setitem(presets.PRESETS, "tiny-pruning", tiny)
 
     def stop(ctx):
         raise _StopAfterCloud

@@ -7,10 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from baim.config import RunConfig, get_preset
+from baim.config import RunConfig
 from baim.data.layout import make_layout
 from baim.engines import run
 from baim.errors import ConfigError, WorkflowError
+from baim.presets import get_preset
 from baim.schedule import plan, redeploy
 
 

@@ -166,8 +166,8 @@ def test_negative_or_out_of_range_image_indices_are_refused():
 
 
 def test_layout_with_negative_or_non_integer_indices_is_refused(tmp_path, fmnist):
-    from baim.config import get_preset
     from baim.data.layout import make_layout
+    from baim.presets import get_preset
 
     path = make_layout(fmnist, get_preset("smoke"), seed=0).save(tmp_path / "layout.json")
     raw = json.loads(path.read_text())

@@ -14,11 +14,11 @@ import torch
 
 from baim.cloud.fusion import fuse, limit_sources
 from baim.compare.scaling import compact_download, fit_measured
-from baim.config import get_preset
 from baim.errors import ConfigError
 from baim.learners import StagedVAE, tier_spec
 from baim.models import candidate_connections
 from baim.models.evaluation import reconstruction_metrics, rows_at_once
+from baim.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 

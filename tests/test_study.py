@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from baim.config import get_preset
 from baim.errors import ConfigError
+from baim.presets import get_preset
 from baim.study import CONVERGED, parse_budgets
 from baim.study.paired import bootstrap, paired_differences
 

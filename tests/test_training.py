@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from baim.config import Recipe, get_preset
+from baim.config import Recipe
 from baim.data.layout import make_layout
 from baim.edge import build_learner, train_learner
 from baim.learners import StagedVAE, tier_spec
 from baim.metrics import fid
 from baim.models import evaluate, reconstruction_metrics
+from baim.presets import get_preset
 
 
 @pytest.mark.integration

@@ -157,7 +157,7 @@ def test_early_stopping_without_validation_data_is_refused():
 
 
 def test_a_recipe_override_replaces_only_the_fields_it_names():
-    from baim.config import get_preset
+    from baim.presets import get_preset
 
     p = get_preset("quick").with_overrides(edge={"epochs": 30, "patience": 3})
     assert (p.edge.epochs, p.edge.patience, p.edge.lr) == (30, 3, get_preset("quick").edge.lr)

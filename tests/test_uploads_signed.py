@@ -128,9 +128,9 @@ def test_the_door_records_each_refusal(keys):
 def test_edge_node_signs_and_workflow_registers(tmp_path, fmnist):
     """An edge node's info carries its public key and its upload verifies against it, for the
     run and nonce of the request it answered; its key survives a restart."""
-    from baim.config import get_preset
     from baim.data.layout import make_layout
     from baim.edge import EdgeNode
+    from baim.presets import get_preset
     from baim.signing import public_from_hex
 
     preset = get_preset("smoke")
@@ -224,9 +224,9 @@ def test_cloud_train_refuses_unsigned_and_misattributed_uploads(tmp_path, fmnist
     by edge 1 but credited to edge 0 are refused before any training, each with its reason."""
     import json
 
-    from baim.config import get_preset
     from baim.data.layout import make_layout
     from baim.models import save_model
+    from baim.presets import get_preset
     from baim.signing import write_edge_keys
 
     layout = make_layout(fmnist, get_preset("smoke"), seed=0)

@@ -14,9 +14,9 @@ from .common import Formatter, Subparsers, console, data_args, extractor_arg, fl
 
 
 def _cmd_layout(args: argparse.Namespace) -> None:
-    from ..config import get_preset
     from ..data import load_dataset
     from ..data.layout import class_histogram, make_layout
+    from ..presets import get_preset
 
     ds = load_dataset(args.dataset, args.data_dir)
     preset = get_preset(args.preset).with_overrides(num_edges=args.edges, alpha=args.alpha)
@@ -86,7 +86,7 @@ def _cmd_domain_train(args: argparse.Namespace) -> None:
 
 def add_layout(sub: Subparsers, fmt: Formatter) -> None:
     """``baim layout``: a federation layout alone."""
-    from ..config import PRESETS
+    from ..presets import PRESETS
 
     sp = sub.add_parser(
         "layout", formatter_class=fmt, help="create a federation layout (edges, cloud, test) as JSON indices"

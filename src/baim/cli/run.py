@@ -67,7 +67,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 def add_run(sub: Subparsers, fmt: Formatter) -> None:
     """``baim run``: the workflow end to end, with its lifecycle settings."""
-    from ..config import CLOUD_RECIPES, ENGINES, PRESETS, SCHEDULES, STRATEGIES
+    from ..config import ENGINES, SCHEDULES, STRATEGIES
+    from ..presets import CLOUD_RECIPES, PRESETS
 
     sp = sub.add_parser("run", formatter_class=fmt, help="the workflow end to end into a run directory (resumable)")
     data_args(sp)
@@ -138,7 +139,7 @@ def add_run(sub: Subparsers, fmt: Formatter) -> None:
 
 def add_sweep(sub: Subparsers, fmt: Formatter) -> None:
     """``baim sweep``: ``baim run`` over several seeds."""
-    from ..config import CLOUD_RECIPES, PRESETS
+    from ..presets import CLOUD_RECIPES, PRESETS
 
     sp = sub.add_parser(
         "sweep", formatter_class=fmt, help="the workflow over several seeds, with mean ± std and the paper's claims"

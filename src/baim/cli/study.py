@@ -8,7 +8,8 @@ from typing import Any
 
 
 def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
-    from ..config import EXTRACTORS, PRESETS
+    from ..config import EXTRACTORS
+    from ..presets import PRESETS
     from ..study import STUDY_METHODS
 
     sp = sub.add_parser(
