@@ -10,6 +10,7 @@ import numpy as np
 
 from ..atomic import write_text
 from ..figures import pyplot, save_figure
+from ..runfiles import RunFiles
 from .budget import CONVERGED
 
 MB = 1e6
@@ -122,5 +123,6 @@ def figure(result: dict, x_key: str, path: Path) -> Path:
 def write_report(out: Path, result: dict) -> None:
     write_text(out / "study.md", markdown(result))
     if result["cells"]:
-        figure(result, "bytes", out / "figures" / "quality_vs_bytes.png")
-        figure(result, "edge_flops", out / "figures" / "quality_vs_edge_flops.png")
+        files = RunFiles(out)  # a study's figures go where a run's do
+        figure(result, "bytes", files.figure("quality_vs_bytes.png"))
+        figure(result, "edge_flops", files.figure("quality_vs_edge_flops.png"))

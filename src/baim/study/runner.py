@@ -136,7 +136,8 @@ def run_study(
                         f"({time.perf_counter() - t0:.0f} s; ~{left:.0f} min left at this pace)"
                     )
                     result = gather(out, preset, seeds, budgets, methods)
-            layouts.append(json.loads((d / "layout.json").read_text()) if (d / "layout.json").is_file() else None)
+            layout = RunFiles(d).layout
+            layouts.append(json.loads(layout.read_text()) if layout.is_file() else None)
         _check_one_layout(s, [x for x in layouts if x is not None])
     result = gather(out, preset, seeds, budgets, methods)
     if failed:
