@@ -74,22 +74,12 @@ def federation(tmp_path):
 
 
 def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
-    from baim.edge.node import IDENTITY
-    from baim.runfiles import RunFiles
-    from baim.signing import new_key, public_bytes, save_private_key, write_edge_keys
-
     env, start, logs = federation
     deadline = time.monotonic() + 420  # the whole test is bounded
     run_dir = tmp_path / "run"
     prepare(run_dir, RunConfig(preset="smoke", strategies=("freeze",), engine="flower"))
     creds = tmp_path / "creds"
     make_credentials(creds, nodes=4)  # node-3 is never registered
-    keys = {}  # each edge's upload key, registered by the operator (the cloud believes no other)
-    for i in range(3):
-        key = new_key()
-        save_private_key(key, creds / f"node-{i}" / IDENTITY)
-        keys[i] = public_bytes(key).hex()
-    write_edge_keys(RunFiles(run_dir).identities, keys)
     port, *node_ports = _free_ports(5)
     write_flower_config(env["FLWR_HOME"], f"127.0.0.1:{port}", creds / "ca.crt")
     link = start("superlink", superlink_command(creds, port=port))
