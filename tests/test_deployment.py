@@ -75,7 +75,7 @@ def federation(tmp_path):
 
 def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
     env, start, logs = federation
-    deadline = time.monotonic() + 420  # the whole test is bounded
+    deadline = time.monotonic() + 900  # the whole test is bounded
     run_dir = tmp_path / "run"
     prepare(run_dir, RunConfig(preset="smoke", strategies=("freeze",), engine="flower"))
     creds = tmp_path / "creds"
@@ -119,7 +119,7 @@ def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
             "--format",
             "json",
             "--run-config",
-            f"run-dir='{run_dir}' edges=3 timeout=30.0 strategies='freeze'",
+            f"run-dir='{run_dir}' edges=3 timeout=120.0 strategies='freeze'",
         ],
         env=env,
         capture_output=True,
@@ -135,7 +135,10 @@ def test_loopback_deployment_tls_auth_and_a_killed_node(tmp_path, federation):
     os.killpg(nodes[1].pid, signal.SIGKILL)
     while not (run_dir / "summary.json").is_file() and time.monotonic() < deadline:
         time.sleep(1)
-    assert (run_dir / "summary.json").is_file(), (logs / "superlink.log").read_text()[-3000:]
+    # an edge that misses its upload (slow training past the timeout) ends the run: every task needs one
+    uploaded = json.loads((run_dir / "state" / "upload.json").read_text())["result"]
+    assert not uploaded.get("missing"), uploaded["missing"]
+    assert (run_dir / "summary.json").is_file(), sorted(p.name for p in (run_dir / "state").iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["engine"] == "flower"
     assert [u["edge"] for u in json.loads((run_dir / "state" / "upload.json").read_text())["result"]["edges"]] == [
