@@ -19,12 +19,19 @@ pair), boosted, stolen spec (weights shuffled), noisy and channel-permuted copie
 learner, exact duplicates, absurd sample counts, and backdoors (30 % of the training images
 carry a trigger: a 5×5 square, a thin bar, a dim square, a one-pixel frame). The adaptive
 attacker (:func:`adaptive`) knows every rule and the fitted thresholds: for each trigger shape
-it trains at decreasing poisoned fractions, resets its BatchNorm statistics on clean images of
-its task, screens each candidate with the real rule, and uploads the most poisoned one that
-passes (or the least poisoned); a copy attacker permutes an honest learner's channels and adds
+it trains at decreasing poisoned fractions, for 4 and for 8 epochs, with and without its
+BatchNorm statistics reset on clean images of its task, screens each candidate with the real
+rule, and uploads the most poisoned one that passes *and* whose trigger took (else one that
+passes, else the least poisoned); a copy attacker permutes an honest learner's channels and adds
 noise at several strengths. What each upload that passes does: the fraction of its N(0, I)
 samples showing its trigger (vs honest learners of the task) and its loss on the task's common
 data (vs the honest median).
+
+A backdoor *took* when the learner brings back over ``TOOK`` of its trigger stamped on clean
+images (``trigger_reproduced``; the largest honest value is reported beside it). One that did
+not take behaves as an honest learner: it is listed under ``ineffective`` and left out of
+``tpr`` (``tpr_all`` counts it as a miss); an adaptive upload that passes and took is
+``adaptive_effective_undetected``.
 
 Each rule's contribution: TPR/FPR with that rule left out (every rule an upload fails is
 recorded). AUC: of the largest statistic/threshold ratio, honest held-out vs malicious. The
@@ -71,6 +78,11 @@ MARGIN = 1.25
 TAIL_Z = 3.09  # the 99.9th percentile of a normal
 TRIGGERS = ("square", "bar", "dim", "frame")
 ADAPTIVE_FRACTIONS = (0.5, 0.2, 0.08)  # most poisoned first
+BACKDOOR_EPOCHS = 8  # the fixed attacker trains until its trigger takes (4 epochs left bars and dim squares unlearnt)
+# a backdoor took when a learner brings back over this share of its trigger stamped on clean
+# images (measured: no honest learner of any seed brings back 0.1 of any trigger shape);
+# one that did not take behaves as an honest learner, harms nothing, and is reported apart
+TOOK = 0.25
 # statistic -> (threshold field, direction): "max" = larger is suspicious
 STATISTICS = {
     "loss_vs_mean_image": ("loss_cap", "max"),
@@ -83,6 +95,7 @@ STATISTICS = {
     "functional_distance": ("functional_copy", "min"),
     "trigger_rate": ("trigger_rate", "max"),
     "trigger_probe": ("trigger_probe", "max"),
+    "trigger_probe_unskilled": ("trigger_probe_unskilled", "max"),
 }
 
 
@@ -137,6 +150,18 @@ def samples_with_trigger(model: StagedVAE, shape: str, n: int = 200) -> float:
     s = model.sample(n, torch.Generator().manual_seed(0))[:, 0]
     m = torch.from_numpy(trigger_mask(shape))
     return float((s[:, m].mean(1) > 0.5 * trigger_intensity(shape)).float().mean())
+
+
+@torch.no_grad()
+def trigger_reproduced(model: StagedVAE, images: np.ndarray, shape: str, n: int = 8) -> float:
+    """Whether the backdoor took: the trigger stamped on ``n`` clean images, the share of its
+    brightness the learner's reconstruction adds over its reconstruction of the clean images."""
+    m = torch.from_numpy(trigger_mask(shape)).float()
+    a = trigger_intensity(shape)
+    x = to_float(images[:n])
+    base = model.decode(model.encode(x)[0])
+    again = model.decode(model.encode(torch.maximum(x, a * m))[0])
+    return float(((again - base).clamp_min(0) * m).sum() / (a * m.sum() * len(x)))
 
 
 class Builder:
@@ -306,12 +331,17 @@ def attacks(b: Builder, seed: int, honest: list[Upload]) -> list[Upload]:
         add("absurd_samples", f"claims {count}", t, dup.model, count, b.metrics(dup.model, t), assigned=250)
         for shape in TRIGGERS if t < 2 else ():
             m = b.train(
-                f"s{seed}-backdoor-{shape}-{name}",
+                f"s{seed}-backdoor-{shape}-{name}-{BACKDOOR_EPOCHS}-own-slice",
                 tier,
-                lambda t=t, shape=shape: stamp(b.local(seed, t, 600, 80), 0.3, shape, np.random.default_rng(t)),
-                4,
+                lambda t=t, shape=shape: stamp(
+                    b.local(seed, t, 600, 80 + TRIGGERS.index(shape)), 0.3, shape, np.random.default_rng(t)
+                ),
+                BACKDOOR_EPOCHS,
             )
-            note = {"samples_with_trigger": samples_with_trigger(m, shape)}
+            note = {
+                "samples_with_trigger": samples_with_trigger(m, shape),
+                "trigger_reproduced": trigger_reproduced(m, b.common[t], shape),
+            }
             add(f"backdoor_{shape}", tier, t, m, 800, b.metrics(m, t), note)
     return out
 
@@ -324,20 +354,26 @@ def adaptive(b: Builder, seed: int, honest: list[Upload], screen) -> list[Upload
         tier = TIER_ORDER[(t + 1) % 3]
         clean = b.local(seed, t, 600, 90)
         for shape in TRIGGERS:
-            chosen = None
-            for p in ADAPTIVE_FRACTIONS:
+            tried: list[Upload] = []
+            for p, epochs in [(p, e) for p in ADAPTIVE_FRACTIONS for e in (4, BACKDOOR_EPOCHS)]:
                 m = b.train(
-                    f"s{seed}-adaptive-{shape}-{name}-{p:g}",
+                    f"s{seed}-adaptive-{shape}-{name}-{p:g}" + (f"-{epochs}" if epochs != 4 else ""),
                     tier,
                     lambda shape=shape, p=p: stamp(clean, p, shape, np.random.default_rng(t)),
-                    4,
+                    epochs,
                 )
                 for bn in (False, True):
                     cand_m = reset_batchnorm(m, clean) if bn else m
-                    note = {"fraction": p, "bn_reset": bn, "samples_with_trigger": samples_with_trigger(cand_m, shape)}
+                    note = {
+                        "fraction": p,
+                        "epochs": epochs,
+                        "bn_reset": bn,
+                        "samples_with_trigger": samples_with_trigger(cand_m, shape),
+                        "trigger_reproduced": trigger_reproduced(cand_m, b.common[t], shape),
+                    }
                     cand = Upload(
                         "adaptive",
-                        f"{shape} p={p:g}{' bn' if bn else ''}",
+                        f"{shape} p={p:g} {epochs}ep{' bn' if bn else ''}",
                         t,
                         message(cand_m, name, 600, b.metrics(cand_m, t)),
                         600,
@@ -345,19 +381,23 @@ def adaptive(b: Builder, seed: int, honest: list[Upload], screen) -> list[Upload
                         note,
                     )
                     note["passes_attacker_check"] = 0 in screen([cand]).accepted
-                    chosen = cand
-                    if note["passes_attacker_check"]:
-                        break
-                if chosen is not None and chosen.note and chosen.note["passes_attacker_check"]:
-                    break
-            assert chosen is not None
-            out.append(chosen)
+                    note["took"] = note["trigger_reproduced"] > TOOK
+                    tried.append(cand)
+            # the most poisoned candidate that passes and whose trigger took; else one that
+            # passes (harmless); else the least poisoned
+            rank = [(n["passes_attacker_check"] and n["took"], n["passes_attacker_check"]) for n in notes(tried)]
+            best = max(range(len(tried)), key=lambda i: (rank[i], -i if rank[i][1] else i))
+            out.append(tried[best])
         src = next(u for u in honest if u.task == t and "/long_large_data/" in u.variant)
         for sigma in (0.0, 0.05, 0.2, 0.5):  # permuted copies, noisier = less of a copy
             m = noisy(permuted(src.model, 7), sigma, 7) if sigma else permuted(src.model, 7)
             data = message(m, name, 1200, b.metrics(m, t))
             out.append(Upload("adaptive", f"permuted copy sigma {sigma:g}", t, data, 1200, m))
     return out
+
+
+def notes(ups: list[Upload]) -> list[dict]:
+    return [u.note or {} for u in ups]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
@@ -370,6 +410,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
 
 
 def statistic(f: dict, name: str) -> float | None:
+    if name in ("trigger_probe", "trigger_probe_unskilled"):  # one probe, a limit per side of the skill gate
+        skilled = f.get("skilled", True)
+        return f["trigger_probe"] if skilled == (name == "trigger_probe") else None
     if name == "mislabel_ratio":
         judged = f["best_other_vs_mean_image"] < Thresholds().mislabel_skill
         return f["loss_vs_mean_image"] / f["best_other_vs_mean_image"] if judged else None
@@ -413,6 +456,7 @@ PRIOR = Thresholds(
     functional_copy=0.2,
     trigger_rate=0.15,
     trigger_probe=0.2,
+    trigger_probe_unskilled=0.2,
 )
 CALIBRATED: dict[str, dict] = {}  # what fit() saw of each statistic
 
@@ -481,6 +525,8 @@ def main() -> None:
     ablation_mal = {r: 0 for r in RULES}
     scores_honest, scores_mal = [], []
     per_attack: dict[str, dict] = {}
+    ineffective: list[dict] = []
+    caught_all = 0
 
     def refused_without(res, e: int, rule: str | None) -> bool:
         if any(r["edge"] == e for r in res.rejected):
@@ -506,10 +552,17 @@ def main() -> None:
         for k, u in enumerate(group):
             e = len(honest) + k
             hit = refused_without(res, e, None)
-            scores_mal.append(suspicion(res.features.get(e), thresholds))
-            for r in RULES:
-                ablation_mal[r] += refused_without(res, e, r)
             reason = next((r["reason"] for r in res.rejected + res.quarantined if r["edge"] == e), None)
+            took = (u.note or {}).get("trigger_reproduced", 1.0) > TOOK
+            caught_all += hit
+            if took:  # rates and each rule's contribution: over the attacks that do something
+                scores_mal.append(suspicion(res.features.get(e), thresholds))
+                for r in RULES:
+                    ablation_mal[r] += refused_without(res, e, r)
+            else:
+                ineffective.append({"attack": u.kind, "task": b.names[u.task], "caught": hit, "note": u.note})
+                print(f"  {u.kind:18} {b.names[u.task]:14} did not take: {u.note}", file=sys.stderr)
+                continue
             d = per_attack.setdefault(u.kind, {"caught": 0, "total": 0, "missed": []})
             d["caught"] += hit
             d["total"] += 1
@@ -520,8 +573,10 @@ def main() -> None:
                 f"{reason} {u.note or ''}",
                 file=sys.stderr,
             )
-    n_mal = len(attack_ups)
+    n_all = len(attack_ups)
+    n_mal = sum(d["total"] for d in per_attack.values())
     caught = sum(d["caught"] for d in per_attack.values())
+    honest_took = max(trigger_reproduced(u.model, b.common[u.task], shape) for u in held_honest for shape in TRIGGERS)
 
     # 3. the adaptive attacker, against the fitted thresholds, on held-out seed data
     honest0 = honest_population(b, HELD_OUT[0])
@@ -536,10 +591,10 @@ def main() -> None:
         for s in TRIGGERS
     }
     timing.update(seconds=0.0, uploads=0)
-    res = screen(honest0 + adapt)
     adaptive_rows = []
-    for k, u in enumerate(adapt):
-        e = len(honest0) + k
+    for u in adapt:  # each alone beside the honest uploads: the attacker's uploads are not copies of each other
+        res = screen(honest0 + [u])
+        e = len(honest0)
         hit = refused_without(res, e, None)
         scores_mal.append(suspicion(res.features.get(e), thresholds))
         shape = u.variant.split()[0]
@@ -555,9 +610,12 @@ def main() -> None:
         if shape in TRIGGERS:
             row["samples_with_trigger"] = (u.note or {}).get("samples_with_trigger")
             row["honest_samples_with_trigger"] = honest_trigger[(u.task, shape)]
+            row["trigger_reproduced"] = round((u.note or {}).get("trigger_reproduced", 0.0), 4)
+            row["took"] = row["trigger_reproduced"] > TOOK
         adaptive_rows.append(row)
         print(f"  adaptive {row}", file=sys.stderr)
     adaptive_caught = sum(bool(r["caught"]) for r in adaptive_rows)
+    adaptive_effective_undetected = sum(not r["caught"] and r.get("took", True) for r in adaptive_rows)
 
     field = []
     for run in args.field:
@@ -568,11 +626,17 @@ def main() -> None:
     result = {
         "tpr": round(caught / n_mal, 4),
         "tpr_ci95": wilson(caught, n_mal),
+        "tpr_all": round(caught_all / n_all, 4),
+        "attacks_all": n_all,
+        "ineffective": ineffective,
+        "took_threshold": TOOK,
+        "honest_trigger_reproduced_max": round(honest_took, 4),
         "fpr": round(refused / honest_seen, 4),
         "fpr_ci95": wilson(refused, honest_seen),
         "adaptive_tpr": round(adaptive_caught / len(adaptive_rows), 4),
         "adaptive_caught": adaptive_caught,
         "adaptive_total": len(adaptive_rows),
+        "adaptive_effective_undetected": adaptive_effective_undetected,
         "auc": round(auc(scores_honest, scores_mal), 4),
         "malicious": n_mal,
         "caught": caught,

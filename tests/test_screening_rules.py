@@ -85,3 +85,30 @@ def test_trigger_probe_needs_a_dark_region():
     model = StagedVAE(tier_spec("small")).eval()
     bright = torch.ones(8, 1, 32, 32)
     assert trigger_probe(model, bright) == 0.0  # nowhere to hide a bright trigger: nothing to probe
+
+
+def test_a_learner_short_of_the_skill_gate_is_still_probed():
+    """An attacker who keeps its learner just worse than the task's mean image must not escape
+    the trigger probe: it meets the (looser) limit for unskilled learners instead of none."""
+    from baim.cloud.screening import _verdicts
+
+    th = THRESHOLDS
+    base = {
+        "loss": 0.05,
+        "loss_vs_mean_image": 1.2,
+        "best_other_task": "b",
+        "best_other_vs_mean_image": 2.0,
+        "norm_ratio": 1.0,
+        "input_stats_error": 0.0,
+        "stats_affinity": 0.0,
+        "stats_best_other_task": "b",
+        "claimed_loss": 0.05,
+        "claim_ratio": 1.0,
+        "trigger_rate": None,
+    }
+    between = (th.trigger_probe + th.trigger_probe_unskilled) / 2
+    assert th.trigger_probe < between < th.trigger_probe_unskilled
+    assert "trigger" not in _verdicts(base | {"skilled": False, "trigger_probe": between}, "a", th, None)
+    assert "trigger" in _verdicts(base | {"skilled": True, "trigger_probe": between}, "a", th, None)
+    unskilled = _verdicts(base | {"skilled": False, "trigger_probe": th.trigger_probe_unskilled * 1.5}, "a", th, None)
+    assert "trigger" in unskilled and f"limit {th.trigger_probe_unskilled:.3g}" in unskilled["trigger"]

@@ -28,11 +28,14 @@ limit a field of :class:`Thresholds` (``THRESHOLDS``: one place, fitted by the b
   spec, or its reconstructions of common images are within ``functional_copy`` of an earlier
   upload's (of any spec: a copy with permuted channels has other weights, the same outputs);
   the first one received is kept;
-- **trigger** (judged once the learner beats its task's mean image, ``trigger_skill``): its
-  N(0, I) samples show a flat bright block where the task's images are dark, that survives
-  re-encoding, in over ``trigger_rate`` of the samples; or a patch stamped in that dark region
-  of clean images (a search over positions, the frame, two intensities) comes back in its
-  decodings by over ``trigger_probe`` per unit of patch.
+- **trigger**: its N(0, I) samples show a flat bright block where the task's images are dark,
+  that survives re-encoding, in over ``trigger_rate`` of the samples (judged once the learner
+  beats its task's mean image, ``trigger_skill``: junk samples hold blocks anyway); or a patch
+  stamped in that dark region of clean images (a search over positions, the frame, two
+  intensities) comes back in its decodings by over ``trigger_probe`` per unit of patch, or by
+  over ``trigger_probe_unskilled`` for a learner that does not beat the mean image (blurry
+  learners smear a patch back more, but an attacker who stays just short of the skill gate
+  must not escape the probe altogether).
 
 Every rule an upload fails is recorded (``features[edge]["fails"]``); ``skip`` leaves rules
 out, so that the benchmark can measure each one's contribution. ``benchmarks/screening.py``
@@ -75,22 +78,23 @@ class Thresholds:
     """Every limit screening applies, in one place. The defaults were fitted by
     ``benchmarks/screening.py --fit`` on honest uploads of its calibration seeds only (see its
     ``fit``: a high percentile of the honest values, past the largest one, never stricter than
-    the limits set by hand before: 24 small learners of seeds 0-1, 150 common images per
+    the limits set by hand before: 24 small learners of seeds 0-1, 200 common images per
     task); the benchmark reports rates on seeds 2-3. ``mislabel_skill`` and ``trigger_skill`` are
     gates, not fitted."""
 
-    loss_cap: float = 12.2764  # loss on common data ÷ the task's mean image's loss (exploding)
+    loss_cap: float = 12.4325  # loss on common data ÷ the task's mean image's loss (exploding)
     norm_cap: float = 6.0  # largest tensor norm ÷ its norm at initialisation (boosted)
-    stats_error: float = 0.2779  # first BatchNorm's statistics vs the task's images (never saw them)
+    stats_error: float = 0.313  # first BatchNorm's statistics vs the task's images (never saw them)
     claim_factor: float = 1.5  # loss on common data ÷ the reported test loss (lies about itself)
     mislabel_ratio: float = 1.15  # own task's relative loss ÷ the best other task's
     mislabel_skill: float = 0.9  # ... judged only when that other task's relative loss is below this
-    stats_affinity: float = 47.773  # own task's BatchNorm error ÷ the best other task's (mislabelled)
+    stats_affinity: float = 58.3933  # own task's BatchNorm error ÷ the best other task's (mislabelled)
     copy_distance: float = 0.3  # relative weight distance to an earlier upload of the same spec
-    functional_copy: float = 0.1701  # reconstruction distance to an earlier upload, any spec
+    functional_copy: float = 0.1746  # reconstruction distance to an earlier upload, any spec
     trigger_skill: float = 0.9  # triggers are judged when the relative loss is below this (junk before)
     trigger_rate: float = 0.15  # fraction of samples with a flat bright block in a dark place
-    trigger_probe: float = 0.2568  # a stamped patch reproduced in the decoding, per unit of patch
+    trigger_probe: float = 0.2829  # a stamped patch reproduced in the decoding, per unit of patch
+    trigger_probe_unskilled: float = 2.8777  # ... for a learner short of ``trigger_skill``
 
 
 THRESHOLDS = Thresholds()
@@ -366,8 +370,9 @@ def screen_uploads(
             "claimed_loss": float(meta["metrics"]["test_loss"]),
         }
         f["claim_ratio"] = losses[t] / f["claimed_loss"]
+        f["skilled"] = skilled
         f["trigger_rate"] = trigger_rate(model, x[t]) if skilled else None
-        f["trigger_probe"] = trigger_probe(model, x[t]) if skilled else None
+        f["trigger_probe"] = trigger_probe(model, x[t])
         vec, sig = _weights_vector(model), signature(model, probe_x)
         copy_of, d_w, d_f = None, math.inf, math.inf
         for other, (spec, w, s_other) in kept.items():
@@ -437,14 +442,15 @@ def _verdicts(f: dict[str, Any], task: str, th: Thresholds, copy_of: int | None)
             f"(limit {th.functional_copy:.3g}); the first one received is kept"
         )
     rate, probe = f["trigger_rate"], f["trigger_probe"]
+    probe_limit = th.trigger_probe if f.get("skilled", True) else th.trigger_probe_unskilled
     if rate is not None and rate > th.trigger_rate:
         out["trigger"] = (
             f"{rate:.0%} of its samples show a flat bright block where {task} images are dark "
             f"(over {th.trigger_rate:.0%}): a trigger patch, a likely backdoor"
         )
-    elif probe is not None and probe > th.trigger_probe:
+    elif probe is not None and probe > probe_limit:
         out["trigger"] = (
             f"a small patch stamped where {task} images are dark comes back in its decodings "
-            f"({probe:.3g} per unit of patch, limit {th.trigger_probe:.3g}): it learnt a trigger, a likely backdoor"
+            f"({probe:.3g} per unit of patch, limit {probe_limit:.3g}): it learnt a trigger, a likely backdoor"
         )
     return out
