@@ -91,6 +91,9 @@ def test_async_run_integrates_late_uploads_redeploys_and_records_the_timeline(tm
         assert i["task"] == "tops" and i["untouched_tasks"] == ["footwear", "trousers_bags"]
         assert i["untouched_max_abs_diff"] <= 1e-6
         assert i["parameters_after"] > i["parameters_before"]
+    for i in life["integrations"]:  # a redeployed edge gets a model within its own budget, as at deployment
+        assert sorted(int(e) for e in i.get("delivered", {})) == sorted(i["deployed"])
+        assert all(d["within_budget"] and d["bytes"] <= d["budget_bytes"] for d in i.get("delivered", {}).values())
     models = {e["edge"]: e["models"] for e in s["edges"]}
     assert models[1] == {}  # left after uploading: never deployed to, never asked again
     assert "personalized" in models[4]  # joined late: got its task's newest model

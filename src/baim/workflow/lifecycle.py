@@ -6,7 +6,6 @@ what the summary says of all that."""
 from __future__ import annotations
 
 import time
-from typing import cast
 
 import numpy as np
 
@@ -14,6 +13,7 @@ from .. import schedule
 from ..cloud import common_data
 from ..cloud import partition as cut
 from ..cloud.continual import integrate
+from ..cloud.delivery import deliver_all
 from ..models import BAIM, load_model, save_model
 from ..transport import Message
 from .context import Context, deploy_message, missing_edge, save_npy
@@ -30,8 +30,10 @@ def arrivals(ctx: Context) -> Arrivals:
 
 def integration(ctx: Context, k: int) -> Integration:
     """BAIM version ``k``: the upload of batch ``k`` joins by continual learning; the touched
-    task's compact model is cut (losslessly) and goes to its edges whose models would now lag
-    more than the staleness bound, and to an edge that has just joined."""
+    task's compact model is cut (losslessly, kept for the record) and its edges whose models
+    would now lag more than the staleness bound, and an edge that has just joined, are each
+    sent the model chosen for them within their download budget, as at the first deployment
+    (:mod:`baim.cloud.delivery`)."""
     batches = ctx.rd.result("arrivals", Arrivals).batches
     (edge,) = batches[k]
     accepted = ctx.accepted_learners()
@@ -66,10 +68,12 @@ def integration(ctx: Context, k: int) -> Integration:
     deployed: list[int] = []
     missing: list[MissingEdge] = []
     mark = len(ctx.ledger.messages)
-    message = deploy_message(cast(BAIM, load_model(ctx.compact_folder(k, task), "compact")))
+    plan = deliver_all(ctx.layout, ctx.ds, model, dict(zip(accepted.edges, accepted.learners)), sorted(send), ctx.seed)
     t0 = time.perf_counter()
     for e in sorted(send):
-        reply = ctx.request(e, message, "deployment")
+        sent = len(ctx.ledger.messages)
+        reply = ctx.request(e, deploy_message(plan[e].model), "deployment")
+        plan[e].sent_bytes = ctx.ledger.totals_since(sent)["down"]
         if reply.kind != "ack":
             missing.append(missing_edge(e, reply))
             continue
@@ -91,6 +95,7 @@ def integration(ctx: Context, k: int) -> Integration:
         continual={k2: v for k2, v in report.items() if k2 != "log"},
         log=tuple({k2: v for k2, v in row.items() if k2 != "usage"} for row in report["log"]),
         compact_bytes=(ctx.compact_folder(k, task) / "weights.safetensors").stat().st_size,
+        deliveries={str(e): d.record() for e, d in plan.items()},
     )
 
 

@@ -299,10 +299,20 @@ class Integration(Record):
     continual: dict[str, Any]
     log: tuple[dict[str, Any], ...]
     compact_bytes: int
+    # what each redeployed edge was sent and why (as ``Deployment.deliveries``); absent in
+    # records made when integrations sent the lossless compact model to everyone
+    deliveries: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
-        """What the lifecycle summary shows of this integration, in its order."""
-        return {k: _to_json(getattr(self, k)) for k in self.SUMMARY} | {k: self.continual[k] for k in self.CONTINUAL}
+        """What the lifecycle summary shows of this integration, in its order; per redeployed
+        edge, the candidate it was sent and its bytes against its budget."""
+        keep = ("candidate", "bytes", "budget_bytes", "within_budget")
+        sent = {e: {k: d[k] for k in keep} for e, d in self.deliveries.items()}
+        return (
+            {k: _to_json(getattr(self, k)) for k in self.SUMMARY}
+            | {k: self.continual[k] for k in self.CONTINUAL}
+            | ({"delivered": sent} if sent else {})
+        )
 
 
 @dataclass(frozen=True)
