@@ -112,3 +112,22 @@ def test_a_learner_short_of_the_skill_gate_is_still_probed():
     assert "trigger" in _verdicts(base | {"skilled": True, "trigger_probe": between}, "a", th, None)
     unskilled = _verdicts(base | {"skilled": False, "trigger_probe": th.trigger_probe_unskilled * 1.5}, "a", th, None)
     assert "trigger" in unskilled and f"limit {th.trigger_probe_unskilled:.3g}" in unskilled["trigger"]
+
+
+def test_a_copy_of_a_learner_already_in_the_baim_is_a_copy(common):
+    """`baim cloud add` offers one learner at a time: the copy rule must also compare it with
+    the learners already inside the BAIM, not only with uploads of the same call."""
+    torch.manual_seed(2)
+    inside = StagedVAE(tier_spec("small")).eval()
+    inside.train()  # as a BAIM may hold it: screening must not update its BatchNorm statistics
+    before = {k: v.clone() for k, v in inside.state_dict().items()}
+    torch.manual_seed(3)
+    other = StagedVAE(tier_spec("small")).eval()
+    earlier = {"learner 0 of the BAIM": inside}
+    only_copy = frozenset(RULES) - {"copy"}  # untrained learners fail other rules too; the reason named is copy's
+    res = screen_uploads(
+        {0: _upload(_permuted(inside)), 1: _upload(other)}, TASKS, common, 32, 1, earlier=earlier, skip=only_copy
+    )
+    assert "copy" in res.features[0]["fails"] and "copy" not in res.features[1]["fails"]
+    assert any("near-copy of learner 0 of the BAIM" in q["reason"] for q in res.quarantined if q["edge"] == 0)
+    assert inside.training and all(torch.equal(before[k], v) for k, v in inside.state_dict().items())

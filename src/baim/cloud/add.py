@@ -75,7 +75,10 @@ def _admit(
         raise ConfigError(f"{path} is an upload for task {meta.get('task')!r}, offered here as {task!r}")
     tasks = list(dict.fromkeys([*model.task_names, task]))
     common = {t: images[np.asarray(names) == name] for t, name in enumerate(tasks)}
-    admitted = admit({0: offered}, tasks, common, model.image_size, model.channels, keys=keys, waivers=waivers)
+    inside = {f"learner {i} of the BAIM": model.learner(i) for i in range(len(model.learners))}
+    admitted = admit(
+        {0: offered}, tasks, common, model.image_size, model.channels, keys=keys, waivers=waivers, earlier=inside
+    )
     if 0 not in admitted.accepted:
         (why,) = [r["reason"] for r in admitted.rejected + admitted.quarantined]
         raise ConfigError(

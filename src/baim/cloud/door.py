@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BaimError, MessageError, WorkflowError
-from ..learners import weights_bytes
+from ..learners import StagedVAE, weights_bytes
 from ..signing import load_private_key, public_bytes, read_edge_keys, write_edge_keys
 from ..transport import Message, decode
 from .screening import RULES, THRESHOLDS, Screened, Thresholds, model_of, screen_uploads
@@ -142,8 +142,10 @@ def admit(
     assigned: dict[int, int] | None = None,
     max_samples: int | None = None,
     thresholds: Thresholds = THRESHOLDS,
+    earlier: dict[str, StagedVAE] | None = None,
 ) -> Admitted:
-    """Check every upload's identity, then screen the ones that pass (see the module's doc)."""
+    """Check every upload's identity, then screen the ones that pass (see the module's doc);
+    ``earlier``: learners already admitted, which an upload must not be a near-copy of."""
     out = Admitted(waivers=waivers)
     passed: dict[int, bytes] = {}
     for edge, data in uploads.items():
@@ -167,6 +169,7 @@ def admit(
         max_samples=max_samples,
         thresholds=thresholds,
         skip=skip,
+        earlier=earlier,
     )
     for name in ("accepted", "quarantined", "scores", "features", "seconds"):
         setattr(out, name, getattr(screened, name))

@@ -47,6 +47,7 @@ earlier upload.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -310,9 +311,11 @@ def screen_uploads(
     max_samples: int | None = None,
     thresholds: Thresholds = THRESHOLDS,
     skip: frozenset[str] = frozenset(),
+    earlier: dict[str, StagedVAE] | None = None,
 ) -> Screened:
     """Validate and score every upload (``uploads`` in the order received: of two copies, the
-    first is kept). ``assigned``: the sample count the cloud's
+    first is kept). ``earlier``: learners admitted before (a BAIM's, by a name for messages),
+    which an upload must not be a near-copy of either. ``assigned``: the sample count the cloud's
     layout gave each edge. ``max_samples``: the size of the training split, which no honest
     sample count exceeds. ``skip``: rules (of ``RULES``) not applied, to measure what each
     contributes; every rule an upload fails is listed in its features under ``fails``."""
@@ -346,7 +349,13 @@ def screen_uploads(
     probe_x = torch.cat([v[:SIGNATURE_IMAGES] for v in x.values()]) if x else torch.zeros(0)
     trivial = {t: float((v - v.mean(0, keepdim=True)).pow(2).mean()) for t, v in x.items()}
     norms: dict = {}
-    kept: dict[int, tuple[LearnerSpec, torch.Tensor, torch.Tensor]] = {}  # not found to be copies
+    kept: dict[str, tuple[LearnerSpec | None, torch.Tensor, torch.Tensor]] = {}  # not found to be copies, by name
+    # earlier learners by what they do only (no spec: no weight distance): the cloud has trained
+    # them on since, and a newcomer that started from the same initialisation and barely moved
+    # is near in weights, not in function. A copy in eval mode: a BatchNorm in train mode updates.
+    for name, learner in (earlier or {}).items():
+        frozen = copy.deepcopy(learner).eval()
+        kept[name] = (None, _weights_vector(frozen), signature(frozen, probe_x))
     why: dict[int, str] = {}
     for edge, (model, meta) in out.accepted.items():
         t = task_names.index(meta["task"])
@@ -390,7 +399,7 @@ def screen_uploads(
         f["fails"] = list(fails)
         out.features[edge] = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in f.items()}
         if "copy" not in fails:
-            kept[edge] = (model.spec, vec, sig)
+            kept[f"edge {edge}'s upload"] = (model.spec, vec, sig)
         live = [r for r in fails if r not in skip]
         if live:
             why[edge] = fails[live[0]]
@@ -401,7 +410,7 @@ def screen_uploads(
     return out
 
 
-def _verdicts(f: dict[str, Any], task: str, th: Thresholds, copy_of: int | None) -> dict[str, str]:
+def _verdicts(f: dict[str, Any], task: str, th: Thresholds, copy_of: str | None) -> dict[str, str]:
     """Every rule an upload fails (in ``RULES`` order), each with its reason in words."""
     out: dict[str, str] = {}
     rel = f["loss_vs_mean_image"]
@@ -437,7 +446,7 @@ def _verdicts(f: dict[str, Any], task: str, th: Thresholds, copy_of: int | None)
         )
     if copy_of is not None:
         out["copy"] = (
-            f"it is a near-copy of edge {copy_of}'s upload: weights {f['copy_distance']:.3g} apart (relative, "
+            f"it is a near-copy of {copy_of}: weights {f['copy_distance']:.3g} apart (relative, "
             f"limit {th.copy_distance:.3g}) or reconstructions {f['functional_distance']:.3g} apart "
             f"(limit {th.functional_copy:.3g}); the first one received is kept"
         )
