@@ -47,7 +47,7 @@ os.environ.setdefault("BAIM_QUIET", "1")
 from baim.atomic import write_json  # noqa: E402
 from baim.config import RunConfig  # noqa: E402
 from baim.engines import run  # noqa: E402
-from baim.errors import BaimError  # noqa: E402
+from baim.errors import BaimError, RunConfigMismatch, RunDirBusy  # noqa: E402
 from baim.models.io import MANIFEST  # noqa: E402
 from baim.runfiles import RunFiles  # noqa: E402
 
@@ -129,6 +129,9 @@ def run_cells(out: Path, preset: str, seeds: list[int], plan: dict[str, tuple[di
             try:
                 summary = run(run_dir, cfg)
                 record: dict[str, Any] = {"ok": True, **figures(run_dir, summary)}
+            except (RunConfigMismatch, RunDirBusy) as exc:  # this process cannot resume it: not the cell's result
+                print(f"  skipped, not recorded: {exc}", file=sys.stderr)
+                continue
             except BaimError as exc:  # e.g. screening quarantined a few-shot task's only upload
                 record = {"ok": False, "error": str(exc)}
             record |= {"label": label, "seed": seed, "preset": preset, "overrides": overrides}
