@@ -383,11 +383,7 @@ def adaptive(b: Builder, seed: int, honest: list[Upload], screen) -> list[Upload
                     note["passes_attacker_check"] = 0 in screen([cand]).accepted
                     note["took"] = note["trigger_reproduced"] > TOOK
                     tried.append(cand)
-            # the most poisoned candidate that passes and whose trigger took; else one that
-            # passes (harmless); else the least poisoned
-            rank = [(n["passes_attacker_check"] and n["took"], n["passes_attacker_check"]) for n in notes(tried)]
-            best = max(range(len(tried)), key=lambda i: (rank[i], -i if rank[i][1] else i))
-            out.append(tried[best])
+            out.append(attackers_pick(tried))
         src = next(u for u in honest if u.task == t and "/long_large_data/" in u.variant)
         for sigma in (0.0, 0.05, 0.2, 0.5):  # permuted copies, noisier = less of a copy
             m = noisy(permuted(src.model, 7), sigma, 7) if sigma else permuted(src.model, 7)
@@ -396,8 +392,14 @@ def adaptive(b: Builder, seed: int, honest: list[Upload], screen) -> list[Upload
     return out
 
 
-def notes(ups: list[Upload]) -> list[dict]:
-    return [u.note or {} for u in ups]
+def attackers_pick(tried: list[Upload]) -> Upload:
+    """Of candidates ordered most poisoned first: the first that passes and whose trigger took;
+    else the first that passes (harmless); else the least poisoned."""
+    for wanted in (lambda n: n["passes_attacker_check"] and n["took"], lambda n: n["passes_attacker_check"]):
+        found = next((u for u in tried if wanted(u.note or {})), None)
+        if found is not None:
+            return found
+    return tried[-1]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> list[float]:
