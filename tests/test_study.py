@@ -21,7 +21,8 @@ def test_budgets_parse_into_fixed_and_converged_settings():
     assert (s.central_epochs, s.rounds, s.patience) == (4, 4 + quick.personalize.epochs, 0)
     c = conv.settings(quick)
     assert (c.central_epochs, c.rounds, c.sl_epochs, c.patience) == (20, 20, 20, 2)
-    assert conv.overrides() == {"edge": {"epochs": 20, "patience": 2}}
+    converging = {"epochs": 20, "patience": 2}
+    assert conv.overrides() == {"edge": converging, "cloud": converging}  # the BAIM's cloud training too
     assert quick.with_overrides(**fixed.overrides()).edge.epochs == 4
 
 
@@ -73,6 +74,10 @@ def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     edge = out / "seed-0" / "budget-converged" / "baim" / "edges" / "edge-0" / "initial" / "metrics.json"
     epochs = json.loads(edge.read_text())["train"]["epochs"]
     assert 1 <= len(epochs) <= 2 and "val_loss" in epochs[0]
+    # so did the BAIM's cloud training, on the common data's validation part
+    cloud_log = out / "seed-0" / "budget-converged" / "baim" / "cloud" / "baim-finetune" / "log.json"
+    curve = json.loads(cloud_log.read_text())
+    assert 1 <= len(curve["curve"]) <= 2 and all("val_loss" in r for r in curve["curve"])
     for f in ("quality_vs_bytes.png", "quality_vs_edge_flops.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     # resume: a deleted cell is measured again, the others are read back untouched

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -117,7 +118,7 @@ def integrate(
         model,
         images,
         tasks,
-        recipe.with_seed(seed),
+        replace(recipe.with_seed(seed), patience=0),  # an integration trains its fixed epochs
         label="BAIM continual",
         only=trainable,
         pretrained=set(range(first_new, len(model.learners))),

@@ -266,7 +266,7 @@ class Deliveries:
         except ConfigError as exc:
             return str(exc)
         cut = with_prior(cut, _rank(cut))
-        recipe = replace(self.recipe, epochs=FINETUNE_EPOCHS, seed=self.seed)
+        recipe = replace(self.recipe, epochs=FINETUNE_EPOCHS, patience=0, seed=self.seed)
         tasks = np.zeros(len(images), dtype=np.int64)
         log = train_baim(cut, images, tasks, recipe, label="budgeted", pretrained=set(range(len(cut.learners))))
         fit_priors(cut, images, tasks, self.seed)
@@ -297,7 +297,11 @@ class Deliveries:
             return Loss(loss, {"loss": loss, "mse": mse, "kld": kld})
 
         recipe = replace(
-            self.recipe, epochs=DISTILL_EPOCHS, lr=self.recipe.lr * self.recipe.trained_lr_scale, seed=self.seed
+            self.recipe,
+            epochs=DISTILL_EPOCHS,
+            lr=self.recipe.lr * self.recipe.trained_lr_scale,
+            patience=0,
+            seed=self.seed,
         )
         keep = [student] if self.recipe.keep_norm_stats else []
         fit(student, (inputs, targets), recipe, objective, keep_eval=keep, label="distill")

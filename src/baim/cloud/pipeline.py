@@ -22,11 +22,13 @@ from ..models import BAIM, Evaluation, evaluate, fit_priors, save_model, task_ac
 from .fusion import fuse
 
 
-def common_data(layout: Layout, ds: DataSet) -> tuple[np.ndarray, np.ndarray]:
-    """The cloud's common images and the task of each (from its class)."""
-    images = ds.train.load(layout.cloud)
+def common_data(layout: Layout, ds: DataSet, val: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The cloud's common images and the task of each (from its class); ``val``: the common
+    data's validation part instead (empty in a layout made without one)."""
+    part = layout.cloud_val if val else layout.cloud
+    images = ds.train.load(part)
     cls_task = {c: t for t, task in enumerate(layout.tasks) for c in task["classes"]}
-    tasks = np.array([cls_task[int(c)] for c in np.asarray(ds.train.labels)[layout.cloud]], dtype=np.int64)
+    tasks = np.array([cls_task[int(c)] for c in np.asarray(ds.train.labels)[part]], dtype=np.int64)
     return images, tasks
 
 
@@ -101,6 +103,7 @@ def train_strategy(
         prune_ratio=preset.prune_ratio,
         prune_anneal=preset.prune_anneal,
         pretrained=set() if strategy == "scratch" else set(range(len(learners))),
+        val=common_data(layout, ds, val=True) if preset.cloud.patience and layout.cloud_val else None,
     )
     fit_priors(model, images, tasks, seed=seed)
     evals = evaluator(model, layout, ds, preset, fid_extractor, seed)

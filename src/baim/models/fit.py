@@ -63,6 +63,9 @@ class Epoch:
     skipped: int  # steps skipped because their objective was not finite
     seconds: float
     optimizer: torch.optim.Optimizer  # end_epoch may replace it when the parameters changed
+    # end_epoch sets it when it changed the model's structure (pruned connections): weights
+    # saved before no longer fit the model, so early stopping starts its best over from here
+    restructured: bool = False
 
     def row(self) -> dict:
         return {"epoch": self.number, "lr": self.lr, **self.train}
@@ -108,6 +111,10 @@ class EarlyStopping:
         else:
             self.bad += 1
         return self.bad >= self.patience
+
+    def restart(self) -> None:
+        """Forget the best so far (the model's structure changed; its weights no longer fit)."""
+        self.best, self.best_epoch, self.best_state, self.bad = math.inf, 0, None, 0
 
     def restore(self, model: nn.Module) -> None:
         if self.best_state is not None:
@@ -207,6 +214,8 @@ def fit(
             skipped_total += skipped
             if "train_loss" in row:
                 progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
+            if stopper is not None and ep.restructured:
+                stopper.restart()
             if stopper is not None and stopper.update(model, epoch + 1, row["val_loss"]):
                 break
     best = first_epoch + len(rows)

@@ -122,6 +122,7 @@ def train_baim(
     prune_ratio: float = 0.0,
     pretrained: set[int] | None = None,
     prune_anneal: bool = False,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict]:
     """Train in place; returns one log row per epoch (losses, test loss per task, usage,
     surviving connections, parameter count). ``only``: the names of the parameters that
@@ -132,7 +133,13 @@ def train_baim(
     connection chosen for pruning is not cut at once: its α falls linearly to 0 over the next
     ``prune_interval`` epochs' steps (the others adapt meanwhile), and it is removed when it is
     exactly 0, which changes nothing; connections chosen too late to reach 0 before the last
-    epoch stay."""
+    epoch stay.
+
+    ``val``: held-out common images and their tasks, scored (the objective without its noise:
+    the test loss, averaged over images) after every epoch; with ``recipe.patience`` > 0 the
+    cloud trains to convergence on them (``recipe.epochs`` a cap, the best epoch's weights
+    kept), as every method does in a study at convergence. Pruning changes the model's
+    structure, so the best is looked for again among the epochs after each pruning."""
     pretrained = set(pretrained or ())
     steps = math.ceil(len(images) / recipe.batch_size)
     retiring: dict[str, tuple[float, int]] = {}  # annealed connection -> (its α when chosen, step chosen)
@@ -160,6 +167,7 @@ def train_baim(
                 pruned = model.prune_connections(prune_ratio)
             groups = _param_groups(model, only, pretrained, recipe.trained_lr_scale)
             ep.optimizer = _optimizer(ep.lr, groups, old=ep.optimizer)
+            ep.restructured = bool(pruned)
         usage, objective.usage = objective.usage, objective.fresh_usage(model)
         row = {
             "epoch": ep.number,
@@ -184,6 +192,26 @@ def train_baim(
 
     data = (to_float(images), torch.from_numpy(np.asarray(tasks, dtype=np.int64)))
     keep_eval = [model.learner(l) for l in sorted(pretrained)] if recipe.keep_norm_stats else []
+    validate = None
+    if val is not None and len(val[0]):
+        val_x, val_t = val[0], np.asarray(val[1], dtype=np.int64)
+
+        def validate(m: torch.nn.Module) -> float:
+            assert isinstance(m, BAIM)
+            total = 0.0
+            for t in sorted(set(val_t.tolist())):
+                x = val_x[val_t == t]
+                total += len(x) * reconstruction_metrics(m, x, t, recipe.kld_weight)["test_loss"]
+            return total / len(val_x)
+
     return fit(
-        model, data, recipe, objective, optimizer=opt, keep_eval=keep_eval, end_epoch=end_epoch, label=label
+        model,
+        data,
+        recipe,
+        objective,
+        optimizer=opt,
+        keep_eval=keep_eval,
+        end_epoch=end_epoch,
+        validate=validate,
+        label=label,
     ).epochs

@@ -8,8 +8,10 @@ A fixed budget of ``b`` epochs: baim's edges train ``b`` epochs; local, central 
 ``b``; the round-based methods (FedAvg, FD) and split learning get as many passes over an
 edge's slice as baim's edges make (``b`` + the personalisation epochs). ``converged``: the
 same with every count a cap of ``cap`` and early stopping after ``patience`` epochs (rounds)
-without improvement. The BAIM's cloud training and baim's personalisation keep the preset's
-epochs at both budgets (they start from trained weights and run a few gentle epochs).
+without improvement, the BAIM's cloud training included (on the common data's validation
+part, as the controls' cloud trainings do). Personalisation keeps the preset's epochs at both
+budgets, for baim and for every method that personalises; so do the short fine-tune and the
+distillation of baim's per-edge delivery.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ class Budget:
     def overrides(self) -> dict[str, Any]:
         """The run config's preset overrides for baim's workflow at this budget."""
         if self.epochs is None:
-            return {"edge": {"epochs": self.cap, "patience": self.patience}}
+            converging = {"epochs": self.cap, "patience": self.patience}
+            return {"edge": converging, "cloud": converging}
         return {"edge": {"epochs": self.epochs, "patience": 0}}
 
     def settings(self, preset: Preset) -> Settings:
