@@ -77,7 +77,7 @@ def smoke(tmp_path_factory):
 
 @pytest.mark.integration
 def test_every_method_runs_and_is_measured(smoke):
-    out, result, _ = smoke
+    out, result, ctx = smoke
     rows = {r["method"]: r for r in result["methods"]}
     assert list(rows) == list(METHODS)
     for name, r in rows.items():
@@ -98,6 +98,12 @@ def test_every_method_runs_and_is_measured(smoke):
     assert rows["broadcast"]["bytes_up"] == rows["ensemble_distill"]["bytes_up"] == upload > 0
     assert rows["cloud_only"]["bytes_up"] == 0 < rows["cloud_only"]["bytes_down"]
     assert rows["broadcast"]["settings"]["chosen_upload"]  # one chosen upload per task with edges
+    # broadcast_budget: each edge's download within its own budget (1.25x its upload, smoke's default)
+    up = {int(e): b["up"] for e, b in rows["broadcast_budget"]["bytes_per_edge"].items()}
+    down = {int(e): b["down"] for e, b in rows["broadcast_budget"]["bytes_per_edge"].items()}
+    assert set(down) == set(up) and all(down[e] <= 1.25 * up[e] for e in up), (up, down)
+    sent = rows["broadcast_budget"]["settings"]["sent_upload"]
+    assert all(sent[str(e)] in ctx.edges_of(ctx.task_of(e)) for e in ctx.edges)
     for name in ("fedavg", "fd"):
         rounds = rows[name]["rounds"]
         assert [r["round"] for r in rounds] == [1, 2]
@@ -228,3 +234,14 @@ def test_method_row_derives_every_common_column_the_same_way():
     ).to_dict()
     assert given["bytes_per_edge"] == {} and given["cloud_flops"] == 4 and "meter" not in given
     assert given["fid_sampling"] == "fitted (in the cloud)"
+
+
+def test_broadcast_within_budget_sends_the_best_upload_that_fits():
+    from baim.compare.methods.controls import best_fitting
+
+    loss = {0: 0.03, 1: 0.02, 2: 0.01}  # edge 2 (largest) is best, edge 1 next
+    size = {0: 100, 1: 200, 2: 800}
+    assert best_fitting(0, loss, size, None) == 2  # no budget: plain broadcast
+    assert best_fitting(0, loss, size, 250) == 1  # the best that fits 250 bytes
+    assert best_fitting(0, loss, size, 125) == 0  # only its own fits
+    assert best_fitting(0, loss, size, 50) == 0  # nothing fits: it keeps its own

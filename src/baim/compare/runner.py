@@ -35,6 +35,7 @@ METHODS = (
     "fd",
     "sl",
     "broadcast",
+    "broadcast_budget",
     "cloud_only",
     "ensemble_distill",
 )
@@ -75,6 +76,8 @@ def _run_method(name: str, ctx: Context, out: Path) -> dict:
         return federated.run_fedavg(ctx, finetune=True).to_dict()
     if name == "broadcast":
         return controls.run_broadcast(ctx, out / "baim").to_dict()
+    if name == "broadcast_budget":
+        return controls.run_broadcast(ctx, out / "baim", within_budget=True).to_dict()
     if name == "cloud_only":
         return controls.run_cloud_only(ctx).to_dict()
     if name == "ensemble_distill":

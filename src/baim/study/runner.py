@@ -36,6 +36,7 @@ STUDY_METHODS = (
     "baim",
     "local",
     "broadcast",
+    "broadcast_budget",
     "cloud_only",
     "ensemble_distill",
     "central",

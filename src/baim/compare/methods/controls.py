@@ -5,6 +5,9 @@ data gives, measured like every method of ``baim compare``.
   task (what screening measures) is fine-tuned there on those images, sent to every edge of the
   task, and personalised on each edge as baim's compact model is. If baim only beat its weaker
   edges by handing them the best edge's quality, this matches it.
+- ``broadcast_budget``: the same, but each edge gets the best upload of its task that fits its
+  own download budget (the budget baim's delivery keeps): broadcast without the extra capacity
+  a small edge could not have received from baim.
 - ``cloud_only``: per task, a VAE of the largest tier trained on the cloud's common images of the
   task alone, sent to the task's edges: what the common data is worth without any edge.
 - ``ensemble_distill``: one-shot ensemble distillation (FedDF/FENS-style): per edge, a fresh
@@ -27,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ...learners import StagedVAE
+from ...cloud.delivery import budget_bytes
+from ...learners import StagedVAE, weights_bytes
 from ...models import generate, model_from, reconstruction_metrics, to_parts
 from ...models.evaluation import learner_prior
 from ...runview import Run
@@ -112,12 +116,23 @@ def _cloud_epochs(ctx: Context) -> int:
     return ctx.settings.central_epochs if ctx.settings.patience else ctx.preset.cloud.epochs
 
 
-def run_broadcast(ctx: Context, out: Path) -> MethodRow:
+def best_fitting(edge: int, loss: dict[int, float], size: dict[int, int], limit: int | None) -> int:
+    """The upload (by edge) with the lowest ``loss`` among those of at most ``limit`` bytes
+    (None: any); the edge's own upload when none fits (it has it already)."""
+    fitting = [u for u in loss if limit is None or size[u] <= limit]
+    return min(fitting, key=lambda u: (loss[u], u)) if fitting else edge
+
+
+def run_broadcast(ctx: Context, out: Path, within_budget: bool = False) -> MethodRow:
+    """``broadcast``; ``within_budget`` (``broadcast_budget``): each edge is sent the best
+    upload of its task *that fits its own download budget* (the one baim's delivery must keep,
+    so a small edge is not handed a large edge's model that baim could not send it)."""
     uploads, up_messages, up_compute = _uploads(ctx, out)
     common, tasks = ctx.common()
     val, val_tasks = ctx.common_val()
     wire, meter = ctx.wire(), Meter()
     chosen: dict[str, int] = {}
+    sent: dict[int, int] = {}
     deployed: dict[int, StagedVAE] = {}
     cloud_bytes = 0
     t0 = time.perf_counter()
@@ -134,16 +149,22 @@ def run_broadcast(ctx: Context, out: Path) -> MethodRow:
                     ]
                     for e in edges
                 }
-            best = min(loss, key=lambda e: loss[e])
-            chosen[ctx.layout.task_names[t]] = best
-            with meter.cloud("cloud_finetune"):
-                model = copy.deepcopy(uploads[best])
-                recipe = ctx.converging(ctx.recipe(600 + t), _cloud_epochs(ctx))
-                task_val = val[val_tasks == t] if recipe.patience else None
-                train_vae(model, x, recipe, recipe.epochs, opt=_trained_rate_opt(ctx, model), val=task_val)
-            cloud_bytes += model_bytes(uploads[best]) + model_bytes(model)
+            chosen[ctx.layout.task_names[t]] = min(loss, key=lambda e: loss[e])
+            size = {e: len(weights_bytes(uploads[e])) for e in edges}
+            tuned: dict[int, StagedVAE] = {}
             for e in edges:
-                received = _deliver(ctx, wire, meter, e, model, "broadcast model")
+                limit = budget_bytes(ctx.preset.download_budget, size[e]) if within_budget else None
+                best = best_fitting(e, loss, size, limit)
+                sent[e] = best
+                if best not in tuned:
+                    with meter.cloud("cloud_finetune"):
+                        model = copy.deepcopy(uploads[best])
+                        recipe = ctx.converging(ctx.recipe(600 + t), _cloud_epochs(ctx))
+                        task_val = val[val_tasks == t] if recipe.patience else None
+                        train_vae(model, x, recipe, recipe.epochs, opt=_trained_rate_opt(ctx, model), val=task_val)
+                    tuned[best] = model
+                    cloud_bytes += model_bytes(uploads[best]) + model_bytes(model)
+                received = _deliver(ctx, wire, meter, e, tuned[best], "broadcast model")
                 with meter.edge("personalization"):
                     recipe = ctx.recipe(1000 * e + 3)
                     train_vae(
@@ -154,12 +175,27 @@ def run_broadcast(ctx: Context, out: Path) -> MethodRow:
                         opt=_trained_rate_opt(ctx, received),
                     )
                 deployed[e] = received
+    if within_budget:
+        name = "broadcast_budget"
+        what = (
+            "control: each edge gets the upload of its task with the lowest loss on the cloud's common images among "
+            f"those within its download budget ({ctx.preset.download_budget}), fine-tuned on them in the cloud and "
+            "personalised there (baim's uploads, no fusion)"
+        )
+    else:
+        name = "broadcast"
+        what = (
+            "control: per task the upload with the lowest loss on the cloud's common images, fine-tuned on them in "
+            "the cloud, sent to every edge of the task and personalised there (baim's uploads, no fusion)"
+        )
+    settings = {"chosen_upload": chosen, "cloud_epochs": _cloud_epochs(ctx), "patience": ctx.settings.patience}
+    if within_budget:
+        settings["sent_upload"] = {str(e): u for e, u in sent.items()}
     return _row(
         ctx,
-        "broadcast",
-        "control: per task the upload with the lowest loss on the cloud's common images, fine-tuned on them in "
-        "the cloud, sent to every edge of the task and personalised there (baim's uploads, no fusion)",
-        {"chosen_upload": chosen, "cloud_epochs": _cloud_epochs(ctx), "patience": ctx.settings.patience},
+        name,
+        what,
+        settings,
         wire,
         meter,
         deployed,
