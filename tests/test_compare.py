@@ -245,3 +245,30 @@ def test_broadcast_within_budget_sends_the_best_upload_that_fits():
     assert best_fitting(0, loss, size, 250) == 1  # the best that fits 250 bytes
     assert best_fitting(0, loss, size, 125) == 0  # only its own fits
     assert best_fitting(0, loss, size, 50) == 0  # nothing fits: it keeps its own
+
+
+def test_a_distillation_target_is_computed_once_before_training_and_used():
+    """``train_vae``'s teacher target is a function of the images alone: computed once (not at
+    every step of every epoch), and it is what the student is pulled towards."""
+    import torch
+
+    from baim.compare.common import build, train_vae
+    from baim.config import Recipe
+    from baim.data import load_dataset
+
+    ds = load_dataset("fashion-mnist")
+    images = ds.train.load(list(range(64)))
+    calls = []
+
+    def dark(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return torch.zeros_like(x)
+
+    recipe = Recipe(epochs=3, batch_size=16, lr=0.01)
+    plain, pulled = build("small", ds, 0), build("small", ds, 0)
+    train_vae(plain, images, recipe, 3)
+    train_vae(pulled, images, recipe, 3, target=dark, recon_weight=0.2)
+    assert calls == [64]  # once, for all 64 images; 12 steps did not call it again
+    x = torch.from_numpy(images).float() / 255
+    with torch.no_grad():
+        assert pulled.decode(pulled.encode(x)[0]).mean() < plain.decode(plain.encode(x)[0]).mean()

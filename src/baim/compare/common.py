@@ -180,10 +180,19 @@ def train_vae(
     decay per epoch, MSE + β·KL, clipping, non-finite steps skipped and a diverged epoch
     reported) for ``epochs`` epochs counted from ``first_epoch`` (the schedule's position).
     ``extra(model, x)`` adds a term to each step's loss (distillation); ``target(x)`` is a
-    second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output).
+    second reconstruction target mixed in as ``(1 - recon_weight)`` (a teacher's output). It
+    must be a deterministic function of the images (a teacher in eval mode, z = μ): it is
+    computed once for all images before training, not again at every step of every epoch
+    (the teacher's forward passes were most of a distillation's cost).
     ``val``: held-out images, the plain VAE test loss on them scored after every epoch (early
     stopping when ``recipe.patience`` > 0; the best epoch's weights kept). Returns the
     optimizer, for a method that keeps its state across rounds."""
+
+    x_all = to_float(images)
+    data: tuple[torch.Tensor, ...] = (x_all,)
+    if target is not None and len(x_all):
+        with torch.no_grad():
+            data = (x_all, torch.cat([target(x_all[i : i + 500]) for i in range(0, len(x_all), 500)]))
 
     def objective(m: torch.nn.Module, batch: tuple[torch.Tensor, ...], step: int) -> Loss:
         assert isinstance(m, StagedVAE)
@@ -191,7 +200,7 @@ def train_vae(
         x_hat, mu, logvar = m(x)
         loss, _, _ = vae_loss(x_hat, x, mu, logvar, recipe.kld_weight)
         if target is not None:
-            loss = recon_weight * loss + (1 - recon_weight) * torch.nn.functional.mse_loss(x_hat, target(x))
+            loss = recon_weight * loss + (1 - recon_weight) * torch.nn.functional.mse_loss(x_hat, batch[1])
         if extra is not None:
             loss = loss + extra(m, x)
         return Loss(loss, {"loss": loss})
@@ -202,7 +211,7 @@ def train_vae(
 
     return fit(
         model,
-        (to_float(images),),
+        data,
         replace(recipe, epochs=epochs),
         objective,
         optimizer=opt,
