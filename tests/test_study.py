@@ -70,6 +70,9 @@ def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     keys = {(p["method"], p["budget"], p["metric"]) for p in result["paired"]}
     assert ("cloud_only", CONVERGED, "nll_bpd") in keys and ("local", CONVERGED, "bytes_up") in keys
     assert all({"mean", "ci_low", "ci_high"} <= set(p) for p in result["paired"])
+    baim = next(c for c in result["cells"] if c["method"] == "baim")
+    assert set(baim["settings"]["delivered"]) == {str(r["edge"]) for r in baim["per_edge"]}  # what each edge got
+    assert "What baim's delivery sent" in (out / "study.md").read_text()
     # the converged edges validated after every epoch and stopped within the cap
     edge = out / "seed-0" / "budget-converged" / "baim" / "edges" / "edge-0" / "initial" / "metrics.json"
     epochs = json.loads(edge.read_text())["train"]["epochs"]

@@ -67,6 +67,10 @@ def markdown(result: dict) -> str:
         if worse:
             verdict += f"; baim worse on {', '.join(worse)}"
         lines.append(f"| {b} | {m} | {fmt(ps['nll_bpd'])} | {fmt(ps['fid'])} | {fmt(ps['mse'])} | {verdict} |")
+    chosen = _deliveries(result)
+    if chosen:
+        lines += ["", "## What baim's delivery sent (edges, over seeds)", ""]
+        lines += [f"- budget {b}: " + ", ".join(f"{k} {n}" for k, n in sorted(c.items())) for b, c in chosen.items()]
     if result.get("match"):
         lines += [
             "",
@@ -82,6 +86,16 @@ def markdown(result: dict) -> str:
     if result.get("missing"):
         lines += ["", f"{len(result['missing'])} cells not measured yet (rerun the same command to resume)."]
     return "\n".join(lines) + "\n"
+
+
+def _deliveries(result: dict) -> dict[str, dict[str, int]]:
+    """Per budget, how many of baim's edges got each delivery candidate (cells that say)."""
+    out: dict[str, dict[str, int]] = {}
+    for c in result["cells"]:
+        for cand in (c.get("settings") or {}).get("delivered", {}).values() if c["method"] == "baim" else ():
+            out.setdefault(c["budget"], {}).setdefault(cand, 0)
+            out[c["budget"]][cand] += 1
+    return out
 
 
 def figure(result: dict, x_key: str, path: Path) -> Path:

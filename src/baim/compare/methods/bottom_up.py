@@ -121,6 +121,8 @@ def run(ctx: Context, out: Path) -> MethodRow:
             "personalize_epochs": ctx.preset.personalize.epochs,
             "strategy": "finetune",
             "run_dir": str(out),
+            # what each edge's delivery chose (lossless, budgeted, distilled or its own upload)
+            "delivered": {str(e["edge"]): e["delivery"]["candidate"] for e in summary["edges"] if e.get("delivery")},
         },
         messages=m["messages"],
         raw_data_bytes=0,  # no message of the workflow carries an image of an edge's slice
