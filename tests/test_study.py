@@ -93,3 +93,29 @@ def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p != gone)
     assert not json.loads((out / "study.json").read_text())["missing"]
     assert os.path.getsize(out / "study.md") > 0
+
+
+def test_units_keep_baims_dependents_with_it_and_the_teachers_together():
+    from baim.study import STUDY_METHODS
+    from baim.study.parallel import units
+
+    got = units(STUDY_METHODS)
+    assert got[0] == ("baim", "local", "broadcast", "broadcast_budget", "ensemble_distill")
+    assert ("central", "kd") in got and ("cloud_only",) in got and ("fedavg_ft",) in got
+    assert sorted(m for u in got for m in u) == sorted(STUDY_METHODS)  # every method once
+    assert units(("kd", "fd")) == [("kd",), ("fd",)]  # a worker's subset: no baim to wait for
+
+
+@pytest.mark.integration
+def test_study_in_two_workers_writes_every_cell_once(tmp_path):
+    from baim.cli import main
+
+    out = tmp_path / "study"
+    args = ["study", "--preset", "smoke", "--seeds", "0", "--budgets", "converged", "--cap", "2", "--patience", "1"]
+    args += ["--methods", "baim,local,cloud_only", "--out", str(out), "--jobs", "2"]
+    assert main(args) == 0
+    result = json.loads((out / "study.json").read_text())
+    assert not result["missing"] and {c["method"] for c in result["cells"]} == {"baim", "local", "cloud_only"}
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    assert logs == ["seed-0-budget-converged-baim+local.log", "seed-0-budget-converged-cloud_only.log"]
+    assert "What baim's delivery sent" in (out / "study.md").read_text()

@@ -25,6 +25,13 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     sp.add_argument("--methods", default=",".join(STUDY_METHODS), help="comma-separated; must include baim")
     sp.add_argument("--data-dir", default=None, help="folder of the data set (default: the installed one)")
     sp.add_argument("--fid-extractor", default="domain", choices=EXTRACTORS)
+    sp.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes running cells at once, each with cores/jobs torch threads (about 6 GB each at quick)",
+    )
+    sp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one unit of a --jobs study
     sp.add_argument("--out", required=True, help="study folder (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_study)
 
@@ -39,7 +46,23 @@ def _cmd_study(args: argparse.Namespace) -> None:
         raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
     budgets = parse_budgets(args.budgets, args.cap, args.patience)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    result = run_study(args.out, args.preset, seeds, budgets, methods, args.data_dir, args.fid_extractor)
+    result = run_study(
+        args.out,
+        args.preset,
+        seeds,
+        budgets,
+        methods,
+        args.data_dir,
+        args.fid_extractor,
+        jobs=args.jobs,
+        worker=args.worker,
+    )
+    if args.worker:
+        if result.get("failed"):
+            from ..errors import WorkflowError
+
+            raise WorkflowError(f"{len(result['failed'])} cells failed:\n" + result["failed"][0]["error"])
+        return
     print((Path(args.out) / "study.md").read_text())
     print(f"wrote {Path(args.out) / 'study.json'} ({len(result['cells'])} cells, {len(result['missing'])} missing)")
     if result.get("failed"):

@@ -29,6 +29,7 @@ from ..metrics import get_extractor
 from ..runfiles import RunFiles
 from .budget import Budget
 from .paired import paired_differences
+from .parallel import run_parallel, units
 
 # the issue's set first (controls early: they are cheap and reuse baim's uploads), then the
 # FedAvg variants at a fairer capacity and with a fine-tune on the common data
@@ -90,22 +91,30 @@ def run_study(
     data_dir: str | None = None,
     extractor: str = "domain",
     log: Any = None,
+    jobs: int = 1,
+    worker: bool = False,
 ) -> dict[str, Any]:
-    """Every cell not yet on disk, then ``study.json``/``study.md``/figures from all cells."""
+    """Every cell not yet on disk, then ``study.json``/``study.md``/figures from all cells.
+    ``jobs`` > 1: the cells in that many worker processes (:mod:`baim.study.parallel`);
+    ``worker``: one such worker (its cells only; no pairing with baim, no report)."""
     out = Path(out)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
-    if "baim" not in methods:
+    if "baim" not in methods and not worker:
         raise ConfigError("the study pairs every method with baim: include baim in --methods")
     if not seeds:
         raise ConfigError("give at least one seed, e.g. --seeds 0,1,2")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: give 1 or more worker processes")
     get_extractor(extractor)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
     todo = [(s, b, m) for s in seeds for b in budgets for m in methods]
     done = sum((cell_dir(out, s, b) / "methods" / f"{m}.json").is_file() for s, b, m in todo)
     log(f"study {out}: {len(todo)} cells, {done} done")
+    if jobs > 1 and not worker:
+        return _run_in_workers(out, preset, seeds, budgets, methods, data_dir, extractor, jobs, log)
     t_start, measured = time.perf_counter(), 0
     failed: list[dict] = []
     result: dict[str, Any] = {}
@@ -136,10 +145,56 @@ def run_study(
                         f"[{done}/{len(todo)}] seed {s} budget {b.name} {m}: nll {nll:.4f} bpd, FID {row['fid']:.1f} "
                         f"({time.perf_counter() - t0:.0f} s; ~{left:.0f} min left at this pace)"
                     )
-                    result = gather(out, preset, seeds, budgets, methods)
+                    if not worker:
+                        result = gather(out, preset, seeds, budgets, methods)
             layout = RunFiles(d).layout
             layouts.append(json.loads(layout.read_text()) if layout.is_file() else None)
         _check_one_layout(s, [x for x in layouts if x is not None])
+    if worker:
+        return {"failed": failed}
+    result = gather(out, preset, seeds, budgets, methods)
+    if failed:
+        result["failed"] = failed
+        write_json(out / "study.json", result)
+    return result
+
+
+def _run_in_workers(
+    out: Path,
+    preset: str,
+    seeds: list[int],
+    budgets: list[Budget],
+    methods: tuple[str, ...],
+    data_dir: str | None,
+    extractor: str,
+    jobs: int,
+    log: Any,
+) -> dict[str, Any]:
+    """The missing cells in ``jobs`` worker processes; each seed's layout is made here first
+    (once, before any worker reads it), and every budget of a seed checked to share it."""
+    todo = []
+    for s in seeds:
+        layouts = []
+        for b in budgets:
+            d = cell_dir(out, s, b)
+            cfg = RunConfig(preset=preset, seed=s, data_dir=data_dir, fid_extractor=extractor, overrides=b.overrides())
+            if not RunFiles(d).layout.is_file():
+                make_context(d, cfg, b.settings(cfg.resolved_preset()))
+            layouts.append(json.loads(RunFiles(d).layout.read_text()))
+            for unit in units(methods):
+                if any(not (d / "methods" / f"{m}.json").is_file() for m in unit):
+                    todo.append((s, b, unit))
+        _check_one_layout(s, layouts)
+    failed = run_parallel(
+        out,
+        preset,
+        todo,
+        jobs,
+        data_dir,
+        extractor,
+        log,
+        lambda: gather(out, preset, seeds, budgets, methods),
+    )
     result = gather(out, preset, seeds, budgets, methods)
     if failed:
         result["failed"] = failed

@@ -1,0 +1,112 @@
+"""``baim study --jobs N``: the study's cells in N worker processes at once.
+
+Why: the models of the ``quick`` preset are small, so one process training one of them at a
+time leaves cores idle however many intra-op threads torch gets; independent cells in
+separate processes (each with cores ÷ N threads) use them. Each worker is ``baim study``
+itself, restricted to one unit of one seed and budget (``--worker``: no pairing, no report),
+so a worker writes exactly the cells a sequential study would, atomically, and a killed
+parallel study resumes like a sequential one. The parent writes ``study.json`` and the report
+from the cells on disk after every unit.
+
+A unit is the methods that must share a process or an order:
+
+- baim, then the controls that reuse its uploads (``local``, ``broadcast``,
+  ``broadcast_budget``, ``ensemble_distill``: they read baim's workflow run, which must not be
+  started twice at once);
+- ``central`` and ``kd`` (they share the per-task teachers, trained once per process);
+- every other method alone.
+
+Units go in the order of the seeds, then the budgets, then the study's methods, so partial
+results still cover whole seeds first. Memory is the user's to budget: each worker holds its
+own model and data (about 6 GB at the quick preset's peak).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .budget import Budget
+
+AFTER_BAIM = ("local", "broadcast", "broadcast_budget", "ensemble_distill")
+TOGETHER = (("central", "kd"),)
+
+
+def units(methods: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """``methods`` split into units, in the study's order (see the module's docstring)."""
+    out: list[tuple[str, ...]] = []
+    placed: set[str] = set()
+    for m in methods:
+        if m in placed:
+            continue
+        if m == "baim":
+            unit: tuple[str, ...] = ("baim", *(x for x in methods if x in AFTER_BAIM))
+        elif m in AFTER_BAIM and "baim" in methods:
+            continue  # runs in baim's unit
+        else:
+            group = next((g for g in TOGETHER if m in g), (m,))
+            unit = tuple(x for x in methods if x in group)
+        out.append(unit)
+        placed.update(unit)
+    return out
+
+
+def worker_command(
+    out: Path, preset: str, seed: int, budget: Budget, unit: tuple[str, ...], data_dir: str | None, extractor: str
+) -> list[str]:
+    cmd = [sys.executable, "-m", "baim.cli", "study", "--worker", "--preset", preset, "--seeds", str(seed)]
+    cmd += ["--budgets", budget.name, "--cap", str(budget.cap), "--patience", str(budget.patience)]
+    cmd += ["--methods", ",".join(unit), "--fid-extractor", extractor, "--out", str(out)]
+    return cmd + (["--data-dir", data_dir] if data_dir else [])
+
+
+def run_parallel(
+    out: Path,
+    preset: str,
+    todo: list[tuple[int, Budget, tuple[str, ...]]],
+    jobs: int,
+    data_dir: str | None,
+    extractor: str,
+    log: Any,
+    after_each: Any,
+) -> list[dict[str, Any]]:
+    """Run ``todo`` (seed, budget, unit) in at most ``jobs`` workers; ``after_each()`` once a
+    unit ends. Returns the units that failed (their log's tail, the log's path)."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "BAIM_QUIET": "1"}
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending = list(todo)
+    running: dict[subprocess.Popen, tuple[int, Budget, tuple[str, ...], Path, float]] = {}
+    failed: list[dict[str, Any]] = []
+    log(f"{len(todo)} units in {jobs} workers, {threads} torch thread(s) each; worker logs in {logs}")
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                seed, budget, unit = pending.pop(0)
+                path = logs / f"seed-{seed}-budget-{budget.name}-{'+'.join(unit)}.log"
+                cmd = worker_command(out, preset, seed, budget, unit, data_dir, extractor)
+                with path.open("ab") as sink:
+                    proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+                running[proc] = (seed, budget, unit, path, time.perf_counter())
+            time.sleep(1.0)
+            for proc in [p for p in running if p.poll() is not None]:
+                seed, budget, unit, path, t0 = running.pop(proc)
+                what = f"seed {seed} budget {budget.name} {'+'.join(unit)}"
+                if proc.returncode == 0:
+                    log(f"{what}: done ({time.perf_counter() - t0:.0f} s; {len(pending)} units waiting)")
+                else:
+                    tail = path.read_text(errors="replace")[-2000:]
+                    failed.append({"seed": seed, "budget": budget.name, "method": "+".join(unit), "error": tail})
+                    log(f"{what}: FAILED (exit {proc.returncode}; {path})")
+                after_each()
+    finally:
+        for proc in running:  # interrupted: no orphans (their cells resume on the next run)
+            proc.terminate()
+        for proc in running:
+            proc.wait()
+    return failed
