@@ -348,32 +348,33 @@ def test_gentle_pruning_anneals_alpha_to_zero_before_removal():
     assert all(float(p.alpha.detach()) != 0.0 for p in model.connections.values())
 
 
-def test_the_baim_trains_to_convergence_on_validation_and_pruning_restarts_the_best():
+def test_the_baim_trains_to_convergence_and_keeps_the_best_epochs_connections_with_its_weights():
     """With ``patience``, the cloud trains until its validation loss stops improving and keeps
-    the best epoch's weights, which must load into the structure pruning left."""
+    the best epoch: its weights *and* its connections (a pruning that made validation worse is
+    undone), so the model it ends with scores exactly the best epoch's validation loss."""
     import numpy as np
 
     from baim.config import Recipe
     from baim.errors import ConfigError
-    from baim.models import train_baim
+    from baim.models import reconstruction_metrics, train_baim
 
     rng = np.random.default_rng(0)
     images = (rng.random((16, 1, 32, 32)) * 255).astype(np.uint8)
     val = ((rng.random((8, 1, 32, 32)) * 255).astype(np.uint8), np.array([0, 1] * 4))
     model = fuse(trained_learners(["small", "small", "small"]), [0, 0, 1], ["a", "b"], height=0, projection_rank=4)
-    n0 = len(model.connections)
     log = train_baim(
         model,
         images,
         np.array([0, 1] * 8),
-        Recipe(4, batch_size=8, patience=2),
+        Recipe(4, batch_size=8, patience=4),
         prune_interval=1,
         prune_ratio=0.3,
         val=val,
     )
-    assert all("val_loss" in r for r in log) and len(log) == 4  # every epoch prunes: the best restarts each time
-    assert min(r["val_loss"] for r in log) < log[-1]["val_loss"]  # an earlier epoch was better, in another structure
-    assert len(model.connections) == n0 - sum(r["pruned"] for r in log)
-    model(torch.zeros(2, 1, 32, 32), torch.tensor([0, 1]))  # the restored weights fit the pruned structure
+    best = min(log, key=lambda r: r["val_loss"])
+    assert best is not log[-1] and best["connections"] > log[-1]["connections"]  # pruned further after the best
+    assert len(model.connections) == best["connections"]  # the best epoch's connections are back
+    again = sum(4 * reconstruction_metrics(model, val[0][val[1] == t], t, 0.00025)["test_loss"] for t in (0, 1)) / 8
+    assert again == pytest.approx(best["val_loss"], rel=1e-6)  # and its weights: the same validation loss
     with pytest.raises(ConfigError, match="validation"):
         train_baim(model, images, np.array([0, 1] * 8), Recipe(2, batch_size=8, patience=1))

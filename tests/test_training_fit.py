@@ -141,26 +141,6 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
     assert torch.equal(model.weight, weights[1]) and not torch.equal(model.weight, weights[3])
 
 
-def test_a_restructured_model_looks_for_its_best_again_from_that_epoch():
-    """After ``end_epoch`` changed the structure (pruning), weights saved before no longer fit:
-    the best is looked for among the epochs from then on (a better score before does not count)."""
-    model, data = _linear()
-    scores = iter([0.5, 3.0, 2.0, 2.5, 2.6])  # epoch 1 is best overall, but the model changes at epoch 2
-    weights: list[torch.Tensor] = []
-
-    def validate(m):
-        weights.append(m.weight.detach().clone())
-        return next(scores)
-
-    def end_epoch(ep):
-        ep.restructured = ep.number == 2
-        return ep.row()
-
-    done = fit(model, data, Recipe(epochs=5, batch_size=8, patience=2), _mse, validate=validate, end_epoch=end_epoch)
-    assert [r["epoch"] for r in done.epochs] == [1, 2, 3, 4, 5]  # epoch 3 improves on epoch 2, then two do not
-    assert done.best_epoch == 3 and torch.equal(model.weight, weights[2])
-
-
 def test_without_patience_every_epoch_runs_and_the_last_weights_stay():
     model, data = _linear()
     done = fit(model, data, Recipe(epochs=3, batch_size=8), _mse, validate=lambda m: 1.0)

@@ -249,6 +249,21 @@ class BAIM(nn.Module):
         if gone.source in self.projection_downs and all(c.source != gone.source for c in self._conn_keys.values()):
             del self.projection_downs[gone.source]
 
+    def structure(self) -> tuple[Connection, ...]:
+        """The connections, in order: what training may change (pruning) and early stopping
+        gives back with the best epoch's weights (:meth:`restore_structure`)."""
+        return tuple(self._conn_keys.values())
+
+    def restore_structure(self, connections: tuple[Connection, ...]) -> None:
+        """Make ``connections`` (a :meth:`structure`) the model's connections, in that order;
+        the weights of re-created ones are fresh until a state dict is loaded."""
+        if connections == self.structure():
+            return
+        for name in list(self._conn_keys):
+            self.remove_connection(name)
+        for c in connections:
+            self.add_connection(c)
+
     def prune_connections(self, ratio: float) -> list[str]:
         """Delete ``floor(ratio × surviving)`` connections with the smallest |α|·‖P‖ (global
         ranking). Deleted means gone from the module and from the parameter count."""

@@ -63,9 +63,6 @@ class Epoch:
     skipped: int  # steps skipped because their objective was not finite
     seconds: float
     optimizer: torch.optim.Optimizer  # end_epoch may replace it when the parameters changed
-    # end_epoch sets it when it changed the model's structure (pruned connections): weights
-    # saved before no longer fit the model, so early stopping starts its best over from here
-    restructured: bool = False
 
     def row(self) -> dict:
         return {"epoch": self.number, "lr": self.lr, **self.train}
@@ -93,14 +90,20 @@ Validate = Callable[[nn.Module], float]
 
 
 class EarlyStopping:
-    """Tracks the best validation score and the weights that reached it; says when ``patience``
-    epochs in a row brought no improvement."""
+    """Tracks the best validation score and the model that reached it; says when ``patience``
+    epochs in a row brought no improvement.
+
+    A model whose structure training changes (a BAIM whose connections are pruned) says what
+    its structure is (``structure()``) and can be given one back (``restore_structure(s)``):
+    the best epoch's structure is kept with its weights and restored with them, so a pruning
+    that made validation worse is undone with the rest."""
 
     def __init__(self, patience: int):
         self.patience = patience
         self.best = math.inf
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_structure: object = None
         self.bad = 0
 
     def update(self, model: nn.Module, epoch: int, score: float) -> bool:
@@ -108,17 +111,18 @@ class EarlyStopping:
         if math.isfinite(score) and score < self.best:
             self.best, self.best_epoch, self.bad = score, epoch, 0
             self.best_state = copy.deepcopy(model.state_dict())
+            structure = getattr(model, "structure", None)
+            self.best_structure = structure() if callable(structure) else None
         else:
             self.bad += 1
         return self.bad >= self.patience
 
-    def restart(self) -> None:
-        """Forget the best so far (the model's structure changed; its weights no longer fit)."""
-        self.best, self.best_epoch, self.best_state, self.bad = math.inf, 0, None, 0
-
     def restore(self, model: nn.Module) -> None:
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
+        if self.best_state is None:
+            return
+        if self.best_structure is not None:
+            model.restore_structure(self.best_structure)  # type: ignore[operator]
+        model.load_state_dict(self.best_state)
 
 
 def fit(
@@ -214,8 +218,6 @@ def fit(
             skipped_total += skipped
             if "train_loss" in row:
                 progress.update(bar, description=f"{label} loss {row['train_loss']:.4f}")
-            if stopper is not None and ep.restructured:
-                stopper.restart()
             if stopper is not None and stopper.update(model, epoch + 1, row["val_loss"]):
                 break
     best = first_epoch + len(rows)

@@ -138,8 +138,8 @@ def train_baim(
     ``val``: held-out common images and their tasks, scored (the objective without its noise:
     the test loss, averaged over images) after every epoch; with ``recipe.patience`` > 0 the
     cloud trains to convergence on them (``recipe.epochs`` a cap, the best epoch's weights
-    kept), as every method does in a study at convergence. Pruning changes the model's
-    structure, so the best is looked for again among the epochs after each pruning."""
+    kept), as every method does in a study at convergence. The best epoch's connections come
+    back with its weights: a pruning that made validation worse is undone."""
     pretrained = set(pretrained or ())
     steps = math.ceil(len(images) / recipe.batch_size)
     retiring: dict[str, tuple[float, int]] = {}  # annealed connection -> (its α when chosen, step chosen)
@@ -167,7 +167,6 @@ def train_baim(
                 pruned = model.prune_connections(prune_ratio)
             groups = _param_groups(model, only, pretrained, recipe.trained_lr_scale)
             ep.optimizer = _optimizer(ep.lr, groups, old=ep.optimizer)
-            ep.restructured = bool(pruned)
         usage, objective.usage = objective.usage, objective.fresh_usage(model)
         row = {
             "epoch": ep.number,
