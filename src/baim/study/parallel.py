@@ -75,7 +75,7 @@ def run_parallel(
     after_each: Any,
 ) -> list[dict[str, Any]]:
     """Run ``todo`` (seed, budget, unit) in at most ``jobs`` workers; ``after_each()`` once a
-    unit ends. Returns the units that failed (their log's tail, the log's path)."""
+    unit ends. Returns the units that failed, each with its log's tail and the log's path."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = os.environ | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "BAIM_QUIET": "1"}
     logs = out / "logs"
@@ -101,7 +101,9 @@ def run_parallel(
                     log(f"{what}: done ({time.perf_counter() - t0:.0f} s; {len(pending)} units waiting)")
                 else:
                     tail = path.read_text(errors="replace")[-2000:]
-                    failed.append({"seed": seed, "budget": budget.name, "method": "+".join(unit), "error": tail})
+                    failed.append(
+                        {"seed": seed, "budget": budget.name, "method": "+".join(unit), "error": tail, "log": str(path)}
+                    )
                     log(f"{what}: FAILED (exit {proc.returncode}; {path})")
                 after_each()
     finally:
