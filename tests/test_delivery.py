@@ -220,3 +220,79 @@ def test_a_run_sends_every_edge_its_delivery_and_the_summary_says_so(tmp_path, m
         deployed = load_model(files.edge(e["edge"], "deployed"), "compact")
         assert compact_bytes(deployed) == d["bytes"]
     assert summary["bytes"]["download"] == sum(e["bytes"]["down"] for e in summary["edges"])
+
+
+def test_the_edge_choice_sends_the_best_other_candidate_even_when_the_upload_wins(setup, monkeypatch):
+    """delivery_choice "edge": the upload is not offered back (the edge has it); the best other
+    candidate goes down, for the edge to judge after personalising it."""
+    model, learners = setup
+    deliveries = Deliveries(model, COMMON, RECIPE)
+    broken = lossless_compact(model, 0)
+    with torch.no_grad():
+        for l in broken.squad(0):
+            broken.learner(l).image_head.bias.fill_(-20.0)
+    deliveries._lossless[0] = broken
+    monkeypatch.setattr(Deliveries, "_distilled", lambda self, task, upload: broken_learner(upload))
+    d = deliveries.deliver(0, 0, learners[0], 10**9, VAL, choice="edge")
+    others = {c: v["val_loss"] for c, v in d.candidates.items() if c != "upload" and v.get("fits")}
+    assert d.candidate == min(others, key=others.get) and d.val_loss > d.upload_val_loss
+    assert "keeps it only if it then beats its upload" in d.reason
+    # nothing fits: the upload, as under the cloud's choice
+    tiny = deliveries.deliver(3, 1, learners[3], 1000, VAL, choice="edge")
+    assert tiny.candidate == "upload" and "no candidate fits" in tiny.reason
+
+
+@pytest.mark.integration
+def test_under_the_edge_choice_an_edge_serves_the_better_of_personalised_and_upload(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from baim import engines, presets
+    from baim.config import RunConfig
+    from baim.data import to_float
+    from baim.edge import node
+    from baim.runfiles import RunFiles
+    from baim.runview import Run
+
+    smoke = presets.get_preset("smoke")
+    monkeypatch.setitem(presets.PRESETS, "tiny", replace(smoke, name="tiny", delivery_choice="edge"))
+    real, calls = node.personalize, []
+
+    def personalize_breaking_the_first(compact, *args, **kwargs):
+        log = real(compact, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # the first edge's personalisation goes wrong: every weight zero
+            with torch.no_grad():
+                for p in compact.parameters():
+                    p.zero_()
+        return log
+
+    monkeypatch.setattr(node, "personalize", personalize_breaking_the_first)
+    summary = engines.run(tmp_path, RunConfig(preset="tiny", strategies=("finetune",)))
+    files, run = RunFiles(tmp_path), Run(tmp_path)
+    layout, ds = run.layout, run.dataset()
+    edges = summary["edges"]
+    assert not summary["missing"]["personalization"]
+    assert all(e["delivery"]["candidate"] != "upload" or "fits" in e["delivery"]["reason"] for e in edges)
+    for e in edges:
+        kept = e["kept"]
+        assert kept["kept"] in ("personalised", "upload")
+        served = load_model(files.edge(e["edge"], "personalized"), "compact")
+        val = ds.train.load(layout.edges[e["edge"]].val)
+        loss = reconstruction_metrics(served, val, 0, layout.settings.personalize.kld_weight, seed=0)["test_loss"]
+        assert loss == pytest.approx(min(kept["val_loss"].values()), rel=1e-5)  # the better of the two
+    first = edges[0]
+    assert first["kept"]["kept"] == "upload"  # its broken personalisation was not served
+    upload = load_model(files.edge(first["edge"], "initial"), "learner")
+    served = load_model(files.edge(first["edge"], "personalized"), "compact")
+    x = to_float(ds.train.load(layout.edges[first["edge"]].val[:4]))
+    assert torch.allclose(served(x, sample=False).x_hat, upload.decode(upload.encode(x)[0]), atol=1e-6)
+
+
+def test_delivery_choice_is_checked_and_old_presets_keep_the_clouds():
+    from baim.config import Preset
+    from baim.presets import get_preset
+
+    with pytest.raises(ConfigError, match="delivery_choice is one of cloud, edge"):
+        get_preset("smoke").with_overrides(delivery_choice="both")
+    stored = {k: v for k, v in get_preset("quick").to_dict().items() if k != "delivery_choice"}
+    assert Preset.from_dict(stored).delivery_choice == "cloud"  # a preset stored before the setting

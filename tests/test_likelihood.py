@@ -146,3 +146,11 @@ def test_evaluate_reports_nll_bpd(fmnist, learners):
     m = evaluate(trained, test, real, baseline, "domain", nll_count=20).metrics
     assert m["nll_bpd"] == pytest.approx(nll_bpd(trained, test[:20]))
     assert 0 < m["nll_bpd"] < 8 and np.isfinite(m["test_loss"])
+    assert not any(k.startswith("own_") for k in m)  # no own test set given
+    # an edge's own test set is scored by the same procedures: given the task's, the same numbers
+    own = evaluate(trained, test, real, baseline, "domain", nll_count=20, own_test=test).metrics
+    assert own["own_nll_bpd"] == pytest.approx(m["nll_bpd"]) and own["own_mse"] == pytest.approx(m["mse"])
+    assert own["own_test_loss"] == pytest.approx(m["test_loss"])
+    # and on a different set, different numbers (the set is really used)
+    other = evaluate(trained, test, real, baseline, "domain", nll_count=20, own_test=test[::-1][:20]).metrics
+    assert other["own_mse"] != pytest.approx(m["mse"], rel=1e-4)

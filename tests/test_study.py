@@ -11,6 +11,7 @@ from baim.errors import ConfigError
 from baim.presets import get_preset
 from baim.study import CONVERGED, parse_budgets
 from baim.study.paired import bootstrap, paired_differences
+from baim.study.runner import own_keys
 
 
 def test_budgets_parse_into_fixed_and_converged_settings():
@@ -53,6 +54,13 @@ def test_paired_differences_pair_edges_of_the_same_seed():
     assert d["bytes_up"]["mean"] == pytest.approx(-25.0) and d["bytes_up"]["ci_high"] <= -20.0
 
 
+def test_own_test_metrics_are_paired_only_where_every_edge_has_them():
+    with_own = {"per_edge": [{"edge": 0, "own_nll_bpd": 1.0, "own_mse": 0.1}, {"edge": 1, "own_nll_bpd": 2.0}]}
+    assert own_keys([with_own]) == ("own_nll_bpd",)  # edge 1 lacks own_mse
+    assert own_keys([with_own, {"per_edge": [{"edge": 0}]}]) == ()  # a cell from before own test sets
+    assert own_keys([]) == ()
+
+
 @pytest.mark.integration
 def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     from baim.cli import main
@@ -73,6 +81,11 @@ def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     baim = next(c for c in result["cells"] if c["method"] == "baim")
     assert set(baim["settings"]["delivered"]) == {str(r["edge"]) for r in baim["per_edge"]}  # what each edge got
     assert "What baim's delivery sent" in (out / "study.md").read_text()
+    # every method is scored on each edge's own test set (its class mix) too, and paired there
+    for c in result["cells"]:
+        assert np.isfinite(c["own_nll_bpd"]) and all(np.isfinite(r["own_mse"]) for r in c["per_edge"])
+    assert ("local", CONVERGED, "own_nll_bpd") in keys and ("cloud_only", CONVERGED, "own_mse") in keys
+    assert "own test set" in (out / "study.md").read_text()
     # the converged edges validated after every epoch and stopped within the cap
     edge = out / "seed-0" / "budget-converged" / "baim" / "edges" / "edge-0" / "initial" / "metrics.json"
     epochs = json.loads(edge.read_text())["train"]["epochs"]

@@ -104,9 +104,18 @@ class Preset:
     # what each edge may download, by its own upload: a factor ("1.25"), megabytes ("3MB"), or
     # "none" (no limit: the lossless compact model of its task)
     download_budget: str = "1.25"
+    # who makes the last choice of the model an edge serves. "cloud": the cloud sends the best
+    # candidate on the edge's validation images that is no worse than its upload (so an edge
+    # whose upload wins gets it back). "edge": the cloud sends the best candidate other than the
+    # upload, the edge personalises it and keeps it only if it then beats its upload on its
+    # validation images, else serves its upload. Why: an edge's upload, trained on its own mix,
+    # often wins the comparison before personalisation, which would fit the others to that mix too.
+    delivery_choice: str = "cloud"
 
     def __post_init__(self) -> None:
         parse_download_budget(self.download_budget)
+        if self.delivery_choice not in DELIVERY_CHOICES:
+            raise ConfigError(f"delivery_choice is one of {', '.join(DELIVERY_CHOICES)}, got {self.delivery_choice!r}")
         if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, int | float):
             raise ConfigError(f"val_fraction is a number in [0, 0.5], got {self.val_fraction!r}")
         if not 0 <= self.val_fraction <= 0.5:
@@ -161,6 +170,9 @@ class Preset:
                         f"override of the {k} recipe: {exc}; recipes have {list(asdict(self.edge))}"
                     ) from exc
         return replace(self, **out)
+
+
+DELIVERY_CHOICES = ("cloud", "edge")
 
 
 def parse_download_budget(text: str) -> tuple[str, float] | None:

@@ -20,6 +20,10 @@ candidates that fit it, judged on that edge's validation images (never test imag
 
 The chosen model is the one with the lowest validation loss among those that fit and are not
 worse than the upload on validation; so an edge is never sent a model worse than what it had.
+With the preset's ``delivery_choice = "edge"`` the upload is not a candidate to send: the
+best of the others goes down, and the edge, after personalising it, keeps whichever of it and
+its own upload is better on its validation images; so an edge never *serves* a model worse
+than what it had, and the others get the personalisation before they are judged.
 When nothing fits, not even the upload, the upload is chosen and the record says so: the
 edge loses nothing, and the budget could not be met. ``budget=None`` gives the lossless model
 (no choice is made); so does a layout without validation parts where the lossless model fits
@@ -45,7 +49,7 @@ from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import ConfigError
 from ..learners import StagedVAE, vae_loss, weights_bytes
-from ..models import BAIM, Loss, fit, fit_priors, reconstruction_metrics, train_baim
+from ..models import BAIM, Loss, as_compact, fit, fit_priors, reconstruction_metrics, train_baim
 from ..runview import Run
 from .budget import compact_bytes, lossless_compact, partition_within_budget, selection_images
 from .pipeline import common_data
@@ -68,22 +72,6 @@ def budget_bytes(budget: str | None, upload_bytes: int) -> int | None:
         return None
     kind, value = parsed
     return int(value * upload_bytes) if kind == "factor" else int(value)
-
-
-def as_compact(learner: StagedVAE, task: str, prior_rank: int | None = None) -> BAIM:
-    """``learner`` as a one-learner compact model of ``task`` on its own latent: it computes
-    exactly what the learner computes (identity adapter, a one-way gate of width 1); the
-    prior is unfitted (N(0, I)) until fitted."""
-    return BAIM.from_learners(
-        [copy.deepcopy(learner)],
-        [0],
-        [task],
-        has_tsgate=False,
-        gate_hidden=1,
-        top_k=1,
-        height=0,
-        prior_rank=prior_rank,
-    ).eval()
 
 
 def with_prior(model: BAIM, rank: int | None) -> BAIM:
@@ -150,9 +138,13 @@ class Deliveries:
             self._lossless[task] = lossless_compact(self.baim, task)
         return self._lossless[task]
 
-    def deliver(self, edge: int, task: int, upload: StagedVAE, budget: int | None, val: np.ndarray) -> Delivery:
+    def deliver(
+        self, edge: int, task: int, upload: StagedVAE, budget: int | None, val: np.ndarray, choice: str = "cloud"
+    ) -> Delivery:
         """The model edge ``edge`` (of ``task``, which uploaded ``upload``) is sent within
-        ``budget`` bytes (None: the lossless model), chosen on its validation images ``val``."""
+        ``budget`` bytes (None: the lossless model), chosen on its validation images ``val``;
+        ``choice`` ``"edge"``: the best candidate other than the upload, which the edge keeps
+        only if, personalised, it beats the upload (:meth:`baim.edge.node.EdgeNode.keep_better`)."""
         name = self.baim.task_names[task]
         up_bytes = len(weights_bytes(upload))
         if budget is None:
@@ -186,8 +178,18 @@ class Deliveries:
             size = notes[best]["bytes"]
             return Delivery(edge, name, best, built[best], budget, size, up_bytes, None, None, why, notes)
         assert upload_loss is not None
-        good = [c for c in fitting if notes[c]["val_loss"] <= upload_loss]
-        if good:
+        if choice == "edge":
+            good = [c for c in fitting if c != "upload"]
+        else:
+            good = [c for c in fitting if notes[c]["val_loss"] <= upload_loss]
+        if good and choice == "edge":
+            best = min(good, key=lambda c: (notes[c]["val_loss"], CANDIDATES.index(c)))
+            reason = (
+                f"lowest validation loss ({notes[best]['val_loss']:.5f}, upload's {upload_loss:.5f}) of the "
+                f"candidates within {budget:,} bytes other than the upload: the edge personalises it and keeps it "
+                "only if it then beats its upload on validation"
+            )
+        elif good:
             best = min(good, key=lambda c: (notes[c]["val_loss"], CANDIDATES.index(c)))
             others = [f"{c} {notes[c]['val_loss']:.5f}" for c in fitting if c != best]
             reason = (
@@ -203,6 +205,8 @@ class Deliveries:
                 f"no candidate fits the budget of {budget:,} bytes (the smallest is {smallest:,} bytes): "
                 "the edge keeps its own upload, over budget"
                 if not fitting
+                else f"no candidate but the upload fits {budget:,} bytes: the edge keeps its own"
+                if choice == "edge"
                 else f"every candidate within {budget:,} bytes is worse on validation than the upload: it keeps its own"
             )
         return Delivery(
@@ -345,7 +349,8 @@ def deliver_all(
             out[e] = Delivery(e, layout.task_names[task], "lossless", model, None, size, 0, None, None, why)
             continue
         budget = budget_bytes(layout.settings.download_budget, len(weights_bytes(uploads[e])))
-        out[e] = deliveries.deliver(e, task, uploads[e], budget, ds.train.load(layout.edges[e].val))
+        val = ds.train.load(layout.edges[e].val)
+        out[e] = deliveries.deliver(e, task, uploads[e], budget, val, layout.settings.delivery_choice)
     return out
 
 

@@ -16,7 +16,7 @@ from ..data.layout import Layout
 from ..errors import WorkflowError
 from ..learners import TIERS, StagedVAE, tier_spec, vae_loss
 from ..models import Loss, evaluate, fit, nll_bpd, reconstruction_metrics
-from ..models.evaluation import NLL_COUNT
+from ..models.evaluation import NLL_COUNT, own_test_metrics
 from .measure import Wire
 
 FID_SAMPLING = "fitted"  # z from a Gaussian fitted to the model's posterior codes of its own training data
@@ -31,6 +31,8 @@ QUALITY_KEYS = (
     "fid_reconstruction",
     "fid_real_vs_real",
 )
+# the same on the edge's own test set (its class mix), where the layout has one
+OWN_KEYS = ("own_nll_bpd", "own_test_loss", "own_mse")
 
 
 @dataclass
@@ -122,8 +124,22 @@ class Context:
             kld_weight=self.preset.edge.kld_weight,
             seed=self.seed,
             prior_images=self.local_images(edge) if prior_images is None else prior_images,
+            own_test=self.own_test(edge),
         )
-        return {"edge": edge, "task": name, **{k: ev.metrics[k] for k in QUALITY_KEYS}}
+        keys = QUALITY_KEYS + tuple(k for k in OWN_KEYS if k in ev.metrics)
+        return {"edge": edge, "task": name, **{k: ev.metrics[k] for k in keys}}
+
+    def own_test(self, edge: int) -> np.ndarray | None:
+        """The edge's own test set (its class mix); None for a layout made without one."""
+        ids = self.layout.edges[edge].test
+        return self.ds.test.load(ids) if ids else None
+
+    def own_quality(self, edge: int, model: StagedVAE) -> dict[str, float]:
+        """The ``OWN_KEYS`` of ``model`` on edge ``edge``'s own test set (none without one): for a
+        model scored once per task and listed for each of its edges."""
+        own = self.own_test(edge)
+        beta, seed = self.preset.edge.kld_weight, self.seed
+        return {} if own is None else own_test_metrics(model, own, kld_weight=beta, seed=seed)
 
     def cheap_quality(self, edge: int, model: StagedVAE) -> dict[str, float]:
         """Per-round numbers of a round-based method: the test loss and the likelihood bound on

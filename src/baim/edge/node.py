@@ -11,7 +11,9 @@ Message kinds (cloud → edge, and the reply):
 - ``train.deploy`` → ``ack``: the compact model of the edge's task (manifest + weights), validated
   and stored.
 - ``train.personalize`` → ``metrics``: fine-tunes the deployed model on the local slice and
-  puts it in the edge's toolbox (what ``baim serve edge`` serves).
+  puts it in the edge's toolbox (what ``baim serve edge`` serves); under ``delivery_choice =
+  "edge"`` it serves its own upload instead when that is better on its validation images
+  (``kept`` in the reply says which, and both losses).
 - ``evaluate`` → ``metrics``: test loss, reconstruction and FID of one of the edge's models
   (``initial``, ``deployed`` or ``personalized``), with the generated images.
 """
@@ -21,14 +23,26 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from ..data import DataSet
 from ..data.layout import Layout
 from ..errors import BaimError
 from ..learners import StagedVAE, weights_bytes
-from ..models import BAIM, evaluate, is_saved, load_model, model_from, save_model
+from ..models import (
+    BAIM,
+    as_compact,
+    evaluate,
+    fit_priors,
+    is_saved,
+    load_model,
+    model_from,
+    reconstruction_metrics,
+    save_model,
+)
 from ..signing import load_or_create_key, public_bytes, sign_document
 from ..transport import Message
 from .local import train_edge
@@ -130,9 +144,41 @@ class EdgeNode:
             preset = self.layout.settings
             curve = self.ds.test.load(self.layout.test[self.task_name][: preset.curve_test_per_task or None])
             log = personalize(compact, self.local_images(), preset.personalize.with_seed(self.seed), curve)
-            save_model(compact, out, {"log.json": json.dumps(log, indent=2) + "\n"})  # log before the manifest
+            served, kept = self.keep_better(compact)
+            files = {"log.json": json.dumps(log, indent=2) + "\n"}
+            if kept is not None:
+                files["kept.json"] = json.dumps(kept, indent=2) + "\n"
+            save_model(served, out, files)  # log (and the choice) before the manifest
         ToolboxStore(self.folder / "toolbox").add_own(out, self.task_name)  # what `baim serve edge` serves
-        return Message("metrics", {"edge": self.edge, "log": json.loads((out / "log.json").read_text())})
+        meta: dict[str, Any] = {"edge": self.edge, "log": json.loads((out / "log.json").read_text())}
+        if (out / "kept.json").is_file():
+            meta["kept"] = json.loads((out / "kept.json").read_text())
+        return Message("metrics", meta)
+
+    def keep_better(self, personalised: BAIM) -> tuple[BAIM, dict[str, Any] | None]:
+        """Under the preset's ``delivery_choice = "edge"``: the personalised model, or the edge's
+        own upload (as a one-learner compact model, its prior fitted on local images) if that is
+        better on the edge's validation images; with the record of the choice. Otherwise (or
+        with no validation images or no upload to compare with) the personalised model as is."""
+        preset = self.layout.settings
+        if preset.delivery_choice != "edge" or not self.slice.val or not is_saved(self.folder / "initial"):
+            return personalised, None
+        val = self.ds.train.load(self.slice.val)
+        upload = self.load_model("initial")
+        beta = preset.personalize.kld_weight
+        loss = {
+            name: reconstruction_metrics(m, val, 0, beta, seed=self.seed)["test_loss"]
+            for name, m in (("personalised", personalised), ("upload", upload))
+        }
+        kept = "upload" if loss["upload"] < loss["personalised"] else "personalised"
+        record = {"kept": kept, "val_loss": loss}
+        if kept == "personalised":
+            return personalised, record
+        assert isinstance(upload, StagedVAE)
+        own = as_compact(upload, self.task_name)
+        local = self.local_images()
+        fit_priors(own, local, np.zeros(len(local), dtype=np.int64), seed=self.seed)
+        return own, record
 
     def on_evaluate(self, msg: Message) -> Message:
         """Score one of this edge's models with every procedure of :func:`baim.models.evaluate`.
@@ -149,6 +195,7 @@ class EdgeNode:
             kld_weight=self.layout.settings.edge.kld_weight,
             seed=self.seed,
             prior_images=self.local_images() if isinstance(model, StagedVAE) else None,
+            own_test=self.ds.test.load(self.slice.test) if self.slice.test else None,
         )
         images = {k: torch.from_numpy(v) for k, v in ev.images.items()}
         return Message("metrics", {"edge": self.edge, "task": self.task_name, "model": which, **ev.metrics}, images)

@@ -2,7 +2,7 @@
 latent priors), compact models (BAIMs of one task), one save/load, one training loop (``fit``)
 and one evaluation."""
 
-from .baim import BAIM, BAIMOutput
+from .baim import BAIM, BAIMOutput, as_compact
 from .baim_config import BAIMConfig
 from .connections import Connection, LowRankProjection, Projection, candidate_connections
 from .evaluation import Evaluation, evaluate, fit_priors, generate, nll_bpd, reconstruction_metrics, task_accuracy
@@ -27,6 +27,7 @@ __all__ = [
     "LowRankProjection",
     "Projection",
     "TaskClassifier",
+    "as_compact",
     "candidate_connections",
     "evaluate",
     "fit",

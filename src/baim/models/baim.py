@@ -21,6 +21,7 @@ learner exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -594,3 +595,20 @@ class BAIM(nn.Module):
     # -- bookkeeping ----------------------------------------------------------------------
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def as_compact(learner: StagedVAE, task: str, prior_rank: int | None = None) -> BAIM:
+    """``learner`` as a one-learner compact model of ``task`` on its own latent: it computes
+    exactly what the learner computes (identity adapter, a one-way gate of width 1); the
+    prior is unfitted (N(0, I)) until fitted. An edge's own upload in the form every delivered
+    model has, so the cloud can offer it and an edge can fall back to it."""
+    return BAIM.from_learners(
+        [copy.deepcopy(learner)],
+        [0],
+        [task],
+        has_tsgate=False,
+        gate_hidden=1,
+        top_k=1,
+        height=0,
+        prior_rank=prior_rank,
+    ).eval()

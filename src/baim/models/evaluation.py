@@ -16,6 +16,11 @@ in bits per dimension (:mod:`baim.metrics.likelihood`, one observation model for
 model). FID and KID come with their extractor, the sample count and the real-vs-real values
 at that count. The generated images are returned beside the numbers,
 never inside them.
+
+An edge serves its own users, whose images follow the edge's class mix, not the task's
+balanced one; given the edge's own test set (``own_test``: test images drawn with the class
+mix of the edge's slice), :func:`evaluate` also scores the model there (``own_test_loss``,
+``own_mse``, ``own_nll_bpd``), so a model chosen for the edge's mix is judged on it too.
 """
 
 from __future__ import annotations
@@ -182,6 +187,7 @@ def evaluate(
     seed: int = 0,
     prior_images: np.ndarray | None = None,
     nll_count: int | None = NLL_COUNT,
+    own_test: np.ndarray | None = None,
 ) -> Evaluation:
     """Every number of :mod:`this module <baim.models.evaluation>` for one model on one task.
 
@@ -190,6 +196,7 @@ def evaluate(
     reconstructed. ``prior_images`` are a learner's own training images (its fitted prior);
     without them a learner is scored on ``standard`` and ``reconstruction`` only.
     ``nll_bpd`` is taken on the first ``nll_count`` test images (``None``: all of them).
+    ``own_test``: the edge's own test set (its class mix), scored the same way into ``own_*``.
     """
     n = len(real)
     metrics: dict[str, Any] = reconstruction_metrics(model, test, task, kld_weight, seed=seed)
@@ -217,7 +224,27 @@ def evaluate(
         fid_extractor=extractor,
         fid_count=n,
     )
+    if own_test is not None and len(own_test):
+        metrics.update(own_test_metrics(model, own_test, task, kld_weight, seed, nll_count))
     return Evaluation(metrics, images)
+
+
+def own_test_metrics(
+    model: Model,
+    own_test: np.ndarray,
+    task: int = 0,
+    kld_weight: float = 0.00025,
+    seed: int = 0,
+    nll_count: int | None = NLL_COUNT,
+) -> dict[str, float]:
+    """``own_test_loss``, ``own_mse`` and ``own_nll_bpd`` on an edge's own test set (its class
+    mix), by the same procedures as the task-level numbers."""
+    own = reconstruction_metrics(model, own_test, task, kld_weight, seed=seed)
+    return {
+        "own_test_loss": own["test_loss"],
+        "own_mse": own["mse"],
+        "own_nll_bpd": nll_bpd(model, own_test[:nll_count], task, kld_weight, seed=seed),
+    }
 
 
 @torch.no_grad()

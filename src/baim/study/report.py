@@ -12,6 +12,7 @@ from ..atomic import write_text
 from ..figures import pyplot, save_figure
 from ..runfiles import RunFiles
 from .budget import CONVERGED
+from .runner import OWN  # each edge's own test set (its class mix), where cells have it
 
 MB = 1e6
 
@@ -22,7 +23,8 @@ def _means(result: dict) -> dict[tuple[str, str], dict[str, float]]:
         for b in result["budgets"]:
             cs = [c for c in result["cells"] if c["method"] == m and c["budget"] == b]
             if cs:
-                keys = ("nll_bpd", "mse", "fid", "kid", "bytes_up", "bytes_down", "edge_flops", "cloud_flops")
+                keys: tuple[str, ...] = ("nll_bpd", "mse", "fid", "kid", "bytes_up", "bytes_down", "edge_flops")
+                keys += ("cloud_flops", *(k for k in OWN if all(k in c for c in cs)))
                 out[(m, b)] = {k: float(np.mean([c[k] for c in cs])) for k in keys} | {"seeds": len(cs)}
     return out
 
@@ -67,6 +69,22 @@ def markdown(result: dict) -> str:
         if worse:
             verdict += f"; baim worse on {', '.join(worse)}"
         lines.append(f"| {b} | {m} | {fmt(ps['nll_bpd'])} | {fmt(ps['fid'])} | {fmt(ps['mse'])} | {verdict} |")
+    own = [(b, m, ps) for (b, m), ps in pairs.items() if all(k in ps for k in OWN)]
+    if own:
+        lines += [
+            "",
+            "## On each edge's own test set (its class mix): paired differences baim − method",
+            "",
+            "| budget | method | Δ nll (bpd) | Δ MSE | baim better on (CI excludes 0) |",
+            "|---|---|---|---|---|",
+        ]
+        for b, m, ps in own:
+            better = [k for k in OWN if ps[k]["ci_high"] < 0]
+            worse = [k for k in OWN if ps[k]["ci_low"] > 0]
+            verdict = ", ".join(better) or "none"
+            if worse:
+                verdict += f"; baim worse on {', '.join(worse)}"
+            lines.append(f"| {b} | {m} | {fmt(ps['own_nll_bpd'])} | {fmt(ps['own_mse'])} | {verdict} |")
     chosen = _deliveries(result)
     if chosen:
         lines += ["", "## What baim's delivery sent (edges, over seeds)", ""]

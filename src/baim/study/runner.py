@@ -49,6 +49,9 @@ STUDY_METHODS = (
     "fedavg_ft",
 )
 PER_EDGE = ("nll_bpd", "mse", "fid", "kid")
+# the same likelihood and MSE on each edge's own test set (its class mix), in cells whose layout
+# gave edges one; paired only where both sides have them
+OWN = ("own_nll_bpd", "own_mse")
 TOTALS = ("bytes_up", "bytes_down", "edge_flops", "cloud_flops")
 
 
@@ -67,10 +70,11 @@ def _cell(row: dict, seed: int, budget: Budget) -> dict[str, Any]:
             "fid": r["fid_fitted"],
             "kid": r["kid_fitted"],
         }
+        | {k: r[k] for k in OWN if k in r}
         for r in row["per_edge"]
     ]
     out: dict[str, Any] = {"method": row["method"], "budget": budget.name, "seed": seed}
-    out |= {k: float(np.mean([r[k] for r in per_edge])) for k in PER_EDGE}
+    out |= {k: float(np.mean([r[k] for r in per_edge])) for k in PER_EDGE + own_keys([{"per_edge": per_edge}])}
     out |= {k: int(row[k]) for k in TOTALS}
     out["settings"] = row.get("settings", {})
     out["wall_s"] = row.get("method_wall_s_with_evaluation")
@@ -80,6 +84,12 @@ def _cell(row: dict, seed: int, budget: Budget) -> dict[str, Any]:
             {k: x[k] for k in ("round", "bytes_cum", "nll_bpd", "test_loss") if k in x} for x in row["rounds"]
         ]
     return out
+
+
+def own_keys(cells: list[dict]) -> tuple[str, ...]:
+    """The ``OWN`` metrics every edge row of every one of ``cells`` has."""
+    rows = [r for c in cells for r in c["per_edge"]]
+    return tuple(k for k in OWN if rows and all(k in r for r in rows))
 
 
 def run_study(
@@ -234,7 +244,8 @@ def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], meth
         for m in methods:
             if m == "baim" or not by[m] or not by["baim"]:
                 continue
-            diffs = paired_differences(by["baim"], by[m], PER_EDGE, TOTALS)
+            keys = PER_EDGE + own_keys([*by["baim"].values(), *by[m].values()])
+            diffs = paired_differences(by["baim"], by[m], keys, TOTALS)
             for metric, v in diffs.items():
                 paired.append(
                     {
@@ -255,6 +266,8 @@ def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], meth
             "nll_bpd": "IWAE bound (k = 64) on the test negative log-likelihood, bits per dimension, first 64 test "
             "images of the edge's task; mean over edges",
             "mse": "reconstruction MSE (z = mu) on the task's test set; mean over edges",
+            "own_nll_bpd/own_mse": "the same on each edge's own test set (test images with the class mix of the "
+            "edge's slice); in cells whose layout has one",
             "fid/kid": "fitted prior (each edge model's prior fitted to the edge's own images; a cloud-served model's "
             "to its training images), domain extractor; mean over edges",
             "bytes_up/down": "encoded message bytes, all edges, evaluation and inference left out",

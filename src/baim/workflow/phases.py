@@ -251,6 +251,7 @@ def personalization(ctx: Context) -> Personalization:
     """Each deployed edge fine-tunes its compact model on its own data."""
     deployed = ctx.rd.result("deployment", Deployment).edges
     done: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
     missing: list[MissingEdge] = []
     for e in deployed:
         reply = ctx.request(e, Message("train.personalize"), "personalization")
@@ -258,7 +259,9 @@ def personalization(ctx: Context) -> Personalization:
             missing.append(missing_edge(e, reply))
             continue
         done[str(e)] = reply.meta["log"]
-    return Personalization(done, tuple(missing))
+        if "kept" in reply.meta:
+            kept[str(e)] = reply.meta["kept"]
+    return Personalization(done, tuple(missing), kept)
 
 
 def edge_evaluation(ctx: Context) -> EdgeEvaluation:

@@ -258,10 +258,13 @@ class Deployment(Record):
 
 @dataclass(frozen=True)
 class Personalization(Record):
-    """Phase ``personalization``: each personalised edge's training log (by edge, as a string)."""
+    """Phase ``personalization``: each personalised edge's training log (by edge, as a string),
+    and under ``delivery_choice = "edge"`` what each edge kept (its personalised model or its
+    upload) with both validation losses."""
 
     edges: dict[str, Any]
     missing: tuple[MissingEdge, ...]
+    kept: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ def summarize(ctx: Context) -> dict:
             "samples": u.samples,
             "models": models.get(u.edge, {}),
             **_delivery(ctx, u.edge, deployment.deliveries.get(str(u.edge))),
+            **({"kept": personalization.kept[str(u.edge)]} if str(u.edge) in personalization.kept else {}),
         }
         for u in up.edges
     ]

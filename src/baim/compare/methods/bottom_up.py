@@ -28,7 +28,7 @@ from ...runfiles import RunFiles
 from ...runview import Run
 from ...transport import ByteLedger, InProcessTransport
 from ...workflow import Metering, Workflow, edge_nodes, prepare
-from ..common import QUALITY_KEYS, Context
+from ..common import OWN_KEYS, QUALITY_KEYS, Context
 from ..measure import Meter, latency_ms
 from ..row import Compute, MethodRow, method_row
 
@@ -86,6 +86,12 @@ def _same_layout(ctx: Context, out: Path) -> None:
         raise WorkflowError(f"{RunFiles(out).layout} differs from the comparison's layout; use a fresh folder")
 
 
+def _quality(metrics: dict) -> dict:
+    """A row's quality numbers from the workflow's evaluation; the own-test ones where the
+    layout gave the edge its own test set."""
+    return {k: metrics[k] for k in QUALITY_KEYS + OWN_KEYS if k in QUALITY_KEYS or k in metrics}
+
+
 def _meter_sums(meter: dict, side: str, phases: tuple[str, ...]) -> tuple[float, int]:
     rows = [v for k, v in meter.items() if k.split("/")[0] == side and k.split("/")[1] in phases]
     return sum(r["cpu_s"] for r in rows), sum(r["flops"] for r in rows)
@@ -100,7 +106,7 @@ def run(ctx: Context, out: Path) -> MethodRow:
     ecpu, eflops = _meter_sums(m["meter"], "edge", EDGE_PHASES)
     ccpu, cflops = _meter_sums(m["meter"], "cloud", ("screening", "cloud_finetune", "partition", "deployment"))
     rows = [
-        {"edge": e["edge"], "task": e["task"], **{k: e["models"]["personalized"][k] for k in QUALITY_KEYS}}
+        {"edge": e["edge"], "task": e["task"], **_quality(e["models"]["personalized"])}
         for e in summary["edges"]
         if "personalized" in e["models"]
     ]
@@ -123,6 +129,8 @@ def run(ctx: Context, out: Path) -> MethodRow:
             "run_dir": str(out),
             # what each edge's delivery chose (lossless, budgeted, distilled or its own upload)
             "delivered": {str(e["edge"]): e["delivery"]["candidate"] for e in summary["edges"] if e.get("delivery")},
+            # under delivery_choice "edge": what each edge kept after personalising (personalised or upload)
+            "kept": {str(e["edge"]): e["kept"]["kept"] for e in summary["edges"] if e.get("kept")},
         },
         messages=m["messages"],
         raw_data_bytes=0,  # no message of the workflow carries an image of an edge's slice
@@ -150,10 +158,7 @@ def run_local(ctx: Context, out: Path) -> MethodRow:
     run = Run(out)
     summary = run.summary()
     ecpu, eflops = _meter_sums(m["meter"], "edge", ("upload",))
-    rows = [
-        {"edge": e["edge"], "task": e["task"], **{k: e["models"]["initial"][k] for k in QUALITY_KEYS}}
-        for e in summary["edges"]
-    ]
+    rows = [{"edge": e["edge"], "task": e["task"], **_quality(e["models"]["initial"])} for e in summary["edges"]]
     latency, storage = [], 0
     for e in ctx.edges:
         storage += (run.files.edge(e, "initial") / WEIGHTS).stat().st_size

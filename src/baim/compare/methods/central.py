@@ -85,7 +85,7 @@ def _rows_from_task_models(ctx: Context, models: dict[int, Any], pooled: dict[in
         if not edges:
             continue
         r = ctx.evaluate_edge(edges[0], model, prior_images=pooled[t])
-        rows += [r | {"edge": e} for e in edges]
+        rows += [r | {"edge": e} | ctx.own_quality(e, model) for e in edges]  # own test sets differ
     return sorted(rows, key=lambda r: r["edge"])
 
 
