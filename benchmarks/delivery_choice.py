@@ -1,10 +1,16 @@
 """Who should make the last choice of the model an edge serves: the cloud before
-personalisation (``delivery_choice = "cloud"``), or the edge after it (``"edge"``)?
+personalisation (``delivery_choice = "cloud"``), or the edge after it (``"edge"``)? And should
+the delivery's own trainings converge when the cloud's do (``--converge``)?
 
-    python benchmarks/delivery_choice.py --study DIR [--budget converged] [--seeds 0,1,2]
+    python benchmarks/delivery_choice.py --study DIR [--budget converged] [--seeds 0,1,2] [--converge] [--choice edge]
     python benchmarks/delivery_choice.py --run RUN [--run ...]
 
-Both rules on the same finished runs (made under ``"cloud"``), so every difference is the rule's:
+``--converge``: every edge's candidates are built again with the cut's fine-tune and the
+distillation converging on the task's common validation images (cap and patience of the run's
+cloud recipe; :class:`~baim.cloud.delivery.Deliveries` ``common_val``) instead of their 2 and 6
+fixed epochs, under ``--choice`` (default ``edge``), then sent, personalised and scored as below.
+
+The variant and the run as made (under ``"cloud"``) on the same finished runs, so every difference is the variant's:
 same uploads, same BAIM, same candidates, same seeds. Under ``"edge"`` the cloud sends the best
 candidate other than the upload, the edge personalises it and keeps it only if it then beats
 its upload on its validation images. Per edge, on a scratch copy of the edge's folder, with the
@@ -12,15 +18,15 @@ real code: :meth:`Deliveries.deliver <baim.cloud.delivery.Deliveries.deliver>` (
 the run's budget and seed), then the edge node's own handlers (deploy, personalise with
 :meth:`keep_better <baim.edge.node.EdgeNode.keep_better>`, evaluate: the run's test set, FID
 sets, extractor, count and seed). Where the cloud's rule had sent a candidate other than the
-upload, the edge rule sends the same one: the benchmark checks that its personalisation
+upload, the variant sends the same one: the benchmark checks that its personalisation
 reproduces the run's personalised model (else the comparison would mix in noise) and takes it
 from there.
 
 Per edge: what each rule served, its task-level ``nll_bpd`` / ``mse`` / ``fid`` (fitted prior) and
 the same likelihood and MSE on the edge's own test set (its class mix); bytes each rule sent.
-With ``--study``: the edge rule's baim cell per seed, paired (same seed, same edges, hierarchical
+With ``--study``: the variant's baim cell per seed, paired (same seed, same edges, hierarchical
 bootstrap as ``baim study``) with the cloud rule's baim cell and with every other method's cell
-of the study; written to ``DIR/delivery_choice.json``. The last line is one JSON object.
+of the study; written to ``DIR/delivery_choice-CHOICE[-converge].json``. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -56,21 +62,27 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6) for k in sa)
 
 
-def measure_run(root: Path) -> dict[str, Any]:
-    """Both rules on one finished run: a row per edge."""
+def measure_run(root: Path, choice: str = "edge", converge: bool = False) -> dict[str, Any]:
+    """The run as made and the variant (``choice``, ``converge``) on one finished run: a row per edge."""
     run = Run.open(root)
     layout = run.layout
-    edge_layout = replace(layout, preset=layout.preset | {"delivery_choice": "edge"})
+    edge_layout = replace(layout, preset=layout.preset | {"delivery_choice": choice})
     ds = run.dataset()
     summary = run.summary()
     seed = int(summary["seed"])
     extractor, fid_count = summary["fid_extractor"], int(summary["fid_count"])
     records = json.loads(run.files.state("deployment").read_text())["result"]["deliveries"]
     images, tasks = common_data(layout, ds)
-    baim = run.baim()
+    val_images, val_tasks = common_data(layout, ds, val=True)
+    n = len(layout.tasks)
     deliveries = Deliveries(
-        baim, {t: images[tasks == t] for t in range(len(layout.tasks))}, layout.settings.cloud, seed
+        run.baim(),
+        {t: images[tasks == t] for t in range(n)},
+        layout.settings.cloud,
+        seed,
+        {t: val_images[val_tasks == t] for t in range(n)} if converge else None,
     )
+    reuse = choice == "edge" and not converge  # the variant alone sends what the run sent, but for uploads
     beta = layout.settings.edge.kld_weight
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -84,12 +96,12 @@ def measure_run(root: Path) -> dict[str, Any]:
             upload = run.edge_model(edge, "initial")
             assert isinstance(upload, StagedVAE)
             budget = budget_bytes(layout.settings.download_budget, len(weights_bytes(upload)))
-            if record["candidate"] != "upload":  # the edge rule sends the same model
+            if reuse and record["candidate"] != "upload":  # the variant sends the same model
                 sent, sent_bytes, candidate = run.edge_model(edge, "deployed"), record["bytes"], record["candidate"]
             else:
                 val = ds.train.load(layout.edges[edge].val)
-                d = deliveries.deliver(edge, task, upload, budget, val, choice="edge")
-                for c, note in d.candidates.items():  # the same candidates as the run built
+                d = deliveries.deliver(edge, task, upload, budget, val, choice=choice)
+                for c, note in d.candidates.items() if not converge else ():  # the run's candidates again
                     theirs = record["candidates"].get(c, {}).get("val_loss")
                     if theirs is not None and note.get("val_loss") is not None:
                         assert abs(note["val_loss"] - theirs) <= 1e-4 * abs(theirs), (edge, c, note, theirs)
@@ -99,7 +111,7 @@ def measure_run(root: Path) -> dict[str, Any]:
             reply = node.handle(Message("train.personalize"))
             assert reply.kind == "metrics", reply.meta
             kept = reply.meta.get("kept", {"kept": "personalised"})
-            if record["candidate"] != "upload" and kept["kept"] == "personalised":
+            if reuse and record["candidate"] != "upload" and kept["kept"] == "personalised":
                 theirs = run.edge_model(edge, "personalized")
                 assert _same_weights(node.load_model("personalized"), theirs), f"edge {edge}: not reproduced"
             ev = node.handle(
@@ -116,7 +128,7 @@ def measure_run(root: Path) -> dict[str, Any]:
                     "tier": e["tier"],
                     "cloud": {"sent": record["candidate"], "bytes": record["bytes"]}
                     | {k: cloud_rule[k if k in OWN else _key(k)] for k in PER_EDGE + OWN},
-                    "edge_rule": {"sent": candidate, "bytes": sent_bytes, "kept": kept}
+                    "variant": {"sent": candidate, "bytes": sent_bytes, "kept": kept}
                     | {k: ev.meta[k if k in OWN else _key(k)] for k in PER_EDGE + OWN},
                 }
             )
@@ -143,14 +155,18 @@ def main() -> None:
     ap.add_argument("--budget", default="converged")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--run", action="append", default=[], help="a finished baim run (repeatable)")
+    ap.add_argument("--choice", default="edge", choices=("cloud", "edge"), help="the variant's delivery_choice")
+    ap.add_argument("--converge", action="store_true", help="the variant's delivery trainings converge")
     args = ap.parse_args()
+    if args.choice == "cloud" and not args.converge:
+        ap.error("--choice cloud without --converge is the run as made: nothing to compare")
     runs: list[Path] = [Path(r) for r in args.run]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     if args.study:
         runs += [Path(args.study) / f"seed-{s}" / f"budget-{args.budget}" / "baim" for s in seeds]
     if not runs:
         ap.error("give --study DIR or --run RUN")
-    results = [measure_run(r) for r in runs]
+    results = [measure_run(r, args.choice, args.converge) for r in runs]
     for res in results:
         print(f"\n{res['run']}")
         print(
@@ -158,29 +174,30 @@ def main() -> None:
             f"{'nll cloud':>9} {'nll edge':>9} {'own nll c':>9} {'own nll e':>9} {'FID c':>7} {'FID e':>7}"
         )
         for r in res["edges"]:
-            c, x = r["cloud"], r["edge_rule"]
+            c, x = r["cloud"], r["variant"]
             print(
                 f"{r['edge']:>4} {r['task'][:10]:<10} {r['tier']:<6} {c['sent']:<10} {x['sent']:<10} "
                 f"{x['kept']['kept']:<12} {c['nll_bpd']:>9.4f} {x['nll_bpd']:>9.4f} {c['own_nll_bpd']:>9.4f} "
                 f"{x['own_nll_bpd']:>9.4f} {c['fid']:>7.1f} {x['fid']:>7.1f}"
             )
     by_seed = {res["seed"]: res for res in results}
-    edge_cells = {s: _cell(r["edges"], "edge_rule") for s, r in by_seed.items()}
+    variant_cells = {s: _cell(r["edges"], "variant") for s, r in by_seed.items()}
     cloud_cells = {s: _cell(r["edges"], "cloud") for s, r in by_seed.items()}
     out: dict[str, Any] = {
+        "variant": {"delivery_choice": args.choice, "converge": args.converge},
         "runs": [r["run"] for r in results],
         "edges": sum(len(r["edges"]) for r in results),
-        "kept_upload": sum(r["edge_rule"]["kept"]["kept"] == "upload" for res in results for r in res["edges"]),
+        "kept_upload": sum(r["variant"]["kept"]["kept"] == "upload" for res in results for r in res["edges"]),
         "cloud_sent_upload": sum(r["cloud"]["sent"] == "upload" for res in results for r in res["edges"]),
         "mb_down": {
             side: round(sum(r[side]["bytes"] for res in results for r in res["edges"]) / 1e6, 3)
-            for side in ("cloud", "edge_rule")
+            for side in ("cloud", "variant")
         },
         "mean": {
             side: {k: float(np.mean([c[k] for c in cells.values()])) for k in PER_EDGE + OWN}
-            for side, cells in (("cloud", cloud_cells), ("edge_rule", edge_cells))
+            for side, cells in (("cloud", cloud_cells), ("variant", variant_cells))
         },
-        "paired": {"edge_rule - cloud": paired_differences(edge_cells, cloud_cells, PER_EDGE + OWN, ())},
+        "paired": {"variant - cloud": paired_differences(variant_cells, cloud_cells, PER_EDGE + OWN, ())},
     }
     if args.study:
         study = json.loads((Path(args.study) / "study.json").read_text())
@@ -188,19 +205,20 @@ def main() -> None:
             if m == "baim":
                 continue
             theirs = {c["seed"]: c for c in study["cells"] if c["method"] == m and c["budget"] == args.budget}
-            theirs = {s: c for s, c in theirs.items() if s in edge_cells}
+            theirs = {s: c for s, c in theirs.items() if s in variant_cells}
             if not theirs:
                 continue
-            for side, cells in (("edge_rule", edge_cells), ("cloud", cloud_cells)):
+            for side, cells in (("variant", variant_cells), ("cloud", cloud_cells)):
                 out["paired"][f"{side} - {m}"] = paired_differences(cells, theirs, PER_EDGE, ()) | {
                     "seeds": sorted(theirs)
                 }
-        (Path(args.study) / "delivery_choice.json").write_text(json.dumps(out, indent=2) + "\n")
+        name = f"delivery_choice-{args.choice}{'-converge' if args.converge else ''}.json"
+        (Path(args.study) / name).write_text(json.dumps(out, indent=2) + "\n")
     print(
-        f"\nedges {out['edges']}: the cloud's rule sent {out['cloud_sent_upload']} their upload back; "
-        f"under the edge's rule {out['kept_upload']} kept their upload after personalising"
+        f"\nedges {out['edges']}: the run (cloud's rule) sent {out['cloud_sent_upload']} their upload back; "
+        f"under the variant {out['kept_upload']} kept their upload after personalising"
     )
-    print(f"MB down: cloud's rule {out['mb_down']['cloud']}, edge's rule {out['mb_down']['edge_rule']}")
+    print(f"MB down: the run {out['mb_down']['cloud']}, the variant {out['mb_down']['variant']}")
     print("\npaired differences (95 % bootstrap over seeds, then edges; negative: the first lower):")
     for name, d in out["paired"].items():
         print(

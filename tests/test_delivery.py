@@ -296,3 +296,33 @@ def test_delivery_choice_is_checked_and_old_presets_keep_the_clouds():
         get_preset("smoke").with_overrides(delivery_choice="both")
     stored = {k: v for k, v in get_preset("quick").to_dict().items() if k != "delivery_choice"}
     assert Preset.from_dict(stored).delivery_choice == "cloud"  # a preset stored before the setting
+
+
+def test_delivery_trainings_converge_when_the_clouds_recipe_does(setup, monkeypatch):
+    """At a converging budget the cut's fine-tune and the distillation stop early on the task's
+    common validation images (cap: the recipe's epochs), like the controls' fine-tunes; without
+    validation images, their few fixed epochs."""
+    from dataclasses import replace
+
+    import baim.cloud.delivery as delivery
+
+    model, learners = setup
+    seen = []
+    real_fit = delivery.fit
+
+    def spy(student, data, recipe, objective, **kw):
+        seen.append((recipe.epochs, recipe.patience, kw.get("validate") is not None))
+        return real_fit(student, data, recipe, objective, **kw)
+
+    monkeypatch.setattr(delivery, "fit", spy)
+    converging = replace(RECIPE, epochs=4, patience=1)
+    budget = budget_bytes("1.25", compact_bytes(learners[1]))
+    d = Deliveries(model, COMMON, converging, common_val={0: VAL, 1: VAL}).deliver(1, 0, learners[1], budget, VAL)
+    assert seen == [(4, 1, True)]  # the distillation: early stopping on validation, capped at 4
+    cut = d.candidates["budgeted"]
+    assert 1 <= len(cut["finetune_loss"]) <= 4, cut
+    seen.clear()
+    fixed = Deliveries(model, COMMON, converging).deliver(1, 0, learners[1], budget, VAL)  # no validation images
+    assert seen == [(delivery.DISTILL_EPOCHS, 0, False)]
+    cut = fixed.candidates["budgeted"]
+    assert len(cut["finetune_loss"]) == delivery.FINETUNE_EPOCHS, cut

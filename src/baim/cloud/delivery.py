@@ -126,10 +126,22 @@ class Deliveries:
     lossless model of a task, a task's cut at one budget) are built once.
 
     ``common``: task index → the task's common images (training part, uint8); ``recipe``:
-    the cloud's (its β, rate and the gentle scale for trained weights)."""
+    the cloud's (its β, rate and the gentle scale for trained weights). ``common_val``: task
+    index → the common data's validation images of the task; when the cloud's recipe converges
+    (``patience`` > 0, the study's ``converged`` budget), the cut's fine-tune and the
+    distillation converge too, on these (cap: the recipe's epochs), instead of their few fixed
+    epochs: the controls that fine-tune an upload on the common data converge, so must these."""
 
-    def __init__(self, baim: BAIM, common: dict[int, np.ndarray], recipe: Recipe, seed: int = 0):
+    def __init__(
+        self,
+        baim: BAIM,
+        common: dict[int, np.ndarray],
+        recipe: Recipe,
+        seed: int = 0,
+        common_val: dict[int, np.ndarray] | None = None,
+    ):
         self.baim, self.common, self.recipe, self.seed = baim, common, recipe, seed
+        self.common_val = common_val or {}
         self._lossless: dict[int, BAIM] = {}
         self._budgeted: dict[tuple[int, int], tuple[BAIM, dict[str, Any]] | str] = {}
 
@@ -270,9 +282,17 @@ class Deliveries:
         except ConfigError as exc:
             return str(exc)
         cut = with_prior(cut, _rank(cut))
-        recipe = replace(self.recipe, epochs=FINETUNE_EPOCHS, patience=0, seed=self.seed)
+        recipe, val = self._recipe(task, FINETUNE_EPOCHS)
         tasks = np.zeros(len(images), dtype=np.int64)
-        log = train_baim(cut, images, tasks, recipe, label="budgeted", pretrained=set(range(len(cut.learners))))
+        log = train_baim(
+            cut,
+            images,
+            tasks,
+            recipe,
+            label="budgeted",
+            pretrained=set(range(len(cut.learners))),
+            val=None if val is None else (val, np.zeros(len(val), dtype=np.int64)),
+        )
         fit_priors(cut, images, tasks, self.seed)
         keep = ("kept_learners", "dropped_learners", "feeders", "kept_connections", "lossless_bytes")
         return cut, {k: report[k] for k in keep} | {
@@ -300,16 +320,21 @@ class Deliveries:
             loss, mse, kld = vae_loss(y_hat, y, mu, logvar, beta)
             return Loss(loss, {"loss": loss, "mse": mse, "kld": kld})
 
-        recipe = replace(
-            self.recipe,
-            epochs=DISTILL_EPOCHS,
-            lr=self.recipe.lr * self.recipe.trained_lr_scale,
-            patience=0,
-            seed=self.seed,
-        )
+        recipe, val = self._recipe(task, DISTILL_EPOCHS)
+        recipe = replace(recipe, lr=self.recipe.lr * self.recipe.trained_lr_scale)
         keep = [student] if self.recipe.keep_norm_stats else []
-        fit(student, (inputs, targets), recipe, objective, keep_eval=keep, label="distill")
+        validate = None if val is None else (lambda m: self._loss(m, val))
+        fit(student, (inputs, targets), recipe, objective, keep_eval=keep, validate=validate, label="distill")
         return student
+
+    def _recipe(self, task: int, fixed_epochs: int) -> tuple[Recipe, np.ndarray | None]:
+        """A delivery training's recipe and validation images: ``fixed_epochs`` without early
+        stopping; or, when the cloud's recipe converges and the task has common validation
+        images, early stopping on them with the cloud's patience and cap."""
+        val = self.common_val.get(task)
+        if self.recipe.patience and val is not None and len(val):
+            return replace(self.recipe, seed=self.seed), val
+        return replace(self.recipe, epochs=fixed_epochs, patience=0, seed=self.seed), None
 
     def _loss(self, model: StagedVAE | BAIM, images: np.ndarray) -> float:
         return reconstruction_metrics(model, images, 0, self.recipe.kld_weight, seed=self.seed)["test_loss"]
@@ -336,8 +361,14 @@ def deliver_all(
     ``edges`` by its accepted upload in ``uploads`` and its validation slice; an edge with no
     accepted upload has nothing to be budgeted by, and gets the lossless model of its task."""
     images, tasks = common_data(layout, ds)
+    val, val_tasks = common_data(layout, ds, val=True)
+    n = len(layout.tasks)
     deliveries = Deliveries(
-        baim, {t: images[tasks == t] for t in range(len(layout.tasks))}, layout.settings.cloud, seed
+        baim,
+        {t: images[tasks == t] for t in range(n)},
+        layout.settings.cloud,
+        seed,
+        {t: val[val_tasks == t] for t in range(n)},
     )
     out = {}
     for e in edges:
