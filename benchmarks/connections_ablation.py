@@ -46,10 +46,11 @@ os.environ.setdefault("BAIM_QUIET", "1")
 
 from baim.atomic import write_json  # noqa: E402
 from baim.config import RunConfig  # noqa: E402
-from baim.engines import run  # noqa: E402
 from baim.errors import BaimError, RunConfigMismatch, RunDirBusy  # noqa: E402
 from baim.models.io import MANIFEST  # noqa: E402
 from baim.runfiles import RunFiles  # noqa: E402
+from baim.transport import ByteLedger, InProcessTransport  # noqa: E402
+from baim.workflow import Workflow, edge_nodes, prepare  # noqa: E402
 
 PAPER = {"prune_interval": 10, "prune_ratio": 0.1}
 AGGRESSIVE = {"prune_interval": 1, "prune_ratio": 0.5}
@@ -116,18 +117,33 @@ def figures(run_dir: Path, summary: dict) -> dict[str, Any]:
     }
 
 
+# What a cell measures is the BAIM and its lossless compact models; what edges are sent and how
+# their models score is another question (the study's), so the edges get the lossless models
+# (no per-edge delivery to choose) and their models are not evaluated. Cells made before this
+# (2026-12-06) ran both; their BAIM numbers are the same, they only took longer.
+LEAN = {"download_budget": "none"}
+
+
+def run_lean(run_dir: Path, cfg: RunConfig) -> dict:
+    """The workflow in process, without the edges' evaluation (``evaluated=()``)."""
+    rd, layout, ds, _ = prepare(run_dir, cfg)
+    ledger = ByteLedger()
+    nodes = edge_nodes(rd, layout, ds, cfg.seed)
+    return Workflow(rd, layout, ds, InProcessTransport(nodes, ledger), ledger, cfg, evaluated=()).run()
+
+
 def run_cells(out: Path, preset: str, seeds: list[int], plan: dict[str, tuple[dict, str]]) -> None:
     for label, (overrides, _) in plan.items():
         for seed in seeds:
             cell = out / "cells" / f"{label}-seed-{seed}.json"
             if cell.is_file():
                 continue
-            cfg = RunConfig(preset=preset, seed=seed, strategies=("finetune",), overrides=overrides)
+            cfg = RunConfig(preset=preset, seed=seed, strategies=("finetune",), overrides=overrides | LEAN)
             run_dir = out / "runs" / f"seed-{seed}" / label
             print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {label} → {run_dir}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             try:
-                summary = run(run_dir, cfg)
+                summary = run_lean(run_dir, cfg)
                 record: dict[str, Any] = {"ok": True, **figures(run_dir, summary)}
             except (RunConfigMismatch, RunDirBusy) as exc:  # this process cannot resume it: not the cell's result
                 print(f"  skipped, not recorded: {exc}", file=sys.stderr)
