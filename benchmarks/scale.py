@@ -202,6 +202,8 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
         "edges": n,
         "preset": args.preset,
         "download_budget": cfg.overrides.get("download_budget"),
+        # the run's own download budget (the preset's, unless overridden): what the scaling model assumes
+        "budgeted": budgeted(run),
         "edges_per_task": [sum(1 for e in layout.edges if e.task == t) for t in range(len(layout.tasks))],
         "upload_per_edge": sum(v["up"] for v in per_edge.values()) / n,
         "download_per_edge": sum(v["down"] for v in per_edge.values()) / n,
@@ -219,6 +221,21 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, Any]:
             max(progress.data["rss_kb"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024, 1
         ),
     }
+
+
+def budgeted(run: Run) -> bool:
+    """Whether the run's deliveries had a byte budget (what the scaling model assumes)."""
+    deliveries = run.result("deployment").get("deliveries", {})
+    return any(d.get("budget_bytes") is not None for d in deliveries.values())
+
+
+def read_row(path: Path) -> dict[str, Any]:
+    """A finished N's record; one written before records said whether the run was budgeted
+    learns it from its run folder."""
+    row = json.loads(path.read_text())
+    if "budgeted" not in row:
+        row["budgeted"] = budgeted(Run(path.parent))
+    return row
 
 
 def one(n: int, args: argparse.Namespace) -> Path:
@@ -267,7 +284,7 @@ def main() -> None:
         raise SystemExit(f"--edges takes positive edge counts separated by commas, got {args.edges!r}")
     if args.download_budget is not None and not budget_supported():
         print(f"--download-budget {args.download_budget} ignored: this baim's presets have no download_budget")
-    rows = [json.loads(one(n, args).read_text()) for n in ns]
+    rows = [read_row(one(n, args)) for n in ns]
     report(rows, Path(args.out))
 
 

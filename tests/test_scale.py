@@ -110,6 +110,18 @@ def test_fit_measured_recovers_the_model_it_was_drawn_from():
     assert set(fit["measured"]) == {"12", "36", "96"}
 
 
+def test_fit_measured_of_budgeted_runs_has_no_squad_share():
+    """With a download budget an edge's download is bounded by its own upload: the table's
+    model is ρ·b per edge, whatever N; φ is not defined."""
+    rows = [_row(n, phi=0.25, b=1000.0, c=5000.0) | {"budgeted": True, "download_per_edge": 1010.0} for n in (10, 100)]
+    fit = fit_measured(rows)
+    v = fit["values"]
+    assert v["phi"] is None and v["table_phi"] is None and v["table_rho"] == pytest.approx(1.01)
+    assert fit["by_edges"]["10000"]["table_download_per_edge"] == pytest.approx(1010.0)
+    assert fit["by_edges"]["10000"]["download_per_edge"] == pytest.approx(1010.0, rel=1e-6)
+    assert v["download_exponent"] == pytest.approx(0.0, abs=1e-9)
+
+
 @pytest.mark.integration
 @pytest.mark.timeout(2400)  # about 4 CPU minutes; far longer on a shared machine
 def test_scale_benchmark_smoke(tmp_path):

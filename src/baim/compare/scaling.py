@@ -282,16 +282,29 @@ def fit_measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
     squares and φ read off the slope. Beside it, what the table predicts from the smallest run
     alone (its φ and c), and the exponent p of download per edge ∝ N^p between the extreme runs.
     Cloud seconds: a power law a·N^p fitted in log-log (the table assumes p = 1). Peak RSS: a
-    line in N."""
+    line in N.
+
+    Runs with a download budget (``budgeted``): an edge's download is bounded by its own
+    upload's bytes, not by its task's squad, so the table's model is ρ·b per edge (ρ: down
+    over up, read off the smallest run) and φ is not defined (None); the same line is fitted."""
     rows = sorted(rows, key=lambda r: r["edges"])
     ns = [float(r["edges"]) for r in rows]
     down = [float(r["download_per_edge"]) for r in rows]
     m = len(rows[0]["edges_per_task"])
     b = float(np.mean([r["upload_per_edge"] for r in rows]))
     c, slope = _least_squares(ns, down)
-    phi = (slope / b - 1 / m) / (1 - 1 / m) if m > 1 else 0.0
     first = rows[0]
-    phi0, c0 = compact_model(first["compact"], first["edges_per_task"], first["edges"], first["upload_per_edge"])
+    budgeted = bool(first.get("budgeted"))
+    phi: float | None = None  # budgeted: no squad to read a share of feeders from
+    if not budgeted:
+        phi = (slope / b - 1 / m) / (1 - 1 / m) if m > 1 else 0.0
+    phi0: float | None
+    c0: float | None
+    if budgeted:
+        phi0, c0 = None, None
+        rho0 = float(first["download_per_edge"]) / float(first["upload_per_edge"])
+    else:
+        phi0, c0 = compact_model(first["compact"], first["edges_per_task"], first["edges"], first["upload_per_edge"])
     secs = [max(float(r["cloud_seconds"]), 1e-6) for r in rows]
     if len(rows) > 1:
         p_cloud, log_a = np.polyfit(np.log(ns), np.log(secs), 1)
@@ -302,6 +315,8 @@ def fit_measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
     p_down = math.log(down[-1] / down[0]) / math.log(ns[-1] / ns[0]) if len(rows) > 1 and down[0] > 0 else 0.0
 
     def per_edge_table(n: float) -> float:
+        if phi0 is None or c0 is None:
+            return rho0 * float(first["upload_per_edge"])
         return compact_download([n / m] * m, phi0, first["upload_per_edge"], c0) / n
 
     points = sorted({*SCALES, *(r["edges"] for r in rows)})
@@ -309,18 +324,23 @@ def fit_measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "values": {
             "download_c": _num(c),
             "download_slope": _num(slope),
-            "phi": _num(phi),
+            "phi": None if phi is None else _num(phi),
             "download_exponent": _num(p_down),
-            "table_phi": _num(phi0),
-            "table_c": _num(c0),
+            "table_phi": None if phi0 is None else _num(phi0),
+            "table_c": None if c0 is None else _num(c0),
+            "table_rho": _num(rho0) if budgeted else None,
             "cloud_a": _num(a_cloud),
             "cloud_exponent": _num(float(p_cloud)),
             "rss_mb_a": _num(rss_a),
             "rss_mb_slope": _num(rss_b),
         },
         "formulas": {
-            "download_per_edge": "c + s·N = c + b·(1/M + φ·(1 − 1/M))·N, c and s by least squares",
-            "table_download_per_edge": "Σ_t n_t·(L_t·b + c₀)/N with φ₀, c₀ from the smallest run",
+            "download_per_edge": "c + s·N, c and s by least squares (a budget bounds it: no φ)"
+            if budgeted
+            else "c + s·N = c + b·(1/M + φ·(1 − 1/M))·N, c and s by least squares",
+            "table_download_per_edge": "ρ₀·b with ρ₀ = down/up of the smallest run (budgeted downloads)"
+            if budgeted
+            else "Σ_t n_t·(L_t·b + c₀)/N with φ₀, c₀ from the smallest run",
             "cloud_seconds": "a·N^p, fitted in log-log",
             "peak_rss_mb": "a + s·N",
         },
@@ -349,7 +369,12 @@ def scaling_figure(rows: list[dict[str, Any]], fit: dict[str, Any], path: Path) 
     v = fit["values"]
     m = len(rows[0]["edges_per_task"])
     first = rows[0]
-    table = [compact_download([n / m] * m, v["table_phi"], first["upload_per_edge"], v["table_c"]) / n for n in grid]
+    if v.get("table_rho") is not None:  # budgeted: the table's download per edge is ρ₀·b
+        table = [v["table_rho"] * first["upload_per_edge"] for _ in grid]
+    else:
+        table = [
+            compact_download([n / m] * m, v["table_phi"], first["upload_per_edge"], v["table_c"]) / n for n in grid
+        ]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     panels = (
         (
