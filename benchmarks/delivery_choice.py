@@ -189,6 +189,7 @@ def main() -> None:
         "edges": sum(len(r["edges"]) for r in results),
         "kept_upload": sum(r["variant"]["kept"]["kept"] == "upload" for res in results for r in res["edges"]),
         "cloud_sent_upload": sum(r["cloud"]["sent"] == "upload" for res in results for r in res["edges"]),
+        "variant_sent_upload": sum(r["variant"]["sent"] == "upload" for res in results for r in res["edges"]),
         "mb_down": {
             side: round(sum(r[side]["bytes"] for res in results for r in res["edges"]) / 1e6, 3)
             for side in ("cloud", "variant")
@@ -216,7 +217,8 @@ def main() -> None:
         (Path(args.study) / name).write_text(json.dumps(out, indent=2) + "\n")
     print(
         f"\nedges {out['edges']}: the run (cloud's rule) sent {out['cloud_sent_upload']} their upload back; "
-        f"under the variant {out['kept_upload']} kept their upload after personalising"
+        f"the variant sent {out['variant_sent_upload']}, and {out['kept_upload']} edges kept their upload after "
+        "personalising (only the edge's rule lets them)"
     )
     print(f"MB down: the run {out['mb_down']['cloud']}, the variant {out['mb_down']['variant']}")
     print("\npaired differences (95 % bootstrap over seeds, then edges; negative: the first lower):")
