@@ -89,7 +89,7 @@ def measure_run(root: Path, choice: str = "edge", converge: bool = False) -> dic
         for e in summary["edges"]:
             edge, task = int(e["edge"]), layout.edges[int(e["edge"])].task
             record = records[str(edge)]
-            folder = Path(scratch) / f"edge-{edge}"
+            folder = Path(scratch) / str(edge)  # a scratch copy of the edge
             shutil.copytree(run.files.edge(edge, "initial"), folder / "initial")
             shutil.copy(run.files.edge(edge) / "identity.pem", folder / "identity.pem")
             node = EdgeNode(edge, edge_layout, ds, folder, seed)
