@@ -35,6 +35,12 @@ QUALITY_KEYS = (
 OWN_KEYS = ("own_nll_bpd", "own_test_loss", "own_mse")
 
 
+def quality_of(metrics: dict) -> dict:
+    """A row's quality numbers from an evaluation: every ``QUALITY_KEYS``, and the ``OWN_KEYS``
+    where the layout gave the edge its own test set."""
+    return {k: metrics[k] for k in QUALITY_KEYS} | {k: metrics[k] for k in OWN_KEYS if k in metrics}
+
+
 @dataclass
 class Settings:
     """Rounds and epochs of the round-based methods (stored in compare.json). With
@@ -126,8 +132,7 @@ class Context:
             prior_images=self.local_images(edge) if prior_images is None else prior_images,
             own_test=self.own_test(edge),
         )
-        keys = QUALITY_KEYS + tuple(k for k in OWN_KEYS if k in ev.metrics)
-        return {"edge": edge, "task": name, **{k: ev.metrics[k] for k in keys}}
+        return {"edge": edge, "task": name, **quality_of(ev.metrics)}
 
     def own_test(self, edge: int) -> np.ndarray | None:
         """The edge's own test set (its class mix); None for a layout made without one."""

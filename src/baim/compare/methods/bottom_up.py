@@ -28,7 +28,7 @@ from ...runfiles import RunFiles
 from ...runview import Run
 from ...transport import ByteLedger, InProcessTransport
 from ...workflow import Metering, Workflow, edge_nodes, prepare
-from ..common import OWN_KEYS, QUALITY_KEYS, Context
+from ..common import Context, quality_of
 from ..measure import Meter, latency_ms
 from ..row import Compute, MethodRow, method_row
 
@@ -86,12 +86,6 @@ def _same_layout(ctx: Context, out: Path) -> None:
         raise WorkflowError(f"{RunFiles(out).layout} differs from the comparison's layout; use a fresh folder")
 
 
-def _quality(metrics: dict) -> dict:
-    """A row's quality numbers from the workflow's evaluation; the own-test ones where the
-    layout gave the edge its own test set."""
-    return {k: metrics[k] for k in QUALITY_KEYS + OWN_KEYS if k in QUALITY_KEYS or k in metrics}
-
-
 def _meter_sums(meter: dict, side: str, phases: tuple[str, ...]) -> tuple[float, int]:
     rows = [v for k, v in meter.items() if k.split("/")[0] == side and k.split("/")[1] in phases]
     return sum(r["cpu_s"] for r in rows), sum(r["flops"] for r in rows)
@@ -106,7 +100,7 @@ def run(ctx: Context, out: Path) -> MethodRow:
     ecpu, eflops = _meter_sums(m["meter"], "edge", EDGE_PHASES)
     ccpu, cflops = _meter_sums(m["meter"], "cloud", ("screening", "cloud_finetune", "partition", "deployment"))
     rows = [
-        {"edge": e["edge"], "task": e["task"], **_quality(e["models"]["personalized"])}
+        {"edge": e["edge"], "task": e["task"], **quality_of(e["models"]["personalized"])}
         for e in summary["edges"]
         if "personalized" in e["models"]
     ]
@@ -158,7 +152,7 @@ def run_local(ctx: Context, out: Path) -> MethodRow:
     run = Run(out)
     summary = run.summary()
     ecpu, eflops = _meter_sums(m["meter"], "edge", ("upload",))
-    rows = [{"edge": e["edge"], "task": e["task"], **_quality(e["models"]["initial"])} for e in summary["edges"]]
+    rows = [{"edge": e["edge"], "task": e["task"], **quality_of(e["models"]["initial"])} for e in summary["edges"]]
     latency, storage = [], 0
     for e in ctx.edges:
         storage += (run.files.edge(e, "initial") / WEIGHTS).stat().st_size
