@@ -111,6 +111,9 @@ class Preset:
     # validation images, else serves its upload. Why: an edge's upload, trained on its own mix,
     # often wins the comparison before personalisation, which would fit the others to that mix too.
     delivery_choice: str = "cloud"
+    # the edges' learning rate by tier, where it differs from ``edge.lr`` (``baim tune`` chooses
+    # it on validation data); every method that trains a tier's model from scratch uses it
+    tier_lr: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         parse_download_budget(self.download_budget)
@@ -127,6 +130,14 @@ class Preset:
         ):
             raise ConfigError(f"few_shot maps task names to image counts ≥ {MIN_FEW_SHOT}, got {self.few_shot!r}")
         object.__setattr__(self, "few_shot", dict(self.few_shot))  # a copy: the preset stays frozen
+        if not isinstance(self.tier_lr, dict) or any(
+            not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1
+            for k, v in self.tier_lr.items()
+        ):
+            raise ConfigError(f"tier_lr maps tier names to learning rates in (0, 1), got {self.tier_lr!r}")
+        if unknown := sorted(set(self.tier_lr) - set(self.tiers)):
+            raise ConfigError(f"tier_lr names tiers {unknown} this preset does not use; it has {list(self.tiers)}")
+        object.__setattr__(self, "tier_lr", {k: float(v) for k, v in self.tier_lr.items()})
         if not isinstance(self.cross_task_connections, bool):
             raise ConfigError(f"cross_task_connections is true or false, got {self.cross_task_connections!r}")
         if not isinstance(self.connections, bool):
@@ -138,6 +149,11 @@ class Preset:
             raise ConfigError(
                 f"projection_rank is an int in 0..4096 (0: exact projections), got {self.projection_rank!r}"
             )
+
+    def edge_recipe(self, tier: str | None = None) -> Recipe:
+        """The edges' recipe for a model of ``tier``: ``edge`` at the tier's own rate where
+        ``tier_lr`` names one (a tuned rate), else ``edge`` itself."""
+        return replace(self.edge, lr=self.tier_lr[tier]) if tier in self.tier_lr else self.edge
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values (a saved and reloaded preset compares equal)."""

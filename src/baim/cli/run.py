@@ -13,7 +13,9 @@ from .common import Formatter, Subparsers, console, data_args, edge_list, extrac
 def _cmd_run(args: argparse.Namespace) -> None:
     from ..config import RunConfig, default_extractor, run_overrides
     from ..engines import run
+    from ..study.tune import load_tuned
 
+    tuned, tuned_recipe = load_tuned(args.tuned) if args.tuned else ({}, None)
     cfg = RunConfig(
         preset=args.preset,
         seed=args.seed,
@@ -22,13 +24,14 @@ def _cmd_run(args: argparse.Namespace) -> None:
         fid_extractor=args.fid_extractor or default_extractor(args.dataset),
         engine=args.engine,
         strategies=tuple(args.strategies.split(",")),
-        cloud_recipe=args.cloud_recipe,
+        cloud_recipe=tuned_recipe or args.cloud_recipe,
         schedule=args.schedule,
         staleness=args.staleness,
         leave=args.leave,
         join_late=args.join_late,
         overrides=run_overrides(args.few_shot, not args.no_cross_task_connections)
-        | ({"download_budget": args.download_budget} if args.download_budget is not None else {}),
+        | ({"download_budget": args.download_budget} if args.download_budget is not None else {})
+        | tuned,
     )
     summary = run(args.out, cfg)
     console.print(
@@ -120,6 +123,12 @@ def add_run(sub: Subparsers, fmt: Formatter) -> None:
         metavar="TASK=N",
         help="keep only N of TASK's cloud common images (repeatable or comma-separated, e.g. tops=10,footwear=50); "
         "the dropped images go to nobody, so edges hold exactly what they hold in the full run",
+    )
+    sp.add_argument(
+        "--tuned",
+        default=None,
+        help="a tune.json from `baim tune`: its per-tier rates (and its cloud recipe, if it tuned one, over "
+        "--cloud-recipe)",
     )
     sp.add_argument(
         "--no-cross-task-connections",

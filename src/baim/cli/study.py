@@ -32,18 +32,56 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help="worker processes running cells at once, each with cores/jobs torch threads (about 6 GB each at quick)",
     )
     sp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one unit of a --jobs study
+    sp.add_argument(
+        "--tuned", default=None, help="a tune.json from `baim tune`: every method trains each tier at its chosen rate"
+    )
     sp.add_argument("--out", required=True, help="study folder (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_study)
 
+    tp = sub.add_parser(
+        "tune",
+        formatter_class=fmt,
+        help="choose the edges' learning rate per tier on validation data (for study/run --tuned)",
+    )
+    tp.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named run settings")
+    tp.add_argument("--seeds", default="0", help="comma-separated seeds (layouts) pooled in the choice")
+    tp.add_argument("--lrs", default="0.001,0.002,0.005,0.01", help="candidate rates (the preset's is always added)")
+    tp.add_argument("--cap", type=int, default=30, help="most epochs of a trial")
+    tp.add_argument("--patience", type=int, default=3, help="epochs without improvement before a trial stops")
+    tp.add_argument(
+        "--cloud",
+        default="",
+        help="then the cloud's recipe at the chosen rates, among these variants (gentle, paper, even-gates): "
+        "one converging workflow run per variant and seed",
+    )
+    tp.add_argument("--data-dir", default=None, help="folder of the data set (default: the installed one)")
+    tp.add_argument("--out", required=True, help="tuning folder (rerun the same command to resume)")
+    tp.set_defaults(func=_cmd_tune)
 
-def _cmd_study(args: argparse.Namespace) -> None:
+
+def _seeds(text: str) -> list[int]:
     from ..errors import ConfigError
-    from ..study import parse_budgets, run_study
 
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. 0,1,2") from None
+        raise ConfigError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from ..study.tune import parse_lrs, run_tune
+
+    seeds, lrs = tuple(_seeds(args.seeds)), parse_lrs(args.lrs)
+    cloud = tuple(c.strip() for c in args.cloud.split(",") if c.strip())
+    run_tune(args.out, args.preset, seeds, lrs, args.cap, args.patience, args.data_dir, cloud=cloud)
+    print((Path(args.out) / "tune.md").read_text())
+    print(f"wrote {Path(args.out) / 'tune.json'}; use it with `baim study --tuned` or `baim run --tuned`")
+
+
+def _cmd_study(args: argparse.Namespace) -> None:
+    from ..study import parse_budgets, run_study
+
+    seeds = _seeds(args.seeds)
     budgets = parse_budgets(args.budgets, args.cap, args.patience)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     result = run_study(
@@ -56,6 +94,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
         args.fid_extractor,
         jobs=args.jobs,
         worker=args.worker,
+        tuned=args.tuned,
     )
     if args.worker:
         if result.get("failed"):

@@ -110,9 +110,10 @@ class Context:
     def wire(self) -> Wire:
         return Wire(keep=self.keep_messages)
 
-    def recipe(self, seed_offset: int = 0) -> Recipe:
-        """The edges' recipe for a fixed number of epochs (see :meth:`converging`)."""
-        return replace(self.preset.edge.with_seed(self.seed + seed_offset), patience=0)
+    def recipe(self, seed_offset: int = 0, tier: str | None = None) -> Recipe:
+        """The edges' recipe for a fixed number of epochs (see :meth:`converging`), at ``tier``'s
+        tuned rate where the preset has one (``Preset.tier_lr``)."""
+        return replace(self.preset.edge_recipe(tier).with_seed(self.seed + seed_offset), patience=0)
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate_edge(self, edge: int, model: StagedVAE, prior_images: np.ndarray | None = None) -> dict:

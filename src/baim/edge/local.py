@@ -81,7 +81,7 @@ def train_edge(
     preset = layout.settings
     e = layout.edges[edge]
     model = build_learner(e.tier, ds, seed + 1000 * edge)
-    cfg = preset.edge.with_seed(seed + 1000 * edge)
+    cfg = preset.edge_recipe(e.tier).with_seed(seed + 1000 * edge)
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
     test = ds.test.load(layout.test[layout.task_names[e.task]])

@@ -56,11 +56,19 @@ def units(methods: tuple[str, ...]) -> list[tuple[str, ...]]:
 
 
 def worker_command(
-    out: Path, preset: str, seed: int, budget: Budget, unit: tuple[str, ...], data_dir: str | None, extractor: str
+    out: Path,
+    preset: str,
+    seed: int,
+    budget: Budget,
+    unit: tuple[str, ...],
+    data_dir: str | None,
+    extractor: str,
+    tuned: str | Path | None = None,
 ) -> list[str]:
     cmd = [sys.executable, "-m", "baim.cli", "study", "--worker", "--preset", preset, "--seeds", str(seed)]
     cmd += ["--budgets", budget.name, "--cap", str(budget.cap), "--patience", str(budget.patience)]
     cmd += ["--methods", ",".join(unit), "--fid-extractor", extractor, "--out", str(out)]
+    cmd += ["--tuned", str(tuned)] if tuned else []
     return cmd + (["--data-dir", data_dir] if data_dir else [])
 
 
@@ -73,6 +81,7 @@ def run_parallel(
     extractor: str,
     log: Any,
     after_each: Any,
+    tuned: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``todo`` (seed, budget, unit) in at most ``jobs`` workers; ``after_each()`` once a
     unit ends. Returns the units that failed, each with its log's tail and the log's path."""
@@ -89,7 +98,7 @@ def run_parallel(
             while pending and len(running) < jobs:
                 seed, budget, unit = pending.pop(0)
                 path = logs / f"seed-{seed}-budget-{budget.name}-{'+'.join(unit)}.log"
-                cmd = worker_command(out, preset, seed, budget, unit, data_dir, extractor)
+                cmd = worker_command(out, preset, seed, budget, unit, data_dir, extractor, tuned)
                 with path.open("ab") as sink:
                     proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
                 running[proc] = (seed, budget, unit, path, time.perf_counter())

@@ -35,7 +35,8 @@ def markdown(result: dict) -> str:
         f"# baim study: preset {result['preset']}, seeds {result['seeds']}, budgets {result['budgets']}",
         "",
         f"converged: early stopping on each method's own validation data, patience {result['converged']['patience']}, "
-        f"cap {result['converged']['cap']}. Means over seeds of the means over edges.",
+        f"cap {result['converged']['cap']}. Means over seeds of the means over edges. Edges' learning rate: "
+        + (f"tuned per tier {result['tier_lr']} (`baim tune`)" if result.get("tier_lr") else "the preset's"),
         "",
         "| budget | method | seeds | nll (bpd) | MSE | FID | KID | MB up | MB down | edge GFLOP | cloud GFLOP |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

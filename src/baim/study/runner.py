@@ -30,6 +30,7 @@ from ..runfiles import RunFiles
 from .budget import Budget
 from .paired import paired_differences
 from .parallel import run_parallel, units
+from .tune import load_tuned
 
 # the issue's set first (controls early: they are cheap and reuse baim's uploads), then the
 # FedAvg variants at a fairer capacity and with a fine-tune on the common data
@@ -103,11 +104,14 @@ def run_study(
     log: Any = None,
     jobs: int = 1,
     worker: bool = False,
+    tuned: str | Path | None = None,
 ) -> dict[str, Any]:
     """Every cell not yet on disk, then ``study.json``/``study.md``/figures from all cells.
     ``jobs`` > 1: the cells in that many worker processes (:mod:`baim.study.parallel`);
-    ``worker``: one such worker (its cells only; no pairing with baim, no report)."""
+    ``worker``: one such worker (its cells only; no pairing with baim, no report). ``tuned``:
+    a ``tune.json`` whose per-tier rates every method trains with (:mod:`baim.study.tune`)."""
     out = Path(out)
+    tuned_cfg = load_tuned(tuned) if tuned else ({}, None)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
@@ -120,18 +124,19 @@ def run_study(
     get_extractor(extractor)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
+    _check_tuned(out, preset, seeds, budgets, tuned_cfg, tuned)
     todo = [(s, b, m) for s in seeds for b in budgets for m in methods]
     done = sum((cell_dir(out, s, b) / "methods" / f"{m}.json").is_file() for s, b, m in todo)
     log(f"study {out}: {len(todo)} cells, {done} done")
     if jobs > 1 and not worker:
-        return _run_in_workers(out, preset, seeds, budgets, methods, data_dir, extractor, jobs, log)
+        return _run_in_workers(out, preset, seeds, budgets, methods, data_dir, extractor, jobs, log, tuned)
     t_start, measured = time.perf_counter(), 0
     failed: list[dict] = []
     result: dict[str, Any] = {}
     for s in seeds:
         layouts = []
         for b in budgets:
-            cfg = RunConfig(preset=preset, seed=s, data_dir=data_dir, fid_extractor=extractor, overrides=b.overrides())
+            cfg = _config(preset, s, b, data_dir, extractor, tuned_cfg)
             d = cell_dir(out, s, b)
             ctx = None
             for m in methods:
@@ -179,6 +184,7 @@ def _run_in_workers(
     extractor: str,
     jobs: int,
     log: Any,
+    tuned: str | Path | None = None,
 ) -> dict[str, Any]:
     """The missing cells in ``jobs`` worker processes; each seed's layout is made here first
     (once, before any worker reads it), and every budget of a seed checked to share it."""
@@ -187,7 +193,7 @@ def _run_in_workers(
         layouts = []
         for b in budgets:
             d = cell_dir(out, s, b)
-            cfg = RunConfig(preset=preset, seed=s, data_dir=data_dir, fid_extractor=extractor, overrides=b.overrides())
+            cfg = _config(preset, s, b, data_dir, extractor, load_tuned(tuned) if tuned else ({}, None))
             if not RunFiles(d).layout.is_file():
                 make_context(d, cfg, b.settings(cfg.resolved_preset()))
             layouts.append(json.loads(RunFiles(d).layout.read_text()))
@@ -204,12 +210,53 @@ def _run_in_workers(
         extractor,
         log,
         lambda: gather(out, preset, seeds, budgets, methods),
+        tuned,
     )
     result = gather(out, preset, seeds, budgets, methods)
     if failed:
         result["failed"] = failed
         write_json(out / "study.json", result)
     return result
+
+
+Tuned = tuple[dict[str, Any], str | None]  # load_tuned's preset overrides and cloud recipe
+
+
+def _config(preset: str, seed: int, budget: Budget, data_dir: str | None, extractor: str, tuned: Tuned) -> RunConfig:
+    """A cell's run config: the budget's overrides, and what ``baim tune`` chose where given."""
+    overrides, recipe = tuned
+    return RunConfig(
+        preset=preset,
+        seed=seed,
+        data_dir=data_dir,
+        fid_extractor=extractor,
+        cloud_recipe=recipe or "gentle",
+        overrides=budget.overrides() | overrides,
+    )
+
+
+# the preset fields a tuning may change (budgets change only epochs and patience)
+TUNED_FIELDS = ("tier_lr", "gate_init_from_screening", "personalize")
+
+
+def _check_tuned(
+    out: Path, preset: str, seeds: list[int], budgets: list[Budget], tuned_cfg: Tuned, tuned: str | Path | None
+) -> None:
+    """A study folder holds one tuning: cells made with other rates or cloud recipe (or none)
+    are not mixed with new ones (a cell's layout stores the preset it was made with)."""
+    for s in seeds:
+        for b in budgets:
+            path = RunFiles(cell_dir(out, s, b)).layout
+            if path.is_file():
+                want = _config(preset, s, b, None, "domain", tuned_cfg).resolved_preset().to_dict()
+                had = json.loads(path.read_text()).get("preset", {})
+                differ = [k for k in TUNED_FIELDS if had.get(k, {} if k == "tier_lr" else None) != want[k]]
+                if differ:
+                    given = f"--tuned {tuned}" if tuned else "this call (no --tuned)"
+                    raise ConfigError(
+                        f"{out}: seed {s} budget {b.name} was made with other {', '.join(differ)} than {given} "
+                        "asks for; use a new --out (or the same --tuned) so one study holds one tuning"
+                    )
 
 
 def _drop_unmeasured_run(d: Path, method: str, log: Any) -> None:
@@ -261,6 +308,10 @@ def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], meth
         "seeds": seeds,
         "budgets": [b.name for b in budgets],
         "converged": {"cap": budgets[0].cap, "patience": budgets[0].patience},
+        "tier_lr": next(
+            (json.loads(p.read_text())["preset"].get("tier_lr", {}) for p in sorted(out.glob("seed-*/*/layout.json"))),
+            {},
+        ),
         "methods": list(methods),
         "definitions": {
             "nll_bpd": "IWAE bound (k = 64) on the test negative log-likelihood, bits per dimension, first 64 test "

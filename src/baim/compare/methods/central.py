@@ -62,7 +62,7 @@ def teachers(ctx: Context, meter: Meter, pooled: dict[int, np.ndarray]) -> dict[
     for t, x in pooled.items():
         with meter.cloud("teacher"):
             model = build(tier, ctx.ds, ctx.seed + 500 + t)
-            recipe = ctx.converging(ctx.recipe(500 + t), ctx.settings.central_epochs)
+            recipe = ctx.converging(ctx.recipe(500 + t, tier), ctx.settings.central_epochs)
             train_vae(model, x, recipe, recipe.epochs, val=val[val_tasks == t] if recipe.patience else None)
         models[t] = model
     cpu1, flops1 = meter.totals("cloud", ("teacher",))
@@ -148,7 +148,7 @@ def run_kd(ctx: Context) -> MethodRow:
             with meter.cloud("distill"):
                 teacher = models[t]
                 student = build(ctx.tier_of(e), ctx.ds, ctx.seed + 1000 * e + 1)
-                recipe = ctx.converging(ctx.recipe(1000 * e + 1), ctx.settings.central_epochs)
+                recipe = ctx.converging(ctx.recipe(1000 * e + 1, ctx.tier_of(e)), ctx.settings.central_epochs)
                 task_val = val[val_tasks == t] if recipe.patience else None
 
                 @torch.no_grad()

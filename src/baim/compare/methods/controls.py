@@ -159,14 +159,14 @@ def run_broadcast(ctx: Context, out: Path, within_budget: bool = False) -> Metho
                 if best not in tuned:
                     with meter.cloud("cloud_finetune"):
                         model = copy.deepcopy(uploads[best])
-                        recipe = ctx.converging(ctx.recipe(600 + t), _cloud_epochs(ctx))
+                        recipe = ctx.converging(ctx.recipe(600 + t, model.spec.tier), _cloud_epochs(ctx))
                         task_val = val[val_tasks == t] if recipe.patience else None
                         train_vae(model, x, recipe, recipe.epochs, opt=_trained_rate_opt(ctx, model), val=task_val)
                     tuned[best] = model
                     cloud_bytes += model_bytes(uploads[best]) + model_bytes(model)
                 received = _deliver(ctx, wire, meter, e, tuned[best], "broadcast model")
                 with meter.edge("personalization"):
-                    recipe = ctx.recipe(1000 * e + 3)
+                    recipe = ctx.recipe(1000 * e + 3, received.spec.tier)
                     train_vae(
                         received,
                         ctx.local_images(e),
@@ -220,7 +220,7 @@ def run_cloud_only(ctx: Context) -> MethodRow:
                 continue
             with meter.cloud("training"):
                 model = build(tier, ctx.ds, ctx.seed + 800 + t)
-                recipe = ctx.converging(ctx.recipe(800 + t), ctx.settings.central_epochs)
+                recipe = ctx.converging(ctx.recipe(800 + t, tier), ctx.settings.central_epochs)
                 task_val = val[val_tasks == t] if recipe.patience else None
                 train_vae(model, common[tasks == t], recipe, recipe.epochs, val=task_val)
             cloud_bytes += model_bytes(model)
@@ -259,7 +259,7 @@ def run_ensemble_distill(ctx: Context, out: Path) -> MethodRow:
                     return torch.stack([m.decode(m.encode(x)[0]) for m in teachers]).mean(0)
 
                 student = build(ctx.tier_of(e), ctx.ds, ctx.seed + 1000 * e + 5)
-                recipe = ctx.converging(ctx.recipe(1000 * e + 5), ctx.settings.central_epochs)
+                recipe = ctx.converging(ctx.recipe(1000 * e + 5, ctx.tier_of(e)), ctx.settings.central_epochs)
                 task_val = val[val_tasks == t] if recipe.patience else None
                 train_vae(
                     student, common[tasks == t], recipe, recipe.epochs, target=target, recon_weight=0.5, val=task_val

@@ -103,7 +103,8 @@ def _fedavg_round(
         with meter.edge("rounds"):
             local[e].load_state_dict(got.tensors)  # in place: the edge's optimiser still holds its weights
             x = ctx.local_images(e)
-            opts[e] = train_vae(local[e], x, ctx.recipe(1000 * e + r), E, first_epoch=r * E, opt=opts.get(e))
+            recipe = ctx.recipe(1000 * e + r, local[e].spec.tier)
+            opts[e] = train_vae(local[e], x, recipe, E, first_epoch=r * E, opt=opts.get(e))
             up = Message("fedavg.update", {"round": r, "samples": len(x)}, plain_state(local[e]))
         got = wire.up(e, up, "rounds")
         with meter.cloud("rounds"):
@@ -148,7 +149,7 @@ def run_fedavg(ctx: Context, capacity: str = "smallest", finetune: bool = False)
                         opts[e] = train_vae(
                             local[e],
                             ctx.local_images(e),
-                            ctx.recipe(1000 * e + r),
+                            ctx.recipe(1000 * e + r, local[e].spec.tier),
                             E,
                             first_epoch=r * E,
                             opt=opts.get(e),
@@ -209,7 +210,7 @@ def _finetune_globals(ctx: Context, wire: Any, meter: Meter, global_models: dict
     epochs = ctx.preset.personalize.epochs if not ctx.settings.patience else ctx.settings.central_epochs
     for t, model in global_models.items():
         with meter.cloud("finetune"):
-            recipe = ctx.converging(ctx.recipe(900 + t), epochs)
+            recipe = ctx.converging(ctx.recipe(900 + t, model.spec.tier), epochs)
             train_vae(
                 model, common[tasks == t], recipe, recipe.epochs, val=val[val_tasks == t] if recipe.patience else None
             )
@@ -269,7 +270,7 @@ def run_fd(ctx: Context) -> MethodRow:
                     opts[e] = train_vae(
                         models[e],
                         ctx.local_images(e),
-                        ctx.recipe(1000 * e),
+                        ctx.recipe(1000 * e, models[e].spec.tier),
                         E,
                         first_epoch=r * E,
                         extra=extra,

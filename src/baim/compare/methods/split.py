@@ -68,7 +68,7 @@ def run_sl(ctx: Context) -> MethodRow:
     t0 = time.perf_counter()
     with meter.counting():
         for e, m in models.items():
-            recipe = replace(ctx.recipe(1000 * e), epochs=epochs)
+            recipe = replace(ctx.recipe(1000 * e, ctx.tier_of(e)), epochs=epochs)
             val = ctx.val_images(e)
             stopper = EarlyStopping(ctx.settings.patience) if ctx.settings.patience and len(val) else None
             with meter.edge("training"):

@@ -1,0 +1,178 @@
+"""``baim tune``: per-tier learning rates chosen on validation data only, and every method
+training a tier's model at the chosen rate (``Preset.tier_lr``)."""
+
+import json
+
+import pytest
+
+from baim.compare.common import Context, Settings
+from baim.config import RunConfig
+from baim.errors import ConfigError
+from baim.presets import get_preset
+from baim.study.budget import parse_budgets
+from baim.study.parallel import worker_command
+from baim.study.tune import load_tuned, parse_lrs, run_tune, summarise
+
+
+def test_tier_lr_gives_a_tier_its_own_rate_and_leaves_the_others_alone():
+    quick = get_preset("quick").with_overrides(tier_lr={"large": 0.002})
+    assert quick.edge_recipe("large").lr == 0.002
+    assert quick.edge_recipe("small").lr == quick.edge.lr == 0.005
+    assert quick.edge_recipe(None) == quick.edge
+    ctx = Context(RunConfig(), None, None, quick, Settings(rounds=1, local_epochs=1, sl_epochs=1, central_epochs=1))
+    assert ctx.recipe(7, "large").lr == 0.002 and ctx.recipe(7, "small").lr == 0.005
+    assert ctx.recipe(7, "large").patience == 0
+
+
+@pytest.mark.parametrize(
+    ("tier_lr", "match"),
+    [({"huge": 0.01}, "does not use"), ({"large": 0.0}, "learning rates"), ({"large": True}, "learning rates")],
+)
+def test_bad_tier_lr_is_refused_with_what_is_allowed(tier_lr, match):
+    with pytest.raises(ConfigError, match=match):
+        get_preset("quick").with_overrides(tier_lr=tier_lr)
+
+
+def test_a_run_config_carries_tier_lr_into_its_preset():
+    cfg = RunConfig(preset="quick", overrides={"tier_lr": {"medium": 0.01}})
+    assert cfg.resolved_preset().edge_recipe("medium").lr == 0.01
+
+
+def _trials(vals):
+    return [
+        {"seed": s, "tier": tier, "lr": lr, "edge": e, "val_loss": v, "best_epoch": 5}
+        for (s, tier, lr, e), v in vals.items()
+    ]
+
+
+def test_summarise_picks_the_lowest_mean_validation_loss_per_tier_and_pairs_it_with_the_default():
+    vals = {
+        (0, "large", 0.002, 0, 0.030),
+        (0, "large", 0.002, 1, 0.032),
+        (0, "large", 0.005, 0, 0.034),
+        (0, "large", 0.005, 1, 0.031),
+        (0, "small", 0.002, 2, 0.040),
+        (0, "small", 0.005, 2, 0.030),
+    }
+    trials = _trials({k[:4]: k[4] for k in vals})
+    r = summarise(trials, "quick", [0], (0.002, 0.005), 0.005, 30, 3)
+    assert r["tiers"]["large"]["chosen"] == 0.002
+    assert r["tiers"]["large"]["gain_vs_default"] == pytest.approx(((0.030 - 0.034) + (0.032 - 0.031)) / 2)
+    assert r["tiers"]["large"]["better_on"] == 1 and r["tiers"]["large"]["pairs"] == 2
+    assert r["tiers"]["small"]["chosen"] == 0.005
+    assert r["tier_lr"] == {"large": 0.002}  # only tiers whose rate differs from the default
+
+
+def test_a_tie_keeps_the_rate_nearer_the_default():
+    trials = _trials({(0, "small", 0.001, 0): 0.03, (0, "small", 0.005, 0): 0.03, (0, "small", 0.01, 0): 0.03})
+    assert summarise(trials, "quick", [0], (0.001, 0.005, 0.01), 0.005, 30, 3)["tier_lr"] == {}
+
+
+@pytest.mark.parametrize("text", ["", "0", "0.01,0.01", "x", "1.5"])
+def test_bad_candidate_rates_are_refused(text):
+    with pytest.raises(ConfigError, match="--lrs"):
+        parse_lrs(text)
+
+
+def test_load_tuned_names_the_file_and_the_fix(tmp_path):
+    with pytest.raises(ConfigError, match="baim tune"):
+        load_tuned(tmp_path / "missing.json")
+    for bad in ("[1, 2]", '{"tier_lr": {}, "cloud": {"cloud_recipe": "harsh", "overrides": {}}}'):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(ConfigError, match="not a tune.json"):
+            load_tuned(tmp_path / "bad.json")
+    (tmp_path / "tune.json").write_text(json.dumps({"tier_lr": {"large": 0.002}}))
+    assert load_tuned(tmp_path / "tune.json") == ({"tier_lr": {"large": 0.002}}, None)
+    cloud = {"chosen": "even-gates", "cloud_recipe": "gentle", "overrides": {"gate_init_from_screening": False}}
+    (tmp_path / "tune.json").write_text(json.dumps({"tier_lr": {}, "cloud": cloud}))
+    assert load_tuned(tmp_path / "tune.json") == ({"gate_init_from_screening": False}, "gentle")
+
+
+def test_study_workers_get_the_tuned_rates(tmp_path):
+    (budget,) = parse_budgets("converged")
+    cmd = worker_command(tmp_path, "quick", 0, budget, ("fedavg",), None, "domain", tmp_path / "tune.json")
+    assert cmd[cmd.index("--tuned") + 1] == str(tmp_path / "tune.json")
+    assert "--tuned" not in worker_command(tmp_path, "quick", 0, budget, ("fedavg",), None, "domain")
+
+
+def test_tune_on_smoke_trains_every_trial_once_never_reads_test_data_and_resumes(tmp_path, monkeypatch):
+    from baim.data import load_dataset as real_load
+    from baim.study import tune
+
+    def no_test(name, data_dir=None):
+        ds = real_load(name, data_dir)
+
+        def refuse(*a, **k):
+            raise AssertionError("tuning read the test split")
+
+        monkeypatch.setattr(ds.test, "load", refuse)
+        return ds
+
+    monkeypatch.setattr(tune, "load_dataset", no_test)
+    r = run_tune(tmp_path, "smoke", (0,), (0.002,), cap=2, patience=1)
+    edges = get_preset("smoke").num_edges
+    assert len(r["trials"]) == 2 * edges  # 0.002 and the default 0.005, every edge (one tier)
+    assert r["tiers"]["small"]["chosen"] in (0.002, 0.005)
+    assert all(1 <= t["best_epoch"] <= t["epochs"] <= 2 for t in r["trials"])
+    assert (tmp_path / "tune.md").read_text().startswith("# baim tune")
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr(tune, "train_learner", no_training)
+    again = run_tune(tmp_path, "smoke", (0,), (0.002,), cap=2, patience=1)
+    assert again["tiers"] == r["tiers"]
+
+
+def test_a_study_folder_refuses_cells_of_another_tuning(tmp_path):
+    from baim.study.runner import _check_tuned, _config, cell_dir
+
+    (budget,) = parse_budgets("4")
+    d = cell_dir(tmp_path, 0, budget)
+    d.mkdir(parents=True)
+    tuned = ({"tier_lr": {"large": 0.002}}, None)
+    made = _config("quick", 0, budget, None, "domain", tuned).resolved_preset().to_dict()
+    (d / "layout.json").write_text(json.dumps({"preset": made}))
+    _check_tuned(tmp_path, "quick", [0], [budget], tuned, "t.json")  # the same tuning: fine
+    with pytest.raises(ConfigError, match="tier_lr.*new --out"):
+        _check_tuned(tmp_path, "quick", [0], [budget], ({}, None), None)
+    with pytest.raises(ConfigError, match="gate_init_from_screening, personalize"):
+        _check_tuned(tmp_path, "quick", [0], [budget], ({"tier_lr": {"large": 0.002}}, "paper"), "t.json")
+
+
+def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest_delivered_loss(tmp_path, monkeypatch):
+    import baim.engines
+    from baim.study.tune import tune_cloud
+
+    seen = []
+
+    def fake_run(out, cfg):
+        seen.append((out.parent.name, cfg.cloud_recipe, cfg.resolved_preset()))
+        loss = {"gentle": 0.03, "paper": 0.05, "even-gates": 0.02}[out.parent.name.removeprefix("cloud-")]
+        edges = [{"delivery": {"val_loss": loss + 0.001 * e}} for e in range(3)]
+        return {"edges": edges, "strategies": {"finetune": {"curve": [{"val_loss": 0.1}, {"val_loss": 0.09}]}}}
+
+    monkeypatch.setattr(baim.engines, "run", fake_run)
+    r = tune_cloud(
+        tmp_path,
+        "quick",
+        (0, 1),
+        ("gentle", "paper", "even-gates"),
+        30,
+        3,
+        {"large": 0.002},
+        None,
+        "fashion-mnist",
+        lambda m: None,
+    )
+    assert r["chosen"] == "even-gates" and r["cloud_recipe"] == "gentle"
+    assert r["overrides"] == {"gate_init_from_screening": False}
+    assert r["variants"]["paper"]["delivered_val_loss"] == pytest.approx(0.051)
+    assert r["variants"]["gentle"]["seeds"][0]["baim_val_loss"] == 0.09
+    assert len(seen) == 6
+    for name, recipe, preset in seen:  # every variant converging, at the chosen rates
+        assert preset.edge_recipe("large").lr == 0.002 and preset.cloud.patience == 3
+        assert (recipe == "paper") == (name == "cloud-paper")
+        assert preset.gate_init_from_screening == (name == "cloud-gentle")
+    with pytest.raises(ConfigError, match="--cloud"):
+        run_tune(tmp_path, "smoke", (0,), (0.002,), cloud=("harsh",))
