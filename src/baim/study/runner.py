@@ -285,6 +285,7 @@ def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], meth
                 path = cell_dir(out, s, b) / "methods" / f"{m}.json"
                 if path.is_file():
                     cells.append(_cell(json.loads(path.read_text()), s, b))
+    layouts = [RunFiles(cell_dir(out, s, b)).layout for s in seeds for b in budgets]
     paired = []
     for b in budgets:
         by = {m: {c["seed"]: c for c in cells if c["method"] == m and c["budget"] == b.name} for m in methods}
@@ -308,10 +309,7 @@ def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], meth
         "seeds": seeds,
         "budgets": [b.name for b in budgets],
         "converged": {"cap": budgets[0].cap, "patience": budgets[0].patience},
-        "tier_lr": next(
-            (json.loads(p.read_text())["preset"].get("tier_lr", {}) for p in sorted(out.glob("seed-*/*/layout.json"))),
-            {},
-        ),
+        "tier_lr": next((json.loads(p.read_text())["preset"].get("tier_lr", {}) for p in layouts if p.is_file()), {}),
         "methods": list(methods),
         "definitions": {
             "nll_bpd": "IWAE bound (k = 64) on the test negative log-likelihood, bits per dimension, first 64 test "
