@@ -46,6 +46,34 @@ def test_meter_attributes_nested_work_once():
     assert edge == 2 * cloud == 2 * 2 * 64**3
 
 
+def _train_steps(model, steps):
+    for _ in range(steps):
+        x = torch.rand(8, 1, 32, 32)
+        x_hat, mu, logvar = model(x)
+        ((x_hat - x) ** 2).mean().backward()
+
+
+def test_the_meter_counts_what_the_stock_counter_counts_without_a_hook_per_module_call():
+    """The stock FlopCounterMode's module tracker keeps a backward-hook handle for every module
+    call until it exits: a method that trains inside one counter grew without bound (split
+    learning at converged: 21 GB). The meter keeps only the total, which must not change."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = StagedVAE(tier_spec("small"))
+    stock = FlopCounterMode(display=False)
+    with stock:
+        _train_steps(model, 3)
+        stock_hooks = len(stock.mod_tracker._hooks)
+    meter = Meter()
+    with meter.counting():
+        with meter.edge():
+            _train_steps(model, 3)
+        assert not getattr(meter._counter.mod_tracker, "_hooks", [])
+    assert stock_hooks > 3 * len(list(model.modules())) // 2  # what grew with every step
+    assert meter.totals("edge")[1] == stock.get_total_flops() > 0
+
+
 def test_wire_counts_encoded_bytes_and_raw_data():
     wire = Wire(keep=True)
     x = torch.zeros(3, 1, 32, 32, dtype=torch.uint8)
