@@ -7,9 +7,19 @@ from pathlib import Path
 from typing import Any
 
 
+def _shared(p: argparse.ArgumentParser, seeds: str, seeds_help: str, what: str) -> None:
+    """The options ``study`` and ``tune`` share (the layouts, how trainings converge, the data)."""
+    from ..presets import PRESETS
+
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named run settings")
+    p.add_argument("--seeds", default=seeds, help=seeds_help)
+    p.add_argument("--cap", type=int, default=30, help=f"most epochs (rounds) {what} may take")
+    p.add_argument("--patience", type=int, default=3, help=f"epochs without improvement before {what} stops")
+    p.add_argument("--data-dir", default=None, help="folder of the data set (default: the installed one)")
+
+
 def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     from ..config import EXTRACTORS
-    from ..presets import PRESETS
     from ..study import STUDY_METHODS
 
     sp = sub.add_parser(
@@ -17,13 +27,9 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         formatter_class=fmt,
         help="every method at fixed and converged budgets over seeds; paired differences to baim",
     )
-    sp.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named run settings")
-    sp.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (one layout each), run in this order")
+    _shared(sp, "0,1,2", "comma-separated seeds (one layout each), run in this order", "a converged training")
     sp.add_argument("--budgets", default="4,converged", help="comma-separated: epochs (e.g. 4) or 'converged'")
-    sp.add_argument("--cap", type=int, default=30, help="converged: most epochs (rounds) any training may take")
-    sp.add_argument("--patience", type=int, default=3, help="converged: epochs without improvement before stopping")
     sp.add_argument("--methods", default=",".join(STUDY_METHODS), help="comma-separated; must include baim")
-    sp.add_argument("--data-dir", default=None, help="folder of the data set (default: the installed one)")
     sp.add_argument("--fid-extractor", default="domain", choices=EXTRACTORS)
     sp.add_argument(
         "--jobs",
@@ -43,18 +49,14 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         formatter_class=fmt,
         help="choose the edges' learning rate per tier on validation data (for study/run --tuned)",
     )
-    tp.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named run settings")
-    tp.add_argument("--seeds", default="0", help="comma-separated seeds (layouts) pooled in the choice")
+    _shared(tp, "0", "comma-separated seeds (layouts) pooled in the choice", "a trial")
     tp.add_argument("--lrs", default="0.001,0.002,0.005,0.01", help="candidate rates (the preset's is always added)")
-    tp.add_argument("--cap", type=int, default=30, help="most epochs of a trial")
-    tp.add_argument("--patience", type=int, default=3, help="epochs without improvement before a trial stops")
     tp.add_argument(
         "--cloud",
         default="",
         help="then the cloud's recipe at the chosen rates, among these variants (gentle, paper, even-gates): "
         "one converging workflow run per variant and seed",
     )
-    tp.add_argument("--data-dir", default=None, help="folder of the data set (default: the installed one)")
     tp.add_argument("--out", required=True, help="tuning folder (rerun the same command to resume)")
     tp.set_defaults(func=_cmd_tune)
 
