@@ -56,6 +56,9 @@ OWN = ("own_nll_bpd", "own_mse")
 TOTALS = ("bytes_up", "bytes_down", "edge_flops", "cloud_flops")
 
 
+Tuned = tuple[dict[str, Any], str | None]  # load_tuned's preset overrides and cloud recipe
+
+
 def cell_dir(out: Path, seed: int, budget: Budget) -> Path:
     return out / f"seed-{seed}" / f"budget-{budget.name}"
 
@@ -109,7 +112,8 @@ def run_study(
     """Every cell not yet on disk, then ``study.json``/``study.md``/figures from all cells.
     ``jobs`` > 1: the cells in that many worker processes (:mod:`baim.study.parallel`);
     ``worker``: one such worker (its cells only; no pairing with baim, no report). ``tuned``:
-    a ``tune.json`` whose per-tier rates every method trains with (:mod:`baim.study.tune`)."""
+    a ``tune.json`` whose per-tier rates (and cloud recipe, if it chose one) every cell runs
+    with (:mod:`baim.study.tune`)."""
     out = Path(out)
     tuned_cfg = load_tuned(tuned) if tuned else ({}, None)
     bad = [m for m in methods if m not in METHODS]
@@ -129,7 +133,7 @@ def run_study(
     done = sum((cell_dir(out, s, b) / "methods" / f"{m}.json").is_file() for s, b, m in todo)
     log(f"study {out}: {len(todo)} cells, {done} done")
     if jobs > 1 and not worker:
-        return _run_in_workers(out, preset, seeds, budgets, methods, data_dir, extractor, jobs, log, tuned)
+        return _run_in_workers(out, preset, seeds, budgets, methods, data_dir, extractor, jobs, log, tuned, tuned_cfg)
     t_start, measured = time.perf_counter(), 0
     failed: list[dict] = []
     result: dict[str, Any] = {}
@@ -185,6 +189,7 @@ def _run_in_workers(
     jobs: int,
     log: Any,
     tuned: str | Path | None = None,
+    tuned_cfg: Tuned = ({}, None),
 ) -> dict[str, Any]:
     """The missing cells in ``jobs`` worker processes; each seed's layout is made here first
     (once, before any worker reads it), and every budget of a seed checked to share it."""
@@ -193,7 +198,7 @@ def _run_in_workers(
         layouts = []
         for b in budgets:
             d = cell_dir(out, s, b)
-            cfg = _config(preset, s, b, data_dir, extractor, load_tuned(tuned) if tuned else ({}, None))
+            cfg = _config(preset, s, b, data_dir, extractor, tuned_cfg)
             if not RunFiles(d).layout.is_file():
                 make_context(d, cfg, b.settings(cfg.resolved_preset()))
             layouts.append(json.loads(RunFiles(d).layout.read_text()))
@@ -217,9 +222,6 @@ def _run_in_workers(
         result["failed"] = failed
         write_json(out / "study.json", result)
     return result
-
-
-Tuned = tuple[dict[str, Any], str | None]  # load_tuned's preset overrides and cloud recipe
 
 
 def _config(preset: str, seed: int, budget: Budget, data_dir: str | None, extractor: str, tuned: Tuned) -> RunConfig:
