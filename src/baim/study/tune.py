@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json, write_text
+from ..config import Recipe
 from ..data import load_dataset
-from ..data.layout import make_layout
+from ..data.layout import EdgeSlice, Layout, make_layout
 from ..edge.local import build_learner
 from ..edge.train import train_learner
 from ..errors import ConfigError
@@ -102,33 +103,12 @@ def run_tune(
                 for e in edges:
                     path = _trial_path(out, seed, tier, lr, e.edge)
                     if not path.is_file():
-                        t0 = time.perf_counter()
-                        model = build_learner(tier, ds, seed + 1000 * e.edge)
-                        recipe = replace(p.edge, lr=lr, epochs=cap, patience=patience, seed=seed + 1000 * e.edge)
-                        hist = train_learner(
-                            model,
-                            ds.train.load(e.indices),
-                            recipe,
-                            label=f"tune seed {seed} edge {e.edge} ({tier}) lr {lr:g}",
-                            val_images=ds.train.load(e.val),
+                        row = _trial(ds, p.edge, layout, e, lr, cap, patience, seed)
+                        write_json(path, row)
+                        log(
+                            f"seed {seed} {tier} lr {lr:g} edge {e.edge}: val loss {row['val_loss']:.5f} "
+                            f"(epoch {row['best_epoch']})"
                         )
-                        vals = [r["val_loss"] for r in hist.epochs]
-                        best = int(np.argmin(vals))
-                        write_json(
-                            path,
-                            {
-                                "seed": seed,
-                                "tier": tier,
-                                "lr": lr,
-                                "edge": e.edge,
-                                "task": layout.task_names[e.task],
-                                "val_loss": float(vals[best]),
-                                "best_epoch": best + 1,
-                                "epochs": len(vals),
-                                "seconds": round(time.perf_counter() - t0, 2),
-                            },
-                        )
-                        log(f"seed {seed} {tier} lr {lr:g} edge {e.edge}: val loss {vals[best]:.5f} (epoch {best + 1})")
                     trials.append(json.loads(path.read_text()))
     result = summarise(trials, preset, list(seeds), lrs, default, cap, patience)
     if cloud:
@@ -194,6 +174,29 @@ def tune_cloud(
         }
     chosen = min(variants, key=lambda v: (scores[v]["delivered_val_loss"], v != "gentle"))
     return {"variants": scores, "chosen": chosen, **dict(zip(("cloud_recipe", "overrides"), CLOUD_VARIANTS[chosen]))}
+
+
+def _trial(ds: Any, edge: Recipe, layout: Layout, e: EdgeSlice, lr: float, cap: int, patience: int, seed: int) -> dict:
+    """One trial: the edge's tier learner, built and seeded as the workflow builds it, trained on
+    its training part at ``lr`` until its validation loss stops improving; the best epoch's loss."""
+    t0 = time.perf_counter()
+    model = build_learner(e.tier, ds, seed + 1000 * e.edge)
+    recipe = replace(edge, lr=lr, epochs=cap, patience=patience, seed=seed + 1000 * e.edge)
+    label = f"tune seed {seed} edge {e.edge} ({e.tier}) lr {lr:g}"
+    hist = train_learner(model, ds.train.load(e.indices), recipe, label=label, val_images=ds.train.load(e.val))
+    vals = [r["val_loss"] for r in hist.epochs]
+    best = int(np.argmin(vals))
+    return {
+        "seed": seed,
+        "tier": e.tier,
+        "lr": lr,
+        "edge": e.edge,
+        "task": layout.task_names[e.task],
+        "val_loss": float(vals[best]),
+        "best_epoch": best + 1,
+        "epochs": len(vals),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def summarise(
