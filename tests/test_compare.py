@@ -132,6 +132,17 @@ def test_every_method_runs_and_is_measured(smoke):
     assert set(down) == set(up) and all(down[e] <= 1.25 * up[e] for e in up), (up, down)
     sent = rows["broadcast_budget"]["settings"]["sent_upload"]
     assert all(sent[str(e)] in ctx.edges_of(ctx.task_of(e)) for e in ctx.edges)
+    # broadcast_keep: the same uploads chosen; the cloud (smoke's delivery_choice) sends each
+    # edge the lower validation loss of that and its own upload, which it then downloads
+    keep = rows["broadcast_keep"]
+    assert keep["settings"]["sent_upload"] == sent
+    kept = keep["settings"]["kept"]
+    assert set(kept) == {str(e) for e in ctx.edges}
+    for e, k in kept.items():
+        loss = k["val_loss"]
+        assert k["kept"] == ("upload" if loss["upload"] < loss["sent"] else "sent")
+        if k["kept"] == "upload":
+            assert keep["bytes_per_edge"][e]["down"] <= 1.01 * keep["bytes_per_edge"][e]["up"] + 4096
     for name in ("fedavg", "fd"):
         rounds = rows[name]["rounds"]
         assert [r["round"] for r in rounds] == [1, 2]
@@ -300,3 +311,26 @@ def test_a_distillation_target_is_computed_once_before_training_and_used():
     x = torch.from_numpy(images).float() / 255
     with torch.no_grad():
         assert pulled.decode(pulled.encode(x)[0]).mean() < plain.decode(plain.encode(x)[0]).mean()
+
+
+def test_keep_better_returns_the_lower_validation_loss_and_a_copy_of_the_upload():
+    from types import SimpleNamespace
+
+    from baim.compare.methods.controls import keep_better
+
+    torch.manual_seed(0)
+    val = torch.rand(16, 1, 32, 32).numpy()
+    good, bad = StagedVAE(tier_spec("small")).eval(), StagedVAE(tier_spec("small")).eval()
+    with torch.no_grad():  # a decoder that outputs a constant far from every image
+        for p in bad.parameters():
+            p.mul_(0).add_(3.0)
+    ctx = SimpleNamespace(val_images=lambda e: val, seed=0)
+    model, rec = keep_better(ctx, 0, bad, good, 0.00025)
+    assert rec["kept"] == "upload" and rec["val_loss"]["upload"] < rec["val_loss"]["sent"]
+    assert model is not good and all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), good.state_dict().values())
+    )
+    model, rec = keep_better(ctx, 0, good, bad, 0.00025)
+    assert rec["kept"] == "sent" and model is good
+    none = SimpleNamespace(val_images=lambda e: val[:0], seed=0)
+    assert keep_better(none, 0, bad, good, 0.00025) == (bad, {"kept": "sent", "val_loss": {}})

@@ -113,7 +113,7 @@ def test_units_keep_baims_dependents_with_it_and_the_teachers_together():
     from baim.study.parallel import units
 
     got = units(STUDY_METHODS)
-    assert got[0] == ("baim", "local", "broadcast", "broadcast_budget", "ensemble_distill")
+    assert got[0] == ("baim", "local", "broadcast", "broadcast_budget", "broadcast_keep", "ensemble_distill")
     assert ("central", "kd") in got and ("cloud_only",) in got and ("fedavg_ft",) in got
     assert sorted(m for u in got for m in u) == sorted(STUDY_METHODS)  # every method once
     assert units(("kd", "fd")) == [("kd",), ("fd",)]  # a worker's subset: no baim to wait for

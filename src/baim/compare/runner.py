@@ -36,6 +36,7 @@ METHODS = (
     "sl",
     "broadcast",
     "broadcast_budget",
+    "broadcast_keep",
     "cloud_only",
     "ensemble_distill",
 )
@@ -78,6 +79,8 @@ def _run_method(name: str, ctx: Context, out: Path) -> dict:
         return controls.run_broadcast(ctx, out / "baim").to_dict()
     if name == "broadcast_budget":
         return controls.run_broadcast(ctx, out / "baim", within_budget=True).to_dict()
+    if name == "broadcast_keep":
+        return controls.run_broadcast(ctx, out / "baim", within_budget=True, keep=True).to_dict()
     if name == "cloud_only":
         return controls.run_cloud_only(ctx).to_dict()
     if name == "ensemble_distill":

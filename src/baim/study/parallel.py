@@ -11,7 +11,7 @@ from the cells on disk after every unit.
 A unit is the methods that must share a process or an order:
 
 - baim, then the controls that reuse its uploads (``local``, ``broadcast``,
-  ``broadcast_budget``, ``ensemble_distill``: they read baim's workflow run, which must not be
+  ``broadcast_budget``, ``broadcast_keep``, ``ensemble_distill``: they read baim's workflow run, which must not be
   started twice at once);
 - ``central`` and ``kd`` (they share the per-task teachers, trained once per process);
 - every other method alone.
@@ -32,7 +32,7 @@ from typing import Any
 
 from .budget import Budget
 
-AFTER_BAIM = ("local", "broadcast", "broadcast_budget", "ensemble_distill")
+AFTER_BAIM = ("local", "broadcast", "broadcast_budget", "broadcast_keep", "ensemble_distill")
 TOGETHER = (("central", "kd"),)
 
 

@@ -39,6 +39,7 @@ STUDY_METHODS = (
     "local",
     "broadcast",
     "broadcast_budget",
+    "broadcast_keep",
     "cloud_only",
     "ensemble_distill",
     "central",

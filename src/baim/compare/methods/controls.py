@@ -8,13 +8,18 @@ data gives, measured like every method of ``baim compare``.
 - ``broadcast_budget``: the same, but each edge gets the best upload of its task that fits its
   own download budget (the budget baim's delivery keeps): broadcast without the extra capacity
   a small edge could not have received from baim.
+- ``broadcast_keep``: ``broadcast_budget`` with the rule baim's per-edge delivery applies against
+  the edge's own upload: the cloud sends the upload back when it is better on the edge's
+  validation images (or, under ``delivery_choice = "edge"``, the edge keeps it when it beats
+  what it personalised). baim's edges may fall back on their uploads; this control may too,
+  so an advantage of baim over it is not that fallback.
 - ``cloud_only``: per task, a VAE of the largest tier trained on the cloud's common images of the
   task alone, sent to the task's edges: what the common data is worth without any edge.
 - ``ensemble_distill``: one-shot ensemble distillation (FedDF/FENS-style): per edge, a fresh
   learner of the edge's own tier trained in the cloud on the task's common images with
   ½·(MSE + β·KL) + ½·MSE to the mean reconstruction of the task's uploads, sent down once.
 
-All three reuse baim's own uploads (the workflow run of the same layout and budget in
+The broadcasts and the distillation reuse baim's own uploads (the workflow run of the same layout and budget in
 ``DIR/baim``): their upload bytes and edge compute are baim's upload phase, counted as theirs.
 Fine-tuning a trained upload scales its rate like baim's recipe for trained weights
 (``trained_lr_scale``); with converging settings every cloud training stops on the common
@@ -27,6 +32,7 @@ import copy
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -123,16 +129,40 @@ def best_fitting(edge: int, loss: dict[int, float], size: dict[int, int], limit:
     return min(fitting, key=lambda u: (loss[u], u)) if fitting else edge
 
 
-def run_broadcast(ctx: Context, out: Path, within_budget: bool = False) -> MethodRow:
+def keep_better(
+    ctx: Context, e: int, model: StagedVAE, upload: StagedVAE, beta: float
+) -> tuple[StagedVAE, dict[str, Any]]:
+    """The better on edge ``e``'s validation images of ``model`` and its own ``upload`` (a copy),
+    scored as baim's delivery scores them (the test loss at ``beta``, the run's seed); ``model``
+    on a tie or without validation images; with the record of the choice."""
+    val = ctx.val_images(e)
+    if not len(val):
+        return model, {"kept": "sent", "val_loss": {}}
+    loss = {
+        name: reconstruction_metrics(m, val, kld_weight=beta, seed=ctx.seed)["test_loss"]
+        for name, m in (("sent", model), ("upload", upload))
+    }
+    kept = "upload" if loss["upload"] < loss["sent"] else "sent"
+    return (copy.deepcopy(upload) if kept == "upload" else model), {"kept": kept, "val_loss": loss}
+
+
+def run_broadcast(ctx: Context, out: Path, within_budget: bool = False, keep: bool = False) -> MethodRow:
     """``broadcast``; ``within_budget`` (``broadcast_budget``): each edge is sent the best
     upload of its task *that fits its own download budget* (the one baim's delivery must keep,
-    so a small edge is not handed a large edge's model that baim could not send it)."""
+    so a small edge is not handed a large edge's model that baim could not send it); ``keep``
+    as well (``broadcast_keep``): baim's delivery rule against the edge's own upload
+    (:func:`keep_better`), where the preset's ``delivery_choice`` puts it: ``"cloud"``, the
+    cloud sends the upload back when it beats the broadcast model on the edge's validation
+    images; ``"edge"``, the edge keeps its upload when it beats what it personalised."""
+    if keep and not within_budget:
+        raise ValueError("broadcast_keep is broadcast_budget with the edge's keep rule: pass within_budget=True")
     uploads, up_messages, up_compute = _uploads(ctx, out)
     common, tasks = ctx.common()
     val, val_tasks = ctx.common_val()
     wire, meter = ctx.wire(), Meter()
     chosen: dict[str, int] = {}
     sent: dict[int, int] = {}
+    kept: dict[str, dict] = {}
     deployed: dict[int, StagedVAE] = {}
     cloud_bytes = 0
     t0 = time.perf_counter()
@@ -164,7 +194,11 @@ def run_broadcast(ctx: Context, out: Path, within_budget: bool = False) -> Metho
                         train_vae(model, x, recipe, recipe.epochs, opt=_trained_rate_opt(ctx, model), val=task_val)
                     tuned[best] = model
                     cloud_bytes += model_bytes(uploads[best]) + model_bytes(model)
-                received = _deliver(ctx, wire, meter, e, tuned[best], "broadcast model")
+                send = tuned[best]
+                if keep and ctx.preset.delivery_choice == "cloud":
+                    with meter.cloud("delivery_choice"):
+                        send, kept[str(e)] = keep_better(ctx, e, send, uploads[e], ctx.preset.cloud.kld_weight)
+                received = _deliver(ctx, wire, meter, e, send, "broadcast model")
                 with meter.edge("personalization"):
                     recipe = ctx.recipe(1000 * e + 3, received.spec.tier)
                     train_vae(
@@ -174,8 +208,18 @@ def run_broadcast(ctx: Context, out: Path, within_budget: bool = False) -> Metho
                         ctx.preset.personalize.epochs,
                         opt=_trained_rate_opt(ctx, received),
                     )
+                    if keep and ctx.preset.delivery_choice == "edge":
+                        beta = ctx.preset.personalize.kld_weight
+                        received, kept[str(e)] = keep_better(ctx, e, received, uploads[e], beta)
                 deployed[e] = received
-    if within_budget:
+    if keep:
+        name = "broadcast_keep"
+        what = (
+            "control: broadcast_budget with baim's delivery rule against the edge's own upload: the better of the "
+            f"two on the edge's validation images is {'sent' if ctx.preset.delivery_choice == 'cloud' else 'kept'} "
+            f"(delivery_choice {ctx.preset.delivery_choice!r})"
+        )
+    elif within_budget:
         name = "broadcast_budget"
         what = (
             "control: each edge gets the upload of its task with the lowest loss on the cloud's common images among "
@@ -191,6 +235,8 @@ def run_broadcast(ctx: Context, out: Path, within_budget: bool = False) -> Metho
     settings = {"chosen_upload": chosen, "cloud_epochs": _cloud_epochs(ctx), "patience": ctx.settings.patience}
     if within_budget:
         settings["sent_upload"] = {str(e): u for e, u in sent.items()}
+    if keep:
+        settings["kept"] = kept
     return _row(
         ctx,
         name,
