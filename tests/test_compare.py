@@ -334,3 +334,23 @@ def test_keep_better_returns_the_lower_validation_loss_and_a_copy_of_the_upload(
     assert rec["kept"] == "sent" and model is good
     none = SimpleNamespace(val_images=lambda e: val[:0], seed=0)
     assert keep_better(none, 0, bad, good, 0.00025) == (bad, {"kept": "sent", "val_loss": {}})
+
+
+def test_a_round_scores_a_model_several_edges_hold_once_with_the_same_numbers(tmp_path, monkeypatch):
+    import baim.compare.common as common
+
+    cfg = RunConfig(
+        preset="smoke", overrides={"num_edges": 4, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
+    )
+    ctx = make_context(tmp_path, cfg, Settings(rounds=1, local_epochs=1, sl_epochs=1, central_epochs=1))
+    task = next(t for t in range(len(ctx.layout.tasks)) if len(ctx.edges_of(t)) > 1)
+    a, b = ctx.edges_of(task)[:2]
+    model = StagedVAE(tier_spec(ctx.tier_of(a))).eval()
+    alone = {e: ctx.cheap_quality(e, model) for e in (a, b)}
+    calls = []
+    real = common.nll_bpd
+    monkeypatch.setattr(common, "nll_bpd", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    shared: dict = {}
+    together = {e: ctx.cheap_quality(e, model, shared) for e in (a, b)}
+    assert together == alone and len(calls) == 1
+    assert together[a]["val_loss"] != together[b]["val_loss"]  # each edge's own validation part

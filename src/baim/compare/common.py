@@ -147,16 +147,27 @@ class Context:
         beta, seed = self.preset.edge.kld_weight, self.seed
         return {} if own is None else own_test_metrics(model, own, kld_weight=beta, seed=seed)
 
-    def cheap_quality(self, edge: int, model: StagedVAE) -> dict[str, float]:
+    def cheap_quality(self, edge: int, model: StagedVAE, shared: dict | None = None) -> dict[str, float]:
         """Per-round numbers of a round-based method: the test loss and the likelihood bound on
-        the edge's task test set, and the loss on the edge's validation part (what stops it)."""
+        the edge's task test set, and the loss on the edge's validation part (what stops it).
+        ``shared``: a dict kept over one round's edges, so that a model several edges hold (a
+        task's global model) is scored on the task's test set once, not once per edge (the same
+        numbers: the scoring is seeded)."""
         name = self.layout.task_names[self.task_of(edge)]
-        test = self.ds.test.load(self.layout.test[name])
         beta, seed = self.preset.edge.kld_weight, self.seed
+        key = (id(model), name)
+        task_level = shared.get(key) if shared is not None else None
+        if task_level is None:
+            test = self.ds.test.load(self.layout.test[name])
+            task_level = {
+                "test_loss": reconstruction_metrics(model, test, kld_weight=beta, seed=seed)["test_loss"],
+                "nll_bpd": nll_bpd(model, test[:NLL_COUNT], kld_weight=beta, seed=seed),
+            }
+            if shared is not None:
+                shared[key] = task_level
         val = self.val_images(edge)
         return {
-            "test_loss": reconstruction_metrics(model, test, kld_weight=beta, seed=seed)["test_loss"],
-            "nll_bpd": nll_bpd(model, test[:NLL_COUNT], kld_weight=beta, seed=seed),
+            **task_level,
             "val_loss": reconstruction_metrics(model, val, kld_weight=beta, seed=seed)["test_loss"]
             if len(val)
             else float("nan"),

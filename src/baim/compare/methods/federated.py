@@ -54,8 +54,10 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[
 
 def _round_row(ctx: Context, r: int, wire: Any, models: dict[int, StagedVAE]) -> dict:
     """The round's cheap numbers (test loss, likelihood bound, validation loss; means over
-    edges) and the bytes so far; FID is taken once, on the final models."""
-    per = [ctx.cheap_quality(e, models[e]) for e in ctx.edges]
+    edges) and the bytes so far; FID is taken once, on the final models. A model several edges
+    hold (FedAvg's global model of a task) is scored on the task's test set once."""
+    shared: dict = {}
+    per = [ctx.cheap_quality(e, models[e], shared) for e in ctx.edges]
     b = ledger_totals(wire.ledger.messages)
     return {"round": r, "bytes_cum": b["up"] + b["down"], **{k: float(np.mean([p[k] for p in per])) for k in per[0]}}
 
