@@ -326,3 +326,24 @@ def test_delivery_trainings_converge_when_the_clouds_recipe_does(setup, monkeypa
     assert seen == [(delivery.DISTILL_EPOCHS, 0, False)]
     cut = fixed.candidates["budgeted"]
     assert len(cut["finetune_loss"]) == delivery.FINETUNE_EPOCHS, cut
+
+
+def test_an_edge_without_an_accepted_upload_gets_the_lossless_model_scored_on_its_validation(setup, monkeypatch):
+    """No upload to set a budget by: the lossless model, no choice; but its validation loss is
+    recorded like every other edge's, so that what edges were sent can be compared (baim tune)."""
+    from types import SimpleNamespace
+
+    import baim.cloud.delivery as delivery
+
+    model, _ = setup
+    images, tasks = np.concatenate([COMMON[0], COMMON[1]]), np.repeat([0, 1], 24)
+    monkeypatch.setattr(delivery, "common_data", lambda layout, ds, val=False: (images, tasks))
+    settings = SimpleNamespace(cloud=RECIPE, download_budget="1.25", delivery_choice="cloud")
+    edges = [SimpleNamespace(task=t, val=[0]) for t in TASKS]
+    layout = SimpleNamespace(tasks=[{}, {}], edges=edges, task_names=["a", "b"], settings=settings)
+    ds = SimpleNamespace(train=SimpleNamespace(load=lambda ids: VAL if ids else VAL[:0]))
+    d = delivery.deliver_all(layout, ds, model, {}, [1])[1]
+    assert d.candidate == "lossless" and d.budget_bytes is None and d.upload_val_loss is None
+    assert d.val_loss == pytest.approx(_loss(lossless_compact(model, 0)))
+    edges[1].val = []  # no validation part: nothing to score on
+    assert delivery.deliver_all(layout, ds, model, {}, [1])[1].val_loss is None

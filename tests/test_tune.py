@@ -149,7 +149,9 @@ def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest
     def fake_run(out, cfg):
         seen.append((out.parent.name, cfg.cloud_recipe, cfg.resolved_preset()))
         loss = {"gentle": 0.03, "paper": 0.05, "even-gates": 0.02}[out.parent.name.removeprefix("cloud-")]
-        edges = [{"delivery": {"val_loss": loss + 0.001 * e}} for e in range(3)]
+        edges = [{"edge": e, "delivery": {"val_loss": loss + 0.001 * e}} for e in range(3)]
+        if out.parent.name == "cloud-paper" and out.name == "seed-1":  # a rejected upload, no loss
+            edges[2]["delivery"]["val_loss"] = None
         return {"edges": edges, "strategies": {"finetune": {"curve": [{"val_loss": 0.1}, {"val_loss": 0.09}]}}}
 
     monkeypatch.setattr(baim.engines, "run", fake_run)
@@ -167,7 +169,9 @@ def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest
     )
     assert r["chosen"] == "even-gates" and r["cloud_recipe"] == "gentle"
     assert r["overrides"] == {"gate_init_from_screening": False}
-    assert r["variants"]["paper"]["delivered_val_loss"] == pytest.approx(0.051)
+    # seed 0 over all three edges; seed 1 over the two every variant scored
+    assert r["variants"]["paper"]["delivered_val_loss"] == pytest.approx((0.051 + 0.0505) / 2)
+    assert [s["unscored"] for s in r["variants"]["gentle"]["seeds"]] == [[], [2]]
     assert r["variants"]["gentle"]["seeds"][0]["baim_val_loss"] == 0.09
     assert len(seen) == 6
     for name, recipe, preset in seen:  # every variant converging, at the chosen rates

@@ -166,7 +166,7 @@ class Deliveries:
                 edge, name, "lossless", model, None, size, up_bytes, None, None, "no download budget: lossless"
             )
         blind = len(val) == 0  # a layout without validation parts: nothing to compare on
-        upload_loss = None if blind else self._loss(upload, val)
+        upload_loss = None if blind else self.score(upload, val)
         built: dict[str, BAIM] = {}
         notes: dict[str, dict[str, Any]] = {}
         for cand in ("lossless", "upload") if blind else CANDIDATES:
@@ -180,7 +180,7 @@ class Deliveries:
             notes[cand] = note | {
                 "bytes": size,
                 "fits": size <= budget,
-                "val_loss": None if blind else self._loss(model, val),
+                "val_loss": None if blind else self.score(model, val),
             }
         fitting = [c for c in built if notes[c]["fits"]]
         if blind:
@@ -323,7 +323,7 @@ class Deliveries:
         recipe, val = self._recipe(task, DISTILL_EPOCHS)
         recipe = replace(recipe, lr=self.recipe.lr * self.recipe.trained_lr_scale)
         keep = [student] if self.recipe.keep_norm_stats else []
-        validate = None if val is None else (lambda m: self._loss(m, val))
+        validate = None if val is None else (lambda m: self.score(m, val))
         fit(student, (inputs, targets), recipe, objective, keep_eval=keep, validate=validate, label="distill")
         return student
 
@@ -336,7 +336,8 @@ class Deliveries:
             return replace(self.recipe, seed=self.seed), val
         return replace(self.recipe, epochs=fixed_epochs, patience=0, seed=self.seed), None
 
-    def _loss(self, model: StagedVAE | BAIM, images: np.ndarray) -> float:
+    def score(self, model: StagedVAE | BAIM, images: np.ndarray) -> float:
+        """``model``'s loss on ``images`` (an edge's validation part) as every choice here scores it."""
         return reconstruction_metrics(model, images, 0, self.recipe.kld_weight, seed=self.seed)["test_loss"]
 
 
@@ -373,14 +374,15 @@ def deliver_all(
     out = {}
     for e in edges:
         task = layout.edges[e].task
+        val = ds.train.load(layout.edges[e].val)
         if e not in uploads:
             model = deliveries.lossless(task)
             size = compact_bytes(model)
             why = "no accepted upload to set a budget by: the lossless model"
-            out[e] = Delivery(e, layout.task_names[task], "lossless", model, None, size, 0, None, None, why)
+            loss = deliveries.score(model, val) if len(val) else None  # scored, not chosen
+            out[e] = Delivery(e, layout.task_names[task], "lossless", model, None, size, 0, loss, None, why)
             continue
         budget = budget_bytes(layout.settings.download_budget, len(weights_bytes(uploads[e])))
-        val = ds.train.load(layout.edges[e].val)
         out[e] = deliveries.deliver(e, task, uploads[e], budget, val, layout.settings.delivery_choice)
     return out
 

@@ -132,16 +132,20 @@ def tune_cloud(
     log: Any,
 ) -> dict[str, Any]:
     """One converging workflow run per (variant, seed) under ``out/cloud-VARIANT/seed-S``
-    (resumable like any run); the variant with the lowest mean delivered validation loss."""
+    (resumable like any run); the variant with the lowest mean delivered validation loss.
+
+    Every variant of a seed is scored on the same edges: those whose delivery has a validation
+    loss in all of them (an edge whose upload screening rejected is sent the lossless model
+    without a choice, and a run made before its loss was recorded lacks it); the others are
+    listed as ``unscored``."""
     from ..config import RunConfig
     from ..engines import run
     from .budget import Budget
 
     converging = Budget(None, cap, patience).overrides()
-    scores: dict[str, Any] = {}
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
     for name in variants:
         recipe, extra = CLOUD_VARIANTS[name]
-        per_seed = []
         for seed in seeds:
             cfg = RunConfig(
                 preset=preset,
@@ -154,24 +158,43 @@ def tune_cloud(
             )
             t0 = time.perf_counter()
             summary = run(out / f"cloud-{name}" / f"seed-{seed}", cfg)
-            delivered = [e["delivery"]["val_loss"] for e in summary["edges"] if e.get("delivery")]
             curve = summary["strategies"]["finetune"].get("curve", [])
-            per_seed.append(
+            runs[name, seed] = {
+                "loss": {
+                    int(e.get("edge", i)): e["delivery"].get("val_loss")
+                    for i, e in enumerate(summary["edges"])
+                    if e.get("delivery")
+                },
+                "baim_val_loss": min((r["val_loss"] for r in curve if "val_loss" in r), default=None),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+    scores: dict[str, Any] = {name: {"seeds": []} for name in variants}
+    for seed in seeds:
+        losses = [runs[name, seed]["loss"] for name in variants]
+        every = set.intersection(*(set(x) for x in losses))
+        scored = sorted(e for e in every if all(x[e] is not None for x in losses))
+        if not scored:
+            raise ConfigError(
+                f"cloud tuning, seed {seed}: no edge has a delivered validation loss in every variant; "
+                "the layout needs validation parts (val_fraction > 0) and accepted uploads"
+            )
+        for name in variants:
+            got = runs[name, seed]
+            scores[name]["seeds"].append(
                 {
                     "seed": seed,
-                    "delivered_val_loss": float(np.mean(delivered)),
-                    "edges": len(delivered),
-                    "baim_val_loss": min((r["val_loss"] for r in curve if "val_loss" in r), default=None),
+                    "delivered_val_loss": float(np.mean([got["loss"][e] for e in scored])),
+                    "edges": len(scored),
+                    "unscored": sorted(set(got["loss"]) - set(scored)),
+                    "baim_val_loss": got["baim_val_loss"],
                 }
             )
             log(
-                f"cloud {name} seed {seed}: delivered val loss {per_seed[-1]['delivered_val_loss']:.5f} "
-                f"({time.perf_counter() - t0:.0f} s)"
+                f"cloud {name} seed {seed}: delivered val loss {scores[name]['seeds'][-1]['delivered_val_loss']:.5f} "
+                f"over {len(scored)} edges ({got['seconds']:.0f} s)"
             )
-        scores[name] = {
-            "delivered_val_loss": float(np.mean([s["delivered_val_loss"] for s in per_seed])),
-            "seeds": per_seed,
-        }
+    for name in variants:
+        scores[name]["delivered_val_loss"] = float(np.mean([s["delivered_val_loss"] for s in scores[name]["seeds"]]))
     chosen = min(variants, key=lambda v: (scores[v]["delivered_val_loss"], v != "gentle"))
     return {"variants": scores, "chosen": chosen, **dict(zip(("cloud_recipe", "overrides"), CLOUD_VARIANTS[chosen]))}
 
