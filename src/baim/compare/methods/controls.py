@@ -19,8 +19,9 @@ data gives, measured like every method of ``baim compare``.
   learner of the edge's own tier trained in the cloud on the task's common images with
   ½·(MSE + β·KL) + ½·MSE to the mean reconstruction of the task's uploads, sent down once.
 
-The broadcasts and the distillation reuse baim's own uploads (the workflow run of the same layout and budget in
-``DIR/baim``): their upload bytes and edge compute are baim's upload phase, counted as theirs.
+The broadcasts and the distillation reuse baim's own uploads (the workflow run of the same
+layout and budget in ``DIR/baim``): their upload bytes and edge compute are baim's upload
+phase, counted as theirs.
 Fine-tuning a trained upload scales its rate like baim's recipe for trained weights
 (``trained_lr_scale``); with converging settings every cloud training stops on the common
 data's validation part of the task.
