@@ -160,11 +160,7 @@ def tune_cloud(
             summary = run(out / f"cloud-{name}" / f"seed-{seed}", cfg)
             curve = summary["strategies"]["finetune"].get("curve", [])
             runs[name, seed] = {
-                "loss": {
-                    int(e.get("edge", i)): e["delivery"].get("val_loss")
-                    for i, e in enumerate(summary["edges"])
-                    if e.get("delivery")
-                },
+                "loss": {int(e["edge"]): e["delivery"].get("val_loss") for e in summary["edges"] if e.get("delivery")},
                 "baim_val_loss": min((r["val_loss"] for r in curve if "val_loss" in r), default=None),
                 "seconds": round(time.perf_counter() - t0, 1),
             }
