@@ -154,3 +154,39 @@ def test_evaluate_reports_nll_bpd(fmnist, learners):
     # and on a different set, different numbers (the set is really used)
     other = evaluate(trained, test, real, baseline, "domain", nll_count=20, own_test=test[::-1][:20]).metrics
     assert other["own_mse"] != pytest.approx(m["mse"], rel=1e-4)
+
+
+def test_channels_last_changes_no_number_and_hands_the_model_back_as_it_was(fmnist):
+    """The evaluation runs models in the channels-last layout (faster transposed convolutions
+    on a CPU): the numbers are those of the default layout, and the model comes back with its
+    own parameter objects in the default layout (an optimiser holding them still trains it)."""
+    from baim.models.evaluation import channels_last, reconstruction_metrics
+
+    (learner,) = trained_learners(["medium"])
+    learner.eval()
+    test = fmnist.test.load(list(range(24)))
+    params = list(learner.parameters())
+    x = torch.from_numpy(test).float() / 255
+    with torch.no_grad():
+        plain = learner.decode(learner.encode(x)[0])
+    with channels_last(learner):
+        conv = next(p for p in learner.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+        with channels_last(learner):  # re-entrant: the inner exit restores nothing
+            pass
+        assert not conv.is_contiguous()
+        with torch.no_grad():
+            fast = learner.decode(learner.encode(x)[0])
+    assert torch.allclose(plain, fast, atol=1e-5)
+    assert [id(p) for p in learner.parameters()] == [id(p) for p in params]
+    assert all(p.is_contiguous() for p in learner.parameters())
+    # the evaluation functions use it and agree with a direct computation in the default layout
+    sigma = observation_sigma(0.00025, 1024)
+    mu, logvar = learner.encode(x)
+    direct = iwae_nll(x, mu, logvar, learner.decode, sigma, 16, torch.Generator().manual_seed(3))
+    assert nll_bpd(learner, test, k=16, seed=3, batch_size=24) == pytest.approx(
+        float(bits_per_dim(direct.mean(), 1024)), rel=1e-5
+    )
+    m = reconstruction_metrics(learner, test)
+    assert m["mse"] == pytest.approx(float((plain - x).pow(2).flatten(1).mean(1).mean()), rel=1e-5)
+    assert all(p.is_contiguous() for p in learner.parameters())
