@@ -46,6 +46,30 @@ def test_meter_attributes_nested_work_once():
     assert edge == 2 * cloud == 2 * 2 * 64**3
 
 
+
+def test_a_paused_meter_counts_no_flops_and_resumes_where_it_was():
+    """Measurement inside a method (its per-round scores) runs with the FLOP counter paused:
+    a side open across the pause keeps what came before and after, none of the paused work."""
+    meter = Meter()
+    a, b = torch.rand(64, 64), torch.rand(64, 64)
+    with meter.counting():
+        with meter.edge():
+            a @ b
+            with meter.paused():
+                a @ b
+                with meter.cloud(), meter.paused():  # nested pause: nothing changes
+                    a @ b
+                assert meter._counter.mode is None  # really off: no interception
+            a @ b
+        with meter.paused():
+            a @ b
+        with meter.cloud():
+            a @ b
+    assert meter.totals("edge")[1] == 2 * 2 * 64**3
+    assert meter.totals("cloud")[1] == 2 * 64**3
+    with meter.paused():  # outside counting: nothing to pause
+        a @ b
+
 def _train_steps(model, steps):
     for _ in range(steps):
         x = torch.rand(8, 1, 32, 32)
@@ -354,3 +378,31 @@ def test_a_round_scores_a_model_several_edges_hold_once_with_the_same_numbers(tm
     together = {e: ctx.cheap_quality(e, model, shared) for e in (a, b)}
     assert together == alone and len(calls) == 1
     assert together[a]["val_loss"] != together[b]["val_loss"]  # each edge's own validation part
+
+
+def test_a_round_scores_only_the_models_that_changed(tmp_path, monkeypatch):
+    """An edge whose model did not train this round (it or its task stopped early) keeps last
+    round's numbers instead of being scored again; an edge that trained is scored anew."""
+    from baim.compare.methods import federated
+
+    cfg = RunConfig(
+        preset="smoke", overrides={"num_edges": 3, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
+    )
+    ctx = make_context(tmp_path, cfg, Settings(rounds=1, local_epochs=1, sl_epochs=1, central_epochs=1))
+    models = {e: StagedVAE(tier_spec(ctx.tier_of(e))).eval() for e in ctx.edges}
+    scored = []
+    real = ctx.cheap_quality
+    monkeypatch.setattr(ctx, "cheap_quality", lambda e, m, shared=None: scored.append(e) or real(e, m, shared))
+    scores: dict = {}
+    first = federated._round_row(ctx, 1, Wire(), models, scores, set())  # nothing is known yet: all scored
+    assert sorted(scored) == sorted(ctx.edges)
+    kept, moved = ctx.edges[0], ctx.edges[1]
+    before, moved_before = dict(scores[kept]), dict(scores[moved])
+    with torch.no_grad():
+        for p in models[moved].parameters():
+            p.add_(0.05)
+    scored.clear()
+    second = federated._round_row(ctx, 2, Wire(), models, scores, {moved})
+    assert scored == [moved]
+    assert scores[kept] == before == real(kept, models[kept])  # what scoring it again would give
+    assert scores[moved]["nll_bpd"] != moved_before["nll_bpd"] and second["nll_bpd"] != first["nll_bpd"]

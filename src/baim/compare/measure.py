@@ -62,17 +62,40 @@ class Meter:
         self.flops: dict[tuple[str, str], int] = defaultdict(int)
         self._counter: FlopCounterMode | None = None
         self._stack: list[tuple[str, str, float, int]] = []
+        self._counted = 0  # FLOPs counted before the last pause (re-entering the counter clears it)
+        self._paused = False
 
     @contextmanager
     def counting(self) -> Iterator[Meter]:
         """Count FLOPs for the duration (sides record nothing outside it but CPU time)."""
-        self._counter = flop_counter()
+        self._counter, self._counted = flop_counter(), 0
         with self._counter:
             yield self
         self._counter = None
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """No FLOP counting for the duration: for measurement inside a method (its per-round
+        scores, the workflow's evaluations), whose FLOPs no side is booked anyway. Why: the
+        counter intercepts every operation in Python, which makes an evaluation 15–25 % slower
+        on a CPU; a side open across the pause records none of the paused work's FLOPs (its
+        CPU seconds it still records)."""
+        if self._counter is None or self._paused:
+            yield
+            return
+        self._counted += int(self._counter.get_total_flops())
+        self._counter.__exit__(None, None, None)
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+            self._counter.__enter__()
+
     def _total_flops(self) -> int:
-        return int(self._counter.get_total_flops()) if self._counter is not None else 0
+        if self._counter is None:
+            return 0
+        return self._counted + (0 if self._paused else int(self._counter.get_total_flops()))
 
     def _close_top(self) -> None:
         side, phase, cpu0, flops0 = self._stack[-1]

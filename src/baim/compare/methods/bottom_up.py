@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,16 +37,29 @@ EDGE_PHASES = ("upload", "deployment", "personalization")
 CLOUD_PHASES = ("screening", "cloud_finetune", "partition")
 
 
+# the workflow's phases that only measure: metered apart (CPU seconds), FLOP counter paused
+MEASUREMENT = ("evaluation", "edge_evaluation")
+
+
+@contextmanager
+def _measuring(meter: Meter, side: str, phase: str) -> Iterator[None]:
+    with meter.side(side, phase), meter.paused():
+        yield
+
+
 def metering(meter: Meter) -> Metering:
     """The workflow's metering hook for the comparison: each edge's work in the phases that
     reach it, and the cloud's screening, BAIM training, partition and deployment; the BAIM's
-    FID evaluations are measurement, not training, and are booked apart (``cloud/evaluation``)."""
+    FID evaluations and the edges' evaluations are measurement, not training: booked apart
+    (``cloud/evaluation``, ``cloud/edge_evaluation``) with the FLOP counter paused."""
 
     def hook(side: str, phase: str) -> AbstractContextManager[Any]:
+        if side == "cloud" and phase in MEASUREMENT:
+            return _measuring(meter, side, phase)
         if side == "edge":
             wanted = phase in EDGE_PHASES
         else:
-            wanted = phase in ("screening", "partition", "deployment", "evaluation") or phase.startswith("cloud_")
+            wanted = phase in ("screening", "partition", "deployment") or phase.startswith("cloud_")
         return meter.side(side, phase) if wanted else nullcontext()
 
     return hook

@@ -52,12 +52,20 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[
     return out
 
 
-def _round_row(ctx: Context, r: int, wire: Any, models: dict[int, StagedVAE]) -> dict:
+def _round_row(
+    ctx: Context, r: int, wire: Any, models: dict[int, StagedVAE], scores: dict[int, dict], changed: set[int]
+) -> dict:
     """The round's cheap numbers (test loss, likelihood bound, validation loss; means over
     edges) and the bytes so far; FID is taken once, on the final models. A model several edges
-    hold (FedAvg's global model of a task) is scored on the task's test set once."""
+    hold (FedAvg's global model of a task) is scored on the task's test set once. ``scores``
+    keeps each edge's numbers from round to round: an edge whose model did not change this
+    round (its task or itself stopped early, ``changed`` leaves it out) keeps last round's
+    numbers instead of being scored again (the same numbers: the scoring is seeded)."""
     shared: dict = {}
-    per = [ctx.cheap_quality(e, models[e], shared) for e in ctx.edges]
+    for e in ctx.edges:
+        if e in changed or e not in scores:
+            scores[e] = ctx.cheap_quality(e, models[e], shared)
+    per = [scores[e] for e in ctx.edges]
     b = ledger_totals(wire.ledger.messages)
     return {"round": r, "bytes_cum": b["up"] + b["down"], **{k: float(np.mean([p[k] for p in per])) for k in per[0]}}
 
@@ -136,12 +144,14 @@ def run_fedavg(ctx: Context, capacity: str = "smallest", finetune: bool = False)
     stoppers = {t: EarlyStopping(P) for t in tasks} if P else {}
     active = set(tasks)
     rounds: list[dict] = []
+    scores: dict[int, dict] = {}
     train_wall = 0.0
     with meter.counting():
         for r in range(R):
             if not active:
                 break
             t0 = time.perf_counter()
+            changed = {e for t in active for e in ctx.edges_of(t)}
             for t in sorted(active):
                 if t in global_models:
                     _fedavg_round(ctx, wire, meter, t, r, global_models[t], local, opts)
@@ -161,7 +171,8 @@ def run_fedavg(ctx: Context, capacity: str = "smallest", finetune: bool = False)
                     if stoppers[t].update(task_model, r + 1, _task_val(ctx, t, held)):
                         active.discard(t)
             train_wall += time.perf_counter() - t0
-            rounds.append(_round_row(ctx, r + 1, wire, held))
+            with meter.paused():  # measurement, not the method's work
+                rounds.append(_round_row(ctx, r + 1, wire, held, scores, changed))
         for t in tasks:  # the best round's weights (the edges keep what they were sent then)
             if P:
                 stoppers[t].restore(held[ctx.edges_of(t)[0]])
@@ -234,6 +245,7 @@ def run_fd(ctx: Context) -> MethodRow:
     P = ctx.settings.patience
     stoppers = {e: EarlyStopping(P) for e in ctx.edges} if P else {}
     active = set(ctx.edges)
+    scores: dict[int, dict] = {}
     train_wall = 0.0
     t0 = time.perf_counter()
     with meter.counting():
@@ -248,6 +260,7 @@ def run_fd(ctx: Context) -> MethodRow:
             if not active:
                 break
             t0 = time.perf_counter()
+            changed = set(active)
             outputs: dict[int, dict[int, torch.Tensor]] = {}
             for e in sorted(active):
                 with meter.edge("rounds"):
@@ -298,7 +311,8 @@ def run_fd(ctx: Context) -> MethodRow:
                 if stoppers[e].update(models[e], r + 1, score["test_loss"]):
                     active.discard(e)
             train_wall += time.perf_counter() - t0
-            rounds.append(_round_row(ctx, r + 1, wire, models))
+            with meter.paused():  # measurement, not the method's work
+                rounds.append(_round_row(ctx, r + 1, wire, models, scores, changed))
         for e in stoppers:
             stoppers[e].restore(models[e])
     ctx.cache.setdefault("wires", {})["fd"] = wire
