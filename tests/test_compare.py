@@ -46,7 +46,6 @@ def test_meter_attributes_nested_work_once():
     assert edge == 2 * cloud == 2 * 2 * 64**3
 
 
-
 def test_a_paused_meter_counts_no_flops_and_resumes_where_it_was():
     """Measurement inside a method (its per-round scores) runs with the FLOP counter paused:
     a side open across the pause keeps what came before and after, none of the paused work."""
@@ -69,6 +68,7 @@ def test_a_paused_meter_counts_no_flops_and_resumes_where_it_was():
     assert meter.totals("cloud")[1] == 2 * 64**3
     with meter.paused():  # outside counting: nothing to pause
         a @ b
+
 
 def _train_steps(model, steps):
     for _ in range(steps):
@@ -145,6 +145,10 @@ def test_every_method_runs_and_is_measured(smoke):
         assert rows[name]["edge_flops"] > 0, name
     for name in ("baim", "central", "kd", "sl"):
         assert rows[name]["cloud_flops"] > 0, name
+    # each edge's model is also scored on the edge's validation part (what tunings choose on)
+    for name in ("kd", "fedavg", "fd", "broadcast", "cloud_only"):
+        assert all(r["val_loss"] > 0 for r in rows[name]["per_edge"]), name
+    assert rows["kd"]["settings"]["kd_weight"] == 0.5 and "0.5*(MSE" in rows["kd"]["settings"]["distill_loss"]
     # the controls reuse baim's uploads: the same bytes up; cloud_only uses no edge upload at all
     upload = sum(m["bytes"] for m in _measured(out) if m["phase"] == "upload" and m["direction"] == "up")
     assert rows["broadcast"]["bytes_up"] == rows["ensemble_distill"]["bytes_up"] == upload > 0

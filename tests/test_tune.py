@@ -95,9 +95,8 @@ def test_study_workers_get_the_tuned_rates(tmp_path):
     assert "--tuned" not in worker_command(tmp_path, "quick", 0, budget, ("fedavg",), None, "domain")
 
 
-def test_tune_on_smoke_trains_every_trial_once_never_reads_test_data_and_resumes(tmp_path, monkeypatch):
+def _no_test_split(monkeypatch, module):
     from baim.data import load_dataset as real_load
-    from baim.study import tune
 
     def no_test(name, data_dir=None):
         ds = real_load(name, data_dir)
@@ -108,7 +107,13 @@ def test_tune_on_smoke_trains_every_trial_once_never_reads_test_data_and_resumes
         monkeypatch.setattr(ds.test, "load", refuse)
         return ds
 
-    monkeypatch.setattr(tune, "load_dataset", no_test)
+    monkeypatch.setattr(module, "load_dataset", no_test)
+
+
+def test_tune_on_smoke_trains_every_trial_once_never_reads_test_data_and_resumes(tmp_path, monkeypatch):
+    from baim.study import tune
+
+    _no_test_split(monkeypatch, tune)
     r = run_tune(tmp_path, "smoke", (0,), (0.002,), cap=2, patience=1)
     edges = get_preset("smoke").num_edges
     assert len(r["trials"]) == 2 * edges  # 0.002 and the default 0.005, every edge (one tier)
@@ -180,3 +185,70 @@ def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest
         assert preset.gate_init_from_screening == (name == "cloud-gentle")
     with pytest.raises(ConfigError, match="--cloud"):
         run_tune(tmp_path, "smoke", (0,), (0.002,), cloud=("harsh",))
+
+
+@pytest.mark.integration
+def test_distill_tuning_runs_kd_and_fd_on_validation_only_picks_the_lowest_and_resumes(tmp_path, monkeypatch):
+    import baim.compare.runner
+    from baim.study import tune_distill as td
+
+    _no_test_split(monkeypatch, baim.compare.runner)
+    got = td.tune_distill(
+        tmp_path, "smoke", (0,), {"kd": (0.25,), "fd": (0.3,)}, 2, 1, {}, None, "fashion-mnist", lambda m: None
+    )
+    assert set(got["kd"]["val_loss"]) == {"0.25", "0.5"} and set(got["fd"]["val_loss"]) == {"0.3", "1"}
+    for name, field in (("kd", "kd_weight"), ("fd", "distill_weight")):
+        means = got[name]["val_loss"]
+        assert got[name]["chosen"] == float(min(means, key=means.get))
+        assert got["settings"][field] == got[name]["chosen"]
+        assert got[name]["gain_vs_default"] <= 0
+        assert len(set(means.values())) == 2  # the weight really changes the models
+    trial = json.loads((tmp_path / "distill" / "seed-0" / "kd-w0.25.json").read_text())
+    assert trial["settings"]["kd_weight"] == 0.25 and "0.75*(MSE" in trial["settings"]["distill_loss"]
+    assert len(trial["val_loss"]) == get_preset("smoke").num_edges
+    fd_trial = json.loads((tmp_path / "distill" / "seed-0" / "fd-w0.3.json").read_text())
+    assert fd_trial["settings"]["distill_weight"] == 0.3
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished trial was run again")
+
+    monkeypatch.setattr(td, "_run", no_run)
+    again = td.tune_distill(
+        tmp_path, "smoke", (0,), {"kd": (0.25,), "fd": (0.3,)}, 2, 1, {}, None, "fashion-mnist", lambda m: None
+    )
+    assert again == got
+    assert "kd_weight" in "\n".join(td.report(got))
+
+
+@pytest.mark.parametrize(("text", "flag"), [("1.0", "--kd-weights"), ("0,0.5", "--fd-weights"), ("a", "--kd-weights")])
+def test_bad_distill_weights_are_refused(text, flag):
+    from baim.study.tune_distill import parse_weights
+
+    with pytest.raises(ConfigError, match=flag):
+        parse_weights(text, flag)
+
+
+def test_a_study_runs_kd_and_fd_with_the_tuned_weights_and_refuses_cells_of_others(tmp_path):
+    from baim.study.runner import _check_tuned_settings, cell_dir
+    from baim.study.tune import load_tuned_settings
+
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps({"tier_lr": {}, "distill": {"settings": {"kd_weight": 0.25, "distill_weight": 3.0}}}))
+    chosen = load_tuned_settings(path)
+    assert chosen == {"kd_weight": 0.25, "distill_weight": 3.0}
+    s = Settings(rounds=1, local_epochs=1, sl_epochs=1, central_epochs=1).with_weights(chosen)
+    assert (s.kd_weight, s.distill_weight) == (0.25, 3.0)
+    (budget,) = parse_budgets("4")
+    d = cell_dir(tmp_path, 0, budget) / "methods"
+    d.mkdir(parents=True)
+    (d / "kd.json").write_text(json.dumps({"settings": {"kd_weight": 0.25}}))
+    _check_tuned_settings(tmp_path, [0], [budget], chosen, path)  # the same weights: fine
+    with pytest.raises(ConfigError, match="kd ran with kd_weight 0.25.*fresh --out"):
+        _check_tuned_settings(tmp_path, [0], [budget], {}, None)
+    (d / "kd.json").write_text(json.dumps({"settings": {}}))  # made before the weight was a setting: 0.5
+    _check_tuned_settings(tmp_path, [0], [budget], {"kd_weight": 0.5}, path)
+    path.write_text(json.dumps({"tier_lr": {}, "distill": {"settings": {"kd_weight": "high"}}}))
+    with pytest.raises(ConfigError, match="distill settings"):
+        load_tuned_settings(path)
+    path.write_text(json.dumps({"tier_lr": {}}))
+    assert load_tuned_settings(path) == {}

@@ -39,7 +39,10 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     )
     sp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one unit of a --jobs study
     sp.add_argument(
-        "--tuned", default=None, help="a tune.json from `baim tune`: every method trains each tier at its chosen rate"
+        "--tuned",
+        default=None,
+        help="a tune.json from `baim tune`: every method trains each tier at its chosen rate (kd and fd with "
+        "the weights it chose, the cloud with its recipe)",
     )
     sp.add_argument("--out", required=True, help="study folder (rerun the same command to resume)")
     sp.set_defaults(func=_cmd_study)
@@ -47,7 +50,8 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
     tp = sub.add_parser(
         "tune",
         formatter_class=fmt,
-        help="choose the edges' learning rate per tier on validation data (for study/run --tuned)",
+        help="choose the edges' learning rate per tier (and the cloud's recipe, the distillation baselines' "
+        "weights) on validation data (for study/run --tuned)",
     )
     _shared(tp, "0", "comma-separated seeds (layouts) pooled in the choice", "a trial")
     tp.add_argument("--lrs", default="0.001,0.002,0.005,0.01", help="candidate rates (the preset's is always added)")
@@ -57,6 +61,13 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         help="then the cloud's recipe at the chosen rates, among these variants (gentle, paper, even-gates): "
         "one converging workflow run per variant and seed",
     )
+    tp.add_argument(
+        "--kd-weights",
+        default="",
+        help="then KD's teacher-term weight among these (in (0, 1); 0.5 always added): kd run as the study "
+        "runs it at converged, per weight and seed, scored on the edges' validation parts",
+    )
+    tp.add_argument("--fd-weights", default="", help="the same for FD's distillation weight (> 0; 1.0 always added)")
     tp.add_argument("--out", required=True, help="tuning folder (rerun the same command to resume)")
     tp.set_defaults(func=_cmd_tune)
 
@@ -72,10 +83,15 @@ def _seeds(text: str) -> list[int]:
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from ..study.tune import parse_lrs, run_tune
+    from ..study.tune_distill import parse_weights
 
     seeds, lrs = tuple(_seeds(args.seeds)), parse_lrs(args.lrs)
     cloud = tuple(c.strip() for c in args.cloud.split(",") if c.strip())
-    run_tune(args.out, args.preset, seeds, lrs, args.cap, args.patience, args.data_dir, cloud=cloud)
+    distill = {}
+    for method, text in (("kd", args.kd_weights), ("fd", args.fd_weights)):
+        if text.strip():
+            distill[method] = parse_weights(text, f"--{method}-weights")
+    run_tune(args.out, args.preset, seeds, lrs, args.cap, args.patience, args.data_dir, cloud=cloud, distill=distill)
     print((Path(args.out) / "tune.md").read_text())
     print(f"wrote {Path(args.out) / 'tune.json'}; use it with `baim study --tuned` or `baim run --tuned`")
 

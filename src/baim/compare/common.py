@@ -51,8 +51,18 @@ class Settings:
     local_epochs: int  # local epochs per round
     sl_epochs: int
     central_epochs: int
-    distill_weight: float = 1.0  # FD and KD: weight of the distillation term
+    distill_weight: float = 1.0  # FD: weight of the distillation term (beside the plain loss)
     patience: int = 0  # 0: fixed budgets
+    kd_weight: float = 0.5  # KD: the teacher term's share of a student's loss (the data's: 1 - it)
+
+    def with_weights(self, weights: dict[str, float]) -> Settings:
+        """A copy with tuned loss weights (``distill_weight``, ``kd_weight``) set."""
+        out = replace(self)
+        for name, value in weights.items():
+            if name not in ("distill_weight", "kd_weight"):
+                raise WorkflowError(f"{name!r} is not a loss weight of the comparison's settings")
+            setattr(out, name, float(value))
+        return out
 
 
 @dataclass
@@ -64,6 +74,9 @@ class Context:
     settings: Settings
     keep_messages: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
+    # a tuning run (``baim tune --kd-weights``): models are scored on the edges' validation
+    # parts only, and no test image is read
+    validation_only: bool = False
 
     @property
     def seed(self) -> int:
@@ -121,6 +134,9 @@ class Context:
         task test set, the layout's FID sets, the run's extractor, count and seed; the fitted
         prior from ``prior_images`` (default: the edge's own images)."""
         name = self.layout.task_names[self.task_of(edge)]
+        val = {"val_loss": self.val_loss(edge, model)}
+        if self.validation_only:
+            return {"edge": edge, "task": name, **val}
         real, baseline = self.layout.fid_sets(self.ds, name, self.preset.fid_count)
         ev = evaluate(
             model,
@@ -133,7 +149,15 @@ class Context:
             prior_images=self.local_images(edge) if prior_images is None else prior_images,
             own_test=self.own_test(edge),
         )
-        return {"edge": edge, "task": name, **quality_of(ev.metrics)}
+        return {"edge": edge, "task": name, **quality_of(ev.metrics), **val}
+
+    def val_loss(self, edge: int, model: StagedVAE) -> float:
+        """The plain VAE loss of ``model`` on edge ``edge``'s validation part (NaN without one):
+        what a choice between settings is made on."""
+        val = self.val_images(edge)
+        if not len(val):
+            return float("nan")
+        return reconstruction_metrics(model, val, kld_weight=self.preset.edge.kld_weight, seed=self.seed)["test_loss"]
 
     def own_test(self, edge: int) -> np.ndarray | None:
         """The edge's own test set (its class mix); None for a layout made without one."""
@@ -155,6 +179,8 @@ class Context:
         numbers: the scoring is seeded)."""
         name = self.layout.task_names[self.task_of(edge)]
         beta, seed = self.preset.edge.kld_weight, self.seed
+        if self.validation_only:
+            return {"val_loss": self.val_loss(edge, model)}
         key = (id(model), name)
         task_level = shared.get(key) if shared is not None else None
         if task_level is None:
@@ -165,13 +191,7 @@ class Context:
             }
             if shared is not None:
                 shared[key] = task_level
-        val = self.val_images(edge)
-        return {
-            **task_level,
-            "val_loss": reconstruction_metrics(model, val, kld_weight=beta, seed=seed)["test_loss"]
-            if len(val)
-            else float("nan"),
-        }
+        return {**task_level, "val_loss": self.val_loss(edge, model)}
 
 
 def largest_tier(tiers: Sequence[str]) -> str:
@@ -190,8 +210,9 @@ def build(tier: str, ds: DataSet, seed: int) -> StagedVAE:
 
 
 def quality(rows: list[dict]) -> dict[str, float]:
-    """Mean over edges of every quality number."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in QUALITY_KEYS}
+    """Mean over edges of every quality number the rows have (a validation-only run's rows
+    have only ``val_loss``)."""
+    return {k: float(np.mean([r[k] for r in rows])) for k in (*QUALITY_KEYS, "val_loss") if rows and k in rows[0]}
 
 
 Extra = Callable[[StagedVAE, torch.Tensor], torch.Tensor]

@@ -154,6 +154,7 @@ def compare(
             "sl_epochs": ctx.settings.sl_epochs,
             "central_epochs": ctx.settings.central_epochs,
             "distill_weight": ctx.settings.distill_weight,
+            "kd_weight": ctx.settings.kd_weight,
             "edge_epochs": ctx.preset.edge.epochs,
             "personalize_epochs": ctx.preset.personalize.epochs,
             "cloud_epochs": ctx.preset.cloud.epochs,

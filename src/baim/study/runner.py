@@ -30,7 +30,7 @@ from ..runfiles import RunFiles
 from .budget import Budget
 from .paired import paired_differences
 from .parallel import run_parallel, units
-from .tune import load_tuned
+from .tune import load_tuned, load_tuned_settings
 
 # the issue's set first (controls early: they are cheap and reuse baim's uploads), then the
 # FedAvg variants at a fairer capacity and with a fine-tune on the common data
@@ -117,6 +117,7 @@ def run_study(
     with (:mod:`baim.study.tune`)."""
     out = Path(out)
     tuned_cfg = load_tuned(tuned) if tuned else ({}, None)
+    tuned_settings = load_tuned_settings(tuned) if tuned else {}
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")
@@ -130,6 +131,7 @@ def run_study(
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out.mkdir(parents=True, exist_ok=True)
     _check_tuned(out, preset, seeds, budgets, tuned_cfg, tuned)
+    _check_tuned_settings(out, seeds, budgets, tuned_settings, tuned)
     todo = [(s, b, m) for s in seeds for b in budgets for m in methods]
     done = sum((cell_dir(out, s, b) / "methods" / f"{m}.json").is_file() for s, b, m in todo)
     log(f"study {out}: {len(todo)} cells, {done} done")
@@ -147,7 +149,7 @@ def run_study(
             for m in methods:
                 path = d / "methods" / f"{m}.json"
                 if not path.is_file():
-                    ctx = ctx or make_context(d, cfg, b.settings(cfg.resolved_preset()))
+                    ctx = ctx or make_context(d, cfg, b.settings(cfg.resolved_preset()).with_weights(tuned_settings))
                     _drop_unmeasured_run(d, m, log)
                     t0 = time.perf_counter()
                     try:
@@ -260,6 +262,28 @@ def _check_tuned(
                         f"{out}: seed {s} budget {b.name} was made with other {', '.join(differ)} than {given} "
                         "asks for; use a new --out (or the same --tuned) so one study holds one tuning"
                     )
+
+
+def _check_tuned_settings(
+    out: Path, seeds: list[int], budgets: list[Budget], settings: dict[str, float], tuned: str | Path | None
+) -> None:
+    """Neither are ``kd`` or ``fd`` cells made with other distillation weights than this call's
+    (a cell's row stores the weight it ran with; one made before KD's weight was a setting ran
+    with its default)."""
+    from .tune_distill import WEIGHTS
+
+    for s in seeds:
+        for b in budgets:
+            for method, (field, default) in WEIGHTS.items():
+                path = cell_dir(out, s, b) / "methods" / f"{method}.json"
+                if path.is_file():
+                    had = json.loads(path.read_text()).get("settings", {}).get(field, default)
+                    if had != settings.get(field, default):
+                        given = f"--tuned {tuned}" if tuned else "this call (no --tuned)"
+                        raise ConfigError(
+                            f"{out}: seed {s} budget {b.name} {method} ran with {field} {had:g}, not that of {given}; "
+                            "give a fresh --out for another tuning"
+                        )
 
 
 def _drop_unmeasured_run(d: Path, method: str, log: Any) -> None:

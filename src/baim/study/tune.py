@@ -78,8 +78,11 @@ def run_tune(
     log: Any = None,
     dataset: str = "fashion-mnist",
     cloud: tuple[str, ...] = (),
+    distill: dict[str, tuple[float, ...]] | None = None,
 ) -> dict[str, Any]:
-    """Every missing trial, then ``tune.json`` and ``tune.md`` from all trials on disk."""
+    """Every missing trial, then ``tune.json`` and ``tune.md`` from all trials on disk.
+    ``distill``: method (``kd``, ``fd``) → candidate weights, tuned at the chosen rates
+    (:mod:`baim.study.tune_distill`)."""
     out = Path(out)
     if bad := [c for c in cloud if c not in CLOUD_VARIANTS]:
         raise ConfigError(f"--cloud: unknown variants {bad}; choose from {', '.join(CLOUD_VARIANTS)}")
@@ -114,6 +117,11 @@ def run_tune(
     if cloud:
         tier_lr = result["tier_lr"]
         result["cloud"] = tune_cloud(out, preset, seeds, cloud, cap, patience, tier_lr, data_dir, dataset, log)
+    if distill:
+        from .tune_distill import tune_distill
+
+        tier_lr = result["tier_lr"]
+        result["distill"] = tune_distill(out, preset, seeds, distill, cap, patience, tier_lr, data_dir, dataset, log)
     write_json(out / "tune.json", result)
     write_text(out / "tune.md", report(result))
     return result
@@ -289,6 +297,10 @@ def report(result: dict[str, Any]) -> str:
             baim = ", ".join("–" if s["baim_val_loss"] is None else f"{s['baim_val_loss']:.5f}" for s in v["seeds"])
             lines.append(f"| {name} | {v['delivered_val_loss']:.5f} | {seeds} | {baim} |")
         lines += ["", f"chosen: {result['cloud']['chosen']}", ""]
+    if "distill" in result:
+        from .tune_distill import report as distill_report
+
+        lines += distill_report(result["distill"])
     return "\n".join(lines)
 
 
@@ -312,3 +324,17 @@ def load_tuned(path: str | Path) -> tuple[dict[str, Any], str | None]:
         raise ConfigError(f"--tuned {path}: no such file; make one with `baim tune --out DIR`") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"--tuned {path}: not a tune.json ({exc}); make one with `baim tune --out DIR`") from exc
+
+
+def load_tuned_settings(path: str | Path) -> dict[str, float]:
+    """``--tuned PATH``: the comparison settings a ``tune.json`` chose (the distillation
+    baselines' weights, :mod:`baim.study.tune_distill`); empty if it tuned none."""
+    from .tune_distill import WEIGHTS
+
+    load_tuned(path)  # the same checks of the file first
+    raw = json.loads(Path(path).read_text())
+    chosen = (raw.get("distill") or {}).get("settings", {})
+    fields = {f for f, _ in WEIGHTS.values()}
+    if not isinstance(chosen, dict) or not all(k in fields and isinstance(v, (int, float)) for k, v in chosen.items()):
+        raise ConfigError(f"--tuned {path}: its distill settings {chosen!r} are not weights of {sorted(fields)}")
+    return {k: float(v) for k, v in chosen.items()}

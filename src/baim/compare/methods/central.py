@@ -140,6 +140,7 @@ def run_kd(ctx: Context) -> MethodRow:
     t0 = time.perf_counter()
     students: dict[int, StagedVAE] = {}
     val, val_tasks = ctx.common_val()
+    w = ctx.settings.kd_weight
     with meter.counting():
         pooled = raw_upload(ctx, wire, meter)
         models = teachers(ctx, meter, pooled)
@@ -155,7 +156,7 @@ def run_kd(ctx: Context) -> MethodRow:
                 def target(x: torch.Tensor, teacher: Any = teacher) -> torch.Tensor:
                     return teacher.decode(teacher.encode(x)[0])
 
-                train_vae(student, pooled[t], recipe, recipe.epochs, target=target, recon_weight=0.5, val=task_val)
+                train_vae(student, pooled[t], recipe, recipe.epochs, target=target, recon_weight=1 - w, val=task_val)
                 manifest, state = to_parts(student)
             got = wire.down(e, Message("deploy", manifest, state), "deployment")
             with meter.edge("deployment"):
@@ -178,7 +179,8 @@ def run_kd(ctx: Context) -> MethodRow:
             "teacher_tier": ctx.cache["teachers"]["tier"],
             "epochs": ctx.settings.central_epochs,
             "patience": ctx.settings.patience,
-            "distill_loss": "0.5*(MSE(x_hat, x) + beta*KL) + 0.5*MSE(x_hat, teacher reconstruction)",
+            "kd_weight": w,
+            "distill_loss": f"{1 - w:g}*(MSE(x_hat, x) + beta*KL) + {w:g}*MSE(x_hat, teacher reconstruction)",
         },
         messages=wire.ledger.messages,
         raw_data_bytes=wire.raw_data_bytes,

@@ -1,0 +1,140 @@
+"""``baim tune --kd-weights … --fd-weights …``: the distillation baselines' loss weights, chosen
+on validation data.
+
+Why: KD mixes a student's own loss with the teacher's reconstructions (``kd_weight``: the
+teacher term's share) and FD adds a distillation term to each edge's loss (``distill_weight``).
+Both weights were fixed (0.5 and 1.0), so the baselines kept a recipe nobody chose on data
+while baim's was tuned; a baseline gets the same care as the method it is compared with.
+
+A trial is one (method, weight, seed): the method run exactly as the study runs it at
+``converged`` (the study's cap and patience, the tuned per-tier rates), on the seed's layout,
+in a validation-only context (:attr:`baim.compare.common.Context.validation_only`: every model
+is scored on its edge's validation part and no test image is read). A weight's score is the
+mean over seeds of the mean over edges of that validation loss; the lowest wins (ties: the
+current default). Each trial is a file written atomically: a killed tuning resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..atomic import write_json
+from ..config import RunConfig
+from ..errors import ConfigError
+
+# the weight each method's setting holds, its default, and the method's runner
+WEIGHTS: dict[str, tuple[str, float]] = {"kd": ("kd_weight", 0.5), "fd": ("distill_weight", 1.0)}
+
+
+def parse_weights(text: str, flag: str) -> tuple[float, ...]:
+    """``"0.25,0.5,0.75"`` → the candidate weights (distinct, > 0; a KD weight also < 1)."""
+    try:
+        ws = tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        ws = ()
+    top = 1.0 if flag == "--kd-weights" else math.inf
+    if not ws or any(not 0 < w < top for w in ws) or len(set(ws)) != len(ws):
+        hint = "in (0, 1), e.g. 0.25,0.5,0.75" if flag == "--kd-weights" else "> 0, e.g. 0.3,1,3"
+        raise ConfigError(f"{flag} {text!r}: give distinct weights {hint}")
+    return tuple(sorted(ws))
+
+
+def _run(name: str, ctx: Any) -> dict:
+    from ..compare.methods import central, federated
+
+    row = central.run_kd(ctx) if name == "kd" else federated.run_fd(ctx)
+    return row.to_dict()
+
+
+def tune_distill(
+    out: Path,
+    preset: str,
+    seeds: tuple[int, ...],
+    candidates: dict[str, tuple[float, ...]],
+    cap: int,
+    patience: int,
+    tier_lr: dict[str, float],
+    data_dir: str | None,
+    dataset: str,
+    log: Any,
+) -> dict[str, Any]:
+    """Every missing trial under ``out/distill``, then per method each weight's mean validation
+    loss and the chosen weight (``candidates``: method → weights; the default always joins)."""
+    from ..compare.runner import make_context
+    from .budget import Budget
+
+    budget = Budget(None, cap, patience)
+    result: dict[str, Any] = {}
+    for name, weights in candidates.items():
+        if name not in WEIGHTS:
+            raise ConfigError(f"no weight to tune for {name!r}; choose from {', '.join(WEIGHTS)}")
+        field, default = WEIGHTS[name]
+        weights = tuple(sorted(set(weights) | {default}))
+        scores: dict[float, list[float]] = {w: [] for w in weights}
+        for seed in seeds:
+            cfg = RunConfig(
+                preset=preset,
+                seed=seed,
+                dataset=dataset,
+                data_dir=data_dir,
+                overrides=budget.overrides() | ({"tier_lr": tier_lr} if tier_lr else {}),
+            )
+            folder = out / "distill" / f"seed-{seed}"
+            for w in weights:
+                path = folder / f"{name}-w{w:g}.json"
+                if not path.is_file():
+                    settings = budget.settings(cfg.resolved_preset()).with_weights({field: w})
+                    ctx = make_context(folder, cfg, settings)
+                    ctx.validation_only = True
+                    t0 = time.perf_counter()
+                    row = _run(name, ctx)
+                    trial = {
+                        "method": name,
+                        field: w,
+                        "seed": seed,
+                        "val_loss": {str(r["edge"]): r["val_loss"] for r in row["per_edge"]},
+                        "settings": row["settings"],
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                    write_json(path, trial)
+                    log(f"{name} {field} {w:g} seed {seed}: val loss {np.mean(list(trial['val_loss'].values())):.5f}")
+                trial = json.loads(path.read_text())
+                scores[w].append(float(np.mean(list(trial["val_loss"].values()))))
+        mean = {w: float(np.mean(v)) for w, v in scores.items()}
+        chosen = min(weights, key=lambda w: (mean[w], w != default))
+        result[name] = {
+            "field": field,
+            "default": default,
+            "val_loss": {f"{w:g}": mean[w] for w in weights},
+            "per_seed": {f"{w:g}": scores[w] for w in weights},
+            "chosen": chosen,
+            "gain_vs_default": mean[chosen] - mean[default],
+        }
+    result["settings"] = {v["field"]: v["chosen"] for k, v in result.items()}
+    result["selection"] = (
+        "lowest mean over seeds of the mean over edges of the final models' validation loss (plain VAE loss), "
+        "each method run as the study runs it at converged; test data is not read"
+    )
+    return result
+
+
+def report(result: dict[str, Any]) -> list[str]:
+    """The distillation weights' lines of ``tune.md``."""
+    lines = [
+        "## The distillation baselines' weights (each run as the study runs it at converged)",
+        "",
+        "| method | setting | weight: mean edge validation loss | chosen | chosen − default |",
+        "|---|---|---|---|---|",
+    ]
+    for name in WEIGHTS:
+        if name in result:
+            v = result[name]
+            cells = ", ".join(f"{w}: {loss:.5f}" for w, loss in v["val_loss"].items())
+            lines.append(f"| {name} | {v['field']} | {cells} | {v['chosen']:g} | {v['gain_vs_default']:+.5f} |")
+    return [*lines, ""]
