@@ -147,7 +147,7 @@ def test_a_study_folder_refuses_cells_of_another_tuning(tmp_path):
 
 def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest_delivered_loss(tmp_path, monkeypatch):
     import baim.engines
-    from baim.study.tune import tune_cloud
+    from baim.study.tune import Stage, tune_cloud
 
     seen = []
 
@@ -160,18 +160,8 @@ def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest
         return {"edges": edges, "strategies": {"finetune": {"curve": [{"val_loss": 0.1}, {"val_loss": 0.09}]}}}
 
     monkeypatch.setattr(baim.engines, "run", fake_run)
-    r = tune_cloud(
-        tmp_path,
-        "quick",
-        (0, 1),
-        ("gentle", "paper", "even-gates"),
-        30,
-        3,
-        {"large": 0.002},
-        None,
-        "fashion-mnist",
-        lambda m: None,
-    )
+    stage = Stage(tmp_path, "quick", (0, 1), 30, 3, {"large": 0.002}, log=lambda m: None)
+    r = tune_cloud(stage, ("gentle", "paper", "even-gates"))
     assert r["chosen"] == "even-gates" and r["cloud_recipe"] == "gentle"
     assert r["overrides"] == {"gate_init_from_screening": False}
     # seed 0 over all three edges; seed 1 over the two every variant scored
@@ -191,11 +181,11 @@ def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest
 def test_distill_tuning_runs_kd_and_fd_on_validation_only_picks_the_lowest_and_resumes(tmp_path, monkeypatch):
     import baim.compare.runner
     from baim.study import tune_distill as td
+    from baim.study.tune import Stage
 
     _no_test_split(monkeypatch, baim.compare.runner)
-    got = td.tune_distill(
-        tmp_path, "smoke", (0,), {"kd": (0.25,), "fd": (0.3,)}, 2, 1, {}, None, "fashion-mnist", lambda m: None
-    )
+    stage = Stage(tmp_path, "smoke", (0,), 2, 1, {}, log=lambda m: None)
+    got = td.tune_distill(stage, {"kd": (0.25,), "fd": (0.3,)})
     assert set(got["kd"]["val_loss"]) == {"0.25", "0.5"} and set(got["fd"]["val_loss"]) == {"0.3", "1"}
     for name, field in (("kd", "kd_weight"), ("fd", "distill_weight")):
         means = got[name]["val_loss"]
@@ -213,9 +203,7 @@ def test_distill_tuning_runs_kd_and_fd_on_validation_only_picks_the_lowest_and_r
         raise AssertionError("a finished trial was run again")
 
     monkeypatch.setattr(td, "_run", no_run)
-    again = td.tune_distill(
-        tmp_path, "smoke", (0,), {"kd": (0.25,), "fd": (0.3,)}, 2, 1, {}, None, "fashion-mnist", lambda m: None
-    )
+    again = td.tune_distill(stage, {"kd": (0.25,), "fd": (0.3,)})
     assert again == got
     assert "kd_weight" in "\n".join(td.report(got))
 

@@ -28,20 +28,21 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..atomic import write_json, write_text
-from ..config import Recipe
+from ..config import Recipe, RunConfig
 from ..data import load_dataset
 from ..data.layout import EdgeSlice, Layout, make_layout
 from ..edge.local import build_learner
 from ..edge.train import train_learner
 from ..errors import ConfigError
 from ..presets import get_preset
+from .budget import Budget
 
 DEFAULT_LRS = (0.001, 0.002, 0.005, 0.01)
 # the cloud recipes ``--cloud`` compares: name -> (RunConfig.cloud_recipe, preset overrides)
@@ -114,31 +115,48 @@ def run_tune(
                         )
                     trials.append(json.loads(path.read_text()))
     result = summarise(trials, preset, list(seeds), lrs, default, cap, patience)
+    stage = Stage(out, preset, seeds, cap, patience, result["tier_lr"], data_dir, dataset, log)
     if cloud:
-        tier_lr = result["tier_lr"]
-        result["cloud"] = tune_cloud(out, preset, seeds, cloud, cap, patience, tier_lr, data_dir, dataset, log)
+        result["cloud"] = tune_cloud(stage, cloud)
     if distill:
         from .tune_distill import tune_distill
 
-        tier_lr = result["tier_lr"]
-        result["distill"] = tune_distill(out, preset, seeds, distill, cap, patience, tier_lr, data_dir, dataset, log)
+        result["distill"] = tune_distill(stage, distill)
     write_json(out / "tune.json", result)
     write_text(out / "tune.md", report(result))
     return result
 
 
-def tune_cloud(
-    out: Path,
-    preset: str,
-    seeds: tuple[int, ...],
-    variants: tuple[str, ...],
-    cap: int,
-    patience: int,
-    tier_lr: dict[str, float],
-    data_dir: str | None,
-    dataset: str,
-    log: Any,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Stage:
+    """What the tuning stages after the rates share: the folder, the layouts (seeds), how a
+    training converges (the study's cap and patience) and the rates already chosen."""
+
+    out: Path
+    preset: str
+    seeds: tuple[int, ...]
+    cap: int
+    patience: int
+    tier_lr: dict[str, float]
+    data_dir: str | None = None
+    dataset: str = "fashion-mnist"
+    log: Any = print
+
+    def config(self, seed: int, overrides: dict[str, Any] | None = None, **fields: Any) -> RunConfig:
+        """Seed ``seed``'s run config: converging (``converged`` budget) at the chosen rates."""
+        tuned = {"tier_lr": self.tier_lr} if self.tier_lr else {}
+        converging = Budget(None, self.cap, self.patience).overrides()
+        return RunConfig(
+            preset=self.preset,
+            seed=seed,
+            dataset=self.dataset,
+            data_dir=self.data_dir,
+            overrides=converging | (overrides or {}) | tuned,
+            **fields,
+        )
+
+
+def tune_cloud(stage: Stage, variants: tuple[str, ...]) -> dict[str, Any]:
     """One converging workflow run per (variant, seed) under ``out/cloud-VARIANT/seed-S``
     (resumable like any run); the variant with the lowest mean delivered validation loss.
 
@@ -146,26 +164,15 @@ def tune_cloud(
     loss in all of them (an edge whose upload screening rejected is sent the lossless model
     without a choice, and a run made before its loss was recorded lacks it); the others are
     listed as ``unscored``."""
-    from ..config import RunConfig
     from ..engines import run
-    from .budget import Budget
 
-    converging = Budget(None, cap, patience).overrides()
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for name in variants:
         recipe, extra = CLOUD_VARIANTS[name]
-        for seed in seeds:
-            cfg = RunConfig(
-                preset=preset,
-                seed=seed,
-                dataset=dataset,
-                data_dir=data_dir,
-                strategies=("finetune",),
-                cloud_recipe=recipe,
-                overrides=converging | extra | ({"tier_lr": tier_lr} if tier_lr else {}),
-            )
+        for seed in stage.seeds:
+            cfg = stage.config(seed, extra, strategies=("finetune",), cloud_recipe=recipe)
             t0 = time.perf_counter()
-            summary = run(out / f"cloud-{name}" / f"seed-{seed}", cfg)
+            summary = run(stage.out / f"cloud-{name}" / f"seed-{seed}", cfg)
             curve = summary["strategies"]["finetune"].get("curve", [])
             runs[name, seed] = {
                 "loss": {int(e["edge"]): e["delivery"].get("val_loss") for e in summary["edges"] if e.get("delivery")},
@@ -173,7 +180,7 @@ def tune_cloud(
                 "seconds": round(time.perf_counter() - t0, 1),
             }
     scores: dict[str, Any] = {name: {"seeds": []} for name in variants}
-    for seed in seeds:
+    for seed in stage.seeds:
         losses = [runs[name, seed]["loss"] for name in variants]
         every = set.intersection(*(set(x) for x in losses))
         scored = sorted(e for e in every if all(x[e] is not None for x in losses))
@@ -193,7 +200,7 @@ def tune_cloud(
                     "baim_val_loss": got["baim_val_loss"],
                 }
             )
-            log(
+            stage.log(
                 f"cloud {name} seed {seed}: delivered val loss {scores[name]['seeds'][-1]['delivered_val_loss']:.5f} "
                 f"over {len(scored)} edges ({got['seconds']:.0f} s)"
             )

@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..atomic import write_json
-from ..config import RunConfig
 from ..errors import ConfigError
+from .tune import Stage
 
 # the weight each method's setting holds, its default, and the method's runner
 WEIGHTS: dict[str, tuple[str, float]] = {"kd": ("kd_weight", 0.5), "fd": ("distill_weight", 1.0)}
@@ -52,24 +51,13 @@ def _run(name: str, ctx: Any) -> dict:
     return row.to_dict()
 
 
-def tune_distill(
-    out: Path,
-    preset: str,
-    seeds: tuple[int, ...],
-    candidates: dict[str, tuple[float, ...]],
-    cap: int,
-    patience: int,
-    tier_lr: dict[str, float],
-    data_dir: str | None,
-    dataset: str,
-    log: Any,
-) -> dict[str, Any]:
+def tune_distill(stage: Stage, candidates: dict[str, tuple[float, ...]]) -> dict[str, Any]:
     """Every missing trial under ``out/distill``, then per method each weight's mean validation
     loss and the chosen weight (``candidates``: method → weights; the default always joins)."""
     from ..compare.runner import make_context
     from .budget import Budget
 
-    budget = Budget(None, cap, patience)
+    budget = Budget(None, stage.cap, stage.patience)
     result: dict[str, Any] = {}
     for name, weights in candidates.items():
         if name not in WEIGHTS:
@@ -77,15 +65,9 @@ def tune_distill(
         field, default = WEIGHTS[name]
         weights = tuple(sorted(set(weights) | {default}))
         scores: dict[float, list[float]] = {w: [] for w in weights}
-        for seed in seeds:
-            cfg = RunConfig(
-                preset=preset,
-                seed=seed,
-                dataset=dataset,
-                data_dir=data_dir,
-                overrides=budget.overrides() | ({"tier_lr": tier_lr} if tier_lr else {}),
-            )
-            folder = out / "distill" / f"seed-{seed}"
+        for seed in stage.seeds:
+            cfg = stage.config(seed)
+            folder = stage.out / "distill" / f"seed-{seed}"
             for w in weights:
                 path = folder / f"{name}-w{w:g}.json"
                 if not path.is_file():
@@ -103,7 +85,8 @@ def tune_distill(
                         "seconds": round(time.perf_counter() - t0, 1),
                     }
                     write_json(path, trial)
-                    log(f"{name} {field} {w:g} seed {seed}: val loss {np.mean(list(trial['val_loss'].values())):.5f}")
+                    mean_val = np.mean(list(trial["val_loss"].values()))
+                    stage.log(f"{name} {field} {w:g} seed {seed}: val loss {mean_val:.5f}")
                 trial = json.loads(path.read_text())
                 scores[w].append(float(np.mean(list(trial["val_loss"].values()))))
         mean = {w: float(np.mean(v)) for w, v in scores.items()}
