@@ -135,46 +135,66 @@ def test_a_study_folder_refuses_cells_of_another_tuning(tmp_path):
     (budget,) = parse_budgets("4")
     d = cell_dir(tmp_path, 0, budget)
     d.mkdir(parents=True)
-    tuned = ({"tier_lr": {"large": 0.002}}, None)
+    tuned = {"4": ({"tier_lr": {"large": 0.002}}, None)}
     made = _config("quick", 0, budget, None, "domain", tuned).resolved_preset().to_dict()
     (d / "layout.json").write_text(json.dumps({"preset": made}))
     _check_tuned(tmp_path, "quick", [0], [budget], tuned, "t.json")  # the same tuning: fine
     with pytest.raises(ConfigError, match="tier_lr.*new --out"):
-        _check_tuned(tmp_path, "quick", [0], [budget], ({}, None), None)
+        _check_tuned(tmp_path, "quick", [0], [budget], {}, None)
     with pytest.raises(ConfigError, match="gate_init_from_screening, personalize"):
-        _check_tuned(tmp_path, "quick", [0], [budget], ({"tier_lr": {"large": 0.002}}, "paper"), "t.json")
+        _check_tuned(tmp_path, "quick", [0], [budget], {"4": ({"tier_lr": {"large": 0.002}}, "paper")}, "t.json")
 
 
-def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_the_lowest_delivered_loss(tmp_path, monkeypatch):
+def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_what_the_edges_keep(tmp_path, monkeypatch):
+    """The score is the validation loss of the model each edge keeps (after personalisation),
+    not of what the delivery sent: here even-gates sends the best models and gentle's edges
+    end best, and gentle is chosen."""
     import baim.engines
+    from baim.study import tune
     from baim.study.tune import Stage, tune_cloud
 
     seen = []
+    sent = {"gentle": 0.03, "paper": 0.05, "even-gates": 0.02}
+    kept = {"gentle": 0.025, "paper": 0.06, "even-gates": 0.04}
+
+    def variant(folder):
+        return folder.parent.name.removeprefix("cloud-")
 
     def fake_run(out, cfg):
         seen.append((out.parent.name, cfg.cloud_recipe, cfg.resolved_preset()))
-        loss = {"gentle": 0.03, "paper": 0.05, "even-gates": 0.02}[out.parent.name.removeprefix("cloud-")]
-        edges = [{"edge": e, "delivery": {"val_loss": loss + 0.001 * e}} for e in range(3)]
-        if out.parent.name == "cloud-paper" and out.name == "seed-1":  # a rejected upload, no loss
-            edges[2]["delivery"]["val_loss"] = None
+        edges = [{"edge": e, "delivery": {"val_loss": sent[variant(out)] + 0.001 * e}} for e in range(3)]
         return {"edges": edges, "strategies": {"finetune": {"curve": [{"val_loss": 0.1}, {"val_loss": 0.09}]}}}
 
+    def fake_kept(folder, ds, seed):
+        losses = {e: kept[variant(folder)] + 0.001 * e for e in range(3)}
+        if variant(folder) == "paper" and folder.name == "seed-1":  # an edge that kept no model
+            del losses[2]
+        return losses
+
     monkeypatch.setattr(baim.engines, "run", fake_run)
+    monkeypatch.setattr(tune, "kept_val_losses", fake_kept)
     stage = Stage(tmp_path, "quick", (0, 1), 30, 3, {"large": 0.002}, log=lambda m: None)
     r = tune_cloud(stage, ("gentle", "paper", "even-gates"))
-    assert r["chosen"] == "even-gates" and r["cloud_recipe"] == "gentle"
-    assert r["overrides"] == {"gate_init_from_screening": False}
-    # seed 0 over all three edges; seed 1 over the two every variant scored
-    assert r["variants"]["paper"]["delivered_val_loss"] == pytest.approx((0.051 + 0.0505) / 2)
+    assert r["chosen"] == "gentle" and r["cloud_recipe"] == "gentle" and r["overrides"] == {}
+    # seed 0 over all three edges; seed 1 over the two every variant kept a model on
+    assert r["variants"]["paper"]["val_loss"] == pytest.approx((0.061 + 0.0605) / 2)
     assert [s["unscored"] for s in r["variants"]["gentle"]["seeds"]] == [[], [2]]
+    assert r["variants"]["even-gates"]["seeds"][1]["delivered_val_loss"] == pytest.approx(0.0205)  # recorded beside
     assert r["variants"]["gentle"]["seeds"][0]["baim_val_loss"] == 0.09
     assert len(seen) == 6
     for name, recipe, preset in seen:  # every variant converging, at the chosen rates
         assert preset.edge_recipe("large").lr == 0.002 and preset.cloud.patience == 3
         assert (recipe == "paper") == (name == "cloud-paper")
         assert preset.gate_init_from_screening == (name == "cloud-gentle")
+    assert "| gentle | 0.02575 |" in tune.report({**_summary_stub(), "cloud_by_budget": {"converged": r}})
     with pytest.raises(ConfigError, match="--cloud"):
         run_tune(tmp_path, "smoke", (0,), (0.002,), cloud=("harsh",))
+
+
+def _summary_stub():
+    """The rate part of a tune.json, for the report."""
+    head = {"preset": "quick", "seeds": [0], "lrs": [0.005], "default_lr": 0.005}
+    return head | {"converged": {"cap": 30, "patience": 3}, "tiers": {}, "tier_lr": {}}
 
 
 @pytest.mark.integration
@@ -240,3 +260,31 @@ def test_a_study_runs_kd_and_fd_with_the_tuned_weights_and_refuses_cells_of_othe
         load_tuned_settings(path)
     path.write_text(json.dumps({"tier_lr": {}}))
     assert load_tuned_settings(path) == {}
+
+
+def test_the_cloud_recipe_is_chosen_per_budget_and_a_study_budget_reads_its_own(tmp_path, monkeypatch):
+    import baim.engines
+    from baim.study import tune
+    from baim.study.tune import Stage, tune_cloud
+
+    seen = []
+
+    def fake_run(out, cfg):
+        p = cfg.resolved_preset()
+        seen.append((out.parent.name, p.edge.epochs, p.edge.patience))
+        loss = {"gentle": 0.03, "paper": 0.05}[out.parent.name.removeprefix("cloud-").removesuffix("-b4")]
+        edges = [{"edge": e, "delivery": {"val_loss": loss + 0.001 * e}} for e in range(2)]
+        return {"edges": edges, "strategies": {"finetune": {"curve": []}}}
+
+    monkeypatch.setattr(baim.engines, "run", fake_run)
+    monkeypatch.setattr(tune, "kept_val_losses", lambda folder, ds, seed: {0: 0.02, 1: 0.03})
+    stage = Stage(tmp_path, "quick", (0,), 30, 3, {}, log=lambda m: None)
+    at4 = tune_cloud(stage, ("gentle", "paper"), "4")
+    assert at4["budget"] == "4" and at4["chosen"] == "gentle"  # a tie: the default
+    assert sorted(seen) == [("cloud-gentle-b4", 4, 0), ("cloud-paper-b4", 4, 0)]  # the budget's own training
+    path = tmp_path / "tune.json"
+    paper = {"chosen": "paper", "cloud_recipe": "paper", "overrides": {}}
+    path.write_text(json.dumps({"tier_lr": {}, "cloud": paper, "cloud_by_budget": {"4": at4, "converged": paper}}))
+    assert load_tuned(path, "4") == ({}, "gentle")
+    assert load_tuned(path, "converged") == ({}, "paper")
+    assert load_tuned(path, "10") == ({}, "paper")  # no choice of its own: the one made at converged

@@ -62,6 +62,12 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "one converging workflow run per variant and seed",
     )
     tp.add_argument(
+        "--cloud-budgets",
+        default="converged",
+        help="the study budgets the cloud's recipe is chosen at, each on its own (e.g. 4,converged); "
+        "a study budget without its own choice uses the one made at converged",
+    )
+    tp.add_argument(
         "--kd-weights",
         default="",
         help="then KD's teacher-term weight among these (in (0, 1); 0.5 always added): kd run as the study "
@@ -82,6 +88,7 @@ def _seeds(text: str) -> list[int]:
 
 
 def _cmd_tune(args: argparse.Namespace) -> None:
+    from ..study.budget import parse_budgets
     from ..study.tune import parse_lrs, run_tune
     from ..study.tune_distill import parse_weights
 
@@ -91,7 +98,19 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     for method, text in (("kd", args.kd_weights), ("fd", args.fd_weights)):
         if text.strip():
             distill[method] = parse_weights(text, f"--{method}-weights")
-    run_tune(args.out, args.preset, seeds, lrs, args.cap, args.patience, args.data_dir, cloud=cloud, distill=distill)
+    budgets = tuple(b.name for b in parse_budgets(args.cloud_budgets, args.cap, args.patience))
+    run_tune(
+        args.out,
+        args.preset,
+        seeds,
+        lrs,
+        args.cap,
+        args.patience,
+        args.data_dir,
+        cloud=cloud,
+        distill=distill,
+        cloud_budgets=budgets,
+    )
     print((Path(args.out) / "tune.md").read_text())
     print(f"wrote {Path(args.out) / 'tune.json'}; use it with `baim study --tuned` or `baim run --tuned`")
 

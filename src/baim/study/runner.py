@@ -58,6 +58,7 @@ TOTALS = ("bytes_up", "bytes_down", "edge_flops", "cloud_flops")
 
 
 Tuned = tuple[dict[str, Any], str | None]  # load_tuned's preset overrides and cloud recipe
+TunedByBudget = dict[str, Tuned]  # per budget name: a cloud recipe may be chosen per budget
 
 
 def cell_dir(out: Path, seed: int, budget: Budget) -> Path:
@@ -116,7 +117,11 @@ def run_study(
     a ``tune.json`` whose per-tier rates (and cloud recipe, if it chose one) every cell runs
     with (:mod:`baim.study.tune`)."""
     out = Path(out)
-    tuned_cfg = load_tuned(tuned) if tuned else ({}, None)
+    tuned_cfg = {b.name: load_tuned(tuned, b.name) if tuned else ({}, None) for b in budgets}
+    if tuned and not worker:
+        recipes = ", ".join(f"{b}: {r or 'gentle (not tuned)'}" for b, (_, r) in tuned_cfg.items())
+        log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        log(f"--tuned {tuned}: the cloud's recipe per budget: {recipes}")
     tuned_settings = load_tuned_settings(tuned) if tuned else {}
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -192,7 +197,7 @@ def _run_in_workers(
     jobs: int,
     log: Any,
     tuned: str | Path | None = None,
-    tuned_cfg: Tuned = ({}, None),
+    tuned_cfg: TunedByBudget | None = None,
 ) -> dict[str, Any]:
     """The missing cells in ``jobs`` worker processes; each seed's layout is made here first
     (once, before any worker reads it), and every budget of a seed checked to share it."""
@@ -227,9 +232,12 @@ def _run_in_workers(
     return result
 
 
-def _config(preset: str, seed: int, budget: Budget, data_dir: str | None, extractor: str, tuned: Tuned) -> RunConfig:
-    """A cell's run config: the budget's overrides, and what ``baim tune`` chose where given."""
-    overrides, recipe = tuned
+def _config(
+    preset: str, seed: int, budget: Budget, data_dir: str | None, extractor: str, tuned: TunedByBudget | None
+) -> RunConfig:
+    """A cell's run config: the budget's overrides, and what ``baim tune`` chose (for that
+    budget) where given."""
+    overrides, recipe = (tuned or {}).get(budget.name, ({}, None))
     return RunConfig(
         preset=preset,
         seed=seed,
@@ -245,7 +253,12 @@ TUNED_FIELDS = ("tier_lr", "gate_init_from_screening", "personalize")
 
 
 def _check_tuned(
-    out: Path, preset: str, seeds: list[int], budgets: list[Budget], tuned_cfg: Tuned, tuned: str | Path | None
+    out: Path,
+    preset: str,
+    seeds: list[int],
+    budgets: list[Budget],
+    tuned_cfg: TunedByBudget,
+    tuned: str | Path | None,
 ) -> None:
     """A study folder holds one tuning: cells made with other rates or cloud recipe (or none)
     are not mixed with new ones (a cell's layout stores the preset it was made with)."""

@@ -55,9 +55,8 @@ def tune_distill(stage: Stage, candidates: dict[str, tuple[float, ...]]) -> dict
     """Every missing trial under ``out/distill``, then per method each weight's mean validation
     loss and the chosen weight (``candidates``: method → weights; the default always joins)."""
     from ..compare.runner import make_context
-    from .budget import Budget
 
-    budget = Budget(None, stage.cap, stage.patience)
+    budget = stage.budget()
     result: dict[str, Any] = {}
     for name, weights in candidates.items():
         if name not in WEIGHTS:
