@@ -81,6 +81,9 @@ def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     baim = next(c for c in result["cells"] if c["method"] == "baim")
     assert set(baim["settings"]["delivered"]) == {str(r["edge"]) for r in baim["per_edge"]}  # what each edge got
     assert "What baim's delivery sent" in (out / "study.md").read_text()
+    # which cloud recipe baim ran with, per budget (the default here)
+    assert result["cloud_recipe"] == {CONVERGED: {"cloud_recipe": "gentle", "gate_init_from_screening": True}}
+    assert "baim's cloud recipe: converged: gentle" in (out / "study.md").read_text()
     # every method is scored on each edge's own test set (its class mix) too, and paired there
     for c in result["cells"]:
         assert np.isfinite(c["own_nll_bpd"]) and all(np.isfinite(r["own_mse"]) for r in c["per_edge"])

@@ -29,6 +29,18 @@ def _means(result: dict) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
+def _recipes(by_budget: dict) -> str:
+    """The cloud recipe baim ran with at each budget, as a sentence (none recorded: empty)."""
+    parts = []
+    for budget, c in by_budget.items():
+        if isinstance(c, dict):
+            gates = "" if c.get("gate_init_from_screening") is not False else ", even gates"
+            parts.append(f"{budget}: {c['cloud_recipe']}{gates}")
+        else:  # seeds that ran with different recipes
+            parts.append(f"{budget}: mixed {c}")
+    return (". baim's cloud recipe: " + "; ".join(parts)) if parts else ""
+
+
 def markdown(result: dict) -> str:
     means = _means(result)
     lines = [
@@ -36,7 +48,8 @@ def markdown(result: dict) -> str:
         "",
         f"converged: early stopping on each method's own validation data, patience {result['converged']['patience']}, "
         f"cap {result['converged']['cap']}. Means over seeds of the means over edges. Edges' learning rate: "
-        + (f"tuned per tier {result['tier_lr']} (`baim tune`)" if result.get("tier_lr") else "the preset's"),
+        + (f"tuned per tier {result['tier_lr']} (`baim tune`)" if result.get("tier_lr") else "the preset's")
+        + _recipes(result.get("cloud_recipe") or {}),
         "",
         "| budget | method | seeds | nll (bpd) | MSE | FID | KID | MB up | MB down | edge GFLOP | cloud GFLOP |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

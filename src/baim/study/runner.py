@@ -350,6 +350,7 @@ def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], meth
         "budgets": [b.name for b in budgets],
         "converged": {"cap": budgets[0].cap, "patience": budgets[0].patience},
         "tier_lr": next((json.loads(p.read_text())["preset"].get("tier_lr", {}) for p in layouts if p.is_file()), {}),
+        "cloud_recipe": _cloud_recipes(out, seeds, budgets),
         "methods": list(methods),
         "definitions": {
             "nll_bpd": "IWAE bound (k = 64) on the test negative log-likelihood, bits per dimension, first 64 test "
@@ -381,6 +382,26 @@ def gather(out: Path, preset: str, seeds: list[int], budgets: list[Budget], meth
 
     write_report(out, result)
     return result
+
+
+def _cloud_recipes(out: Path, seeds: list[int], budgets: list[Budget]) -> dict[str, Any]:
+    """Per budget, the cloud recipe and gate setting baim's workflow ran with (from its run
+    config and layout; one entry per distinct choice over the seeds, normally one)."""
+    recipes: dict[str, Any] = {}
+    for b in budgets:
+        seen = []
+        for s in seeds:
+            run = RunFiles(cell_dir(out, s, b) / "baim")
+            if run.config.is_file() and run.layout.is_file():
+                preset = json.loads(run.layout.read_text()).get("preset", {})
+                choice = {
+                    "cloud_recipe": json.loads(run.config.read_text()).get("cloud_recipe", "gentle"),
+                    "gate_init_from_screening": preset.get("gate_init_from_screening"),
+                }
+                if choice not in seen:
+                    seen.append(choice)
+        recipes[b.name] = seen[0] if len(seen) == 1 else seen
+    return recipes
 
 
 def match_bytes(cells: list[dict], budgets: list[Budget]) -> list[dict[str, Any]]:
