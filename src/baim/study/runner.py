@@ -119,7 +119,10 @@ def run_study(
     out = Path(out)
     tuned_cfg = {b.name: load_tuned(tuned, b.name) if tuned else ({}, None) for b in budgets}
     if tuned and not worker:
-        recipes = ", ".join(f"{b}: {r or 'gentle (not tuned)'}" for b, (_, r) in tuned_cfg.items())
+        recipes = "; ".join(
+            f"{b}: {r or 'gentle (not tuned)'}" + "".join(f", {k} {v}" for k, v in o.items() if k != "tier_lr")
+            for b, (o, r) in tuned_cfg.items()
+        )
         log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         log(f"--tuned {tuned}: the cloud's recipe per budget: {recipes}")
     tuned_settings = load_tuned_settings(tuned) if tuned else {}
