@@ -146,8 +146,10 @@ def test_every_method_runs_and_is_measured(smoke):
     for name in ("baim", "central", "kd", "sl"):
         assert rows[name]["cloud_flops"] > 0, name
     # each edge's model is also scored on the edge's validation part (what tunings choose on)
-    for name in ("kd", "fedavg", "fd", "broadcast", "cloud_only"):
+    for name in ("kd", "fedavg", "fd", "broadcast", "cloud_only", "central"):
         assert all(r["val_loss"] > 0 for r in rows[name]["per_edge"]), name
+    # central serves one model per task: each edge's row scores it on that edge's own part
+    assert len({r["val_loss"] for r in rows["central"]["per_edge"]}) == len(rows["central"]["per_edge"])
     assert rows["kd"]["settings"]["kd_weight"] == 0.5 and "0.5*(MSE" in rows["kd"]["settings"]["distill_loss"]
     # the controls reuse baim's uploads: the same bytes up; cloud_only uses no edge upload at all
     upload = sum(m["bytes"] for m in _measured(out) if m["phase"] == "upload" and m["direction"] == "up")

@@ -85,7 +85,8 @@ def _rows_from_task_models(ctx: Context, models: dict[int, Any], pooled: dict[in
         if not edges:
             continue
         r = ctx.evaluate_edge(edges[0], model, prior_images=pooled[t])
-        rows += [r | {"edge": e} | ctx.own_quality(e, model) for e in edges]  # own test sets differ
+        # own test sets and validation parts differ per edge
+        rows += [r | {"edge": e, "val_loss": ctx.val_loss(e, model)} | ctx.own_quality(e, model) for e in edges]
     return sorted(rows, key=lambda r: r["edge"])
 
 
