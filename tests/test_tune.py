@@ -288,3 +288,20 @@ def test_the_cloud_recipe_is_chosen_per_budget_and_a_study_budget_reads_its_own(
     assert load_tuned(path, "4") == ({}, "gentle")
     assert load_tuned(path, "converged") == ({}, "paper")
     assert load_tuned(path, "10") == ({}, "paper")  # no choice of its own: the one made at converged
+
+
+def test_a_tuning_call_keeps_the_stages_an_earlier_call_chose_at_the_same_seeds_and_rates(tmp_path):
+    from baim.study.tune import _keep_earlier_stages
+
+    path = tmp_path / "tune.json"
+    cloud = {"chosen": "even-gates", "cloud_recipe": "gentle", "overrides": {"gate_init_from_screening": False}}
+    earlier = {"seeds": [0, 1], "tier_lr": {"large": 0.001}, "cloud": cloud, "cloud_by_budget": {"converged": cloud}}
+    path.write_text(json.dumps(earlier | {"distill": {"settings": {"kd_weight": 0.25}}}))
+    now = {"seeds": [0, 1], "tier_lr": {"large": 0.001}, "distill": {"settings": {"kd_weight": 0.75}}}
+    _keep_earlier_stages(path, now, print)
+    assert now["cloud"] == cloud and now["cloud_by_budget"] == {"converged": cloud}
+    assert now["distill"]["settings"] == {"kd_weight": 0.75}  # what this call chose wins
+    lines = []
+    other = {"seeds": [0, 1], "tier_lr": {"large": 0.002}}  # other rates: the old choice is stale
+    _keep_earlier_stages(path, other, lines.append)
+    assert "cloud" not in other and "distill" not in other and "dropping" in lines[0]

@@ -127,9 +127,34 @@ def run_tune(
         from .tune_distill import tune_distill
 
         result["distill"] = tune_distill(stage, distill)
+    _keep_earlier_stages(out / "tune.json", result, log)
     write_json(out / "tune.json", result)
     write_text(out / "tune.md", report(result))
     return result
+
+
+LATER_STAGES = ("cloud", "cloud_by_budget", "distill")
+
+
+def _keep_earlier_stages(path: Path, result: dict[str, Any], log: Any) -> None:
+    """Stages an earlier call chose into the same folder and this one did not ask for (the
+    cloud recipe, the distillation weights) are kept in ``result``, provided they were made at
+    the same seeds and rates (else they would describe other trainings, and are dropped with a
+    line saying so). Why: a call adding one stage must not erase the others' choices."""
+    if not path.is_file():
+        return
+    try:
+        earlier = json.loads(path.read_text())
+    except ValueError:
+        return
+    missing = [k for k in LATER_STAGES if k in earlier and k not in result]
+    if not missing:
+        return
+    if earlier.get("seeds") != result["seeds"] or earlier.get("tier_lr") != result["tier_lr"]:
+        log(f"{path}: dropping the earlier {', '.join(missing)} choice(s), made at other seeds or rates")
+        return
+    for k in missing:
+        result[k] = earlier[k]
 
 
 @dataclass(frozen=True)
