@@ -59,10 +59,13 @@ class Settings:
         """A copy with tuned loss weights (``distill_weight``, ``kd_weight``) set."""
         out = replace(self)
         for name, value in weights.items():
-            if name not in ("distill_weight", "kd_weight"):
+            if name not in LOSS_WEIGHTS:
                 raise WorkflowError(f"{name!r} is not a loss weight of the comparison's settings")
             setattr(out, name, float(value))
         return out
+
+
+LOSS_WEIGHTS = ("distill_weight", "kd_weight")  # the settings a tuning may choose
 
 
 @dataclass

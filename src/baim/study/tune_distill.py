@@ -24,11 +24,14 @@ from typing import Any
 import numpy as np
 
 from ..atomic import write_json
+from ..compare.common import Settings
 from ..errors import ConfigError
 from .tune import Stage
 
-# the weight each method's setting holds, its default, and the method's runner
-WEIGHTS: dict[str, tuple[str, float]] = {"kd": ("kd_weight", 0.5), "fd": ("distill_weight", 1.0)}
+# per method, the setting its weight is held in and that setting's default (Settings' own)
+_DEFAULTS = Settings(rounds=1, local_epochs=1, sl_epochs=1, central_epochs=1)
+_FIELDS = {"kd": "kd_weight", "fd": "distill_weight"}
+WEIGHTS: dict[str, tuple[str, float]] = {m: (f, float(getattr(_DEFAULTS, f))) for m, f in _FIELDS.items()}
 
 
 def parse_weights(text: str, flag: str) -> tuple[float, ...]:
