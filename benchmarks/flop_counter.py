@@ -6,8 +6,12 @@
 (:func:`baim.compare.measure.flop_counter`), a dispatch mode that intercepts every operation in
 Python. This times one epoch of training with and without it, on one torch thread as in a
 study worker: a large edge learner (the edges' recipe, batch 64) and a BAIM of the quick
-preset's six learners (three tasks, top-2, every candidate connection at height 1). The last
-line is one JSON object of the figures (ratios: timings on a shared machine are noisy).
+preset's six learners (three tasks, top-2, every candidate connection at height 1). Each is
+timed plain, inside the bare counter (every step intercepted) and inside a
+:class:`~baim.compare.measure.Meter`, where a learner's fit counts one step per batch shape
+and books it for the rest (:mod:`baim.models.step_cost`; a BAIM routes, so it is counted at
+every step either way); both counts must agree. The last line is one JSON object of the
+figures (ratios: timings on a shared machine are noisy).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ os.environ.setdefault("BAIM_QUIET", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from baim.compare.measure import flop_counter  # noqa: E402
+from baim.compare.measure import Meter, flop_counter  # noqa: E402
 from baim.config import Recipe  # noqa: E402
 from baim.data import load_fashion_mnist  # noqa: E402
 from baim.edge import train_learner  # noqa: E402
@@ -32,16 +36,22 @@ from baim.models import BAIM, candidate_connections, train_baim  # noqa: E402
 QUICK_TIERS = ["small", "medium", "large", "medium", "large", "large"]
 
 
-def _both(train) -> tuple[float, float]:
+def _three(train) -> tuple[float, float, float, bool]:
+    """Seconds plain, inside the bare counter, inside a meter; whether both counts agree."""
     train()  # warm-up
     t = time.perf_counter()
     train()
     plain = time.perf_counter() - t
-    with flop_counter():
+    with flop_counter() as bare:
         t = time.perf_counter()
         train()
         counted = time.perf_counter() - t
-    return plain, counted
+    meter = Meter()
+    with meter.counting(), meter.edge():
+        t = time.perf_counter()
+        train()
+        metered = time.perf_counter() - t
+    return plain, counted, metered, meter.totals("edge")[1] == bare.get_total_flops()
 
 
 def main() -> None:
@@ -66,9 +76,16 @@ def main() -> None:
         ("large_learner", lambda: train_learner(learner, x, recipe)),
         ("baim", lambda: train_baim(baim, x, tasks, recipe)),
     ):
-        plain, counted = _both(train)
-        print(f"{name:14} plain {plain:6.2f} s   inside the FLOP counter {counted:6.2f} s   ×{counted / plain:.2f}")
+        plain, counted, metered, same = _three(train)
+        print(
+            f"{name:14} plain {plain:6.2f} s   every step counted {counted:6.2f} s ×{counted / plain:.2f}   "
+            f"metered {metered:6.2f} s ×{metered / plain:.2f}"
+            + (f"   same FLOPs: {same}" if name == "large_learner" else "")  # a BAIM's routing moves
+        )
         figures[f"{name}_counted_over_plain"] = round(counted / plain, 3)
+        figures[f"{name}_metered_over_plain"] = round(metered / plain, 3)
+        if name == "large_learner":
+            figures["learner_same_flops"] = same
     figures["baim_connections"] = len(conns)
     print(json.dumps(figures))
 

@@ -324,7 +324,16 @@ class Deliveries:
         recipe = replace(recipe, lr=self.recipe.lr * self.recipe.trained_lr_scale)
         keep = [student] if self.recipe.keep_norm_stats else []
         validate = None if val is None else (lambda m: self.score(m, val))
-        fit(student, (inputs, targets), recipe, objective, keep_eval=keep, validate=validate, label="distill")
+        fit(
+            student,
+            (inputs, targets),
+            recipe,
+            objective,
+            keep_eval=keep,
+            validate=validate,
+            label="distill",
+            fixed_cost=True,
+        )
         return student
 
     def _recipe(self, task: int, fixed_epochs: int) -> tuple[Recipe, np.ndarray | None]:

@@ -276,4 +276,5 @@ def train_vae(
         generator=torch.Generator().manual_seed(recipe.seed + 7919 * first_epoch),
         first_epoch=first_epoch,
         label=f"baseline ({model.spec.tier})",
+        fixed_cost=True,  # a learner, no routing: one step per batch shape through the FLOP counter
     ).optimizer

@@ -18,13 +18,14 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..learners import weights_bytes
+from ..models.step_cost import counting_with
 from ..transport import ByteLedger, Message, decode, encode
 
 SIDES = ("edge", "cloud")
@@ -64,14 +65,30 @@ class Meter:
         self._stack: list[tuple[str, str, float, int]] = []
         self._counted = 0  # FLOPs counted before the last pause (re-entering the counter clears it)
         self._paused = False
+        self.boundaries = 0  # sides opened and closed: a step across one is not a fixed cost
+
+    @property
+    def active(self) -> bool:
+        return self._counter is not None and not self._paused
 
     @contextmanager
     def counting(self) -> Iterator[Meter]:
         """Count FLOPs for the duration (sides record nothing outside it but CPU time)."""
         self._counter, self._counted = flop_counter(), 0
-        with self._counter:
+        with self._counter, counting_with(self):
             yield self
         self._counter = None
+
+    def total(self) -> int:
+        """FLOPs counted so far (a fixed-cost step's region, :mod:`baim.models.step_cost`)."""
+        return self._total_flops()
+
+    def uncounted(self) -> AbstractContextManager[None]:
+        return self.paused()
+
+    def book(self, flops: int) -> None:
+        """Count ``flops`` done while uncounted (a fixed-cost step counted once before)."""
+        self._counted += flops
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -105,6 +122,7 @@ class Meter:
     @contextmanager
     def side(self, side: str, phase: str = "training") -> Iterator[None]:
         assert side in SIDES
+        self.boundaries += 1
         if self._stack:  # pause the enclosing side
             self._close_top()
         self._stack.append((side, phase, time.process_time(), self._total_flops()))
@@ -113,6 +131,7 @@ class Meter:
         finally:
             self._close_top()
             self._stack.pop()
+            self.boundaries += 1
             if self._stack:  # resume the enclosing side from now
                 s, p, _, _ = self._stack[-1]
                 self._stack[-1] = (s, p, time.process_time(), self._total_flops())

@@ -56,6 +56,7 @@ def train_learner(
         end_epoch=row,
         validate=validate if val_images is not None and len(val_images) else None,
         label=label,
+        fixed_cost=True,
     )
     return TrainHistory(
         done.epochs,

@@ -25,6 +25,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from ..config import Recipe
 from ..errors import ConfigError, TrainingDiverged
 from ..learners import vae_loss
 from ..progress import make_progress
+from .step_cost import StepCosts
 
 
 @dataclass
@@ -138,6 +140,7 @@ def fit(
     end_epoch: Callable[[Epoch], dict] | None = None,
     validate: Validate | None = None,
     label: str = "train",
+    fixed_cost: bool = False,
 ) -> Fitted:
     """Train ``model`` in place for ``recipe.epochs`` epochs on ``data`` (tensors with one row
     per sample, batched together) and leave it in eval mode.
@@ -150,7 +153,10 @@ def fit(
     statistics of trained weights). ``end_epoch`` makes the epoch's log row (evaluation,
     pruning); the divergence guard checks it. ``validate(model)``: a held-out score (lower is
     better) logged as ``val_loss`` after every epoch; required when ``recipe.patience`` > 0
-    (early stopping, best weights restored)."""
+    (early stopping, best weights restored). ``fixed_cost``: every step of the same batch shapes
+    does the same matrix work (no routing, no pruning, no step-dependent terms), so a running
+    FLOP counter counts one step per shape and books it for the others
+    (:mod:`baim.models.step_cost`)."""
     if recipe.patience and validate is None:
         raise ConfigError(
             f"{label}: early stopping (patience {recipe.patience}) needs validation data; pass validate= "
@@ -167,6 +173,7 @@ def fit(
     step = first_epoch * steps_per_epoch
     rows: list[dict] = []
     skipped_total = 0
+    costs = StepCosts() if fixed_cost else None
     start = time.perf_counter()
     with make_progress() as progress:
         bar = progress.add_task(label, total=recipe.epochs * steps_per_epoch)
@@ -184,14 +191,17 @@ def fit(
                 lr = recipe.lr_at(epoch, step)
                 for g in opt.param_groups:
                     g["lr"] = lr * g.get("scale", 1.0)
-                loss = objective(model, batch, step)
+                shapes = tuple(tuple(t.shape) for t in batch)
+                with _region(costs, ("forward", shapes)):
+                    loss = objective(model, batch, step)
                 step += 1
                 progress.advance(bar)
                 opt.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss.total):
                     skipped += 1
                     continue
-                loss.total.backward()
+                with _region(costs, ("backward", shapes)):
+                    loss.total.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], recipe.grad_clip)
                 opt.step()
                 if loss.taken is not None:
@@ -226,6 +236,10 @@ def fit(
         best = stopper.best_epoch or best
     model.eval()
     return Fitted(rows, skipped_total, time.perf_counter() - start, opt, best)
+
+
+def _region(costs: StepCosts | None, key: tuple) -> AbstractContextManager[None]:
+    return nullcontext() if costs is None else costs.region(key)
 
 
 def vae_objective(kld_weight: float) -> Objective:
