@@ -200,10 +200,10 @@ def fit(
                 if not torch.isfinite(loss.total):
                     skipped += 1
                     continue
-                with _region(costs, ("backward", shapes)):
+                with _region(costs, ("backward and update", shapes)):
                     loss.total.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], recipe.grad_clip)
-                opt.step()
+                    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], recipe.grad_clip)
+                    opt.step()
                 if loss.taken is not None:
                     loss.taken()
                 k = len(batch[0])

@@ -6,10 +6,11 @@ about 1.2× slower (``benchmarks/flop_counter.py``), and the study trains hundre
 of steps inside it. Yet for a model whose architecture does not change during a fit (no
 routing, no pruning), the matrix work of a step depends only on the shapes of its batch: the
 same shapes, the same FLOPs. So :func:`baim.models.fit` with ``fixed_cost=True`` counts the
-first step of each batch shape (its forward and its backward apart, since a step whose loss is
-not finite has no backward) and, for every later step of that shape, runs it outside the
-counter and books the first one's count. The totals are the same integers (a test checks
-that); only the time to get them changes.
+first step of each batch shape (its forward apart from its backward and optimiser update,
+since a step whose loss is not finite has neither) and, for every later step of that shape,
+runs it outside the counter and books the first one's count. The update counts no FLOPs
+(elementwise), but inside the counter every one of its operations is intercepted too. The
+totals are the same integers (a test checks that); only the time to get them changes.
 
 The counter belongs to the caller (``baim.compare.measure.Meter``, a layer above this one), so
 it is reached through :func:`counting_with`: a counter that is not registered, or that is
