@@ -305,3 +305,34 @@ def test_a_tuning_call_keeps_the_stages_an_earlier_call_chose_at_the_same_seeds_
     other = {"seeds": [0, 1], "tier_lr": {"large": 0.002}}  # other rates: the old choice is stale
     _keep_earlier_stages(path, other, lines.append)
     assert "cloud" not in other and "distill" not in other and "dropping" in lines[0]
+
+
+@pytest.mark.integration
+def test_tune_jobs_runs_trials_in_worker_processes_with_the_sequential_numbers(tmp_path, monkeypatch):
+    """``--jobs 2``: a stage's trials in two fresh processes; each trial's numbers are exactly
+    what one process on the same thread count computes, and the choice is the same."""
+    import torch
+
+    from baim.study import trials, tune
+
+    monkeypatch.setattr(trials, "worker_threads", lambda jobs: 1)
+    monkeypatch.setattr(tune, "worker_threads", lambda jobs: 1)
+    threads = torch.get_num_threads()
+    try:
+        par = run_tune(tmp_path / "par", "smoke", (0,), (0.002,), cap=2, patience=1, jobs=2)
+        torch.set_num_threads(1)
+        seq = run_tune(tmp_path / "seq", "smoke", (0,), (0.002,), cap=2, patience=1)
+    finally:
+        torch.set_num_threads(threads)
+    strip = [{k: v for k, v in t.items() if k != "seconds"} for t in par["trials"]]
+    assert strip == [{k: v for k, v in t.items() if k != "seconds"} for t in seq["trials"]]
+    assert par["tiers"] == seq["tiers"] and len(par["trials"]) == 2 * get_preset("smoke").num_edges
+
+
+def test_a_failing_trial_stops_the_others_and_is_raised(tmp_path):
+    from baim.study.trials import run_calls
+
+    with pytest.raises(ZeroDivisionError):
+        run_calls([(divmod, (1, 0)), (divmod, (4, 2))], jobs=2)
+    with pytest.raises(ConfigError, match="--jobs 0"):
+        run_tune(tmp_path, "smoke", (0,), (0.002,), jobs=0)

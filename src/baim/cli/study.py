@@ -74,6 +74,13 @@ def add_study(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
         "runs it at converged, per weight and seed, scored on the edges' validation parts",
     )
     tp.add_argument("--fd-weights", default="", help="the same for FD's distillation weight (> 0; 1.0 always added)")
+    tp.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes running a stage's trials at once, each with cores/jobs torch threads "
+        "(a resumed tuning needs the same count: its workflow runs check their thread count)",
+    )
     tp.add_argument("--out", required=True, help="tuning folder (rerun the same command to resume)")
     tp.set_defaults(func=_cmd_tune)
 
@@ -110,6 +117,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         cloud=cloud,
         distill=distill,
         cloud_budgets=budgets,
+        jobs=args.jobs,
     )
     print((Path(args.out) / "tune.md").read_text())
     print(f"wrote {Path(args.out) / 'tune.json'}; use it with `baim study --tuned` or `baim run --tuned`")

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import torch
 
 from ..atomic import write_json, write_text
 from ..config import Recipe, RunConfig
@@ -42,7 +43,9 @@ from ..edge.local import build_learner
 from ..edge.train import train_learner
 from ..errors import ConfigError
 from ..presets import get_preset
+from ..runfiles import RunFiles
 from .budget import CONVERGED, Budget, parse_budgets
+from .trials import Call, run_calls, say, worker_threads
 
 DEFAULT_LRS = (0.001, 0.002, 0.005, 0.01)
 # the cloud recipes ``--cloud`` compares: name -> (RunConfig.cloud_recipe, preset overrides)
@@ -81,8 +84,10 @@ def run_tune(
     cloud: tuple[str, ...] = (),
     distill: dict[str, tuple[float, ...]] | None = None,
     cloud_budgets: tuple[str, ...] = (CONVERGED,),
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Every missing trial, then ``tune.json`` and ``tune.md`` from all trials on disk.
+    ``jobs``: trials of a stage in that many worker processes (:mod:`baim.study.trials`).
     ``distill``: method (``kd``, ``fd``) → candidate weights, tuned at the chosen rates
     (:mod:`baim.study.tune_distill`). ``cloud_budgets``: the study budgets the cloud's recipe
     is chosen at, each on its own (``converged``, or a number of edge epochs)."""
@@ -94,13 +99,18 @@ def run_tune(
         raise ConfigError(f"tuning trains to convergence: give --cap ≥ 1 and --patience ≥ 1 (got {cap}, {patience})")
     if not seeds:
         raise ConfigError("give at least one seed, e.g. --seeds 0")
+    if jobs < 1:
+        raise ConfigError(f"--jobs {jobs}: give 1 or more worker processes")
     if p.val_fraction <= 0:
         raise ConfigError(f"preset {preset} holds out no validation data (val_fraction 0); nothing to tune on")
     default = p.edge.lr
     lrs = tuple(sorted(set(lrs) | {default}))  # the default is always a candidate: a gain is against it
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if jobs > 1:  # every process of this tuning on one thread count (a workflow run checks it on resume)
+        torch.set_num_threads(worker_threads(jobs))
     ds = load_dataset(dataset, data_dir)
-    trials: list[dict[str, Any]] = []
+    paths: list[Path] = []
+    calls: list[Call] = []
     for seed in seeds:
         layout = make_layout(ds, p, seed=seed, data_dir=data_dir)
         for tier in p.tiers:
@@ -108,25 +118,23 @@ def run_tune(
             for lr in lrs:
                 for e in edges:
                     path = _trial_path(out, seed, tier, lr, e.edge)
+                    paths.append(path)
                     if not path.is_file():
-                        row = _trial(ds, p.edge, layout, e, lr, cap, patience, seed)
-                        write_json(path, row)
-                        log(
-                            f"seed {seed} {tier} lr {lr:g} edge {e.edge}: val loss {row['val_loss']:.5f} "
-                            f"(epoch {row['best_epoch']})"
-                        )
-                    trials.append(json.loads(path.read_text()))
+                        spec = RateTrial(path, preset, dataset, data_dir, seed, e.edge, lr, cap, patience)
+                        calls.append((_rate_trial, (spec, log if jobs <= 1 else say)))
+    run_calls(calls, jobs)
+    trials: list[dict[str, Any]] = [json.loads(path.read_text()) for path in paths]
     result = summarise(trials, preset, list(seeds), lrs, default, cap, patience)
     stage = Stage(out, preset, seeds, cap, patience, result["tier_lr"], data_dir, dataset, log)
     if cloud:
-        by_budget = {b: tune_cloud(stage, cloud, b) for b in cloud_budgets}
+        by_budget = {b: tune_cloud(stage, cloud, b, jobs) for b in cloud_budgets}
         result["cloud_by_budget"] = by_budget
         if CONVERGED in by_budget:  # where a tune.json made before budgets were named kept it
             result["cloud"] = by_budget[CONVERGED]
     if distill:
         from .tune_distill import tune_distill
 
-        result["distill"] = tune_distill(stage, distill)
+        result["distill"] = tune_distill(stage, distill, jobs)
     _keep_earlier_stages(out / "tune.json", result, log)
     write_json(out / "tune.json", result)
     write_text(out / "tune.md", report(result))
@@ -193,7 +201,7 @@ class Stage:
         )
 
 
-def tune_cloud(stage: Stage, variants: tuple[str, ...], budget: str = CONVERGED) -> dict[str, Any]:
+def tune_cloud(stage: Stage, variants: tuple[str, ...], budget: str = CONVERGED, jobs: int = 1) -> dict[str, Any]:
     """One workflow run per (variant, seed) at ``budget`` under ``out/cloud-VARIANT/seed-S``
     (converging; ``cloud-VARIANT-bB`` at a budget of B edge epochs; resumable like any run);
     the variant whose edges end with the lowest mean validation loss.
@@ -205,18 +213,20 @@ def tune_cloud(stage: Stage, variants: tuple[str, ...], budget: str = CONVERGED)
     loss; the delivered loss is still recorded beside). Why per budget: a recipe that suits
     models trained to convergence need not suit ones trained for a few epochs. Every variant of
     a seed is scored on the same edges (those with a kept model in all of them); the others
-    are listed as ``unscored``."""
+    are listed as ``unscored``. With ``jobs`` > 1 the runs not yet finished go first, in
+    that many worker processes; the loop below then resumes each finished run (cheap)."""
     from ..engines import run
 
     ds = load_dataset(stage.dataset, stage.data_dir)
+    if jobs > 1:
+        todo = [(n, s) for n in variants for s in stage.seeds if not _finished(_cloud_folder(stage, n, s, budget))]
+        run_calls([(_cloud_run, (replace(stage, log=say), n, s, budget)) for n, s in todo], jobs)
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for name in variants:
-        recipe, extra = CLOUD_VARIANTS[name]
         for seed in stage.seeds:
-            cfg = stage.config(seed, extra, budget, strategies=("finetune",), cloud_recipe=recipe)
             t0 = time.perf_counter()
-            folder = stage.out / (f"cloud-{name}" + ("" if budget == CONVERGED else f"-b{budget}")) / f"seed-{seed}"
-            summary = run(folder, cfg)
+            folder = _cloud_folder(stage, name, seed, budget)
+            summary = run(folder, _cloud_config(stage, name, seed, budget))
             curve = summary["strategies"]["finetune"].get("curve", [])
             runs[name, seed] = {
                 "kept": kept_val_losses(folder, ds, seed),
@@ -259,6 +269,28 @@ def tune_cloud(stage: Stage, variants: tuple[str, ...], budget: str = CONVERGED)
     return {"budget": budget, "criterion": criterion, "variants": scores, "chosen": chosen, **recipe_and_overrides}
 
 
+def _cloud_folder(stage: Stage, name: str, seed: int, budget: str) -> Path:
+    return stage.out / (f"cloud-{name}" + ("" if budget == CONVERGED else f"-b{budget}")) / f"seed-{seed}"
+
+
+def _finished(folder: Path) -> bool:
+    return RunFiles(folder).summary.is_file()
+
+
+def _cloud_config(stage: Stage, name: str, seed: int, budget: str) -> RunConfig:
+    recipe, extra = CLOUD_VARIANTS[name]
+    return stage.config(seed, extra, budget, strategies=("finetune",), cloud_recipe=recipe)
+
+
+def _cloud_run(stage: Stage, name: str, seed: int, budget: str) -> None:
+    """One variant's workflow run to its end (a worker's call)."""
+    from ..engines import run
+
+    t0 = time.perf_counter()
+    run(_cloud_folder(stage, name, seed, budget), _cloud_config(stage, name, seed, budget))
+    stage.log(f"cloud {name} budget {budget} seed {seed}: run finished ({time.perf_counter() - t0:.0f} s)")
+
+
 def kept_val_losses(folder: Path, ds: Any, seed: int) -> dict[int, float]:
     """Each edge's validation loss (plain VAE loss, seeded) of the model it keeps at the end of
     the run in ``folder`` (its personalised one); edges without one or without validation
@@ -277,6 +309,33 @@ def kept_val_losses(folder: Path, ds: Any, seed: int) -> dict[int, float]:
         model = cast(BAIM, view.edge_model(e.edge, "personalized"))  # a compact model
         out[e.edge] = reconstruction_metrics(model, ds.train.load(e.val), 0, beta, seed=seed)["test_loss"]
     return out
+
+
+@dataclass(frozen=True)
+class RateTrial:
+    """One rate trial, as a worker process receives it."""
+
+    path: Path
+    preset: str
+    dataset: str
+    data_dir: str | None
+    seed: int
+    edge: int
+    lr: float
+    cap: int
+    patience: int
+
+
+def _rate_trial(spec: RateTrial, log: Any) -> None:
+    """Train and score one trial and write its file."""
+    p = get_preset(spec.preset)
+    ds = load_dataset(spec.dataset, spec.data_dir)
+    layout = make_layout(ds, p, seed=spec.seed, data_dir=spec.data_dir)
+    (e,) = (x for x in layout.edges if x.edge == spec.edge)
+    row = _trial(ds, p.edge, layout, e, spec.lr, spec.cap, spec.patience, spec.seed)
+    write_json(spec.path, row)
+    what = f"seed {spec.seed} {e.tier} lr {spec.lr:g} edge {e.edge}"
+    log(f"{what}: val loss {row['val_loss']:.5f} (epoch {row['best_epoch']})")
 
 
 def _trial(ds: Any, edge: Recipe, layout: Layout, e: EdgeSlice, lr: float, cap: int, patience: int, seed: int) -> dict:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ import numpy as np
 from ..atomic import write_json
 from ..compare.common import Settings
 from ..errors import ConfigError
+from .trials import run_calls, say
 from .tune import Stage
 
 # per method, the setting its weight is held in and that setting's default (Settings' own)
@@ -54,42 +57,53 @@ def _run(name: str, ctx: Any) -> dict:
     return row.to_dict()
 
 
-def tune_distill(stage: Stage, candidates: dict[str, tuple[float, ...]]) -> dict[str, Any]:
-    """Every missing trial under ``out/distill``, then per method each weight's mean validation
-    loss and the chosen weight (``candidates``: method → weights; the default always joins)."""
+def _trial(stage: Stage, name: str, w: float, seed: int, path: Path) -> None:
+    """Run ``name`` at weight ``w`` on seed ``seed``'s layout, validation only; write ``path``."""
     from ..compare.runner import make_context
 
-    budget = stage.budget()
-    result: dict[str, Any] = {}
-    for name, weights in candidates.items():
+    field, _ = WEIGHTS[name]
+    cfg = stage.config(seed)
+    settings = stage.budget().settings(cfg.resolved_preset()).with_weights({field: w})
+    ctx = make_context(path.parent, cfg, settings)
+    ctx.validation_only = True
+    t0 = time.perf_counter()
+    row = _run(name, ctx)
+    trial = {
+        "method": name,
+        field: w,
+        "seed": seed,
+        "val_loss": {str(r["edge"]): r["val_loss"] for r in row["per_edge"]},
+        "settings": row["settings"],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(path, trial)
+    stage.log(f"{name} {field} {w:g} seed {seed}: val loss {np.mean(list(trial['val_loss'].values())):.5f}")
+
+
+def tune_distill(stage: Stage, candidates: dict[str, tuple[float, ...]], jobs: int = 1) -> dict[str, Any]:
+    """Every missing trial under ``out/distill`` (in ``jobs`` worker processes), then per
+    method each weight's mean validation loss and the chosen weight (``candidates``: method →
+    weights; the default always joins)."""
+    for name in candidates:
         if name not in WEIGHTS:
             raise ConfigError(f"no weight to tune for {name!r}; choose from {', '.join(WEIGHTS)}")
+    grid = {name: tuple(sorted(set(ws) | {WEIGHTS[name][1]})) for name, ws in candidates.items()}
+    paths = {
+        (name, seed, w): stage.out / "distill" / f"seed-{seed}" / f"{name}-w{w:g}.json"
+        for name, weights in grid.items()
+        for seed in stage.seeds
+        for w in weights
+    }
+    worker = stage if jobs <= 1 else replace(stage, log=say)
+    missing = [(_trial, (worker, name, w, seed, path)) for (name, seed, w), path in paths.items() if not path.is_file()]
+    run_calls(missing, jobs)
+    result: dict[str, Any] = {}
+    for name, weights in grid.items():
         field, default = WEIGHTS[name]
-        weights = tuple(sorted(set(weights) | {default}))
         scores: dict[float, list[float]] = {w: [] for w in weights}
         for seed in stage.seeds:
-            cfg = stage.config(seed)
-            folder = stage.out / "distill" / f"seed-{seed}"
             for w in weights:
-                path = folder / f"{name}-w{w:g}.json"
-                if not path.is_file():
-                    settings = budget.settings(cfg.resolved_preset()).with_weights({field: w})
-                    ctx = make_context(folder, cfg, settings)
-                    ctx.validation_only = True
-                    t0 = time.perf_counter()
-                    row = _run(name, ctx)
-                    trial = {
-                        "method": name,
-                        field: w,
-                        "seed": seed,
-                        "val_loss": {str(r["edge"]): r["val_loss"] for r in row["per_edge"]},
-                        "settings": row["settings"],
-                        "seconds": round(time.perf_counter() - t0, 1),
-                    }
-                    write_json(path, trial)
-                    mean_val = np.mean(list(trial["val_loss"].values()))
-                    stage.log(f"{name} {field} {w:g} seed {seed}: val loss {mean_val:.5f}")
-                trial = json.loads(path.read_text())
+                trial = json.loads(paths[name, seed, w].read_text())
                 scores[w].append(float(np.mean(list(trial["val_loss"].values()))))
         mean = {w: float(np.mean(v)) for w, v in scores.items()}
         chosen = min(weights, key=lambda w: (mean[w], w != default))
