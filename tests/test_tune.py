@@ -40,9 +40,25 @@ def test_a_run_config_carries_tier_lr_into_its_preset():
 
 def _trials(vals):
     return [
-        {"seed": s, "tier": tier, "lr": lr, "edge": e, "val_loss": v, "best_epoch": 5}
+        {"seed": s, "tier": tier, "lr": lr, "edge": e, "val_loss": v, "best_epoch": 5, "epochs": 8}
         for (s, tier, lr, e), v in vals.items()
     ]
+
+
+def test_trials_still_improving_at_the_cap_are_counted_and_reported():
+    """A trial that ran to the cap with its best epoch within its patience of it was stopped
+    by the cap, not by early stopping: the report says the cap binds."""
+    from baim.study.tune import at_cap, report
+
+    trials = _trials({(0, "small", 0.002, 0): 0.02, (0, "small", 0.005, 0): 0.03, (0, "small", 0.005, 1): 0.03})
+    trials[0] |= {"best_epoch": 30, "epochs": 30}  # the chosen rate's trial: still improving at 30
+    trials[1] |= {"best_epoch": 27, "epochs": 30}  # stopped by its patience exactly at the cap
+    assert at_cap(trials[0], 30, 3) and not at_cap(trials[1], 30, 3) and not at_cap(trials[2], 30, 3)
+    r = summarise(trials, "quick", [0], (0.002, 0.005), 0.005, 30, 3)
+    assert r["tiers"]["small"]["at_cap"] == {"0.002": 1, "0.005": 0}
+    assert "The cap binds" in report(r) and "small 1 of 1" in report(r)
+    trials[0] |= {"best_epoch": 20, "epochs": 23}
+    assert "cap binds" not in report(summarise(trials, "quick", [0], (0.002, 0.005), 0.005, 30, 3))
 
 
 def test_summarise_picks_the_lowest_mean_validation_loss_per_tier_and_pairs_it_with_the_default():

@@ -125,6 +125,8 @@ def run_tune(
     run_calls(calls, jobs)
     trials: list[dict[str, Any]] = [json.loads(path.read_text()) for path in paths]
     result = summarise(trials, preset, list(seeds), lrs, default, cap, patience)
+    if capped := cap_warning(result):
+        log(capped)
     stage = Stage(out, preset, seeds, cap, patience, result["tier_lr"], data_dir, dataset, log)
     if cloud:
         by_budget = {b: tune_cloud(stage, cloud, b, jobs) for b in cloud_budgets}
@@ -361,6 +363,12 @@ def _trial(ds: Any, edge: Recipe, layout: Layout, e: EdgeSlice, lr: float, cap: 
     }
 
 
+def at_cap(trial: dict, cap: int, patience: int) -> bool:
+    """The trial was stopped by the cap, not by its patience: still improving at the end, so
+    not converged (a larger ``--cap`` would have trained it further)."""
+    return trial["epochs"] >= cap and trial["best_epoch"] > cap - patience
+
+
 def summarise(
     trials: list[dict], preset: str, seeds: list[int], lrs: tuple[float, ...], default: float, cap: int, patience: int
 ) -> dict[str, Any]:
@@ -379,6 +387,7 @@ def summarise(
         tiers[tier] = {
             "val_loss": {f"{lr:g}": mean[lr] for lr in lrs},
             "best_epoch": {f"{lr:g}": float(np.mean([by[lr][k]["best_epoch"] for k in pairs])) for lr in lrs},
+            "at_cap": {f"{lr:g}": sum(at_cap(by[lr][k], cap, patience) for k in pairs) for lr in lrs},
             "chosen": chosen,
             "gain_vs_default": float(np.mean(diffs)),
             "better_on": int(sum(d < 0 for d in diffs)),
@@ -420,6 +429,8 @@ def report(result: dict[str, Any]) -> str:
         f"tier_lr: {json.dumps(chosen)}" if chosen else "tier_lr: {} (the default rate wins for every tier)",
         "",
     ]
+    if capped := cap_warning(result):
+        lines += [capped, ""]
     for budget, cloud in (result.get("cloud_by_budget") or {CONVERGED: result.get("cloud")}).items():
         if cloud is None:
             continue
@@ -444,6 +455,20 @@ def report(result: dict[str, Any]) -> str:
 
         lines += distill_report(result["distill"])
     return "\n".join(lines)
+
+
+def cap_warning(result: dict[str, Any]) -> str | None:
+    """A sentence when trials at the chosen rates were stopped by the cap (``None`` if none)."""
+    tiers = result["tiers"]
+    hit = {t: v.get("at_cap", {}).get(f"{v['chosen']:g}", 0) for t, v in tiers.items()}
+    if not any(hit.values()):
+        return None
+    cap = result["converged"]["cap"]
+    per = ", ".join(f"{t} {hit[t]} of {v['pairs']}" for t, v in tiers.items())
+    return (
+        f"The cap binds: at the chosen rates, trials still improving at epoch {cap} ({per}) were stopped by "
+        f"the cap, not by their patience; they are not converged. Rerun with a larger --cap to train them further."
+    )
 
 
 def _per_seed(rows: list[dict], key: str) -> str:
