@@ -11,6 +11,7 @@ from baim.errors import ConfigError
 from baim.presets import get_preset
 from baim.study.budget import parse_budgets
 from baim.study.parallel import worker_command
+from baim.study.runner import run_study
 from baim.study.tune import load_tuned, parse_lrs, run_tune, summarise
 
 
@@ -352,3 +353,18 @@ def test_a_failing_trial_stops_the_others_and_is_raised(tmp_path):
         run_calls([(divmod, (1, 0)), (divmod, (4, 2))], jobs=2)
     with pytest.raises(ConfigError, match="--jobs 0"):
         run_tune(tmp_path, "smoke", (0,), (0.002,), jobs=0)
+
+
+def test_a_study_refuses_a_tuning_made_with_another_convergence_rule(tmp_path):
+    """Rates chosen for trainings capped at 30 epochs need not win at 100: a study whose
+    converged budget stops trainings by another rule refuses the tune.json, naming both fixes."""
+    from baim.study.tune import check_convergence
+
+    path = tmp_path / "tune.json"
+    path.write_text(json.dumps(_summary_stub()))  # made with cap 30, patience 3
+    check_convergence(path, parse_budgets("4,converged", cap=30, patience=3))
+    check_convergence(path, parse_budgets("4"))  # a fixed budget stops no training early
+    with pytest.raises(ConfigError, match="tune again with --cap 100 --patience 3, or run the study with --cap 30"):
+        check_convergence(path, parse_budgets("converged"))
+    with pytest.raises(ConfigError, match="capped at 30"):
+        run_study(tmp_path / "s", "smoke", [0], parse_budgets("converged"), tuned=path)

@@ -10,10 +10,16 @@ from typing import Any
 def _shared(p: argparse.ArgumentParser, seeds: str, seeds_help: str, what: str) -> None:
     """The options ``study`` and ``tune`` share (the layouts, how trainings converge, the data)."""
     from ..presets import PRESETS
+    from ..study.budget import CAP
 
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="named run settings")
     p.add_argument("--seeds", default=seeds, help=seeds_help)
-    p.add_argument("--cap", type=int, default=30, help=f"most epochs (rounds) {what} may take")
+    p.add_argument(
+        "--cap",
+        type=int,
+        default=CAP,
+        help=f"most epochs (rounds) {what} may take (a bound, not a budget: patience should stop it first)",
+    )
     p.add_argument("--patience", type=int, default=3, help=f"epochs without improvement before {what} stops")
     p.add_argument("--data-dir", default=None, help="folder of the data set (default: the installed one)")
 

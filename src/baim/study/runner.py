@@ -30,7 +30,7 @@ from ..runfiles import RunFiles
 from .budget import Budget
 from .paired import paired_differences
 from .parallel import run_parallel, units
-from .tune import load_tuned, load_tuned_settings
+from .tune import check_convergence, load_tuned, load_tuned_settings
 
 # the set first (controls early: they are cheap and reuse baim's uploads), then the
 # FedAvg variants at a fairer capacity and with a fine-tune on the common data
@@ -126,6 +126,8 @@ def run_study(
         log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         log(f"--tuned {tuned}: the cloud's recipe per budget: {recipes}")
     tuned_settings = load_tuned_settings(tuned) if tuned else {}
+    if tuned:
+        check_convergence(tuned, budgets)
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ConfigError(f"unknown methods {bad}; choose from {', '.join(METHODS)}")

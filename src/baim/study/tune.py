@@ -44,7 +44,7 @@ from ..edge.train import train_learner
 from ..errors import ConfigError
 from ..presets import get_preset
 from ..runfiles import RunFiles
-from .budget import CONVERGED, Budget, parse_budgets
+from .budget import CAP, CONVERGED, Budget, parse_budgets
 from .trials import Call, run_calls, say, worker_threads
 
 DEFAULT_LRS = (0.001, 0.002, 0.005, 0.01)
@@ -76,7 +76,7 @@ def run_tune(
     preset: str = "quick",
     seeds: tuple[int, ...] = (0,),
     lrs: tuple[float, ...] = DEFAULT_LRS,
-    cap: int = 30,
+    cap: int = CAP,
     patience: int = 3,
     data_dir: str | None = None,
     log: Any = None,
@@ -497,6 +497,22 @@ def load_tuned(path: str | Path, budget: str = CONVERGED) -> tuple[dict[str, Any
         raise ConfigError(f"--tuned {path}: no such file; make one with `baim tune --out DIR`") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"--tuned {path}: not a tune.json ({exc}); make one with `baim tune --out DIR`") from exc
+
+
+def check_convergence(path: str | Path, budgets: list[Budget]) -> None:
+    """Refuse ``--tuned PATH`` for a study whose ``converged`` budget stops trainings by another
+    rule (cap, patience) than the tuning did: the rates, recipe and weights were chosen for
+    trainings that end where the tuning's ended (a rate that wins at 30 epochs need not win at
+    100)."""
+    made = json.loads(Path(path).read_text()).get("converged")
+    for b in budgets:
+        if b.epochs is None and made is not None and (made.get("cap"), made.get("patience")) != (b.cap, b.patience):
+            raise ConfigError(
+                f"--tuned {path} was chosen with trainings capped at {made.get('cap')} epochs (patience "
+                f"{made.get('patience')}), this study's converged budget caps them at {b.cap} (patience {b.patience}): "
+                f"tune again with --cap {b.cap} --patience {b.patience}, or run the study with --cap {made.get('cap')} "
+                f"--patience {made.get('patience')}"
+            )
 
 
 def load_tuned_settings(path: str | Path) -> dict[str, float]:
