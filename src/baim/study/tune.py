@@ -364,8 +364,9 @@ def _trial(ds: Any, edge: Recipe, layout: Layout, e: EdgeSlice, lr: float, cap: 
 
 
 def at_cap(trial: dict, cap: int, patience: int) -> bool:
-    """The trial was stopped by the cap, not by its patience: still improving at the end, so
-    not converged (a larger ``--cap`` would have trained it further)."""
+    """The trial was stopped by the cap before its patience ran out (its best epoch within
+    ``patience`` of the cap): not known to be converged; a larger ``--cap`` would have trained
+    it further, and may have found a better epoch."""
     return trial["epochs"] >= cap and trial["best_epoch"] > cap - patience
 
 
@@ -466,8 +467,9 @@ def cap_warning(result: dict[str, Any]) -> str | None:
     cap = result["converged"]["cap"]
     per = ", ".join(f"{t} {hit[t]} of {v['pairs']}" for t, v in tiers.items())
     return (
-        f"The cap binds: at the chosen rates, trials still improving at epoch {cap} ({per}) were stopped by "
-        f"the cap, not by their patience; they are not converged. Rerun with a larger --cap to train them further."
+        f"The cap binds: at the chosen rates, trials whose best epoch was within their patience of epoch {cap} "
+        f"({per}) were stopped by the cap, not by their patience: not known to be converged. "
+        "Rerun with a larger --cap to train them further."
     )
 
 
