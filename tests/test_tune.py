@@ -368,3 +368,18 @@ def test_a_study_refuses_a_tuning_made_with_another_convergence_rule(tmp_path):
         check_convergence(path, parse_budgets("converged"))
     with pytest.raises(ConfigError, match="capped at 30"):
         run_study(tmp_path / "s", "smoke", [0], parse_budgets("converged"), tuned=path)
+
+
+def test_a_tuning_folder_refuses_another_cap(tmp_path):
+    """Trial files are not named by the cap: a call with another one must not resume them."""
+    from baim.study.tune import _one_rule
+
+    _one_rule(tmp_path, 30, 3)
+    _one_rule(tmp_path, 30, 3)
+    with pytest.raises(ConfigError, match="made with cap 30, patience 3.*use another --out"):
+        _one_rule(tmp_path, 100, 3)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "tune.json").write_text(json.dumps(_summary_stub()))
+    with pytest.raises(ConfigError, match="cap 30"):
+        run_tune(legacy, "smoke", (0,), (0.002,), cap=2, patience=1)

@@ -106,6 +106,7 @@ def run_tune(
     default = p.edge.lr
     lrs = tuple(sorted(set(lrs) | {default}))  # the default is always a candidate: a gain is against it
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _one_rule(out, cap, patience)
     if jobs > 1:  # every process of this tuning on one thread count (a workflow run checks it on resume)
         torch.set_num_threads(worker_threads(jobs))
     ds = load_dataset(dataset, data_dir)
@@ -141,6 +142,27 @@ def run_tune(
     write_json(out / "tune.json", result)
     write_text(out / "tune.md", report(result))
     return result
+
+
+def _one_rule(out: Path, cap: int, patience: int) -> None:
+    """A tuning folder holds trials of one convergence rule: its trial files are named by seed,
+    tier, rate, edge (or weight), not by cap, so a call with another ``--cap`` or
+    ``--patience`` would resume the first call's trials as if they were its own."""
+    rule = {"cap": cap, "patience": patience}
+    marker, made = out / "converged.json", out / "tune.json"
+    if marker.is_file():
+        earlier = json.loads(marker.read_text())
+    elif made.is_file():  # a folder tuned before the marker existed
+        earlier = json.loads(made.read_text()).get("converged", rule)
+    else:
+        earlier = rule
+    if earlier != rule:
+        raise ConfigError(
+            f"{out} holds trials made with cap {earlier.get('cap')}, patience {earlier.get('patience')}; this call "
+            f"asks for cap {cap}, patience {patience}: use another --out (or the same --cap and --patience)"
+        )
+    if not marker.is_file():
+        write_json(marker, rule)
 
 
 LATER_STAGES = ("cloud", "cloud_by_budget", "distill")
