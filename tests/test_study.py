@@ -97,6 +97,14 @@ def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     cloud_log = out / "seed-0" / "budget-converged" / "baim" / "cloud" / "baim-finetune" / "log.json"
     curve = json.loads(cloud_log.read_text())
     assert 1 <= len(curve["curve"]) <= 2 and all("val_loss" in r for r in curve["curve"])
+    # how each cell's early-stopped trainings ended; with a cap of 2 and patience 1 some run to the cap
+    stops = {c["method"]: c["stopping"]["by_patience"] + c["stopping"]["at_cap"] for c in result["cells"]}
+    assert stops["cloud_only"] > 0 and stops["local"] == 0  # local's models are the workflow's uploads: baim's cell
+    baim_stops = baim["stopping"]
+    assert baim_stops["at_cap"] + baim_stops["by_patience"] >= len(baim["per_edge"]) + 1  # edges and the BAIM
+    assert (
+        "ran to the cap (2)" in (out / "study.md").read_text() or "before the cap (2)" in (out / "study.md").read_text()
+    )
     for f in ("quality_vs_bytes.png", "quality_vs_edge_flops.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     # resume: a deleted cell is measured again, the others are read back untouched

@@ -19,6 +19,7 @@ from ..data import load_dataset
 from ..data.layout import Layout, make_layout
 from ..errors import ConfigError
 from ..metrics import get_extractor
+from ..models.fit import stopping_counts, stopping_record
 from ..runfiles import RunFiles
 from ..runview import Run
 from . import scaling
@@ -101,7 +102,10 @@ def method_cell(name: str, ctx: Context, out: Path) -> dict:
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     t0 = time.perf_counter()
-    row = _run_method(name, ctx, out)
+    with stopping_record() as stoppers:
+        row = _run_method(name, ctx, out)
+    # how this process's early-stopped trainings ended (phases a resumed workflow reused are not in it)
+    row["stopping"] = stopping_counts(stoppers)
     row.setdefault("fid_sampling", FID_SAMPLING)
     row["fid"] = row["fid_fitted"]
     row["kid"] = row["kid_fitted"]

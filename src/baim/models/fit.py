@@ -24,8 +24,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +91,28 @@ class Fitted:
 Validate = Callable[[nn.Module], float]
 
 
+_watching: list[list[EarlyStopping]] = []
+
+
+@contextmanager
+def stopping_record() -> Iterator[list[EarlyStopping]]:
+    """Every :class:`EarlyStopping` made for the duration (fits with patience, and the rounds
+    of a federated method), to tell afterwards how each training ended: by its patience
+    (``stopped``), or at its cap (it never stopped: not known to be converged)."""
+    seen: list[EarlyStopping] = []
+    _watching.append(seen)
+    try:
+        yield seen
+    finally:
+        _watching.remove(seen)
+
+
+def stopping_counts(stoppers: Iterable[EarlyStopping]) -> dict[str, int]:
+    """How many trainings stopped by their patience, and how many ran to their cap."""
+    ran = [s for s in stoppers if s.updates]
+    return {"by_patience": sum(s.stopped for s in ran), "at_cap": sum(not s.stopped for s in ran)}
+
+
 class EarlyStopping:
     """Tracks the best validation score and the model that reached it; says when ``patience``
     epochs in a row brought no improvement.
@@ -107,9 +129,14 @@ class EarlyStopping:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_structure: object = None
         self.bad = 0
+        self.updates = 0
+        self.stopped = False  # by its patience; a training that ends unstopped ran to its cap
+        for seen in _watching:
+            seen.append(self)
 
     def update(self, model: nn.Module, epoch: int, score: float) -> bool:
         """Record ``score`` for ``epoch``; True when training should stop."""
+        self.updates += 1
         if math.isfinite(score) and score < self.best:
             self.best, self.best_epoch, self.bad = score, epoch, 0
             self.best_state = copy.deepcopy(model.state_dict())
@@ -117,7 +144,8 @@ class EarlyStopping:
             self.best_structure = structure() if callable(structure) else None
         else:
             self.bad += 1
-        return self.bad >= self.patience
+        self.stopped = self.bad >= self.patience
+        return self.stopped
 
     def restore(self, model: nn.Module) -> None:
         if self.best_state is None:

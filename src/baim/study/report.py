@@ -64,6 +64,7 @@ def markdown(result: dict) -> str:
                 f"{v['kid']:.4f} | {v['bytes_up'] / MB:.3f} | {v['bytes_down'] / MB:.3f} | "
                 f"{v['edge_flops'] / 1e9:.1f} | {v['cloud_flops'] / 1e9:.1f} |"
             )
+    lines += _capped(result)
     lines += ["", "## Paired differences baim − method (95 % bootstrap; negative: baim lower)", ""]
     lines += [
         "| budget | method | Δ nll (bpd) | Δ FID | Δ MSE | baim better on (CI excludes 0) |",
@@ -118,6 +119,28 @@ def markdown(result: dict) -> str:
     if result.get("missing"):
         lines += ["", f"{len(result['missing'])} cells not measured yet (rerun the same command to resume)."]
     return "\n".join(lines) + "\n"
+
+
+def _capped(result: dict) -> list[str]:
+    """At ``converged``: how many early-stopped trainings ran to the cap instead (not known to
+    be converged), per method over seeds; cells measured before this was recorded are left out."""
+    cells = [c for c in result["cells"] if c["budget"] == "converged" and "stopping" in c]
+    if not cells:
+        return []
+    per: dict[str, list[int]] = {}
+    for c in cells:
+        n = per.setdefault(c["method"], [0, 0])
+        n[0] += c["stopping"]["at_cap"]
+        n[1] += c["stopping"]["at_cap"] + c["stopping"]["by_patience"]
+    hit = [f"{m} {a} of {t}" for m, (a, t) in per.items() if a]
+    cap = result["converged"]["cap"]
+    if not hit:
+        return ["", f"At converged every early-stopped training stopped by its patience before the cap ({cap})."]
+    return [
+        "",
+        f"At converged, trainings that ran to the cap ({cap}) instead of stopping by their patience (not known "
+        f"to be converged): {', '.join(hit)}. A larger --cap would train them further.",
+    ]
 
 
 def _deliveries(result: dict) -> dict[str, dict[str, int]]:

@@ -84,6 +84,8 @@ def _cell(row: dict, seed: int, budget: Budget) -> dict[str, Any]:
     out |= {k: int(row[k]) for k in TOTALS}
     out["settings"] = row.get("settings", {})
     out["wall_s"] = row.get("method_wall_s_with_evaluation")
+    if "stopping" in row:  # cells measured since 2026-12-06
+        out["stopping"] = row["stopping"]
     out["per_edge"] = per_edge
     if row.get("rounds"):
         out["rounds"] = [
