@@ -162,6 +162,20 @@ def test_a_study_folder_refuses_cells_of_another_tuning(tmp_path):
         _check_tuned(tmp_path, "quick", [0], [budget], {"4": ({"tier_lr": {"large": 0.002}}, "paper")}, "t.json")
 
 
+def test_a_study_folder_refuses_converged_cells_of_another_cap(tmp_path):
+    """Converged cells made under cap 30 must not be mixed with cap-100 ones on a rerun."""
+    from baim.study.runner import _check_tuned, _config, cell_dir
+
+    (old,) = parse_budgets("converged", cap=30, patience=3)
+    d = cell_dir(tmp_path, 0, old)
+    d.mkdir(parents=True)
+    made = _config("quick", 0, old, None, "domain", {}).resolved_preset().to_dict()
+    (d / "layout.json").write_text(json.dumps({"preset": made}))
+    _check_tuned(tmp_path, "quick", [0], [old], {}, None)  # the same rule: fine
+    with pytest.raises(ConfigError, match="made with cap 30, patience 3.*cap 100.*new --out"):
+        _check_tuned(tmp_path, "quick", [0], parse_budgets("converged"), {}, None)
+
+
 def test_cloud_tuning_runs_each_variant_at_the_chosen_rates_and_picks_what_the_edges_keep(tmp_path, monkeypatch):
     """The score is the validation loss of the model each edge keeps (after personalisation),
     not of what the delivery sent: here even-gates sends the best models and gentle's edges
@@ -364,7 +378,9 @@ def test_a_study_refuses_a_tuning_made_with_another_convergence_rule(tmp_path):
     path.write_text(json.dumps(_summary_stub()))  # made with cap 30, patience 3
     check_convergence(path, parse_budgets("4,converged", cap=30, patience=3))
     check_convergence(path, parse_budgets("4"))  # a fixed budget stops no training early
-    with pytest.raises(ConfigError, match="tune again with --cap 100 --patience 3, or run the study with --cap 30"):
+    with pytest.raises(
+        ConfigError, match="tune again into a new --out with --cap 100 --patience 3, or run the study with --cap 30"
+    ):
         check_convergence(path, parse_budgets("converged"))
     with pytest.raises(ConfigError, match="capped at 30"):
         run_study(tmp_path / "s", "smoke", [0], parse_budgets("converged"), tuned=path)

@@ -282,6 +282,14 @@ def _check_tuned(
                         f"{out}: seed {s} budget {b.name} was made with other {', '.join(differ)} than {given} "
                         "asks for; use a new --out (or the same --tuned) so one study holds one tuning"
                     )
+                edge = had.get("edge", {})
+                rule = (edge.get("epochs"), edge.get("patience"))
+                if b.epochs is None and rule != (b.cap, b.patience):  # converged cells of another cap
+                    raise ConfigError(
+                        f"{out}: seed {s}'s converged cells were made with cap {rule[0]}, patience {rule[1]}; "
+                        f"this call asks for cap {b.cap}, patience {b.patience}: use a new --out (or the same "
+                        "--cap and --patience) so one study holds one convergence rule"
+                    )
 
 
 def _check_tuned_settings(

@@ -41,7 +41,7 @@ from ..data import load_dataset
 from ..data.layout import EdgeSlice, Layout, make_layout
 from ..edge.local import build_learner
 from ..edge.train import train_learner
-from ..errors import ConfigError
+from ..errors import ConfigError, RunConfigMismatch
 from ..presets import get_preset
 from ..runfiles import RunFiles
 from .budget import CAP, CONVERGED, Budget, parse_budgets
@@ -154,6 +154,11 @@ def _one_rule(out: Path, cap: int, patience: int) -> None:
         earlier = json.loads(marker.read_text())
     elif made.is_file():  # a folder tuned before the marker existed
         earlier = json.loads(made.read_text()).get("converged", rule)
+    elif out.is_dir() and any(out.iterdir()):  # trials of an unknown rule (an unfinished tuning, before the marker)
+        raise ConfigError(
+            f"{out} holds a tuning's files but not the cap and patience they were made with; use another --out "
+            "(or delete this one to start over)"
+        )
     else:
         earlier = rule
     if earlier != rule:
@@ -250,7 +255,13 @@ def tune_cloud(stage: Stage, variants: tuple[str, ...], budget: str = CONVERGED,
         for seed in stage.seeds:
             t0 = time.perf_counter()
             folder = _cloud_folder(stage, name, seed, budget)
-            summary = run(folder, _cloud_config(stage, name, seed, budget))
+            try:
+                summary = run(folder, _cloud_config(stage, name, seed, budget))
+            except RunConfigMismatch as exc:
+                raise RunConfigMismatch(
+                    f"{exc}\n(baim tune: resume with the same --jobs on a machine with as many cores; --jobs N gives "
+                    "every process cores/N torch threads)"
+                ) from exc
             curve = summary["strategies"]["finetune"].get("curve", [])
             runs[name, seed] = {
                 "kept": kept_val_losses(folder, ds, seed),
@@ -534,8 +545,8 @@ def check_convergence(path: str | Path, budgets: list[Budget]) -> None:
             raise ConfigError(
                 f"--tuned {path} was chosen with trainings capped at {made.get('cap')} epochs (patience "
                 f"{made.get('patience')}), this study's converged budget caps them at {b.cap} (patience {b.patience}): "
-                f"tune again with --cap {b.cap} --patience {b.patience}, or run the study with --cap {made.get('cap')} "
-                f"--patience {made.get('patience')}"
+                f"tune again into a new --out with --cap {b.cap} --patience {b.patience}, or run the study with --cap "
+                f"{made.get('cap')} --patience {made.get('patience')}"
             )
 
 
