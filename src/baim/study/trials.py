@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Any
 
 Call = tuple[Callable[..., Any], tuple[Any, ...]]
@@ -37,25 +36,32 @@ def _start_worker(threads: int) -> None:
 
 
 def worker_threads(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+    """Torch threads per process when ``jobs`` share the cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, jobs))
 
 
 def run_calls(calls: list[Call], jobs: int = 1) -> None:
     """Every call, in this process (``jobs`` ≤ 1, or a single call) or in ``jobs`` worker
-    processes. The first failure stops the calls not yet started and is raised here (those
-    running finish and keep their files)."""
+    processes. The first failure, or an interrupt (Ctrl-C), stops every worker at once and is
+    raised here; a trial cut short leaves no file (they are written atomically at their end)
+    and runs again on the next call."""
     if jobs <= 1 or len(calls) <= 1:
         for fn, args in calls:
             fn(*args)
         return
     ctx = multiprocessing.get_context("spawn")
-    workers = min(jobs, len(calls))
-    with ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_start_worker, initargs=(worker_threads(jobs),)
-    ) as pool:
-        futures = [pool.submit(fn, *args) for fn, args in calls]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        errors = [e for f in done if (e := f.exception()) is not None]
-        if errors:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise errors[0]
+    pool = ctx.Pool(min(jobs, len(calls)), initializer=_start_worker, initargs=(worker_threads(jobs),))
+    try:
+        pending = [pool.apply_async(fn, args) for fn, args in calls]
+        while pending:
+            pending[0].wait(0.5)
+            for done in [r for r in pending if r.ready()]:
+                pending.remove(done)
+                done.get()  # raises the trial's own error
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
