@@ -24,7 +24,12 @@ def test_a_record_tells_trainings_stopped_by_patience_from_those_that_ran_to_the
         stopper = EarlyStopping(3)  # made, never updated: no training to count
     assert len(done.epochs) == 4 and done.best_epoch == 2
     assert stopping_counts(seen) == {"by_patience": 1, "at_cap": 1}
-    assert stopper in seen
+    assert stopper.outcome in seen and len(seen) == 3
+    with stopping_record() as outer:
+        with stopping_record() as inner:
+            EarlyStopping(1)
+        EarlyStopping(1)
+    assert len(inner) == 1 and len(outer) == 2  # nested records, each closed in its turn
     with stopping_record() as later:
         pass
     assert later == []  # a record holds only what was made inside it

@@ -91,25 +91,34 @@ class Fitted:
 Validate = Callable[[nn.Module], float]
 
 
-_watching: list[list[EarlyStopping]] = []
+@dataclass
+class Stopping:
+    """How one early-stopped training went: validations seen, and whether its patience ran out
+    (a training that ends without that ran to its cap: not known to be converged)."""
+
+    updates: int = 0
+    stopped: bool = False
+
+
+_watching: list[list[Stopping]] = []
 
 
 @contextmanager
-def stopping_record() -> Iterator[list[EarlyStopping]]:
-    """Every :class:`EarlyStopping` made for the duration (fits with patience, and the rounds
-    of a federated method), to tell afterwards how each training ended: by its patience
-    (``stopped``), or at its cap (it never stopped: not known to be converged)."""
-    seen: list[EarlyStopping] = []
+def stopping_record() -> Iterator[list[Stopping]]:
+    """How every :class:`EarlyStopping` made for the duration ended (fits with patience, and
+    the rounds of a federated method): only these small records, not the stoppers (whose best
+    weights would otherwise stay in memory for as long as the record)."""
+    seen: list[Stopping] = []
     _watching.append(seen)
     try:
         yield seen
     finally:
-        _watching.remove(seen)
+        del _watching[next(i for i, x in enumerate(_watching) if x is seen)]
 
 
-def stopping_counts(stoppers: Iterable[EarlyStopping]) -> dict[str, int]:
+def stopping_counts(record: Iterable[Stopping]) -> dict[str, int]:
     """How many trainings stopped by their patience, and how many ran to their cap."""
-    ran = [s for s in stoppers if s.updates]
+    ran = [s for s in record if s.updates]
     return {"by_patience": sum(s.stopped for s in ran), "at_cap": sum(not s.stopped for s in ran)}
 
 
@@ -129,14 +138,13 @@ class EarlyStopping:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.best_structure: object = None
         self.bad = 0
-        self.updates = 0
-        self.stopped = False  # by its patience; a training that ends unstopped ran to its cap
+        self.outcome = Stopping()
         for seen in _watching:
-            seen.append(self)
+            seen.append(self.outcome)
 
     def update(self, model: nn.Module, epoch: int, score: float) -> bool:
         """Record ``score`` for ``epoch``; True when training should stop."""
-        self.updates += 1
+        self.outcome.updates += 1
         if math.isfinite(score) and score < self.best:
             self.best, self.best_epoch, self.bad = score, epoch, 0
             self.best_state = copy.deepcopy(model.state_dict())
@@ -144,8 +152,8 @@ class EarlyStopping:
             self.best_structure = structure() if callable(structure) else None
         else:
             self.bad += 1
-        self.stopped = self.bad >= self.patience
-        return self.stopped
+        self.outcome.stopped = self.bad >= self.patience
+        return self.outcome.stopped
 
     def restore(self, model: nn.Module) -> None:
         if self.best_state is None:

@@ -134,11 +134,14 @@ def _capped(result: dict) -> list[str]:
         n[1] += c["stopping"]["at_cap"] + c["stopping"]["by_patience"]
     hit = [f"{m} {a} of {t}" for m, (a, t) in per.items() if a]
     cap = result["converged"]["cap"]
+    # a cell counts the trainings its own process ran: not the phases a resumed workflow reused,
+    # nor teachers another cell of the process had trained (kd after central)
+    scope = "of the early-stopped trainings each cell ran itself (not phases it reused)"
     if not hit:
-        return ["", f"At converged every early-stopped training stopped by its patience before the cap ({cap})."]
+        return ["", f"At converged, every one {scope} stopped by its patience before the cap ({cap})."]
     return [
         "",
-        f"At converged, trainings that ran to the cap ({cap}) instead of stopping by their patience (not known "
+        f"At converged, {scope}, these ran to the cap ({cap}) instead of stopping by their patience (not known "
         f"to be converged): {', '.join(hit)}. A larger --cap would train them further.",
     ]
 
