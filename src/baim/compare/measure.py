@@ -18,7 +18,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -83,11 +83,8 @@ class Meter:
         """FLOPs counted so far (a fixed-cost step's region, :mod:`baim.models.step_cost`)."""
         return self._total_flops()
 
-    def uncounted(self) -> AbstractContextManager[None]:
-        return self.paused()
-
     def book(self, flops: int) -> None:
-        """Count ``flops`` done while uncounted (a fixed-cost step counted once before)."""
+        """Count ``flops`` done while paused (a fixed-cost step counted once before)."""
         self._counted += flops
 
     @contextmanager

@@ -39,7 +39,7 @@ class StepCounter(Protocol):
     def total(self) -> int:
         """FLOPs counted so far."""
 
-    def uncounted(self) -> AbstractContextManager[None]:
+    def paused(self) -> AbstractContextManager[None]:
         """A context in which nothing is counted."""
 
     def book(self, flops: int) -> None:
@@ -73,7 +73,7 @@ class StepCosts:
             yield
             return
         if key in self.flops:
-            with counter.uncounted():
+            with counter.paused():
                 yield
             counter.book(self.flops[key])
             return
