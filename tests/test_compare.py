@@ -398,7 +398,9 @@ def test_a_round_scores_only_the_models_that_changed(tmp_path, monkeypatch):
     models = {e: StagedVAE(tier_spec(ctx.tier_of(e))).eval() for e in ctx.edges}
     scored = []
     real = ctx.cheap_quality
-    monkeypatch.setattr(ctx, "cheap_quality", lambda e, m, shared=None: scored.append(e) or real(e, m, shared))
+    monkeypatch.setattr(
+        ctx, "cheap_quality", lambda e, m, shared=None, val_loss=None: scored.append(e) or real(e, m, shared, val_loss)
+    )
     scores: dict = {}
     first = federated._round_row(ctx, 1, Wire(), models, scores, set())  # nothing is known yet: all scored
     assert sorted(scored) == sorted(ctx.edges)
@@ -412,3 +414,43 @@ def test_a_round_scores_only_the_models_that_changed(tmp_path, monkeypatch):
     assert scored == [moved]
     assert scores[kept] == before == real(kept, models[kept])  # what scoring it again would give
     assert scores[moved]["nll_bpd"] != moved_before["nll_bpd"] and second["nll_bpd"] != first["nll_bpd"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["fedavg", "fd"])
+def test_with_early_stopping_a_round_describes_the_models_validation_keeps(tmp_path, monkeypatch, method):
+    """Converging, each round's point is the model each edge would keep if the method ended
+    there (its best round on validation so far): the curve's last point is the final models'
+    score, an edge is scored only in rounds that improved it, and the validation loss its early
+    stopping took is reused, not computed again."""
+    from baim.compare.methods import federated
+
+    cfg = RunConfig(
+        preset="smoke", overrides={"num_edges": 3, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
+    )
+    ctx = make_context(tmp_path, cfg, Settings(rounds=6, local_epochs=1, sl_epochs=1, central_epochs=1, patience=2))
+    scored: list[tuple[int, bool]] = []
+    real = ctx.cheap_quality
+
+    def counted(e, m, shared=None, val_loss=None):
+        scored.append((e, val_loss is not None))
+        return real(e, m, shared, val_loss)
+
+    monkeypatch.setattr(ctx, "cheap_quality", counted)
+    # each edge's k-th validation score: rounds 1, 3 and 4 improve, 2, 5 and 6 do not (patience 2 stops
+    # it after round 6 and restores round 4)
+    pattern, calls = [0.5, 0.9, 0.4, 0.3, 0.35, 0.36], {}
+
+    def fake_val(e, m):
+        calls[e] = calls.get(e, -1) + 1
+        return pattern[min(calls[e], len(pattern) - 1)]
+
+    monkeypatch.setattr(ctx, "val_loss", fake_val)
+    row = federated.run_fedavg(ctx) if method == "fedavg" else federated.run_fd(ctx)
+    rounds = row.extra["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6]
+    assert len(scored) == 3 * len(ctx.edges)  # rounds 1, 3 and 4 only
+    assert all(given for _, given in scored)  # with the number the stopper took
+    assert [r["val_loss"] for r in rounds] == pytest.approx([0.5, 0.5, 0.4, 0.3, 0.3, 0.3])
+    final = [r["nll_bpd"] for r in row.per_edge]
+    assert rounds[-1]["nll_bpd"] == pytest.approx(sum(final) / len(final), rel=1e-6)

@@ -174,16 +174,20 @@ class Context:
         beta, seed = self.preset.edge.kld_weight, self.seed
         return {} if own is None else own_test_metrics(model, own, kld_weight=beta, seed=seed)
 
-    def cheap_quality(self, edge: int, model: StagedVAE, shared: dict | None = None) -> dict[str, float]:
+    def cheap_quality(
+        self, edge: int, model: StagedVAE, shared: dict | None = None, val_loss: float | None = None
+    ) -> dict[str, float]:
         """Per-round numbers of a round-based method: the test loss and the likelihood bound on
         the edge's task test set, and the loss on the edge's validation part (what stops it).
         ``shared``: a dict kept over one round's edges, so that a model several edges hold (a
         task's global model) is scored on the task's test set once, not once per edge (the same
-        numbers: the scoring is seeded)."""
+        numbers: the scoring is seeded). ``val_loss``: the edge's validation loss where the
+        caller's early stopping already scored this model (the same number, not computed twice)."""
         name = self.layout.task_names[self.task_of(edge)]
         beta, seed = self.preset.edge.kld_weight, self.seed
+        val = {"val_loss": self.val_loss(edge, model) if val_loss is None else val_loss}
         if self.validation_only:
-            return {"val_loss": self.val_loss(edge, model)}
+            return val
         key = (id(model), name)
         task_level = shared.get(key) if shared is not None else None
         if task_level is None:
@@ -194,7 +198,7 @@ class Context:
             }
             if shared is not None:
                 shared[key] = task_level
-        return {**task_level, "val_loss": self.val_loss(edge, model)}
+        return {**task_level, **val}
 
 
 def largest_tier(tiers: Sequence[str]) -> str:

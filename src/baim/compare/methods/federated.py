@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ...data import to_float, to_uint8
 from ...learners import StagedVAE, plain_state
-from ...models import generate, reconstruction_metrics
+from ...models import generate
 from ...models.evaluation import learner_prior
 from ...models.fit import EarlyStopping
 from ...transport import Message
@@ -53,35 +53,52 @@ def _average(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[
 
 
 def _round_row(
-    ctx: Context, r: int, wire: Any, models: dict[int, StagedVAE], scores: dict[int, dict], changed: set[int]
+    ctx: Context,
+    r: int,
+    wire: Any,
+    models: dict[int, StagedVAE],
+    scores: dict[int, dict],
+    changed: set[int],
+    vals: dict[int, float] | None = None,
 ) -> dict:
     """The round's cheap numbers (test loss, likelihood bound, validation loss; means over
     edges) and the bytes so far; FID is taken once, on the final models. A model several edges
     hold (FedAvg's global model of a task) is scored on the task's test set once. ``scores``
-    keeps each edge's numbers from round to round: an edge whose model did not change this
-    round (its task or itself stopped early, ``changed`` leaves it out) keeps last round's
-    numbers instead of being scored again (the same numbers: the scoring is seeded)."""
+    keeps each edge's numbers from round to round: an edge whose kept model did not change this
+    round (``changed`` leaves it out) keeps last round's numbers instead of being scored again
+    (the same numbers: the scoring is seeded). ``vals``: validation losses the round's early
+    stopping already took, reused.
+
+    What a round's point describes is the model each edge would keep if the method ended
+    there: its current model without early stopping; with it, the best round so far on
+    validation (what :class:`EarlyStopping` restores at the end). So the curve's last point is
+    the final models' score, the bytes to match baim count only a model validation would have
+    chosen, and an edge is scored only in rounds that improved it on validation (the rest of a
+    converging run's rounds cost no scoring)."""
     shared: dict = {}
+    vals = vals or {}
     for e in ctx.edges:
         if e in changed or e not in scores:
-            scores[e] = ctx.cheap_quality(e, models[e], shared)
+            scores[e] = ctx.cheap_quality(e, models[e], shared, val_loss=vals.get(e))
     per = [scores[e] for e in ctx.edges]
     b = ledger_totals(wire.ledger.messages)
     return {"round": r, "bytes_cum": b["up"] + b["down"], **{k: float(np.mean([p[k] for p in per])) for k in per[0]}}
 
 
-def _task_val(ctx: Context, t: int, models: dict[int, StagedVAE]) -> float:
+def _task_val(ctx: Context, t: int, models: dict[int, StagedVAE]) -> tuple[float, dict[int, float]]:
     """Sample-weighted validation loss of a task's models on its edges' validation parts (each
-    edge scores its own part and reports one number; left out of the bytes)."""
-    losses, weights = [], []
-    for e in ctx.edges_of(t):
-        val = ctx.val_images(e)
-        if len(val):
-            losses.append(reconstruction_metrics(models[e], val, kld_weight=ctx.preset.edge.kld_weight, seed=ctx.seed))
-            weights.append(len(val))
-    if not weights:
-        return float("nan")
-    return float(np.average([x["test_loss"] for x in losses], weights=weights))
+    edge scores its own part and reports one number; left out of the bytes), and each edge's
+    own number (for the round's row)."""
+    per = {e: ctx.val_loss(e, models[e]) for e in ctx.edges_of(t) if ctx.layout.edges[e].val}
+    if not per:
+        return float("nan"), per
+    return float(np.average(list(per.values()), weights=[len(ctx.layout.edges[e].val) for e in per])), per
+
+
+def _kept_changed(stopper: EarlyStopping, r: int) -> bool:
+    """Whether round ``r``'s model is now what early stopping keeps (a new best, or no best yet:
+    then restoring leaves the current model)."""
+    return stopper.best_state is None or stopper.best_epoch == r
 
 
 def _latency(ctx: Context, models: dict[int, StagedVAE]) -> float:
@@ -151,7 +168,8 @@ def run_fedavg(ctx: Context, capacity: str = "smallest", finetune: bool = False)
             if not active:
                 break
             t0 = time.perf_counter()
-            changed = {e for t in active for e in ctx.edges_of(t)}
+            changed = set() if P else {e for t in active for e in ctx.edges_of(t)}
+            vals: dict[int, float] = {}
             for t in sorted(active):
                 if t in global_models:
                     _fedavg_round(ctx, wire, meter, t, r, global_models[t], local, opts)
@@ -168,11 +186,15 @@ def run_fedavg(ctx: Context, capacity: str = "smallest", finetune: bool = False)
                         )
                 if P:
                     task_model = held[ctx.edges_of(t)[0]]
-                    if stoppers[t].update(task_model, r + 1, _task_val(ctx, t, held)):
+                    score, per_edge = _task_val(ctx, t, held)
+                    vals |= per_edge
+                    if stoppers[t].update(task_model, r + 1, score):
                         active.discard(t)
+                    if _kept_changed(stoppers[t], r + 1):
+                        changed |= set(ctx.edges_of(t))
             train_wall += time.perf_counter() - t0
             with meter.paused():  # measurement, not the method's work
-                rounds.append(_round_row(ctx, r + 1, wire, held, scores, changed))
+                rounds.append(_round_row(ctx, r + 1, wire, held, scores, changed, vals))
         for t in tasks:  # the best round's weights (the edges keep what they were sent then)
             if P:
                 stoppers[t].restore(held[ctx.edges_of(t)[0]])
@@ -260,7 +282,8 @@ def run_fd(ctx: Context) -> MethodRow:
             if not active:
                 break
             t0 = time.perf_counter()
-            changed = set(active)
+            changed = set() if P else set(active)
+            vals: dict[int, float] = {}
             outputs: dict[int, dict[int, torch.Tensor]] = {}
             for e in sorted(active):
                 with meter.edge("rounds"):
@@ -306,13 +329,14 @@ def run_fd(ctx: Context) -> MethodRow:
                     got = wire.down(e, Message("fd.consensus", {"round": r}, {"consensus": cons}), "rounds")
                     consensus[e] = got.tensors["consensus"].float() / 255
             for e in sorted(active) if P else ():  # an edge that stopped improving stops taking part
-                val = ctx.val_images(e)
-                score = reconstruction_metrics(models[e], val, kld_weight=ctx.preset.edge.kld_weight, seed=ctx.seed)
-                if stoppers[e].update(models[e], r + 1, score["test_loss"]):
+                vals[e] = ctx.val_loss(e, models[e])
+                if stoppers[e].update(models[e], r + 1, vals[e]):
                     active.discard(e)
+                if _kept_changed(stoppers[e], r + 1):
+                    changed.add(e)
             train_wall += time.perf_counter() - t0
             with meter.paused():  # measurement, not the method's work
-                rounds.append(_round_row(ctx, r + 1, wire, models, scores, changed))
+                rounds.append(_round_row(ctx, r + 1, wire, models, scores, changed, vals))
         for e in stoppers:
             stoppers[e].restore(models[e])
     ctx.cache.setdefault("wires", {})["fd"] = wire
