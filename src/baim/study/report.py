@@ -186,7 +186,10 @@ def figure(result: dict, x_key: str, path: Path) -> Path:
         ax.set_xscale("log")
         ax.set_xlabel("bytes up + down, all edges (log; 1 = none)" if x_key == "bytes" else "edge FLOPs (log)")
         ax.set_ylabel(label)
-        ax.legend(fontsize=6)
+    # one legend for both panels, below them: inside a panel it covered the methods' points
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=min(7, len(handles)))
     what = "communication" if x_key == "bytes" else "edge compute"
     fig.suptitle(f"Quality against {what} (means over seeds; hollow: converged)")
     return save_figure(fig, path)
