@@ -67,12 +67,15 @@ def test_page_generates_shows_hit_or_miss_and_reconstructs(run_dir: Path, tmp_pa
                 width = page.eval_on_selector("#gen-image", "img => img.naturalWidth")
                 assert width > 8 * 32  # a grid of 24 images, 8 per row
                 page.wait_for_function("document.querySelector('#task').innerText.includes('bags (in toolbox)')")
+                page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
                 disabled = page.evaluate(
                     "() => { const b = document.querySelector('#generate'); b.click(); return b.disabled; }"
                 )
                 assert disabled  # no second request while one is running
                 page.wait_for_function("document.querySelector('#gen-status').innerText.includes('from memory')")
-                assert not page.is_disabled("#generate")
+                # the result is shown before the toolbox panel refreshes; the button comes back when
+                # the whole request ends (a bounded wait: it fails if the button stays disabled)
+                page.wait_for_function("!document.querySelector('#generate').disabled", timeout=10_000)
                 page.select_option("#task", "tops")
                 page.set_input_files("#file", str(upload))
                 page.click("#reconstruct")
