@@ -61,6 +61,29 @@ def test_own_test_metrics_are_paired_only_where_every_edge_has_them():
     assert own_keys([]) == ()
 
 
+def test_study_md_says_what_each_cell_cost_and_what_a_seed_costs_in_all():
+    from baim.study.report import markdown
+
+    def cell(method, seed, wall):
+        zero = dict.fromkeys(("nll_bpd", "mse", "fid", "kid", "bytes_up", "bytes_down", "edge_flops", "cloud_flops"), 0)
+        return {"method": method, "budget": "4", "seed": seed, "wall_s": wall, "per_edge": [], **zero}
+
+    cells = [cell("baim", 0, 600), cell("baim", 1, 900), cell("fedavg", 0, 120), cell("fedavg", 1, None)]
+    result = {
+        "preset": "smoke",
+        "seeds": [0, 1],
+        "budgets": ["4"],
+        "converged": {"patience": 3, "cap": 100},
+        "methods": ["baim", "fedavg"],
+        "cells": cells,
+        "paired": [],
+    }
+    md = markdown(result)
+    assert "| 4 | baim | 2 | 12.5 | 10.0 | 15.0 |" in md
+    assert "| 4 | fedavg | 1 | 2.0 | 2.0 | 2.0 |" in md  # a cell without a recorded wall clock is left out
+    assert "- budget 4: 27 min of cells in all (seed 0: 12, seed 1: 15)" in md
+
+
 @pytest.mark.integration
 def test_study_on_smoke_end_to_end_and_resumes(tmp_path):
     from baim.cli import main

@@ -116,9 +116,47 @@ def markdown(result: dict) -> str:
             hit = x["bytes_to_match_baim_nll"]
             matched = "not matched" if hit is None else f"{hit / MB:.3f}"
             lines.append(f"| {x['budget']} | {x['seed']} | {x['method']} | {matched} | {x['baim_bytes'] / MB:.3f} |")
+    lines += _cost(result)
     if result.get("missing"):
         lines += ["", f"{len(result['missing'])} cells not measured yet (rerun the same command to resume)."]
     return "\n".join(lines) + "\n"
+
+
+def _cost(result: dict) -> list[str]:
+    """What the study cost, from each cell's own wall clock (its training and evaluation): per
+    budget and method the minutes a cell took over seeds, and per budget the sum a seed takes.
+
+    Why: the study's price decides how many seeds and budgets anyone can afford, and it is the
+    number a time target is checked against; the cells already record it, so the report says it.
+    A cell that reuses another's work (``local`` reads baim's run, ``kd`` central's teachers)
+    counts only its own; cells that shared the cores with other processes ran slower."""
+    cells = [c for c in result["cells"] if c.get("wall_s") is not None]
+    if not cells:
+        return []
+    lines = [
+        "",
+        "## Cost: each cell's wall clock (training and evaluation), minutes",
+        "",
+        "Measured in the cell's own process; a cell that reuses another's work counts only its own, "
+        "and cells that shared the cores with others ran slower than alone.",
+        "",
+        "| budget | method | seeds | mean | min | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    totals = []
+    for b in result["budgets"]:
+        per_seed: dict[int, float] = {}
+        for m in result["methods"]:
+            w = [c["wall_s"] / 60 for c in cells if c["budget"] == b and c["method"] == m]
+            if w:
+                lines.append(f"| {b} | {m} | {len(w)} | {np.mean(w):.1f} | {min(w):.1f} | {max(w):.1f} |")
+        for c in cells:
+            if c["budget"] == b:
+                per_seed[c["seed"]] = per_seed.get(c["seed"], 0.0) + c["wall_s"] / 60
+        if per_seed:
+            each = ", ".join(f"seed {s}: {v:.0f}" for s, v in sorted(per_seed.items()))
+            totals.append(f"- budget {b}: {sum(per_seed.values()):.0f} min of cells in all ({each})")
+    return [*lines, "", *totals]
 
 
 def _capped(result: dict) -> list[str]:
