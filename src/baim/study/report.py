@@ -147,11 +147,11 @@ def _cost(result: dict) -> list[str]:
     for b in result["budgets"]:
         per_seed: dict[int, float] = {}
         for m in result["methods"]:
-            w = [c["wall_s"] / 60 for c in cells if c["budget"] == b and c["method"] == m]
-            if w:
+            mine = [c for c in cells if c["budget"] == b and c["method"] == m]
+            if mine:
+                w = [c["wall_s"] / 60 for c in mine]
                 lines.append(f"| {b} | {m} | {len(w)} | {np.mean(w):.1f} | {min(w):.1f} | {max(w):.1f} |")
-        for c in cells:
-            if c["budget"] == b:
+            for c in mine:  # the seed's sum is the sum of the rows above
                 per_seed[c["seed"]] = per_seed.get(c["seed"], 0.0) + c["wall_s"] / 60
         if per_seed:
             each = ", ".join(f"seed {s}: {v:.0f}" for s, v in sorted(per_seed.items()))
