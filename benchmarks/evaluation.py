@@ -5,7 +5,7 @@
 The workflow's evaluation of one edge learner at the ``quick`` preset's sizes (test loss and
 MSE on the task's 1,000 test images, the IWAE bound with k = 64 on 64 of them, the same on the
 edge's own test set, FID/KID of 500 samples by three procedures): wall seconds per call with
-the models in the channels-last layout (the default, :func:`baim.models.evaluation.channels_last`)
+the models in the channels-last layout (the default, :mod:`baim.models.memory_format`)
 and in torch's default layout, and inside the comparison's FLOP counter (what every per-round
 score and the workflow's evaluations paid before :meth:`Meter.paused`). Also checks that the
 two layouts give the same numbers. One torch thread, as in a study worker. The last line is
@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -27,11 +26,11 @@ os.environ.setdefault("BAIM_QUIET", "1")
 
 import torch  # noqa: E402
 
-import baim.models.evaluation as evaluation  # noqa: E402
 from baim.compare.common import build  # noqa: E402
 from baim.compare.measure import flop_counter  # noqa: E402
 from baim.compare.runner import make_context  # noqa: E402
 from baim.config import RunConfig  # noqa: E402
+from baim.models import memory_format  # noqa: E402
 
 
 def _timed(fn, repeats: int) -> tuple[float, dict]:
@@ -59,12 +58,12 @@ def main() -> None:
         for tier in args.tiers.split(","):
             model = build(tier, ctx.ds, 0).eval()
             fast_s, fast = _timed(lambda m=model: ctx.evaluate_edge(0, m), args.repeats)
-            real = evaluation.channels_last
-            evaluation.channels_last = lambda m: nullcontext()  # type: ignore[assignment]
+            real = memory_format.ENABLED
+            memory_format.ENABLED = False
             try:
                 plain_s, plain = _timed(lambda m=model: ctx.evaluate_edge(0, m), args.repeats)
             finally:
-                evaluation.channels_last = real
+                memory_format.ENABLED = real
 
             def counted(m=model):
                 with flop_counter():

@@ -160,7 +160,8 @@ def test_channels_last_changes_no_number_and_hands_the_model_back_as_it_was(fmni
     """The evaluation runs models in the channels-last layout (faster transposed convolutions
     on a CPU): the numbers are those of the default layout, and the model comes back with its
     own parameter objects in the default layout (an optimiser holding them still trains it)."""
-    from baim.models.evaluation import channels_last, reconstruction_metrics
+    from baim.models.evaluation import reconstruction_metrics
+    from baim.models.memory_format import channels_last
 
     (learner,) = trained_learners(["medium"])
     learner.eval()

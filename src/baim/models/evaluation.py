@@ -25,12 +25,9 @@ mix of the edge's slice), :func:`evaluate` also scores the model there (``own_te
 
 from __future__ import annotations
 
-import functools
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +37,7 @@ from ..data import to_float, to_uint8
 from ..learners import StagedVAE, vae_loss
 from ..metrics import bits_per_dim, iwae_nll, observation_sigma, scores
 from .baim import BAIM
+from .memory_format import in_channels_last
 from .prior import LatentPrior
 
 PROCEDURES = ("fitted", "standard", "reconstruction")
@@ -59,46 +57,6 @@ class Evaluation:
     images: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-_CHANNELS_LAST: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()  # models inside channels_last()
-
-
-@contextmanager
-def channels_last(model: torch.nn.Module) -> Iterator[None]:
-    """``model``'s convolution weights in the channels-last layout for the duration, then back.
-
-    Why: on a CPU the decoders' transposed convolutions run about 1.8× faster on channels-last
-    weights (oneDNN's native layout), and the evaluation decodes thousands of images per model
-    (the likelihood bound alone 4096). Only the layout changes, never a value; the numbers
-    agree with the default layout to float rounding. The parameters stay the same objects (an
-    optimiser holding them keeps working), and the default layout is restored afterwards, so
-    training and saving see the model as before. Re-entrant: an inner call inside an outer one
-    does nothing."""
-    if model in _CHANNELS_LAST:
-        yield
-        return
-    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # accepted, not in the stubs
-    _CHANNELS_LAST.add(model)
-    try:
-        yield
-    finally:
-        _CHANNELS_LAST.discard(model)
-        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-
-
-F_ = TypeVar("F_", bound=Callable[..., Any])
-
-
-def _channels_last(fn: F_) -> F_:
-    """``fn(model, ...)`` run inside :func:`channels_last` of its model."""
-
-    @functools.wraps(fn)
-    def wrapped(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with channels_last(model):
-            return fn(model, *args, **kwargs)
-
-    return cast(F_, wrapped)
-
-
 def rows_at_once(model: Model, most: int) -> int:
     """Rows to run through a model at once. A BAIM runs up to all its learners per row (about
     270 kB a row per small learner), so its rows shrink as it grows and memory stays flat in N.
@@ -107,7 +65,7 @@ def rows_at_once(model: Model, most: int) -> int:
     return most if isinstance(model, StagedVAE) else max(32, min(most, 4096 // len(model.learners) // 16 * 16))
 
 
-@_channels_last
+@in_channels_last
 @torch.no_grad()
 def reconstruction_metrics(
     model: Model, images: np.ndarray, task: int = 0, kld_weight: float = 0.00025, batch_size: int = 500, seed: int = 0
@@ -149,7 +107,7 @@ def _posterior_and_decoder(
     return mu, logvar, lambda z: baim.decode(z, torch.full((len(z),), task, dtype=torch.long))[0]
 
 
-@_channels_last
+@in_channels_last
 @torch.no_grad()
 def nll_bpd(
     model: Model,
@@ -220,7 +178,7 @@ def generate(
     return model.decode(z)
 
 
-@_channels_last
+@in_channels_last
 @torch.no_grad()
 def evaluate(
     model: Model,

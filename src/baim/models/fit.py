@@ -35,6 +35,7 @@ from ..config import Recipe
 from ..errors import ConfigError, TrainingDiverged
 from ..learners import vae_loss
 from ..progress import make_progress
+from . import memory_format
 from .step_cost import StepCosts
 
 
@@ -211,7 +212,7 @@ def fit(
     skipped_total = 0
     costs = StepCosts() if fixed_cost else None
     start = time.perf_counter()
-    with make_progress() as progress:
+    with memory_format.channels_last(model), make_progress() as progress:
         bar = progress.add_task(label, total=recipe.epochs * steps_per_epoch)
         for epoch in range(first_epoch, first_epoch + recipe.epochs):
             model.train()
