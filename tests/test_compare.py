@@ -401,19 +401,22 @@ def test_a_round_scores_only_the_models_that_changed(tmp_path, monkeypatch):
     monkeypatch.setattr(
         ctx, "cheap_quality", lambda e, m, shared=None, val_loss=None: scored.append(e) or real(e, m, shared, val_loss)
     )
-    scores: dict = {}
-    first = federated._round_row(ctx, 1, Wire(), models, scores, set())  # nothing is known yet: all scored
+    curve = federated._Curve(ctx, Wire(), every=1)
+    curve.after_round(1, lambda: models)  # nothing is known yet: all scored
+    first = curve.rows[-1]
     assert sorted(scored) == sorted(ctx.edges)
     kept, moved = ctx.edges[0], ctx.edges[1]
-    before, moved_before = dict(scores[kept]), dict(scores[moved])
+    before, moved_before = dict(curve.scores[kept]), dict(curve.scores[moved])
     with torch.no_grad():
         for p in models[moved].parameters():
             p.add_(0.05)
     scored.clear()
-    second = federated._round_row(ctx, 2, Wire(), models, scores, {moved})
+    curve.kept_changed({moved}, {})
+    curve.after_round(2, lambda: models)
+    second = curve.rows[-1]
     assert scored == [moved]
-    assert scores[kept] == before == real(kept, models[kept])  # what scoring it again would give
-    assert scores[moved]["nll_bpd"] != moved_before["nll_bpd"] and second["nll_bpd"] != first["nll_bpd"]
+    assert curve.scores[kept] == before == real(kept, models[kept])  # what scoring it again would give
+    assert curve.scores[moved]["nll_bpd"] != moved_before["nll_bpd"] and second["nll_bpd"] != first["nll_bpd"]
 
 
 @pytest.mark.integration
@@ -454,3 +457,42 @@ def test_with_early_stopping_a_round_describes_the_models_validation_keeps(tmp_p
     assert [r["val_loss"] for r in rounds] == pytest.approx([0.5, 0.5, 0.4, 0.3, 0.3, 0.3])
     final = [r["nll_bpd"] for r in row.per_edge]
     assert rounds[-1]["nll_bpd"] == pytest.approx(sum(final) / len(final), rel=1e-6)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["fedavg", "fd"])
+def test_a_curve_scored_every_few_rounds_scores_what_validation_keeps(tmp_path, monkeypatch, method):
+    """Scored every second round, a scored round whose model is not the best so far scores the
+    best round's weights (a copy), not the current model: so the last point, carried from the
+    last scored round, is the final (restored) models' score. Unscored rounds carry bytes only,
+    and scoring happens only where a kept model changed since it was last scored."""
+    from baim.compare.methods import federated
+
+    cfg = RunConfig(
+        preset="smoke", overrides={"num_edges": 3, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
+    )
+    settings = Settings(rounds=8, local_epochs=1, sl_epochs=1, central_epochs=1, patience=2, curve_every=2)
+    ctx = make_context(tmp_path, cfg, settings)
+    scored: list[int] = []
+    real = ctx.cheap_quality
+    monkeypatch.setattr(
+        ctx, "cheap_quality", lambda e, m, shared=None, val_loss=None: scored.append(e) or real(e, m, shared, val_loss)
+    )
+    # rounds 1 and 3 improve, 4 and 5 do not: patience 2 stops after round 5 and restores round 3,
+    # which round 4's point (scored) must already describe
+    pattern, calls = [0.5, 0.9, 0.4, 0.45, 0.46], {}
+
+    def fake_val(e, m):
+        calls[e] = calls.get(e, -1) + 1
+        return pattern[min(calls[e], len(pattern) - 1)]
+
+    monkeypatch.setattr(ctx, "val_loss", fake_val)
+    row = federated.run_fedavg(ctx) if method == "fedavg" else federated.run_fd(ctx)
+    rounds = row.extra["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+    assert [r["round"] for r in rounds if "nll_bpd" in r] == [1, 2, 4, 5]  # the first, every 2nd, the last
+    assert all(a["bytes_cum"] <= b["bytes_cum"] for a, b in zip(rounds, rounds[1:])) and "nll_bpd" not in rounds[2]
+    assert len(scored) == 2 * len(ctx.edges)  # rounds 1 and 4: the kept models changed only at 1 and 3
+    final = [r["nll_bpd"] for r in row.per_edge]
+    assert rounds[3]["nll_bpd"] == pytest.approx(sum(final) / len(final), rel=1e-6)
+    assert rounds[4]["nll_bpd"] == rounds[3]["nll_bpd"]

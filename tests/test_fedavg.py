@@ -64,3 +64,34 @@ def test_a_lone_edge_books_no_round_bytes(ctx):
     # two messages per shared edge per round, nothing else
     assert sum(1 for _, _, phase, _ in wire.kept if phase == "rounds") == 2 * len(shared) * ctx.settings.rounds
     assert result.bytes_up > 0 and len(result.extra["rounds"]) == ctx.settings.rounds
+
+
+@pytest.mark.integration
+def test_fedavg_ft_after_fedavg_reuses_its_rounds_and_equals_fedavg_ft_alone(tmp_path):
+    """``fedavg_ft`` in the context where ``fedavg`` ran starts from a copy of its rounds (they
+    are not run twice, and ``fedavg``'s models are left as they were), and measures exactly
+    what ``fedavg_ft`` run on its own does."""
+    from baim.compare.methods import federated
+
+    settings = Settings(rounds=2, local_epochs=1, sl_epochs=1, central_epochs=1)
+    alone = run_fedavg(make_context(tmp_path / "alone", CFG, settings), finetune=True)
+    ctx = make_context(tmp_path / "shared", CFG, settings)
+    plain = run_fedavg(ctx)
+    before = {k: v.clone() for k, v in ctx.cache["fedavg_rounds"]["smallest"].held[0].state_dict().items()}
+    calls = []
+    real = federated._fedavg_rounds
+    federated._fedavg_rounds = lambda *a: calls.append(a) or real(*a)  # type: ignore[assignment]
+    try:
+        shared = run_fedavg(ctx, finetune=True)
+    finally:
+        federated._fedavg_rounds = real
+    assert calls == []  # the rounds were not run again
+    after = ctx.cache["fedavg_rounds"]["smallest"].held[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the fine-tune worked on a copy
+    assert shared.extra["rounds"] == alone.extra["rounds"] == plain.extra["rounds"]
+    for key in ("nll_bpd", "test_loss", "fid_fitted"):
+        assert [r[key] for r in shared.per_edge] == [r[key] for r in alone.per_edge]
+    assert (shared.bytes_up, shared.bytes_down) == (alone.bytes_up, alone.bytes_down)
+    assert shared.bytes_down > plain.bytes_down  # the fine-tuned models went down once more
+    s, a = shared.to_dict(), alone.to_dict()
+    assert (s["edge_flops"], s["cloud_flops"]) == (a["edge_flops"], a["cloud_flops"]) and s["cloud_flops"] > 0

@@ -11,7 +11,7 @@ from baim.errors import ConfigError
 from baim.presets import get_preset
 from baim.study import CONVERGED, parse_budgets
 from baim.study.paired import bootstrap, paired_differences
-from baim.study.runner import own_keys
+from baim.study.runner import match_bytes, own_keys
 
 
 def test_budgets_parse_into_fixed_and_converged_settings():
@@ -22,6 +22,7 @@ def test_budgets_parse_into_fixed_and_converged_settings():
     assert (s.central_epochs, s.rounds, s.patience) == (4, 4 + quick.personalize.epochs, 0)
     c = conv.settings(quick)
     assert (c.central_epochs, c.rounds, c.sl_epochs, c.patience) == (20, 20, 20, 2)
+    assert (s.curve_every, c.curve_every) == (1, 5)  # a converging curve is scored every 5th round
     converging = {"epochs": 20, "patience": 2}
     assert conv.overrides() == {"edge": converging, "cloud": converging}  # the BAIM's cloud training too
     assert quick.with_overrides(**fixed.overrides()).edge.epochs == 4
@@ -59,6 +60,24 @@ def test_own_test_metrics_are_paired_only_where_every_edge_has_them():
     assert own_keys([with_own]) == ("own_nll_bpd",)  # edge 1 lacks own_mse
     assert own_keys([with_own, {"per_edge": [{"edge": 0}]}]) == ()  # a cell from before own test sets
     assert own_keys([]) == ()
+
+
+def test_bytes_to_match_come_from_scored_rounds_with_the_range_unscored_rounds_leave():
+    """A curve scored every few rounds: the match is the first scored round at or below baim's
+    nll, and the scored round before it (which was not) bounds it from below; a one-shot method
+    matches with its own bytes or not at all."""
+    (b,) = parse_budgets("converged")
+    baim = {"method": "baim", "budget": "converged", "seed": 0, "nll_bpd": 3.70, "bytes_up": 10, "bytes_down": 20}
+    rounds = [{"round": 1, "bytes_cum": 100, "nll_bpd": 3.9}, {"round": 2, "bytes_cum": 200}]
+    rounds += [{"round": 5, "bytes_cum": 500, "nll_bpd": 3.75}, {"round": 10, "bytes_cum": 1000, "nll_bpd": 3.69}]
+    fedavg = {"method": "fedavg", "budget": "converged", "seed": 0, "nll_bpd": 3.6, "rounds": rounds}
+    every = {"method": "fd", "budget": "converged", "seed": 0, "nll_bpd": 3.6, "rounds": rounds[:1]}
+    every["rounds"] = every["rounds"] + [{"round": 2, "bytes_cum": 200, "nll_bpd": 3.6}]
+    one_shot = {"method": "kd", "budget": "converged", "seed": 0, "nll_bpd": 3.71, "bytes_up": 5, "bytes_down": 5}
+    got = {x["method"]: x for x in match_bytes([baim, fedavg, every, one_shot], [b])}
+    assert got["fedavg"]["bytes_to_match_baim_nll"] == 1000 and got["fedavg"]["bytes_not_yet_matched"] == 500
+    assert got["fd"]["bytes_to_match_baim_nll"] == 200 and "bytes_not_yet_matched" not in got["fd"]  # adjacent
+    assert got["kd"]["bytes_to_match_baim_nll"] is None and got["fedavg"]["baim_bytes"] == 30
 
 
 def test_study_md_says_what_each_cell_cost_and_what_a_seed_costs_in_all():
@@ -147,10 +166,12 @@ def test_units_keep_baims_dependents_with_it_and_the_teachers_together():
     from baim.study.parallel import units
 
     got = units(STUDY_METHODS)
-    assert got[0] == ("baim", "local", "broadcast", "broadcast_budget", "broadcast_keep", "ensemble_distill")
-    assert ("central", "kd") in got and ("cloud_only",) in got and ("fedavg_ft",) in got
+    assert ("baim", "local", "broadcast", "broadcast_budget", "broadcast_keep", "ensemble_distill") in got
+    assert ("central", "kd") in got and ("cloud_only",) in got and ("fedavg", "fedavg_ft") in got
     assert sorted(m for u in got for m in u) == sorted(STUDY_METHODS)  # every method once
-    assert units(("kd", "fd")) == [("kd",), ("fd",)]  # a worker's subset: no baim to wait for
+    assert got[0] == ("fd",) and got[-1] == ("cloud_only",)  # the longest first, the shortest last
+    assert units(("kd", "fd")) == [("fd",), ("kd",)]  # a worker's subset: no baim to wait for
+    assert units(("fedavg_ft", "sl")) == [("sl",), ("fedavg_ft",)]  # alone, the variant runs its own rounds
 
 
 @pytest.mark.integration

@@ -54,6 +54,7 @@ class Settings:
     distill_weight: float = 1.0  # FD: weight of the distillation term (beside the plain loss)
     patience: int = 0  # 0: fixed budgets
     kd_weight: float = 0.5  # KD: the teacher term's share of a student's loss (the data's: 1 - it)
+    curve_every: int = 1  # round-based methods score their curve every this many rounds (and the last)
 
     def with_weights(self, weights: dict[str, float]) -> Settings:
         """A copy with tuned loss weights (``distill_weight``, ``kd_weight``) set."""

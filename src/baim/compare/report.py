@@ -66,8 +66,13 @@ def markdown(result: dict) -> str:
         for key, v in f.items():
             if key.endswith(("_nll_bpd", "_test_loss")) and "reach" in key:
                 if v["reached"]:
+                    since = (
+                        f" (not yet at round {v['after_round']}, {v['bytes_cum_before'] / MB:.3f} MB)"
+                        if "after_round" in v
+                        else ""
+                    )
                     lines.append(
-                        f"- {key}: reached after round {v['round']} with {v['bytes_cum'] / MB:.3f} MB, "
+                        f"- {key}: reached after round {v['round']} with {v['bytes_cum'] / MB:.3f} MB{since}, "
                         f"**{v['ratio_to_baim_bytes']:.2f}×** baim's bytes"
                     )
                 else:
@@ -87,10 +92,11 @@ def markdown(result: dict) -> str:
             lines.append(f"- baim loses on {key} to: {', '.join(methods)}")
     rounds = [r for r in rows if r.get("rounds")]
     if rounds:
-        lines += ["", "## Quality after every round", "", "| method | round | cumulative MB | test loss | nll (bpd) |"]
+        head = "| method | round | cumulative MB | test loss | nll (bpd) |"
+        lines += ["", "## Quality after the scored rounds", "", head]
         lines.append("|---|---|---|---|---|")
         for r in rounds:
-            for x in r["rounds"]:
+            for x in (x for x in r["rounds"] if "nll_bpd" in x):
                 lines.append(
                     f"| {r['method']} | {x['round']} | {x['bytes_cum'] / MB:.3f} | "
                     f"{x['test_loss']:.5f} | {x['nll_bpd']:.4f} |"
@@ -212,9 +218,10 @@ def bytes_vs_quality(result: dict, path: Path) -> Path:
     ):
         for r in rows:
             total = r["bytes_up"] + r["bytes_down"]
-            if r.get("rounds") and key in r["rounds"][0]:
-                xs = [x["bytes_cum"] / MB for x in r["rounds"]]
-                ax.plot(xs, [x[key] for x in r["rounds"]], marker="o", label=f"{r['method']} (after each round)")
+            scored = [x for x in r.get("rounds") or [] if key in x]
+            if scored:
+                xs = [x["bytes_cum"] / MB for x in scored]
+                ax.plot(xs, [x[key] for x in scored], marker="o", label=f"{r['method']} (after scored rounds)")
             elif total > 0:
                 size = 120 if r["method"] == "baim" else 50
                 ax.scatter(

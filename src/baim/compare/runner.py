@@ -191,9 +191,17 @@ def compare(
 
 
 def _reach(rounds: list[dict], key: str, target: float) -> dict[str, Any]:
-    for r in rounds:
+    """The first scored round at or below ``target``. A curve scored every few rounds resolves
+    it to between the scored round before (``after_round``, ``bytes_cum_before``: not reached
+    there) and this one."""
+    before = None
+    for r in (x for x in rounds if key in x):
         if r[key] <= target:
-            return {"reached": True, "round": r["round"], "bytes_cum": r["bytes_cum"]}
+            out = {"reached": True, "round": r["round"], "bytes_cum": r["bytes_cum"]}
+            if before is not None and before["round"] < r["round"] - 1:
+                out |= {"after_round": before["round"], "bytes_cum_before": before["bytes_cum"]}
+            return out
+        before = r
     last = rounds[-1]
     return {"reached": False, "round": None, "after_rounds": last["round"], "bytes_cum_at_last": last["bytes_cum"]}
 

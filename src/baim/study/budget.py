@@ -29,6 +29,10 @@ CONVERGED = "converged"
 # rates 10 of 12 edge learners of quick seeds 0-1 were still improving at epoch 30 (they
 # stopped by patience between epochs 35 and 56, 2.7-6.2 % lower in validation loss, seed 0).
 CAP = 100
+# A converging round-based method scores its curve (test loss, likelihood bound) every this
+# many rounds and after its last: scoring every round cost as much as the rounds' training
+# (baim.compare.methods.federated._Curve). A fixed budget's few rounds are all scored.
+CURVE_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,9 @@ class Budget:
         """The comparison's rounds and epochs at this budget."""
         if self.epochs is None:
             c = self.cap
-            return Settings(rounds=c, local_epochs=1, sl_epochs=c, central_epochs=c, patience=self.patience)
+            return Settings(
+                rounds=c, local_epochs=1, sl_epochs=c, central_epochs=c, patience=self.patience, curve_every=CURVE_EVERY
+            )
         passes = self.epochs + preset.personalize.epochs
         return Settings(rounds=passes, local_epochs=1, sl_epochs=passes, central_epochs=self.epochs)
 

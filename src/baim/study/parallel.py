@@ -14,11 +14,15 @@ A unit is the methods that must share a process or an order:
   ``broadcast_budget``, ``broadcast_keep``, ``ensemble_distill``: they read baim's workflow run, which must not be
   started twice at once);
 - ``central`` and ``kd`` (they share the per-task teachers, trained once per process);
+- ``fedavg`` and ``fedavg_ft`` (the fine-tuned variant starts from a copy of FedAvg's rounds);
 - every other method alone.
 
-Units go in the order of the seeds, then the budgets, then the study's methods, so partial
-results still cover whole seeds first. Memory is the user's to budget: each worker holds its
-own model and data (about 6 GB at the quick preset's peak).
+Units go in the order of the seeds, then the budgets (so partial results still cover whole
+seeds first), and within a seed and budget the longest first (``MINUTES``: what each method
+took in a converged quick study), so that the last units to start are short ones and the
+workers finish close together instead of one waiting on a long last unit. Memory is the
+user's to budget: each worker holds its own model and data (about 6 GB at the quick preset's
+peak).
 """
 
 from __future__ import annotations
@@ -33,11 +37,28 @@ from typing import Any
 from .budget import Budget
 
 AFTER_BAIM = ("local", "broadcast", "broadcast_budget", "broadcast_keep", "ensemble_distill")
-TOGETHER = (("central", "kd"),)
+TOGETHER = (("central", "kd"), ("fedavg", "fedavg_ft"))
+# Minutes per cell, mean over seeds, of the converged quick study of 2026-12-06 (study.md's cost
+# table; kd without its teachers, fedavg_large at cap 30): only their order matters here.
+MINUTES = {
+    "baim": 15.2,
+    "broadcast": 1.4,
+    "broadcast_budget": 1.5,
+    "broadcast_keep": 1.7,
+    "ensemble_distill": 2.1,
+    "central": 8.5,
+    "kd": 13.8,
+    "fedavg": 17.6,
+    "fedavg_large": 16.0,
+    "fedavg_ft": 2.0,
+    "fd": 26.7,
+    "sl": 10.5,
+    "cloud_only": 2.1,
+}
 
 
 def units(methods: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """``methods`` split into units, in the study's order (see the module's docstring)."""
+    """``methods`` split into units, the longest first (see the module's docstring)."""
     out: list[tuple[str, ...]] = []
     placed: set[str] = set()
     for m in methods:
@@ -52,7 +73,7 @@ def units(methods: tuple[str, ...]) -> list[tuple[str, ...]]:
             unit = tuple(x for x in methods if x in group)
         out.append(unit)
         placed.update(unit)
-    return out
+    return sorted(out, key=lambda u: -sum(MINUTES.get(m, 0.0) for m in u))
 
 
 def worker_command(

@@ -109,12 +109,17 @@ def markdown(result: dict) -> str:
             "",
             "## Bytes to match baim's nll (per seed)",
             "",
+            "A range: the curve was scored every few rounds; the method had not matched at the first "
+            "number and had at the second.",
+            "",
             "| budget | seed | method | MB to match | baim MB |",
         ]
         lines.append("|---|---|---|---|---|")
         for x in result["match"]:
             hit = x["bytes_to_match_baim_nll"]
             matched = "not matched" if hit is None else f"{hit / MB:.3f}"
+            if "bytes_not_yet_matched" in x:  # the curve was scored every few rounds
+                matched = f"{x['bytes_not_yet_matched'] / MB:.3f}–{matched}"
             lines.append(f"| {x['budget']} | {x['seed']} | {x['method']} | {matched} | {x['baim_bytes'] / MB:.3f} |")
     lines += _cost(result)
     if result.get("missing"):

@@ -32,8 +32,11 @@ from .paired import paired_differences
 from .parallel import run_parallel, units
 from .tune import check_convergence, load_tuned, load_tuned_settings
 
-# the issue's set first (controls early: they are cheap and reuse baim's uploads), then the
-# FedAvg variants at a fairer capacity and with a fine-tune on the common data
+# the issue's set first (controls early: they are cheap and reuse baim's uploads), then FedAvg
+# fine-tuned on the common data (from a copy of FedAvg's rounds: a few minutes). Not by default:
+# ``fedavg_large``, FedAvg at each task's largest tier (above what baim's delivery sends small
+# edges, which fits 1.25x their upload), about 16 min a seed at ``converged`` on its own; name it
+# in ``--methods`` (measured at a cap of 30: baim ahead by 0.0115 bits/dim, README).
 STUDY_METHODS = (
     "baim",
     "local",
@@ -47,7 +50,6 @@ STUDY_METHODS = (
     "fedavg",
     "fd",
     "sl",
-    "fedavg_large",
     "fedavg_ft",
 )
 PER_EDGE = ("nll_bpd", "mse", "fid", "kid")
@@ -421,8 +423,9 @@ def _cloud_recipes(out: Path, seeds: list[int], budgets: list[Budget]) -> dict[s
 
 def match_bytes(cells: list[dict], budgets: list[Budget]) -> list[dict[str, Any]]:
     """Per budget, seed and method: the bytes at which the method first matches baim's mean
-    ``nll_bpd`` (round-based methods: the first round that does; one-shot methods: their bytes
-    if they match at all), or that it does not."""
+    ``nll_bpd`` (round-based methods: the first scored round that does, and where rounds
+    between went unscored, the bytes of the scored round before, which did not; one-shot
+    methods: their bytes if they match at all), or that it does not."""
     out = []
     for b in budgets:
         for c in cells:
@@ -434,20 +437,24 @@ def match_bytes(cells: list[dict], budgets: list[Budget]) -> list[dict[str, Any]
             if base is None:
                 continue
             target = base["nll_bpd"]
-            hit = None
-            for r in c.get("rounds", []):
-                if r.get("nll_bpd", float("inf")) <= target:
+            hit = before = None
+            scored = [r for r in c.get("rounds", []) if "nll_bpd" in r]
+            for i, r in enumerate(scored):
+                if r["nll_bpd"] <= target:
                     hit = r["bytes_cum"]
+                    if i and scored[i - 1]["round"] < r["round"] - 1:  # unscored rounds between
+                        before = scored[i - 1]["bytes_cum"]
                     break
             if hit is None and not c.get("rounds") and c["nll_bpd"] <= target:
                 hit = c["bytes_up"] + c["bytes_down"]
-            out.append(
-                {
-                    "budget": b.name,
-                    "seed": c["seed"],
-                    "method": c["method"],
-                    "baim_bytes": base["bytes_up"] + base["bytes_down"],
-                    "bytes_to_match_baim_nll": hit,
-                }
-            )
+            row = {
+                "budget": b.name,
+                "seed": c["seed"],
+                "method": c["method"],
+                "baim_bytes": base["bytes_up"] + base["bytes_down"],
+                "bytes_to_match_baim_nll": hit,
+            }
+            if before is not None:  # matched somewhere after this many bytes, by ``hit``
+                row["bytes_not_yet_matched"] = before
+            out.append(row)
     return out
