@@ -191,3 +191,45 @@ def test_channels_last_changes_no_number_and_hands_the_model_back_as_it_was(fmni
     m = reconstruction_metrics(learner, test)
     assert m["mse"] == pytest.approx(float((plain - x).pow(2).flatten(1).mean(1).mean()), rel=1e-5)
     assert all(p.is_contiguous() for p in learner.parameters())
+
+
+def test_folded_normalisation_changes_no_number_and_puts_everything_back(fmnist):
+    """Scoring folds each stage's eval-mode BatchNorm into its convolution (faster on a CPU):
+    the scores are those of the unfolded model to float rounding, for a learner and for a BAIM
+    of learners, and afterwards the model holds the same parameter objects with the same
+    values, its normalisation modules, and activations that are not in place."""
+    from torch import nn
+
+    from baim.models import folding, reconstruction_metrics
+    from baim.models.folding import folded_norms
+
+    (learner,) = trained_learners(["medium"])
+    learner.train()  # scoring puts it in eval mode first, folded or not
+    test = fmnist.test.load(list(range(40)))
+    params = {n: (p, p.detach().clone()) for n, p in learner.named_parameters()}
+    buffers = {n: b.clone() for n, b in learner.named_buffers()}
+    folded = {"nll": nll_bpd(learner, test, k=8, seed=1), **reconstruction_metrics(learner, test, seed=1)}
+    assert not learner.training
+    folding.ENABLED = False
+    try:
+        plain = {"nll": nll_bpd(learner, test, k=8, seed=1), **reconstruction_metrics(learner, test, seed=1)}
+        baim = BAIM.from_learners([learner], [0], ["tops"], top_k=1)
+        unfolded_baim = nll_bpd(baim, test, k=8, seed=1)
+    finally:
+        folding.ENABLED = True
+    assert nll_bpd(baim, test, k=8, seed=1) == pytest.approx(unfolded_baim, rel=1e-6)
+    for k in ("nll", "test_loss", "mse"):
+        assert folded[k] == pytest.approx(plain[k], rel=1e-6), k
+    for n, p in learner.named_parameters():
+        assert p is params[n][0] and torch.equal(p, params[n][1]), n
+    assert all(torch.equal(b, buffers[n]) for n, b in learner.named_buffers())
+    stages = [*learner.encoder_stages, *learner.decoder_stages]
+    assert all(isinstance(s[1], nn.BatchNorm2d) and not s[2].inplace for s in stages)
+    with folded_norms(learner):  # inside: one convolution per stage, the activation in place
+        assert all(isinstance(s[1], nn.Identity) and s[2].inplace for s in stages)
+        with folded_norms(learner):  # re-entrant: the inner exit restores nothing
+            pass
+        assert all(isinstance(s[1], nn.Identity) for s in stages)
+    learner.train()
+    with folded_norms(learner):  # training-mode statistics are not fixed: nothing is folded
+        assert all(isinstance(s[1], nn.BatchNorm2d) for s in stages)

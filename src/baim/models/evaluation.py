@@ -25,9 +25,10 @@ mix of the edge's slice), :func:`evaluate` also scores the model there (``own_te
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -37,7 +38,8 @@ from ..data import to_float, to_uint8
 from ..learners import StagedVAE, vae_loss
 from ..metrics import bits_per_dim, iwae_nll, observation_sigma, scores
 from .baim import BAIM
-from .memory_format import in_channels_last
+from .folding import folded_norms
+from .memory_format import channels_last
 from .prior import LatentPrior
 
 PROCEDURES = ("fitted", "standard", "reconstruction")
@@ -57,6 +59,24 @@ class Evaluation:
     images: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+F_ = TypeVar("F_", bound=Callable[..., Any])
+
+
+def _scoring(fn: F_) -> F_:
+    """``fn(model, ...)``, a scoring that puts its model in eval mode, run with the model in
+    eval mode from the start, in the channels-last layout (:mod:`baim.models.memory_format`)
+    and with its normalisation folded into its convolutions (:mod:`baim.models.folding`): the
+    same numbers to float rounding, faster on a CPU."""
+
+    @functools.wraps(fn)
+    def wrapped(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+        model.eval()
+        with channels_last(model), folded_norms(model):
+            return fn(model, *args, **kwargs)
+
+    return cast(F_, wrapped)
+
+
 def rows_at_once(model: Model, most: int) -> int:
     """Rows to run through a model at once. A BAIM runs up to all its learners per row (about
     270 kB a row per small learner), so its rows shrink as it grows and memory stays flat in N.
@@ -65,7 +85,7 @@ def rows_at_once(model: Model, most: int) -> int:
     return most if isinstance(model, StagedVAE) else max(32, min(most, 4096 // len(model.learners) // 16 * 16))
 
 
-@in_channels_last
+@_scoring
 @torch.no_grad()
 def reconstruction_metrics(
     model: Model, images: np.ndarray, task: int = 0, kld_weight: float = 0.00025, batch_size: int = 500, seed: int = 0
@@ -107,7 +127,7 @@ def _posterior_and_decoder(
     return mu, logvar, lambda z: baim.decode(z, torch.full((len(z),), task, dtype=torch.long))[0]
 
 
-@in_channels_last
+@_scoring
 @torch.no_grad()
 def nll_bpd(
     model: Model,
@@ -178,7 +198,7 @@ def generate(
     return model.decode(z)
 
 
-@in_channels_last
+@_scoring
 @torch.no_grad()
 def evaluate(
     model: Model,

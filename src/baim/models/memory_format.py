@@ -12,11 +12,9 @@ epoch losses within 0.05 %); it repeats itself exactly.
 
 from __future__ import annotations
 
-import functools
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar, cast
 
 import torch
 
@@ -42,17 +40,3 @@ def channels_last(model: torch.nn.Module) -> Iterator[None]:
     finally:
         _CHANNELS_LAST.discard(model)
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-
-
-F_ = TypeVar("F_", bound=Callable[..., Any])
-
-
-def in_channels_last(fn: F_) -> F_:
-    """``fn(model, ...)`` run inside :func:`channels_last` of its model."""
-
-    @functools.wraps(fn)
-    def wrapped(model: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        with channels_last(model):
-            return fn(model, *args, **kwargs)
-
-    return cast(F_, wrapped)
