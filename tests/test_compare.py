@@ -419,6 +419,20 @@ def test_a_round_scores_only_the_models_that_changed(tmp_path, monkeypatch):
     assert curve.scores[moved]["nll_bpd"] != moved_before["nll_bpd"] and second["nll_bpd"] != first["nll_bpd"]
 
 
+def _run_with_validation(ctx, monkeypatch, method, pattern):
+    """``method`` run with each edge's k-th validation score taken from ``pattern``."""
+    from baim.compare.methods import federated
+
+    calls: dict = {}
+
+    def fake_val(e, m):
+        calls[e] = calls.get(e, -1) + 1
+        return pattern[min(calls[e], len(pattern) - 1)]
+
+    monkeypatch.setattr(ctx, "val_loss", fake_val)
+    return federated.run_fedavg(ctx) if method == "fedavg" else federated.run_fd(ctx)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["fedavg", "fd"])
 def test_with_early_stopping_a_round_describes_the_models_validation_keeps(tmp_path, monkeypatch, method):
@@ -426,7 +440,6 @@ def test_with_early_stopping_a_round_describes_the_models_validation_keeps(tmp_p
     there (its best round on validation so far): the curve's last point is the final models'
     score, an edge is scored only in rounds that improved it, and the validation loss its early
     stopping took is reused, not computed again."""
-    from baim.compare.methods import federated
 
     cfg = RunConfig(
         preset="smoke", overrides={"num_edges": 3, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
@@ -442,14 +455,7 @@ def test_with_early_stopping_a_round_describes_the_models_validation_keeps(tmp_p
     monkeypatch.setattr(ctx, "cheap_quality", counted)
     # each edge's k-th validation score: rounds 1, 3 and 4 improve, 2, 5 and 6 do not (patience 2 stops
     # it after round 6 and restores round 4)
-    pattern, calls = [0.5, 0.9, 0.4, 0.3, 0.35, 0.36], {}
-
-    def fake_val(e, m):
-        calls[e] = calls.get(e, -1) + 1
-        return pattern[min(calls[e], len(pattern) - 1)]
-
-    monkeypatch.setattr(ctx, "val_loss", fake_val)
-    row = federated.run_fedavg(ctx) if method == "fedavg" else federated.run_fd(ctx)
+    row = _run_with_validation(ctx, monkeypatch, method, [0.5, 0.9, 0.4, 0.3, 0.35, 0.36])
     rounds = row.extra["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5, 6]
     assert len(scored) == 3 * len(ctx.edges)  # rounds 1, 3 and 4 only
@@ -466,7 +472,6 @@ def test_a_curve_scored_every_few_rounds_scores_what_validation_keeps(tmp_path, 
     best round's weights (a copy), not the current model: so the last point, carried from the
     last scored round, is the final (restored) models' score. Unscored rounds carry bytes only,
     and scoring happens only where a kept model changed since it was last scored."""
-    from baim.compare.methods import federated
 
     cfg = RunConfig(
         preset="smoke", overrides={"num_edges": 3, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
@@ -480,14 +485,7 @@ def test_a_curve_scored_every_few_rounds_scores_what_validation_keeps(tmp_path, 
     )
     # rounds 1 and 3 improve, 4 and 5 do not: patience 2 stops after round 5 and restores round 3,
     # which round 4's point (scored) must already describe
-    pattern, calls = [0.5, 0.9, 0.4, 0.45, 0.46], {}
-
-    def fake_val(e, m):
-        calls[e] = calls.get(e, -1) + 1
-        return pattern[min(calls[e], len(pattern) - 1)]
-
-    monkeypatch.setattr(ctx, "val_loss", fake_val)
-    row = federated.run_fedavg(ctx) if method == "fedavg" else federated.run_fd(ctx)
+    row = _run_with_validation(ctx, monkeypatch, method, [0.5, 0.9, 0.4, 0.45, 0.46])
     rounds = row.extra["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
     assert [r["round"] for r in rounds if "nll_bpd" in r] == [1, 2, 4, 5]  # the first, every 2nd, the last
