@@ -97,7 +97,7 @@ class _Curve:
         b = ledger_totals(self.wire.ledger.messages)
         self.rows.append({"round": r, "bytes_cum": b["up"] + b["down"]})
         if r == 1 or r % self.every == 0:
-            self._score(kept() if self.dirty or not self.scores else {})
+            self._score(kept() if self.dirty else {})  # nothing changed: last numbers carried
 
     def finish(self, final: dict[int, StagedVAE]) -> None:
         """Score the last round's point (the final, restored models) if it was not."""
@@ -438,7 +438,7 @@ def run_fd(ctx: Context) -> MethodRow:
             "local_epochs": E,
             "patience": P,
             "rounds_run": len(rounds),
-            "curve_every": curve.every,
+            "curve_every": ctx.settings.curve_every,
             "distill_weight": lam,
             "outputs": "uint8 reconstructions (z = mu)",
         },
