@@ -24,8 +24,11 @@ def test_budgets_parse_into_fixed_and_converged_settings():
     assert (c.central_epochs, c.rounds, c.sl_epochs, c.patience) == (20, 20, 20, 2)
     assert (s.curve_every, c.curve_every) == (1, 5)  # a converging curve is scored every 5th round
     converging = {"epochs": 20, "patience": 2}
-    assert conv.overrides() == {"edge": converging, "cloud": converging}  # the BAIM's cloud training too
-    assert quick.with_overrides(**fixed.overrides()).edge.epochs == 4
+    off = {"curve_test_per_task": 0}  # no per-epoch test curves in a study
+    assert conv.overrides() == {"edge": converging, "cloud": converging} | off  # the BAIM's cloud training too
+    at_four = quick.with_overrides(**fixed.overrides())
+    assert (at_four.edge.epochs, at_four.curve_ids([5, 6, 7])) == (4, None)
+    assert quick.curve_ids(list(range(300))) == list(range(200))  # the preset's 200 test images a task
 
 
 @pytest.mark.parametrize("text", ["", "0", "four", "4,4", "converged,converged"])

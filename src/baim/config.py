@@ -92,7 +92,9 @@ class Preset:
     max_sources: int = 0  # > 0: each learner's stages read from at most this many others (candidates ∝ N, not N²)
     # evaluation
     fid_count: int = 500  # generated (and real) images per FID
-    curve_test_per_task: int | None = None  # test images per task for per-epoch curves (None: all)
+    # test images per task for the per-epoch test curves (None: all; 0: no curves, as in a
+    # study, where they are reporting nobody reads and ~9 % of an edge's epoch)
+    curve_test_per_task: int | None = None
     # network: seconds an edge may take to answer one request before it is reported missing
     timeout_s: float = 3600.0
     # few-shot tasks: task name -> how many of its cloud common images the cloud keeps (the
@@ -149,6 +151,13 @@ class Preset:
             raise ConfigError(
                 f"projection_rank is an int in 0..4096 (0: exact projections), got {self.projection_rank!r}"
             )
+
+    def curve_ids(self, ids: list[int]) -> list[int] | None:
+        """The test ids of a task's per-epoch test curve (``curve_test_per_task`` of ``ids``);
+        None when curves are off, so a training logs no test loss."""
+        if self.curve_test_per_task == 0:
+            return None
+        return ids[: self.curve_test_per_task or None]
 
     def edge_recipe(self, tier: str | None = None) -> Recipe:
         """The edges' recipe for a model of ``tier``: ``edge`` at the tier's own rate where

@@ -65,8 +65,8 @@ def _plots(files: RunFiles, summary: dict, tasks: list[str]) -> list[tuple[str, 
     strat = summary["strategies"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for s, r in strat.items():
-        epochs = [row["epoch"] for row in r["curve"]]
-        ax.plot(epochs, [row["test_loss_mean"] for row in r["curve"]], marker="o", label=s)
+        rows = [row for row in r["curve"] if "test_loss_mean" in row]  # none when curves are off
+        ax.plot([row["epoch"] for row in rows], [row["test_loss_mean"] for row in rows], marker="o", label=s)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax.set_ylabel("test loss (mean over tasks)")

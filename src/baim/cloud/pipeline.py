@@ -89,8 +89,9 @@ def train_strategy(
     step0 = evaluator(model, layout, ds, preset, fid_extractor, seed)
     n_candidates = len(model.connections)
     curve_sets = {
-        t: ds.test.load(layout.test[name][: preset.curve_test_per_task or None])
+        t: ds.test.load(ids)
         for t, name in enumerate(layout.task_names)
+        if (ids := preset.curve_ids(layout.test[name])) is not None
     }
     log = train_baim(
         model,

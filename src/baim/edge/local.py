@@ -85,7 +85,8 @@ def train_edge(
     if epochs is not None:
         cfg = replace(cfg, epochs=epochs)
     test = ds.test.load(layout.test[layout.task_names[e.task]])
-    curve = test[: preset.curve_test_per_task or None]
+    ids = preset.curve_ids(list(range(len(test))))
+    curve = None if ids is None else test[ids]
     val = ds.train.load(e.val) if e.val else None
     hist = train_learner(
         model, ds.train.load(e.indices), cfg, label=f"edge {edge} ({e.tier})", eval_images=curve, val_images=val

@@ -142,7 +142,8 @@ class EdgeNode:
             compact = self.load_model("deployed")
             assert isinstance(compact, BAIM)
             preset = self.layout.settings
-            curve = self.ds.test.load(self.layout.test[self.task_name][: preset.curve_test_per_task or None])
+            ids = preset.curve_ids(self.layout.test[self.task_name])
+            curve = None if ids is None else self.ds.test.load(ids)
             log = personalize(compact, self.local_images(), preset.personalize.with_seed(self.seed), curve)
             served, kept = self.keep_better(compact)
             files = {"log.json": json.dumps(log, indent=2) + "\n"}

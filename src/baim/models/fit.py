@@ -192,8 +192,8 @@ def fit(
     better) logged as ``val_loss`` after every epoch; required when ``recipe.patience`` > 0
     (early stopping, best weights restored). ``fixed_cost``: every step of the same batch shapes
     does the same matrix work (no routing, no pruning, no step-dependent terms), so a running
-    FLOP counter counts one step per shape and books it for the others
-    (:mod:`baim.models.step_cost`)."""
+    FLOP counter counts one step per shape and books it for the others, and the validation of
+    the first epoch for the later ones (:mod:`baim.models.step_cost`)."""
     if recipe.patience and validate is None:
         raise ConfigError(
             f"{label}: early stopping (patience {recipe.patience}) needs validation data; pass validate= "
@@ -259,7 +259,8 @@ def fit(
             row = end_epoch(ep) if end_epoch is not None else ep.row()
             opt = ep.optimizer
             if validate is not None:
-                row["val_loss"] = float(validate(model))
+                with _region(costs, ("validate",)):  # the same held-out images every epoch
+                    row["val_loss"] = float(validate(model))
             check_epoch(label, row, seen, skipped)
             rows.append(row)
             skipped_total += skipped

@@ -59,6 +59,18 @@ def counting_with(counter: StepCounter) -> Iterator[None]:
         _counters.remove(counter)
 
 
+@contextmanager
+def uncounted() -> Iterator[None]:
+    """Nothing in the region is counted: measurement inside a training (a per-epoch test
+    curve), which is no side's work, and which the counter would slow by intercepting every
+    operation. A no-op when no counter is registered."""
+    if not _counters:
+        yield
+        return
+    with _counters[-1].paused():
+        yield
+
+
 class StepCosts:
     """The FLOPs of each region key seen so far in one fit (a key: what the region is, and the
     shapes of its inputs)."""

@@ -49,10 +49,11 @@ class Budget:
 
     def overrides(self) -> dict[str, Any]:
         """The run config's preset overrides for baim's workflow at this budget."""
+        off = {"curve_test_per_task": 0}  # no per-epoch test curves: a study reads none of them
         if self.epochs is None:
             converging = {"epochs": self.cap, "patience": self.patience}
-            return {"edge": converging, "cloud": converging}
-        return {"edge": {"epochs": self.epochs, "patience": 0}}
+            return {"edge": converging, "cloud": converging} | off
+        return {"edge": {"epochs": self.epochs, "patience": 0}} | off
 
     def settings(self, preset: Preset) -> Settings:
         """The comparison's rounds and epochs at this budget."""
