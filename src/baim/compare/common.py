@@ -3,6 +3,7 @@ for staged VAEs, and the workflow's like-for-like evaluation at the edges."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -14,7 +15,7 @@ from ..config import Preset, Recipe, RunConfig
 from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import WorkflowError
-from ..learners import TIERS, StagedVAE, tier_spec, vae_loss
+from ..learners import TIERS, StagedVAE, tier_spec, vae_loss, weights_bytes
 from ..models import Loss, evaluate, fit, nll_bpd, reconstruction_metrics
 from ..models.evaluation import NLL_COUNT, own_test_metrics
 from .measure import Wire
@@ -136,7 +137,18 @@ class Context:
     def evaluate_edge(self, edge: int, model: StagedVAE, prior_images: np.ndarray | None = None) -> dict:
         """The workflow's evaluation of one edge's model (``EdgeNode.on_evaluate``): the edge's
         task test set, the layout's FID sets, the run's extractor, count and seed; the fitted
-        prior from ``prior_images`` (default: the edge's own images)."""
+        prior from ``prior_images`` (default: the edge's own images). Every number is seeded,
+        so the same weights on the same edge score the same: with the default prior a result
+        is kept per context and weights' digest (the broadcasts send many edges the same model)."""
+        if prior_images is not None:
+            return self._evaluate_edge(edge, model, prior_images)
+        seen = self.cache.setdefault("evaluate_edge", {})
+        key = (edge, hashlib.sha256(weights_bytes(model)).hexdigest())
+        if key not in seen:
+            seen[key] = self._evaluate_edge(edge, model, None)
+        return dict(seen[key])
+
+    def _evaluate_edge(self, edge: int, model: StagedVAE, prior_images: np.ndarray | None) -> dict:
         name = self.layout.task_names[self.task_of(edge)]
         val = {"val_loss": self.val_loss(edge, model)}
         if self.validation_only:
