@@ -1,5 +1,6 @@
 """``baim compare``: every method on the smoke preset, measured through the codec and ledger."""
 
+import copy
 import json
 
 import pytest
@@ -185,6 +186,53 @@ def test_every_method_runs_and_is_measured(smoke):
     for f in ("kpi_radar.png", "bytes_vs_quality.png", "scaling.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     assert "| baim |" in (out / "compare.md").read_text()
+
+
+@pytest.mark.integration
+def test_the_broadcasts_share_identical_work_and_are_each_charged_in_full(smoke):
+    """An edge sent the same upload by ``broadcast`` and ``broadcast_budget`` gets the same
+    fine-tune and personalisation, run once: the same numbers in both rows. Each row is still
+    charged its whole cost: ``broadcast_budget`` run alone, in a fresh context, books the same
+    FLOPs (integers fixed by architectures and shapes) as in the shared run."""
+    from baim.compare.methods.controls import run_broadcast
+
+    out, result, ctx = smoke
+    rows = {r["method"]: r for r in result["methods"]}
+    sent = rows["broadcast_budget"]["settings"]["sent_upload"]
+    chosen = rows["broadcast"]["settings"]["chosen_upload"]
+    same = [e for e in ctx.edges if sent[str(e)] == chosen[ctx.layout.task_names[ctx.task_of(e)]]]
+    assert same  # the smoke layout has edges whose budget admits their task's best upload
+    by_edge = {m: {r["edge"]: r for r in rows[m]["per_edge"]} for m in ("broadcast", "broadcast_budget")}
+    for e in same:
+        assert by_edge["broadcast"][e] == by_edge["broadcast_budget"][e], e
+    assert any(key[0] == "personalise" for key in ctx.cache["broadcast_work"])
+    alone_ctx = make_context(out, ctx.cfg, ctx.settings)
+    alone = run_broadcast(alone_ctx, out / "baim", within_budget=True).to_dict()
+    for k in ("edge_flops", "cloud_flops", "bytes_up", "bytes_down"):
+        assert alone[k] == rows["broadcast_budget"][k], k
+
+
+def test_an_edges_evaluation_of_the_same_weights_is_computed_once(tmp_path, monkeypatch):
+    """Seeded numbers of the same weights on the same edge: kept, not computed again; other
+    weights, another edge or another prior are scored anew."""
+    cfg = RunConfig(
+        preset="smoke", overrides={"num_edges": 3, "samples_per_edge": 96, "cloud_samples": 96, "test_per_task": 32}
+    )
+    ctx = make_context(tmp_path, cfg, Settings(rounds=1, local_epochs=1, sl_epochs=1, central_epochs=1))
+    calls = []
+    real = ctx._evaluate_edge
+    monkeypatch.setattr(ctx, "_evaluate_edge", lambda e, m, p: calls.append(e) or real(e, m, p))
+    from baim.compare.common import build
+
+    model = build(ctx.tier_of(0), ctx.ds, 0)
+    first = ctx.evaluate_edge(0, model)
+    again = ctx.evaluate_edge(0, copy.deepcopy(model))  # equal weights, another object
+    assert again == first and calls == [0]
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    assert ctx.evaluate_edge(0, model)["val_loss"] != first["val_loss"] and calls == [0, 0]
+    ctx.evaluate_edge(0, model, prior_images=ctx.local_images(0))
+    assert calls == [0, 0, 0]
 
 
 @pytest.mark.integration

@@ -81,3 +81,50 @@ def test_without_a_counting_meter_a_fixed_cost_fit_is_a_plain_fit():
         fit(b, (_images(),), RECIPE, vae_objective(0.00025), fixed_cost=True)
     assert meter.totals("edge")[1] == 0
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_a_fixed_cost_fits_validation_is_counted_once_and_books_the_same_flops():
+    """Validation scores the same held-out images every epoch: the first epoch's count is
+    booked for the others, the totals unchanged."""
+    from baim.models import reconstruction_metrics
+
+    held_out = (_images(12) * 255).to(torch.uint8).numpy()
+
+    def run(fixed_cost: bool) -> tuple[int, list[float]]:
+        torch.manual_seed(0)
+        model = StagedVAE(tier_spec("small"))
+        meter = Meter()
+
+        def validate(m) -> float:
+            return reconstruction_metrics(m, held_out, kld_weight=0.00025, seed=0)["test_loss"]
+
+        with meter.counting(), meter.edge():
+            done = fit(model, (_images(),), RECIPE, vae_objective(0.00025), validate=validate, fixed_cost=fixed_cost)
+        return meter.totals("edge")[1], [row["val_loss"] for row in done.epochs]
+
+    flops, vals = run(False)
+    flops_fixed, vals_fixed = run(True)
+    assert flops_fixed == flops and vals_fixed == vals
+    assert flops > _fit(False)[0]  # validation's forward passes are in both counts
+
+
+def test_a_test_curve_is_not_counted_as_training():
+    """A per-epoch test curve is reporting, not the edge's work: training with one books
+    the same FLOPs as training without."""
+    from baim.edge.train import train_learner
+
+    images = (_images() * 255).to(torch.uint8).numpy()
+    curve = (_images(16) * 255).to(torch.uint8).numpy()
+
+    def run(eval_images) -> tuple[int, list[dict]]:
+        torch.manual_seed(0)
+        model = StagedVAE(tier_spec("small"))
+        meter = Meter()
+        with meter.counting(), meter.edge():
+            hist = train_learner(model, images, RECIPE, eval_images=eval_images)
+        return meter.totals("edge")[1], hist.epochs
+
+    plain, rows = run(None)
+    with_curve, curve_rows = run(curve)
+    assert with_curve == plain > 0
+    assert "test_loss" not in rows[0] and all("test_loss" in r for r in curve_rows)
