@@ -63,22 +63,23 @@ def _plots(files: RunFiles, summary: dict, tasks: list[str]) -> list[tuple[str, 
     plt = pyplot()
     out = []
     strat = summary["strategies"]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for s, r in strat.items():
-        rows = [row for row in r["curve"] if "test_loss_mean" in row]  # none when curves are off
-        ax.plot([row["epoch"] for row in rows], [row["test_loss_mean"] for row in rows], marker="o", label=s)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax.set_ylabel("test loss (mean over tasks)")
-    ax.set_title("BAIM convergence per strategy (paper Fig. 5(c))")
-    ax.legend()
-    out.append(
-        (
-            "Convergence of the three strategies",
-            save_figure(fig, files.figure("strategies_test_loss.png")),
-            "test loss = MSE + β·KL on each task's test images after every epoch",
+    curves = {s: [row for row in r["curve"] if "test_loss_mean" in row] for s, r in strat.items()}
+    if any(curves.values()):  # none when the run logged no test curves (curve_test_per_task 0)
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for s, rows in curves.items():
+            ax.plot([row["epoch"] for row in rows], [row["test_loss_mean"] for row in rows], marker="o", label=s)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        ax.set_ylabel("test loss (mean over tasks)")
+        ax.set_title("BAIM convergence per strategy (paper Fig. 5(c))")
+        ax.legend()
+        out.append(
+            (
+                "Convergence of the three strategies",
+                save_figure(fig, files.figure("strategies_test_loss.png")),
+                "test loss = MSE + β·KL on each task's test images after every epoch",
+            )
         )
-    )
 
     edges = summary["edges"]
     fig, ax = plt.subplots(figsize=(7, 3.6))

@@ -160,7 +160,10 @@ def _figures(out: Path, runs: dict[int, dict], agg: dict[str, dict], tasks: list
     figs = []
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for st in strategies:
-        curves = np.array([[r["test_loss_mean"] for r in runs[s]["strategies"][st]["curve"]] for s in seeds])
+        rows = [runs[s]["strategies"][st]["curve"] for s in seeds]
+        if not all(r and all("test_loss_mean" in x for x in r) for r in rows):
+            continue  # a run that logged no test curves (curve_test_per_task 0)
+        curves = np.array([[x["test_loss_mean"] for x in r] for r in rows])
         x = np.arange(1, curves.shape[1] + 1)
         mean, std = curves.mean(0), curves.std(0, ddof=1) if len(seeds) > 1 else np.zeros(curves.shape[1])
         ax.plot(x, mean, marker="o", label=st)

@@ -143,7 +143,7 @@ class Context:
         if prior_images is not None:
             return self._evaluate_edge(edge, model, prior_images)
         seen = self.cache.setdefault("evaluate_edge", {})
-        key = (edge, hashlib.sha256(weights_bytes(model)).hexdigest())
+        key = (edge, self.validation_only, hashlib.sha256(weights_bytes(model)).hexdigest())
         if key not in seen:
             seen[key] = self._evaluate_edge(edge, model, None)
         return dict(seen[key])

@@ -44,8 +44,9 @@ def integration(ctx: Context, k: int) -> Integration:
     assert isinstance(model, BAIM)
     images, cloud_tasks = common_data(ctx.layout, ctx.ds)
     curve = {
-        name: ctx.ds.test.load(ctx.layout.test[name][: ctx.p.curve_test_per_task or None])
+        name: ctx.ds.test.load(ids)
         for name in ctx.layout.task_names
+        if (ids := ctx.p.curve_ids(ctx.layout.test[name])) is not None
     }
     names = [ctx.layout.task_names[t] for t in cloud_tasks]
     report = integrate(model, [(learner, task)], images, names, ctx.p.cloud, test_sets=curve, seed=ctx.seed + k)

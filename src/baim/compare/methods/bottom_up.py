@@ -5,7 +5,8 @@ personalisation) on the edge side, screening, BAIM training, partition on the cl
 Only the strategy that is deployed (finetune) is trained: the other two are the paper's
 comparison of strategies, not part of what reaching the edges costs. The cloud's own
 evaluations (the BAIM's FIDs at step 0 and at the end) are measurement, metered apart and left
-out of its compute; the per-epoch test-loss curves the workflow logs stay in.
+out of its compute, and so are the per-epoch test-loss curves (``step_cost.uncounted``: no
+FLOPs; their CPU seconds stay in the side's, a few per cent of an epoch; a study logs none).
 """
 
 from __future__ import annotations

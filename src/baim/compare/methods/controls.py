@@ -199,7 +199,8 @@ def run_broadcast(ctx: Context, out: Path, within_budget: bool = False, keep: bo
                         train_vae(model, x, recipe, recipe.epochs, opt=_trained_rate_opt(ctx, model), val=task_val)
                         return model
 
-                    model, again = _once(ctx, meter, ("finetune", t, best), "cloud", "cloud_finetune", finetune)
+                    key = ("finetune", t, hashlib.sha256(weights_bytes(uploads[best])).hexdigest())
+                    model, again = _once(ctx, meter, key, "cloud", "cloud_finetune", finetune)
                     reused_wall += again
                     tuned[best] = model
                     cloud_bytes += model_bytes(uploads[best]) + model_bytes(model)
