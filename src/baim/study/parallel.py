@@ -38,22 +38,23 @@ from .budget import Budget
 
 AFTER_BAIM = ("local", "broadcast", "broadcast_budget", "broadcast_keep", "ensemble_distill")
 TOGETHER = (("central", "kd"), ("fedavg", "fedavg_ft"))
-# Minutes per cell, mean over seeds, of the converged quick study of 2026-12-06 (study.md's cost
-# table; kd without its teachers, fedavg_large at cap 30): only their order matters here.
+# Minutes per cell, mean over seeds 0-2, of the timed converged quick study of 2026-12-07 (main
+# at 4d824d5; study.md's cost table; kd without its teachers, fedavg_large at cap 30): only
+# their order matters here.
 MINUTES = {
-    "baim": 15.2,
-    "broadcast": 1.4,
-    "broadcast_budget": 1.5,
-    "broadcast_keep": 1.7,
-    "ensemble_distill": 2.1,
-    "central": 8.5,
-    "kd": 13.8,
-    "fedavg": 17.6,
+    "baim": 10.3,
+    "broadcast": 1.0,
+    "broadcast_budget": 0.3,
+    "broadcast_keep": 0.3,
+    "ensemble_distill": 1.7,
+    "central": 6.5,
+    "kd": 8.7,
+    "fedavg": 6.4,
     "fedavg_large": 16.0,
-    "fedavg_ft": 2.0,
-    "fd": 26.7,
-    "sl": 10.5,
-    "cloud_only": 2.1,
+    "fedavg_ft": 0.6,
+    "fd": 14.4,
+    "sl": 9.7,
+    "cloud_only": 1.3,
 }
 
 
