@@ -3,7 +3,6 @@ for staged VAEs, and the workflow's like-for-like evaluation at the edges."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,7 +14,7 @@ from ..config import Preset, Recipe, RunConfig
 from ..data import DataSet, to_float
 from ..data.layout import Layout
 from ..errors import WorkflowError
-from ..learners import TIERS, StagedVAE, tier_spec, vae_loss, weights_bytes
+from ..learners import TIERS, StagedVAE, tier_spec, vae_loss, weights_digest
 from ..models import Loss, evaluate, fit, nll_bpd, reconstruction_metrics
 from ..models.evaluation import NLL_COUNT, own_test_metrics
 from .measure import Wire
@@ -143,7 +142,7 @@ class Context:
         if prior_images is not None:
             return self._evaluate_edge(edge, model, prior_images)
         seen = self.cache.setdefault("evaluate_edge", {})
-        key = (edge, self.validation_only, hashlib.sha256(weights_bytes(model)).hexdigest())
+        key = (edge, self.validation_only, weights_digest(model))
         if key not in seen:
             seen[key] = self._evaluate_edge(edge, model, None)
         return dict(seen[key])

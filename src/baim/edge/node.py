@@ -20,7 +20,6 @@ Message kinds (cloud → edge, and the reply):
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import torch
 from ..data import DataSet
 from ..data.layout import Layout
 from ..errors import BaimError
-from ..learners import StagedVAE, weights_bytes
+from ..learners import StagedVAE, weights_digest
 from ..models import (
     BAIM,
     as_compact,
@@ -118,7 +117,7 @@ class EdgeNode:
             "auth": {
                 "run": msg.meta.get("run"),
                 "nonce": msg.meta.get("nonce"),
-                "weights_sha256": hashlib.sha256(weights_bytes(model)).hexdigest(),
+                "weights_sha256": weights_digest(model),
             },
         }
         return Message("upload", sign_document(self.key, header), {k: v for k, v in model.state_dict().items()})

@@ -1,6 +1,6 @@
 """Learners: the staged VAEs that edges train and the cloud fuses."""
 
-from .io import check_state, load_weights, plain_state, read_weights, weights_bytes
+from .io import check_state, load_weights, plain_state, read_weights, weights_bytes, weights_digest
 from .spec import TIERS, LearnerSpec, tier_spec
 from .vae import StagedVAE, vae_loss
 
@@ -15,4 +15,5 @@ __all__ = [
     "tier_spec",
     "vae_loss",
     "weights_bytes",
+    "weights_digest",
 ]

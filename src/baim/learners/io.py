@@ -7,6 +7,7 @@ shapes must be the ones the spec implies, and every value must be finite.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -24,6 +25,12 @@ def plain_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def weights_bytes(module: torch.nn.Module) -> bytes:
     """The module's state dict as one safetensors blob (what is hashed, stored and sent)."""
     return save_bytes(plain_state(module))
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """The SHA-256 of :func:`weights_bytes`: the module's weights' identity (a manifest's
+    ``weights_sha256``; a cache key for work that depends on the weights alone)."""
+    return hashlib.sha256(weights_bytes(module)).hexdigest()
 
 
 def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

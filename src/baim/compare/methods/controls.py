@@ -30,7 +30,6 @@ data's validation part of the task.
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections.abc import Callable
 from functools import partial
@@ -40,7 +39,7 @@ from typing import Any
 import torch
 
 from ...cloud.delivery import budget_bytes
-from ...learners import StagedVAE, weights_bytes
+from ...learners import StagedVAE, weights_bytes, weights_digest
 from ...models import generate, model_from, reconstruction_metrics, to_parts
 from ...models.evaluation import learner_prior
 from ...runview import Run
@@ -199,7 +198,7 @@ def run_broadcast(ctx: Context, out: Path, within_budget: bool = False, keep: bo
                         train_vae(model, x, recipe, recipe.epochs, opt=_trained_rate_opt(ctx, model), val=task_val)
                         return model
 
-                    key = ("finetune", t, hashlib.sha256(weights_bytes(uploads[best])).hexdigest())
+                    key = ("finetune", t, weights_digest(uploads[best]))
                     model, again = _once(ctx, meter, key, "cloud", "cloud_finetune", finetune)
                     reused_wall += again
                     tuned[best] = model
@@ -221,7 +220,7 @@ def run_broadcast(ctx: Context, out: Path, within_budget: bool = False, keep: bo
                     )
                     return received
 
-                key = ("personalise", e, hashlib.sha256(weights_bytes(received)).hexdigest())
+                key = ("personalise", e, weights_digest(received))
                 received, again = _once(ctx, meter, key, "edge", "personalization", personalise)
                 reused_wall += again
                 if keep and ctx.preset.delivery_choice == "edge":
