@@ -24,7 +24,7 @@ def test_budgets_parse_into_fixed_and_converged_settings():
     assert (c.central_epochs, c.rounds, c.sl_epochs, c.patience) == (20, 20, 20, 2)
     assert (s.curve_every, c.curve_every) == (1, 5)  # a converging curve is scored every 5th round
     converging = {"epochs": 20, "patience": 2}
-    off = {"curve_test_per_task": 0}  # no per-epoch test curves in a study
+    off = {"curve_test_per_task": 0, "cloud_evaluation": False}  # no test curves, BAIM not scored
     assert conv.overrides() == {"edge": converging, "cloud": converging} | off  # the BAIM's cloud training too
     at_four = quick.with_overrides(**fixed.overrides())
     assert (at_four.edge.epochs, at_four.curve_ids([5, 6, 7])) == (4, None)
@@ -44,6 +44,22 @@ def test_bootstrap_interval_brackets_the_mean_and_excludes_zero_for_a_clear_diff
     noise = bootstrap([rng.normal(0.0, 1.0, 6) for _ in range(3)])
     assert noise["ci_low"] < 0 < noise["ci_high"]
     assert np.isnan(bootstrap([])["mean"])
+
+
+def test_bootstrap_matches_the_plain_hierarchical_resampling_it_vectorises():
+    """Seeds with replacement, then edges within each drawn seed, pooled: the same interval
+    (to resampling noise) as a loop that does exactly that, groups of unequal size included."""
+    rng = np.random.default_rng(3)
+    groups = [rng.normal(0.01 * i, 0.02, n) for i, n in enumerate([5, 9, 12])]
+    loop = np.random.default_rng(5)
+    means = []
+    for _ in range(20000):
+        picked = [groups[j] for j in loop.integers(3, size=3)]
+        means.append(np.mean(np.concatenate([g[loop.integers(len(g), size=len(g))] for g in picked])))
+    fast = bootstrap(groups, resamples=20000, seed=7)
+    assert fast["ci_low"] == pytest.approx(np.percentile(means, 2.5), abs=1e-3)
+    assert fast["ci_high"] == pytest.approx(np.percentile(means, 97.5), abs=1e-3)
+    assert fast["mean"] == pytest.approx(np.mean(np.concatenate(groups)))
 
 
 def test_paired_differences_pair_edges_of_the_same_seed():
@@ -175,6 +191,13 @@ def test_units_keep_baims_dependents_with_it_and_the_teachers_together():
     assert got[0] == ("central", "kd") and got[-1] == ("cloud_only",)  # the longest first, the shortest last
     assert units(("kd", "fd")) == [("fd",), ("kd",)]  # a worker's subset: no baim to wait for
     assert units(("fedavg_ft", "sl")) == [("sl",), ("fedavg_ft",)]  # alone, the variant runs its own rounds
+
+
+def test_a_seeds_longest_budgets_go_to_the_workers_first():
+    from baim.study.runner import longest_first
+
+    order = sorted(parse_budgets("4,converged,8"), key=longest_first)
+    assert [b.name for b in order] == [CONVERGED, "8", "4"]
 
 
 @pytest.mark.integration

@@ -21,10 +21,17 @@ def bootstrap(by_seed: list[np.ndarray], resamples: int = RESAMPLES, seed: int =
     if not groups:
         return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
     rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for i in range(resamples):
-        picked = [groups[j] for j in rng.integers(len(groups), size=len(groups))]
-        means[i] = np.mean(np.concatenate([g[rng.integers(len(g), size=len(g))] for g in picked]))
+    # Vectorised (a Python loop over resamples took ~70 ms per metric, seconds per study.json
+    # refresh): every slot of every resample draws which seed fills it, and every group a
+    # resample of its edges for every slot; a slot keeps the draw of the group it picked.
+    picks = rng.integers(len(groups), size=(resamples, len(groups)))
+    sums, counts = np.zeros(resamples), np.zeros(resamples)
+    for j, g in enumerate(groups):
+        drawn = g[rng.integers(len(g), size=(resamples, len(groups), len(g)))].sum(axis=-1)
+        hit = picks == j
+        sums += np.where(hit, drawn, 0.0).sum(axis=1)
+        counts += hit.sum(axis=1) * len(g)
+    means = sums / counts
     return {
         "mean": float(np.mean(np.concatenate(groups))),
         "ci_low": float(np.percentile(means, 2.5)),

@@ -223,6 +223,7 @@ def _run_in_workers(
                 if any(not (d / "methods" / f"{m}.json").is_file() for m in unit):
                     todo.append((s, b, unit))
         _check_one_layout(s, layouts)
+    todo.sort(key=lambda t: (seeds.index(t[0]), longest_first(t[1])))  # stable: units keep their order
     failed = run_parallel(
         out,
         preset,
@@ -239,6 +240,12 @@ def _run_in_workers(
         result["failed"] = failed
         write_json(out / "study.json", result)
     return result
+
+
+def longest_first(budget: Budget) -> tuple[int, int]:
+    """Sort key of a seed's budgets for the workers: converged first, then fixed budgets by
+    their epochs, most first (see :mod:`baim.study.parallel` on why the longest go first)."""
+    return (0, 0) if budget.epochs is None else (1, -budget.epochs)
 
 
 def _config(
