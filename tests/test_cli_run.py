@@ -119,6 +119,30 @@ def test_run_resumes_without_redoing_phases(tmp_path, tiny_preset, monkeypatch):
     assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
+def test_a_run_without_the_clouds_own_scoring_scores_only_what_edges_serve(tmp_path, tiny_preset, monkeypatch):
+    """``cloud_evaluation`` off (a study's runs): the BAIM is never scored, yet the summary
+    keeps each task's real-vs-real floor (from the edges' scores of the same real images) and
+    the report is written, saying the BAIM was not scored."""
+    from baim import engines
+    from baim.cloud import pipeline
+
+    def refuse(*a, **k):
+        raise AssertionError("the BAIM was scored with cloud_evaluation off")
+
+    monkeypatch.setattr(pipeline, "evaluate_tasks", refuse)
+    monkeypatch.setattr("baim.workflow.context.evaluate_tasks", refuse)
+    cfg = RunConfig(preset="tiny", strategies=("finetune",), overrides={"cloud_evaluation": False})
+    summary = engines.run(tmp_path, cfg)
+    trained = summary["strategies"]["finetune"]
+    assert (trained["per_task"], trained["step0"], trained["final_test_loss"]) == ({}, {}, None)
+    for e in summary["edges"]:
+        floor = summary["real_vs_real"][e["task"]]
+        assert floor["fid"] == e["models"]["initial"]["fid_real_vs_real"] > 0
+    assert summary["fid_count"] == summary["edges"][0]["models"]["initial"]["fid_count"]
+    assert not (tmp_path / "images" / "baim-finetune").exists()
+    assert "not scored" in (tmp_path / "report.html").read_text()
+
+
 def test_run_dir_refuses_other_config(tmp_path):
     RunDir(tmp_path, {"preset": "quick"})
     with pytest.raises(RunConfigMismatch, match="preset"):

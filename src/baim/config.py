@@ -92,6 +92,10 @@ class Preset:
     max_sources: int = 0  # > 0: each learner's stages read from at most this many others (candidates ∝ N, not N²)
     # evaluation
     fid_count: int = 500  # generated (and real) images per FID
+    # False: the cloud does not score the BAIM itself (per task, at step 0 and after training:
+    # test loss, IWAE, FID by three procedures), as in a study, which scores only the models
+    # edges serve; the run report then leaves out the BAIM's own tables and samples
+    cloud_evaluation: bool = True
     # test images per task for the per-epoch test curves (None: all; 0: no curves, as in a
     # study, where they are reporting nobody reads and ~9 % of an edge's epoch)
     curve_test_per_task: int | None = None

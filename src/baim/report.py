@@ -101,11 +101,15 @@ def _plots(files: RunFiles, summary: dict, tasks: list[str]) -> list[tuple[str, 
         )
     )
 
+    scored = _scored(summary)
+    if not scored:  # the BAIM was not scored (cloud_evaluation off): no per-strategy FIDs
+        return out + ([_timeline(plt, files, summary)] if "timeline" in summary else [])
     fig, ax = plt.subplots(figsize=(6, 3.6))
     xs = np.arange(len(tasks))
-    width = 0.8 / max(1, len(strat))
-    for k, (s, r) in enumerate(strat.items()):
-        ax.bar(xs + (k - (len(strat) - 1) / 2) * width, [r["per_task"][t]["fid_fitted"] for t in tasks], width, label=s)
+    width = 0.8 / max(1, len(scored))
+    for k, (s, r) in enumerate(scored.items()):
+        fids = [r["per_task"][t]["fid_fitted"] for t in tasks]
+        ax.bar(xs + (k - (len(scored) - 1) / 2) * width, fids, width, label=s)
     ax.set_xticks(xs, tasks)
     ax.set_ylabel(f"FID, fitted prior ({summary['fid_extractor']}, n={summary['fid_count']})")
     ax.set_title("BAIM FID per strategy and task")
@@ -162,9 +166,14 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _scored(summary: dict) -> dict[str, dict]:
+    """The strategies whose BAIM the cloud scored per task (none with ``cloud_evaluation`` off)."""
+    return {s: r for s, r in summary["strategies"].items() if r["per_task"]}
+
+
 def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
     files = RunFiles(root)
-    strategies = list(summary["strategies"])
+    strategies = list(_scored(summary))
     sections = _grids(files, tasks, strategies) + _plots(files, summary, tasks)
     ext, n = summary["fid_extractor"], summary["fid_count"]
     parts = [
@@ -213,7 +222,8 @@ def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
         parts.append(
             f"<tr><td>{s}</td><td>{_fmt(r['final_test_loss'])}</td>"
             + "".join(
-                f"<td>{_fmt(r['per_task'][t]['fid_fitted'])}</td><td>{_fmt(r['per_task'][t]['fid_standard'])}</td>"
+                f"<td>{_fmt(r['per_task'].get(t, {}).get('fid_fitted'))}</td>"
+                f"<td>{_fmt(r['per_task'].get(t, {}).get('fid_standard'))}</td>"
                 for t in tasks
             )
             + f"<td>{r['connections']} ({r['candidates']})</td><td>{r['parameters']:,}</td>"
@@ -234,7 +244,12 @@ def write_report(root: str | Path, summary: dict, tasks: list[str]) -> Path:
         "<table><tr><th>strategy</th><th>task</th><th>test loss step 0</th><th>after</th>"
         "<th>best edge</th><th>FID fitted step 0</th><th>after</th><th>edges' mean</th></tr>"
     )
-    for s, r in summary["strategies"].items():
+    if not _scored(summary):
+        parts.append(
+            "<tr><td colspan='8'>not scored: this run turned the cloud's own scoring of the BAIM off "
+            "(cloud_evaluation false, as a study does); the edges' tables above score what they serve</td></tr>"
+        )
+    for s, r in _scored(summary).items():
         for t in tasks:
             edges = [e["models"]["initial"] for e in summary["edges"] if e["task"] == t and "initial" in e["models"]]
             best = min((m["test_loss"] for m in edges), default=None)

@@ -68,7 +68,11 @@ def train_strategy(
     """Fuse, measure at step 0, train, fit priors, evaluate and save; returns the JSON result
     and, per task, the generated images behind its FIDs (step 0 ones under ``step0_*``).
     ``evaluator`` (same signature as :func:`evaluate_tasks`) scores the BAIM: a caller that
-    meters training passes a wrapper that books evaluation apart."""
+    meters training passes a wrapper that books evaluation apart. With
+    ``preset.cloud_evaluation`` off nothing is scored: ``per_task`` and ``step0`` are empty,
+    ``final_test_loss`` is None and no images come back."""
+    if not preset.cloud_evaluation:
+        evaluator = _unscored
     images, tasks = common_data(layout, ds)
     model = fuse(
         learners,
@@ -115,7 +119,7 @@ def train_strategy(
         "connections": len(model.connections),
         "parameters": model.num_parameters(),
         "curve": log,
-        "final_test_loss": float(np.mean([v["test_loss"] for v in per_task.values()])),
+        "final_test_loss": float(np.mean([v["test_loss"] for v in per_task.values()])) if per_task else None,
         "per_task": per_task,
         "step0": {name: ev.metrics for name, ev in step0.items()},
         "recipe": asdict(preset.cloud) | {"gate_init_from_screening": preset.gate_init_from_screening},
@@ -126,6 +130,11 @@ def train_strategy(
     for name, ev in step0.items():
         images_out[name] |= {f"step0_{k}": v for k, v in ev.images.items()}
     return result, images_out
+
+
+def _unscored(*_: Any, **__: Any) -> dict[str, Evaluation]:
+    """The evaluator of a BAIM that is not scored (``cloud_evaluation`` off)."""
+    return {}
 
 
 def _test_with_tasks(layout: Layout, ds: DataSet) -> tuple[np.ndarray, np.ndarray]:

@@ -105,7 +105,8 @@ def final_baim(ctx: Context) -> FinalBaim:
     sampling, extractor and seed), so the schedules compare on their final models."""
     model = load_model(ctx.baim_folder(ctx.final_version()), "baim")
     assert isinstance(model, BAIM)
-    evals = ctx.evaluate_baim(model, ctx.layout, ctx.ds, ctx.p, ctx.extractor, ctx.seed)
+    scored = ctx.p.cloud_evaluation  # off: not scored, like the first one
+    evals = ctx.evaluate_baim(model, ctx.layout, ctx.ds, ctx.p, ctx.extractor, ctx.seed) if scored else {}
     for task, ev in evals.items():
         for procedure, arr in ev.images.items():
             save_npy(ctx.rd.files.baim_images("final", task, procedure), arr)
@@ -114,7 +115,7 @@ def final_baim(ctx: Context) -> FinalBaim:
         version=ctx.final_version(),
         parameters=model.num_parameters(),
         per_task=per_task,
-        final_test_loss=float(np.mean([v["test_loss"] for v in per_task.values()])),
+        final_test_loss=float(np.mean([v["test_loss"] for v in per_task.values()])) if per_task else None,
     )
 
 

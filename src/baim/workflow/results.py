@@ -205,7 +205,7 @@ class CloudTraining(Record):
     connections: int
     parameters: int
     curve: tuple[dict[str, Any], ...]
-    final_test_loss: float
+    final_test_loss: float | None  # None: the BAIM was not scored (``cloud_evaluation`` off)
     per_task: dict[str, dict[str, Any]]
     step0: dict[str, dict[str, Any]]
     recipe: dict[str, Any]
@@ -325,7 +325,7 @@ class FinalBaim(Record):
     version: int
     parameters: int
     per_task: dict[str, dict[str, Any]]
-    final_test_loss: float
+    final_test_loss: float | None  # None: not scored (``cloud_evaluation`` off)
 
 
 @dataclass(frozen=True)

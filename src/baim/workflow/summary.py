@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict
 
 from .. import schedule
@@ -52,11 +53,7 @@ def summarize(ctx: Context) -> dict:
     trained = {s: rd.result(f"cloud_{s}", CloudTraining) for s in ctx.cfg.strategies}
     strategies = {s: r.summary() for s, r in trained.items()}
     seconds = rd.phase_seconds()
-    first = next(iter(trained.values()))
-    first_task = next(iter(first.per_task.values()))
-    real_vs_real = {
-        name: {"fid": m["fid_real_vs_real"], "kid": m["kid_real_vs_real"]} for name, m in first.per_task.items()
-    }
+    fid_count, real_vs_real = _fid_floor(trained.values(), evaluation)
     arrivals = rd.result("arrivals", Arrivals)
     summary = {
         "preset": ctx.p.name,
@@ -72,7 +69,7 @@ def summarize(ctx: Context) -> dict:
         "wall_seconds": round(sum(seconds.values()), 2),
         "phase_seconds": seconds,
         "fid_extractor": ctx.extractor,
-        "fid_count": first_task["fid_count"],
+        "fid_count": fid_count,
         "real_vs_real": real_vs_real,
         "edges": edges,
         "strategies": strategies,
@@ -108,6 +105,20 @@ def summarize(ctx: Context) -> dict:
     write_json(rd.files.summary, summary)
     write_report(rd.root, summary, ctx.layout.task_names)
     return summary
+
+
+def _fid_floor(trained: Iterable[CloudTraining], evaluation: EdgeEvaluation) -> tuple[int | None, dict]:
+    """The FID sample count and each task's real-vs-real FID/KID (the floor every FID is read
+    against): from the BAIM's scores, or, where it was not scored (``cloud_evaluation`` off),
+    from its edges' (the same real test images per task)."""
+    per_task = next((r.per_task for r in trained if r.per_task), None)
+    if per_task is None:
+        per_task = {}
+        for r in evaluation.edges:
+            if "fid_real_vs_real" in r:
+                per_task.setdefault(r["task"], r)
+    count = next((m["fid_count"] for m in per_task.values()), None)
+    return count, {name: {"fid": m["fid_real_vs_real"], "kid": m["kid_real_vs_real"]} for name, m in per_task.items()}
 
 
 def _delivery(ctx: Context, edge: int, record: dict | None) -> dict:
