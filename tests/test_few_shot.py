@@ -52,6 +52,8 @@ def test_preset_round_trip_and_old_presets_load():
             QUICK.with_overrides(few_shot=bad)
     with pytest.raises(ConfigError, match="cross_task"):
         QUICK.with_overrides(cross_task_connections="no")
+    with pytest.raises(ConfigError, match="cloud_evaluation"):
+        QUICK.with_overrides(cloud_evaluation="false")  # a string would be truthy: scored after all
 
 
 def test_run_overrides_of_the_command_line():

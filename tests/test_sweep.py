@@ -81,6 +81,17 @@ def test_claims_hold_only_when_every_seed_agrees(tmp_path):
     assert (tmp_path / "report.html").stat().st_size > 5000 and (tmp_path / "figures" / "strategies.png").is_file()
 
 
+def test_a_sweep_refuses_runs_whose_baim_was_not_scored(tmp_path):
+    from baim.errors import ConfigError
+
+    unscored = _summary(1)
+    for r in unscored["strategies"].values():
+        r |= {"per_task": {}, "step0": {}, "final_test_loss": None}
+    with pytest.raises(ConfigError, match=r"seeds \[1\].*cloud_evaluation true"):
+        aggregate(tmp_path, {0: _summary(0), 1: unscored})
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_headline_counts_personalised_wins_per_procedure():
     h = headline(_summary(0, personalized_fid=120.0))  # worse than initial (100) with fitted sampling
     assert h["personalized_beats_initial/fitted/fraction"] == 0.0

@@ -146,6 +146,8 @@ class Preset:
         object.__setattr__(self, "tier_lr", {k: float(v) for k, v in self.tier_lr.items()})
         if not isinstance(self.cross_task_connections, bool):
             raise ConfigError(f"cross_task_connections is true or false, got {self.cross_task_connections!r}")
+        if not isinstance(self.cloud_evaluation, bool):
+            raise ConfigError(f"cloud_evaluation is true or false, got {self.cloud_evaluation!r}")
         if not isinstance(self.connections, bool):
             raise ConfigError(f"connections is true or false, got {self.connections!r}")
         if not isinstance(self.max_sources, int) or isinstance(self.max_sources, bool) or self.max_sources < 0:

@@ -25,6 +25,7 @@ import numpy as np
 from .atomic import write_json, write_text
 from .config import RunConfig
 from .engines import run
+from .errors import ConfigError
 from .figures import pyplot, save_figure
 from .runfiles import RunFiles
 
@@ -218,6 +219,12 @@ def aggregate(out: str | Path, runs: dict[int, dict]) -> dict:
     """Write the sweep's summary, claims, figures and report from finished runs (seed → summary)."""
     out = Path(out)
     seeds = sorted(runs)
+    unscored = [s for s in seeds if not all(r["per_task"] for r in runs[s]["strategies"].values())]
+    if unscored:  # the sweep's claims are about the BAIM's own scores
+        raise ConfigError(
+            f"the runs of seeds {unscored} did not score their BAIM (cloud_evaluation false): a sweep "
+            "compares those scores; run them with cloud_evaluation true (the presets' default)"
+        )
     tasks = list(next(iter(runs[seeds[0]]["strategies"].values()))["per_task"])
     per = {s: headline(runs[s]) for s in seeds}
     keys = sorted(set.intersection(*(set(v) for v in per.values())))

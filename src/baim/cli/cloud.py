@@ -56,7 +56,11 @@ def _cmd_cloud_train(args: argparse.Namespace) -> None:
     get_extractor(extractor)  # an unavailable FID network is refused before training, not after
     ds = load_dataset(layout.dataset, layout.data_dir)
     preset = layout.settings.with_overrides(
-        top_k=args.top_k, height=args.height, prune_interval=args.prune_interval, prune_ratio=args.prune_ratio
+        top_k=args.top_k,
+        height=args.height,
+        prune_interval=args.prune_interval,
+        prune_ratio=args.prune_ratio,
+        cloud_evaluation=True,  # this command's job is to train and score (a study's layout turns it off)
     )
     if args.epochs is not None:
         preset = replace(preset, cloud=replace(preset.cloud, epochs=args.epochs))

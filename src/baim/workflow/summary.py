@@ -53,7 +53,7 @@ def summarize(ctx: Context) -> dict:
     trained = {s: rd.result(f"cloud_{s}", CloudTraining) for s in ctx.cfg.strategies}
     strategies = {s: r.summary() for s, r in trained.items()}
     seconds = rd.phase_seconds()
-    fid_count, real_vs_real = _fid_floor(trained.values(), evaluation)
+    fid_count, real_vs_real = _fid_floor(trained.values(), evaluation, ctx.layout.task_names)
     arrivals = rd.result("arrivals", Arrivals)
     summary = {
         "preset": ctx.p.name,
@@ -107,16 +107,16 @@ def summarize(ctx: Context) -> dict:
     return summary
 
 
-def _fid_floor(trained: Iterable[CloudTraining], evaluation: EdgeEvaluation) -> tuple[int | None, dict]:
+def _fid_floor(
+    trained: Iterable[CloudTraining], evaluation: EdgeEvaluation, tasks: list[str]
+) -> tuple[int | None, dict]:
     """The FID sample count and each task's real-vs-real FID/KID (the floor every FID is read
     against): from the BAIM's scores, or, where it was not scored (``cloud_evaluation`` off),
     from its edges' (the same real test images per task)."""
     per_task = next((r.per_task for r in trained if r.per_task), None)
     if per_task is None:
-        per_task = {}
-        for r in evaluation.edges:
-            if "fid_real_vs_real" in r:
-                per_task.setdefault(r["task"], r)
+        scored = {r["task"]: r for r in reversed(evaluation.edges) if "fid_real_vs_real" in r}
+        per_task = {t: scored[t] for t in tasks if t in scored}  # in task order, like the BAIM's
     count = next((m["fid_count"] for m in per_task.values()), None)
     return count, {name: {"fid": m["fid_real_vs_real"], "kid": m["kid_real_vs_real"]} for name, m in per_task.items()}
 
