@@ -102,8 +102,15 @@ def _plots(files: RunFiles, summary: dict, tasks: list[str]) -> list[tuple[str, 
     )
 
     scored = _scored(summary)
-    if not scored:  # the BAIM was not scored (cloud_evaluation off): no per-strategy FIDs
-        return out + ([_timeline(plt, files, summary)] if "timeline" in summary else [])
+    if scored:  # none when the BAIM was not scored (cloud_evaluation off)
+        out.append(_strategy_fids(plt, files, summary, tasks, scored))
+    if "timeline" in summary:
+        out.append(_timeline(plt, files, summary))
+    return out
+
+
+def _strategy_fids(plt, files: RunFiles, summary: dict, tasks: list[str], scored: dict) -> tuple[str, Path, str]:
+    """The BAIM's fitted-prior FID per strategy and task."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     xs = np.arange(len(tasks))
     width = 0.8 / max(1, len(scored))
@@ -114,10 +121,7 @@ def _plots(files: RunFiles, summary: dict, tasks: list[str]) -> list[tuple[str, 
     ax.set_ylabel(f"FID, fitted prior ({summary['fid_extractor']}, n={summary['fid_count']})")
     ax.set_title("BAIM FID per strategy and task")
     ax.legend()
-    out.append(("FID per strategy", save_figure(fig, files.figure("fid_strategies.png")), ""))
-    if "timeline" in summary:
-        out.append(_timeline(plt, files, summary))
-    return out
+    return ("FID per strategy", save_figure(fig, files.figure("fid_strategies.png")), "")
 
 
 def _timeline(plt, files: RunFiles, summary: dict) -> tuple[str, Path, str]:
